@@ -1,0 +1,245 @@
+"""Configuration: embedded defaults, a TOML file, then environment overrides.
+
+Precedence, highest first: environment (``VOXGATE_<FIELD>``, nested with
+``__``, e.g. ``VOXGATE_RELAY__IDLE_TIMEOUT_S=30``; ``OPENAI_API_KEY``,
+``STRIPE_SECRET_KEY`` and ``STRIPE_WEBHOOK_SECRET`` also work bare), the TOML
+file (``--config FILE``, else ``$VOXGATE_CONFIG``, else ``./voxgate.toml`` if
+present), then the defaults below. ``voxgate.example.toml`` documents every
+field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from voxgate.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "UpstreamSettings",
+    "VoiceSettings",
+    "RelaySettings",
+    "PolicySettings",
+    "TokenSettings",
+    "WebRTCSettings",
+    "BillingSettings",
+    "SmtpSettings",
+    "WebSettings",
+    "load_settings",
+]
+
+
+class UpstreamSettings(BaseModel):
+    """Where sessions are relayed to.
+
+    ``provider``: ``local`` (the embedded voice provider) or ``openai``.
+    ``url``: the provider's realtime WebSocket URL without query
+    (default: the embedded provider, or ``wss://api.openai.com/v1/realtime``).
+    """
+
+    provider: Literal["local", "openai"] = "local"
+    url: str = ""
+    default_model: str = "gpt-realtime"
+    openai_api_key: SecretStr | None = None
+    connect_timeout_s: float = 10.0
+
+
+class VoiceSettings(BaseModel):
+    """The local OpenAI-compatible voice provider (``voxgate.voice``).
+
+    ``port`` 0 picks a free loopback port when embedded. ``responder`` is
+    ``assistant`` (deterministic, answers from the transcript), ``echo``
+    (sends each audio chunk straight back, no STT/TTS) or ``chat`` (any
+    OpenAI-compatible chat-completions endpoint at ``chat_url``).
+    ``faults_enabled`` lets sessions request injected faults (tests, load tests).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    responder: Literal["assistant", "echo", "chat"] = "assistant"
+    chat_url: str = ""
+    chat_model: str = "llama3.2"
+    chat_api_key: SecretStr | None = None
+    faults_enabled: bool = False
+    workers: int = 1  # processes for STT/TTS
+
+
+class RelaySettings(BaseModel):
+    """WebSocket relay limits. Sizes in bytes, times in seconds."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    idle_timeout_s: float = 300.0
+    max_session_s: float = 3600.0
+    ping_interval_s: float = 20.0
+
+
+class PolicySettings(BaseModel):
+    """The billable-verdict policy: "only pay for successful sessions"."""
+
+    min_audio_s: float = 5.0
+    max_connect_ms: float = 2000.0
+
+
+class TokenSettings(BaseModel):
+    """Ephemeral client secrets lifetimes, in seconds."""
+
+    default_ttl_s: int = 600
+    min_ttl_s: int = 10
+    max_ttl_s: int = 7200
+
+
+class WebRTCSettings(BaseModel):
+    """WebRTC calls (``POST /v1/realtime/calls``).
+
+    ``host_addresses``: the only addresses voxgate gathers host ICE candidates
+    on (empty = all interfaces). ``public_address``: announced instead of the
+    host address behind 1:1 NAT. ``stun_url``: optional. ``turn_*``: a TURN
+    server (coturn ``static-auth-secret``) used by voxgate and handed to clients.
+    Times in seconds.
+    """
+
+    host_addresses: list[str] = Field(default_factory=list)
+    public_address: str = ""
+    stun_url: str = ""
+    turn_urls: list[str] = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    turn_ttl_s: int = 3600
+    ice_timeout_s: float = 15.0
+
+
+class BillingSettings(BaseModel):
+    """Stripe. ``api_base`` points the SDK at a test server (localstripe)."""
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    api_base: str = ""
+    meter_event_name: str = "voxgate_billable_sessions"
+    settlement_mode: Literal["meter_events", "invoice_items"] = "meter_events"
+    success_url: str = "http://127.0.0.1:8080/billing?checkout=success&session_id={CHECKOUT_SESSION_ID}"
+    cancel_url: str = "http://127.0.0.1:8080/billing?checkout=cancel"
+    portal_return_url: str = "http://127.0.0.1:8080/billing"
+    grace_period_days: int = 7
+    settle_interval_s: float = 5.0
+
+
+class SmtpSettings(BaseModel):
+    """Outgoing mail (quota alerts, welcome, notices). Empty host = keep the
+    queue, send nothing."""
+
+    host: str = ""
+    port: int = 25
+    username: str = ""
+    password: SecretStr | None = None
+    sender: str = "voxgate <noreply@voxgate.local>"
+    starttls: bool = False
+
+
+class WebSettings(BaseModel):
+    """Dashboard. ``session_secret`` signs cookies (generated into the data
+    directory when empty). ``demo_page``: serve the demo-key route for the
+    browser voice client (local use only)."""
+
+    session_secret: SecretStr | None = None
+    secure_cookies: bool = False
+    demo_page: bool = True
+
+
+class Settings(BaseSettings):
+    """All of voxgate's settings. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOXGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""  # base URL users reach voxgate at (links in emails)
+    data_dir: Path = Path("data")
+    database_url: str = ""  # default sqlite:///<data_dir>/voxgate.db
+    catalog: Path | None = None  # plan catalog TOML; default: the packaged one
+    log_level: str = "INFO"
+
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    voice: VoiceSettings = Field(default_factory=VoiceSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+    billing: BillingSettings = Field(default_factory=BillingSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the TOML file, which is passed as init kwargs.
+        return (env_settings, init_settings)
+
+    @property
+    def sqlite_path(self) -> Path:
+        url = self.database_url
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///"):])
+        return self.data_dir / "voxgate.db"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+
+_BARE_ENV = {
+    "OPENAI_API_KEY": ("upstream", "openai_api_key"),
+    "STRIPE_SECRET_KEY": ("billing", "stripe_secret_key"),
+    "STRIPE_WEBHOOK_SECRET": ("billing", "stripe_webhook_secret"),
+}
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the TOML file (if any), the environment and
+    ``overrides`` (highest precedence; used by the CLI and tests).
+
+    Raises:
+        ConfigError: unreadable TOML, unknown or invalid fields.
+    """
+    path = config or os.environ.get("VOXGATE_CONFIG")
+    if not path and Path("voxgate.toml").is_file():
+        path = "voxgate.toml"
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for env, (section, key) in _BARE_ENV.items():
+        if os.environ.get(env) and not os.environ.get(f"VOXGATE_{section.upper()}__{key.upper()}"):
+            data.setdefault(section, {})[key] = os.environ[env]
+    try:
+        settings = Settings(**data)
+        if overrides:
+            settings = _merge(settings, overrides)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    return settings
+
+
+def _merge(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    merged = settings.model_dump()
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    # SecretStr values dump as SecretStr objects; model_validate accepts them.
+    return Settings.model_validate(merged)

@@ -1,0 +1,171 @@
+"""The store interface: accounts, projects, keys, sessions and monthly usage.
+
+``SQLiteStore`` (``voxgate.metering.sqlite_store``) implements it; a
+PostgreSQL implementation can follow behind the same interface. All times are
+Unix seconds; periods are ``"YYYY-MM"`` in UTC.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from voxgate.models import (
+    Account,
+    ApiKey,
+    EphemeralKey,
+    Project,
+    SessionRecord,
+    Verdict,
+)
+
+__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem"]
+
+
+def period_of(ts: float | None = None) -> str:
+    """The usage period (``"YYYY-MM"``, UTC) holding Unix time ``ts`` (now if None)."""
+    return time.strftime("%Y-%m", time.gmtime(time.time() if ts is None else ts))
+
+
+@dataclass(slots=True)
+class MonthlyUsage:
+    """An account's usage in one period.
+
+    Attributes:
+        sessions: sessions completed in the period (any verdict).
+        billable_sessions: billable ones (what the quota counts).
+        minutes_used: internal estimate: sum of billable session durations, in minutes.
+        audio_seconds: audio exchanged (in + out), in seconds.
+        bytes: message bytes relayed, both directions.
+    """
+
+    account_id: str
+    period: str
+    sessions: int = 0
+    billable_sessions: int = 0
+    minutes_used: float = 0.0
+    audio_seconds: float = 0.0
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class SessionFilter:
+    """Filters for listing sessions; None = any."""
+
+    project_id: str | None = None
+    billable: bool | None = None
+    reason: str | None = None
+    since: float | None = None  # started_at ≥ since
+    until: float | None = None  # started_at < until
+    status: str | None = None
+
+
+@dataclass(slots=True)
+class OutboxItem:
+    """A billable session waiting to be settled with Stripe (a meter event
+    whose ``identifier`` is the session id)."""
+
+    session_id: str
+    account_id: str
+    period: str
+    created_at: float
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str | None = None
+
+
+class Store(Protocol):
+    """Persistence for everything voxgate meters. Every method is a coroutine.
+
+    Errors: ``KeyError`` for unknown ids where a method says so; nothing else
+    is raised for ordinary input.
+    """
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    # accounts, projects, keys
+    async def create_account(self, email: str, plan_id: str, *, name: str = "") -> Account: ...
+    async def get_account(self, account_id: str) -> Account | None: ...
+    async def get_account_by_email(self, email: str) -> Account | None: ...
+    async def list_accounts(self) -> list[Account]: ...
+    async def update_account(self, account_id: str, **fields: Any) -> Account:
+        """Set fields of the account (``plan_id``, ``status``,
+        ``stripe_customer_id``, ``stripe_subscription_id``,
+        ``past_due_since``, ``name``, ``email``). Raises KeyError if unknown."""
+
+    async def create_project(self, account_id: str, name: str) -> Project: ...
+    async def get_project(self, project_id: str) -> Project | None: ...
+    async def list_projects(self, account_id: str) -> list[Project]: ...
+    async def delete_project(self, project_id: str) -> None:
+        """Delete the project and revoke its keys (sessions stay)."""
+
+    async def create_api_key(self, project_id: str, name: str = "") -> tuple[ApiKey, str]:
+        """A new key for the project: (stored record, the plaintext key shown once)."""
+
+    async def list_api_keys(self, project_id: str) -> list[ApiKey]: ...
+    async def revoke_api_key(self, key_id: str) -> None: ...
+    async def find_api_key(self, plaintext: str) -> tuple[ApiKey, Project, Account] | None:
+        """Look a key up by its hash; None if unknown. Revoked keys are returned
+        (the caller refuses them with a precise message)."""
+
+    async def create_ephemeral_key(
+        self,
+        project_id: str,
+        session: dict[str, Any],
+        expires_at: float,
+        api_key_id: str | None = None,
+    ) -> tuple[EphemeralKey, str]:
+        """Mint an ephemeral key: (stored record, plaintext ``ek_…``)."""
+
+    async def find_ephemeral_key(
+        self, plaintext: str
+    ) -> tuple[EphemeralKey, Project, Account] | None: ...
+
+    # sessions
+    async def open_session(self, record: SessionRecord) -> None:
+        """Insert the session row with ``status="active"``."""
+
+    async def complete_session(
+        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False
+    ) -> MonthlyUsage:
+        """In one transaction: write the session's measurements and verdict
+        (``status="completed"``), add it to its account's monthly usage, and
+        when ``settle`` put it in the settlement outbox (``settlement="pending"``;
+        otherwise ``"included"`` for billable sessions, ``"none"`` for the rest).
+        Returns the period's usage after the update."""
+
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+    async def list_sessions(
+        self,
+        account_id: str,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        filters: SessionFilter | None = None,
+    ) -> list[SessionRecord]:
+        """Newest first. ``after`` is a session id: return those older than it
+        (cursor pagination, like OpenAI's list endpoints)."""
+
+    async def count_sessions(self, account_id: str, filters: SessionFilter | None = None) -> int: ...
+    async def abandon_active_sessions(self, verdict: Verdict, now: float) -> int:
+        """Complete every session still ``active`` (left by a process that
+        died) with ``verdict``; returns how many."""
+
+    # usage
+    async def get_usage(self, account_id: str, period: str) -> MonthlyUsage: ...
+    async def list_usage(self, account_id: str) -> list[MonthlyUsage]: ...
+
+    # settlement outbox (drained by voxgate.billing)
+    async def due_outbox(self, now: float, limit: int = 100) -> list[OutboxItem]: ...
+    async def settle_outbox(self, session_id: str, *, settlement: str, ref: str | None) -> None:
+        """Mark the session settled and remove it from the outbox."""
+
+    async def retry_outbox(self, session_id: str, *, next_attempt_at: float, error: str) -> None: ...
+
+    # key/value for small server state (demo key path, secrets, cursors)
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...

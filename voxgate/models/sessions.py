@@ -1,0 +1,190 @@
+"""Session records, their measurements and the billable verdict.
+
+Units are in the names: ``_ms`` milliseconds, ``_s`` seconds, ``bytes_``
+bytes. Timestamps (``started_at``, ``ended_at``) are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Measurements", "Verdict", "SessionRecord", "Reason", "TRANSPORTS"]
+
+TRANSPORTS = ("websocket", "webrtc")
+
+
+class Reason:
+    """Verdict reasons (the ``reason`` string of a session)."""
+
+    BILLABLE = "billable"
+    NOT_CONNECTED = "not_connected"
+    CONNECT_TIMEOUT = "connect_timeout"
+    TOO_SHORT = "too_short"
+    PROVIDER_ERROR = "provider_error"
+    TURN_FAILURE = "turn_failure"
+    ICE_FAILURE = "ice_failure"
+    INTERRUPTED = "interrupted"  # voxgate stopped while the session was active
+
+    ALL = (BILLABLE, NOT_CONNECTED, CONNECT_TIMEOUT, TOO_SHORT, PROVIDER_ERROR,
+           TURN_FAILURE, ICE_FAILURE, INTERRUPTED)
+
+
+@dataclass(slots=True)
+class Measurements:
+    """Everything the session meter measured.
+
+    Attributes:
+        connected: upstream ``session.created`` was received.
+        connect_ms: client accepted → upstream ``session.created`` (WebSocket),
+            or offer received → media flowing (WebRTC); None if never connected.
+        duration_ms: client accepted → session end.
+        audio_in_ms / audio_out_ms: audio sent to / received from the provider.
+        bytes_in / bytes_out: message bytes client → provider / provider → client.
+        events_in / events_out: message counts in each direction.
+        event_counts: event ``type`` → count, both directions.
+        provider_errors: upstream errors of a server-side kind (see the meter).
+        provider_error: the first such error's ``code: message``, or None.
+        client_errors: ``error`` events answering the client's own bad input.
+        closed_by: ``client``, ``upstream`` or ``server`` (voxgate: timeout,
+            shutdown, limit); None while active.
+        close_code / close_reason: the WebSocket close code and reason that ended it.
+        input_tokens / output_tokens / total_tokens: sums over ``response.done`` usage.
+        responses: ``response.done`` count.
+        ice_*: WebRTC only (None over WebSocket).
+    """
+
+    connected: bool = False
+    connect_ms: float | None = None
+    duration_ms: float = 0.0
+    audio_in_ms: float = 0.0
+    audio_out_ms: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    events_in: int = 0
+    events_out: int = 0
+    event_counts: dict[str, int] = field(default_factory=dict)
+    provider_errors: int = 0
+    provider_error: str | None = None
+    client_errors: int = 0
+    closed_by: str | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    responses: int = 0
+    # WebRTC / ICE (issue: WebRTC for browser voice clients)
+    ice_pair_type: str | None = None  # "host" | "srflx" | "prflx" | "relay"
+    ice_state: str | None = None  # last iceConnectionState
+    ice_checking_ms: float | None = None  # offer received → checking
+    ice_connected_ms: float | None = None  # offer received → connected
+    dtls_connected_ms: float | None = None
+    upstream_ready_ms: float | None = None
+    turn_failure: bool = False
+    ice_failure: bool = False
+    ice_failure_detail: str | None = None
+
+    @property
+    def audio_exchanged_ms(self) -> float:
+        """Audio in both directions, in ms (what "audio exchanged" counts)."""
+        return self.audio_in_ms + self.audio_out_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Measurements":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a session is billable, why, and the rule that decided it.
+
+    Attributes:
+        billable: the customer pays for it.
+        reason: one of ``Reason.*``.
+        rule: a human sentence naming the rule and the measured values.
+    """
+
+    billable: bool
+    reason: str
+    rule: str
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """One session as stored: written when admitted (``status="active"``) and
+    completed when it ends (``status="completed"``) with its measurements,
+    verdict and, later, its settlement.
+
+    Attributes:
+        settlement: ``none`` (nothing to charge), ``included`` (covered by the
+            plan), ``pending`` (in the settlement outbox), ``charged`` (sent to
+            Stripe), ``invoiced`` (on a period invoice item).
+        settlement_ref: Stripe reference (meter event identifier, invoice item id).
+    """
+
+    id: str
+    account_id: str
+    project_id: str
+    transport: str
+    started_at: float
+    model: str = ""
+    api_key_id: str | None = None
+    ephemeral_key_id: str | None = None
+    status: str = "active"
+    ended_at: float | None = None
+    period: str = ""  # "YYYY-MM", UTC
+    measurements: Measurements = field(default_factory=Measurements)
+    billable: bool | None = None
+    reason: str | None = None
+    rule: str | None = None
+    settlement: str = "none"
+    settlement_ref: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        """The session as ``GET /v1/sessions`` returns it."""
+        m = self.measurements
+        return {
+            "id": self.id,
+            "object": "realtime.session_record",
+            "account_id": self.account_id,
+            "project_id": self.project_id,
+            "transport": self.transport,
+            "model": self.model,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "billable": bool(self.billable),
+            "reason": self.reason or ("active" if self.status == "active" else ""),
+            "rule": self.rule,
+            "duration_ms": round(m.duration_ms),
+            "connect_ms": None if m.connect_ms is None else round(m.connect_ms, 1),
+            "audio_in_ms": round(m.audio_in_ms),
+            "audio_out_ms": round(m.audio_out_ms),
+            "bytes_in": m.bytes_in,
+            "bytes_out": m.bytes_out,
+            "events_in": m.events_in,
+            "events_out": m.events_out,
+            "event_counts": m.event_counts,
+            "provider_errors": m.provider_errors,
+            "provider_error": m.provider_error,
+            "client_errors": m.client_errors,
+            "closed_by": m.closed_by,
+            "close_code": m.close_code,
+            "close_reason": m.close_reason,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "total_tokens": m.total_tokens,
+            "ice_pair_type": m.ice_pair_type,
+            "ice_state": m.ice_state,
+            "ice_connected_ms": m.ice_connected_ms,
+            "dtls_connected_ms": m.dtls_connected_ms,
+            "turn_failure": m.turn_failure,
+            "ice_failure": m.ice_failure,
+            "settlement": self.settlement,
+            "settlement_ref": self.settlement_ref,
+        }
