@@ -1,0 +1,670 @@
+"""``SQLiteStore``: the ``Store`` interface on one aiosqlite connection.
+
+The database runs in WAL mode with ``synchronous=NORMAL`` (a commit is
+durable across a process crash; the last commits may be lost on power loss),
+``foreign_keys=ON`` and a busy timeout.
+
+Schema: versioned migrations, ``migrations/NNNN_name.sql``, applied in
+version order at ``open()``, each in its own transaction, and recorded in
+``schema_migrations``. Other modules (billing, web) add their own migration
+files to the same directory and their own queries on ``store.db`` inside
+``async with store.transaction():``.
+
+Transactions: the connection is opened in autocommit mode
+(``isolation_level=None``); every write takes ``store.lock`` (an
+``asyncio.Lock``) so that coroutines never interleave statements of different
+transactions on the single connection. Reads do not take the lock and may see
+the uncommitted writes of a transaction in progress on this connection.
+
+Times are Unix seconds (float); periods are ``"YYYY-MM"`` in UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from voxgate.metering.store import MonthlyUsage, OutboxItem, SessionFilter, period_of
+from voxgate.models import (
+    Account,
+    ApiKey,
+    EphemeralKey,
+    Measurements,
+    Project,
+    SessionRecord,
+    Verdict,
+    hash_secret,
+    new_api_key,
+    new_ephemeral_key,
+    new_id,
+)
+
+__all__ = ["SQLiteStore", "Migration", "load_migrations", "split_sql", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 5000
+API_KEY_PREFIX_LEN = 12  # "vg_live_AbCd"
+LAST_USED_INTERVAL_S = 60.0  # write api_keys.last_used_at at most this often per key
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+_ACCOUNT_FIELDS = frozenset({
+    "plan_id", "status", "stripe_customer_id", "stripe_subscription_id",
+    "past_due_since", "name", "email",
+})
+
+
+# ---------------------------------------------------------------- migrations
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def load_migrations(directory: str | Path) -> list[Migration]:
+    """The ``NNNN_name.sql`` files of ``directory`` in version order.
+
+    Raises:
+        ValueError: two files share a version number.
+    """
+    found: dict[int, Migration] = {}
+    for path in Path(directory).iterdir():
+        m = _MIGRATION_NAME.match(path.name)
+        if not m or not path.is_file():
+            continue
+        version = int(m.group(1))
+        if version in found:
+            raise ValueError(f"duplicate migration version {version}: "
+                             f"{found[version].path.name}, {path.name}")
+        found[version] = Migration(version, m.group(2), path)
+    return [found[v] for v in sorted(found)]
+
+
+def split_sql(script: str) -> list[str]:
+    """Split a SQL script into complete statements.
+
+    Uses ``sqlite3.complete_statement``, so semicolons inside strings,
+    comments and ``CREATE TRIGGER … BEGIN … END`` bodies are handled.
+    Comment-only fragments are dropped.
+    """
+    statements: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if _has_code(buf):
+                statements.append(buf.strip())
+            buf = ""
+    # the split adds a ";" after the last fragment; what remains is a
+    # trailing fragment without a semicolon of its own
+    rest = buf[:-1]
+    if _has_code(rest):
+        statements.append(rest.strip())
+    return statements
+
+
+def _has_code(sql: str) -> bool:
+    """True if ``sql`` holds anything besides comments, whitespace and ``;``."""
+    text = re.sub(r"--[^\n]*", "", sql)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return bool(text.replace(";", "").strip())
+
+
+# ---------------------------------------------------------------- row mapping
+
+_ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
+                 "stripe_subscription_id, past_due_since, name")
+_PROJECT_COLS = "id, account_id, name, created_at"
+_API_KEY_COLS = "id, project_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
+_EPHEMERAL_COLS = "id, project_id, key_hash, created_at, expires_at, api_key_id, session"
+_SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_key_id, "
+                 "ephemeral_key_id, status, ended_at, period, measurements, billable, "
+                 "reason, rule, settlement, settlement_ref")
+_USAGE_COLS = "sessions, billable_sessions, minutes_used, audio_seconds, bytes"
+_OUTBOX_COLS = ("session_id, account_id, period, created_at, attempts, next_attempt_at, "
+                "last_error")
+
+
+def _account(row: Any) -> Account:
+    return Account(*row)
+
+
+def _project(row: Any) -> Project:
+    return Project(*row)
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(*row)
+
+
+def _ephemeral(row: Any) -> EphemeralKey:
+    return EphemeralKey(*row[:6], session=orjson.loads(row[6]))
+
+
+def _session(row: Any) -> SessionRecord:
+    return SessionRecord(
+        *row[:11],
+        measurements=Measurements.from_dict(orjson.loads(row[11])),
+        billable=None if row[12] is None else bool(row[12]),
+        reason=row[13], rule=row[14], settlement=row[15], settlement_ref=row[16],
+    )
+
+
+def _usage(account_id: str, period: str, row: Any) -> MonthlyUsage:
+    # REAL columns can come back as int (e.g. through RETURNING); keep the types
+    return MonthlyUsage(account_id, period, int(row[0]), int(row[1]), float(row[2]),
+                        float(row[3]), int(row[4]))
+
+
+def _prefixed(cols: str, alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in cols.split(","))
+
+
+# ---------------------------------------------------------------- the store
+
+_OPEN_SESSION_SQL = """
+INSERT INTO sessions (id, account_id, project_id, api_key_id, ephemeral_key_id, transport,
+    model, status, started_at, ended_at, period, connect_ms, duration_ms, audio_in_ms,
+    audio_out_ms, bytes_in, bytes_out, measurements)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# Insert-or-complete: updates only a session not yet completed, so the
+# rowcount (0 or 1) tells whether this call is the one completing it.
+_COMPLETE_SESSION_SQL = """
+INSERT INTO sessions (id, account_id, project_id, api_key_id, ephemeral_key_id, transport,
+    model, status, started_at, ended_at, period, billable, reason, rule, settlement,
+    connect_ms, duration_ms, audio_in_ms, audio_out_ms, bytes_in, bytes_out, measurements)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    status = 'completed', ended_at = excluded.ended_at, billable = excluded.billable,
+    reason = excluded.reason, rule = excluded.rule, settlement = excluded.settlement,
+    connect_ms = excluded.connect_ms, duration_ms = excluded.duration_ms,
+    audio_in_ms = excluded.audio_in_ms, audio_out_ms = excluded.audio_out_ms,
+    bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out,
+    measurements = excluded.measurements
+WHERE sessions.status <> 'completed'
+"""
+
+_ADD_USAGE_SQL = f"""
+INSERT INTO monthly_usage (account_id, period, sessions, billable_sessions, minutes_used,
+    audio_seconds, bytes)
+VALUES (?, ?, 1, ?, ?, ?, ?)
+ON CONFLICT (account_id, period) DO UPDATE SET
+    sessions = sessions + 1,
+    billable_sessions = billable_sessions + excluded.billable_sessions,
+    minutes_used = minutes_used + excluded.minutes_used,
+    audio_seconds = audio_seconds + excluded.audio_seconds,
+    bytes = bytes + excluded.bytes
+RETURNING {_USAGE_COLS}
+"""
+
+
+class SQLiteStore:
+    """The ``Store`` on a SQLite file (see the module docstring).
+
+    Parameters:
+        path: the database file; its parent directory is created at ``open()``.
+        migrations_dir: where the ``NNNN_name.sql`` files are (the packaged
+            ``migrations`` directory when None).
+    """
+
+    def __init__(self, path: str | Path, migrations_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.migrations_dir = Path(migrations_dir) if migrations_dir else MIGRATIONS_DIR
+        self.lock = asyncio.Lock()
+        self._db: aiosqlite.Connection | None = None
+        self._last_used_written: dict[str, float] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        """The aiosqlite connection (autocommit mode; write inside ``transaction()``).
+
+        Raises:
+            RuntimeError: the store is not open.
+        """
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    async def open(self) -> None:
+        """Connect, set the pragmas and apply pending migrations."""
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            self._db = db
+            await self._migrate()
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def __aenter__(self) -> "SQLiteStore":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        db = self.db
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for migration in load_migrations(self.migrations_dir):
+            statements = split_sql(migration.path.read_text())
+            async with self.transaction():
+                # re-checked inside the write transaction: another process may
+                # have applied it since we looked
+                rows = await db.execute_fetchall(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,))
+                if rows:
+                    continue
+                for statement in statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    async def applied_migrations(self) -> list[tuple[int, str]]:
+        """(version, name) of every applied migration, in order."""
+        rows = await self.db.execute_fetchall(
+            "SELECT version, name FROM schema_migrations ORDER BY version")
+        return [(r[0], r[1]) for r in rows]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception),
+        holding ``self.lock``. Not re-entrant: do not nest."""
+        db = self.db
+        async with self.lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                await db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """One autocommit statement under the lock; returns its rowcount."""
+        async with self.lock:
+            cursor = await self.db.execute(sql, params)
+            return cursor.rowcount
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        rows = await self.db.execute_fetchall(sql, params)
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------ accounts
+
+    async def create_account(self, email: str, plan_id: str, *, name: str = "") -> Account:
+        account = Account(id=new_id("acct"), email=email, plan_id=plan_id,
+                          created_at=time.time(), name=name)
+        await self._write(
+            f"INSERT INTO accounts ({_ACCOUNT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (account.id, account.email, account.plan_id, account.created_at, account.status,
+             None, None, None, account.name),
+        )
+        return account
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._one(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?", (account_id,))
+        return _account(row) if row else None
+
+    async def get_account_by_email(self, email: str) -> Account | None:
+        row = await self._one(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE email = ?", (email,))
+        return _account(row) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_ACCOUNT_COLS} FROM accounts ORDER BY created_at, id")
+        return [_account(r) for r in rows]
+
+    async def update_account(self, account_id: str, **fields: Any) -> Account:
+        """Set fields of the account.
+
+        Raises:
+            KeyError: unknown account.
+            TypeError: a field that cannot be set.
+        """
+        unknown = set(fields) - _ACCOUNT_FIELDS
+        if unknown:
+            raise TypeError(f"cannot update account fields {sorted(unknown)}")
+        if fields:
+            names = sorted(fields)
+            assignments = ", ".join(f"{n} = ?" for n in names)
+            changed = await self._write(
+                f"UPDATE accounts SET {assignments} WHERE id = ?",
+                (*(fields[n] for n in names), account_id),
+            )
+            if not changed:
+                raise KeyError(account_id)
+        account = await self.get_account(account_id)
+        if account is None:
+            raise KeyError(account_id)
+        return account
+
+    # ------------------------------------------------------------ projects
+
+    async def create_project(self, account_id: str, name: str) -> Project:
+        project = Project(id=new_id("proj"), account_id=account_id, name=name,
+                          created_at=time.time())
+        await self._write(
+            f"INSERT INTO projects ({_PROJECT_COLS}) VALUES (?, ?, ?, ?)",
+            (project.id, project.account_id, project.name, project.created_at),
+        )
+        return project
+
+    async def get_project(self, project_id: str) -> Project | None:
+        row = await self._one(
+            f"SELECT {_PROJECT_COLS} FROM projects WHERE id = ? AND deleted_at IS NULL",
+            (project_id,))
+        return _project(row) if row else None
+
+    async def list_projects(self, account_id: str) -> list[Project]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_PROJECT_COLS} FROM projects WHERE account_id = ? AND deleted_at IS NULL"
+            " ORDER BY created_at, id", (account_id,))
+        return [_project(r) for r in rows]
+
+    async def delete_project(self, project_id: str) -> None:
+        """Delete the project (soft: its row stays for sessions and keys) and
+        revoke its keys."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE projects SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL",
+                (now, project_id))
+            await db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE project_id = ? AND revoked_at IS NULL",
+                (now, project_id))
+
+    # ------------------------------------------------------------ API keys
+
+    async def create_api_key(self, project_id: str, name: str = "") -> tuple[ApiKey, str]:
+        plaintext = new_api_key()
+        key = ApiKey(id=new_id("key"), project_id=project_id,
+                     prefix=plaintext[:API_KEY_PREFIX_LEN], key_hash=hash_secret(plaintext),
+                     created_at=time.time(), name=name)
+        await self._write(
+            f"INSERT INTO api_keys ({_API_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (key.id, key.project_id, key.prefix, key.key_hash, key.created_at, key.name),
+        )
+        return key, plaintext
+
+    async def list_api_keys(self, project_id: str) -> list[ApiKey]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_API_KEY_COLS} FROM api_keys WHERE project_id = ? ORDER BY created_at, id",
+            (project_id,))
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self._write(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id))
+
+    async def find_api_key(self, plaintext: str) -> tuple[ApiKey, Project, Account] | None:
+        """The key with that plaintext, its project and account; None if
+        unknown. Revoked keys (and keys of deleted projects, which are
+        revoked) are returned. ``last_used_at`` is written at most once a
+        minute per key (per process)."""
+        row = await self._one(
+            f"SELECT {_prefixed(_API_KEY_COLS, 'k')}, {_prefixed(_PROJECT_COLS, 'p')},"
+            f" {_prefixed(_ACCOUNT_COLS, 'a')}"
+            " FROM api_keys k JOIN projects p ON p.id = k.project_id"
+            " JOIN accounts a ON a.id = p.account_id WHERE k.key_hash = ?",
+            (hash_secret(plaintext),))
+        if row is None:
+            return None
+        key, project, account = _api_key(row[:8]), _project(row[8:12]), _account(row[12:])
+        now = time.time()
+        last = self._last_used_written.get(key.id, key.last_used_at or 0.0)
+        if now - last >= LAST_USED_INTERVAL_S:
+            self._last_used_written[key.id] = now
+            await self._write("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key.id))
+            key.last_used_at = now
+        return key, project, account
+
+    # ------------------------------------------------------------ ephemeral keys
+
+    async def create_ephemeral_key(
+        self,
+        project_id: str,
+        session: dict[str, Any],
+        expires_at: float,
+        api_key_id: str | None = None,
+    ) -> tuple[EphemeralKey, str]:
+        plaintext = new_ephemeral_key()
+        key = EphemeralKey(id=new_id("ek"), project_id=project_id,
+                           key_hash=hash_secret(plaintext), created_at=time.time(),
+                           expires_at=expires_at, api_key_id=api_key_id, session=session)
+        await self._write(
+            f"INSERT INTO ephemeral_keys ({_EPHEMERAL_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.id, key.project_id, key.key_hash, key.created_at, key.expires_at,
+             key.api_key_id, orjson.dumps(session).decode()),
+        )
+        return key, plaintext
+
+    async def find_ephemeral_key(
+        self, plaintext: str
+    ) -> tuple[EphemeralKey, Project, Account] | None:
+        """The ephemeral key, its project and account; None if unknown.
+        Expired keys are returned (``EphemeralKey.expired(now)`` tells)."""
+        row = await self._one(
+            f"SELECT {_prefixed(_EPHEMERAL_COLS, 'e')}, {_prefixed(_PROJECT_COLS, 'p')},"
+            f" {_prefixed(_ACCOUNT_COLS, 'a')}"
+            " FROM ephemeral_keys e JOIN projects p ON p.id = e.project_id"
+            " JOIN accounts a ON a.id = p.account_id WHERE e.key_hash = ?",
+            (hash_secret(plaintext),))
+        if row is None:
+            return None
+        return _ephemeral(row[:7]), _project(row[7:11]), _account(row[11:])
+
+    # ------------------------------------------------------------ sessions
+
+    async def open_session(self, record: SessionRecord) -> None:
+        """Insert the session row with ``status="active"`` (one statement)."""
+        m = record.measurements
+        await self._write(_OPEN_SESSION_SQL, (
+            record.id, record.account_id, record.project_id, record.api_key_id,
+            record.ephemeral_key_id, record.transport, record.model, record.started_at,
+            record.period or period_of(record.started_at),
+            m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
+            m.bytes_out, orjson.dumps(m.to_dict()).decode(),
+        ))
+
+    async def complete_session(
+        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False
+    ) -> MonthlyUsage:
+        """Complete the session in one transaction (see ``Store``).
+
+        Idempotent: completing a session already completed changes nothing
+        and returns the period's current usage. A session never opened is
+        inserted completed.
+        """
+        async with self.transaction():
+            return await self._complete(record, verdict, settle, record.ended_at or time.time())
+
+    async def _complete(
+        self, record: SessionRecord, verdict: Verdict, settle: bool, ended_at: float
+    ) -> MonthlyUsage:
+        db = self.db
+        period = record.period or period_of(record.started_at)
+        m = record.measurements
+        billable = bool(verdict.billable)
+        if settle:
+            settlement = "pending"
+        else:
+            settlement = "included" if billable else "none"
+        cursor = await db.execute(_COMPLETE_SESSION_SQL, (
+            record.id, record.account_id, record.project_id, record.api_key_id,
+            record.ephemeral_key_id, record.transport, record.model, record.started_at,
+            ended_at, period, int(billable), verdict.reason, verdict.rule, settlement,
+            m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
+            m.bytes_out, orjson.dumps(m.to_dict()).decode(),
+        ))
+        if cursor.rowcount == 0:  # already completed: count it once only
+            return await self._usage(record.account_id, period)
+        rows = await db.execute_fetchall(_ADD_USAGE_SQL, (
+            record.account_id, period, int(billable),
+            m.duration_ms / 60000.0 if billable else 0.0,
+            (m.audio_in_ms + m.audio_out_ms) / 1000.0,
+            m.bytes_in + m.bytes_out,
+        ))
+        if settle:
+            await db.execute(
+                f"INSERT OR IGNORE INTO settlement_outbox ({_OUTBOX_COLS})"
+                " VALUES (?, ?, ?, ?, 0, ?, NULL)",
+                (record.id, record.account_id, period, ended_at, ended_at))
+        return _usage(record.account_id, period, rows[0])
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._one(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
+        return _session(row) if row else None
+
+    @staticmethod
+    def _where(account_id: str, filters: SessionFilter | None) -> tuple[list[str], list[Any]]:
+        clauses, params = ["account_id = ?"], [account_id]
+        f = filters or SessionFilter()
+        if f.project_id is not None:
+            clauses.append("project_id = ?")
+            params.append(f.project_id)
+        if f.billable is not None:
+            clauses.append("billable = 1" if f.billable else "COALESCE(billable, 0) = 0")
+        if f.reason is not None:
+            clauses.append("reason = ?")
+            params.append(f.reason)
+        if f.since is not None:
+            clauses.append("started_at >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            clauses.append("started_at < ?")
+            params.append(f.until)
+        if f.status is not None:
+            clauses.append("status = ?")
+            params.append(f.status)
+        return clauses, params
+
+    async def list_sessions(
+        self,
+        account_id: str,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        filters: SessionFilter | None = None,
+    ) -> list[SessionRecord]:
+        """Newest first by (started_at, id). ``after`` is a session id of this
+        account: only sessions strictly older than it are returned (an
+        unknown cursor gives an empty page)."""
+        clauses, params = self._where(account_id, filters)
+        if after is not None:
+            cursor_row = await self._one(
+                "SELECT started_at, id FROM sessions WHERE id = ? AND account_id = ?",
+                (after, account_id))
+            if cursor_row is None:
+                return []
+            clauses.append("(started_at < ? OR (started_at = ? AND id < ?))")
+            params += [cursor_row[0], cursor_row[0], cursor_row[1]]
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_SESSION_COLS} FROM sessions WHERE {' AND '.join(clauses)}"
+            " ORDER BY started_at DESC, id DESC LIMIT ?", (*params, max(0, limit)))
+        return [_session(r) for r in rows]
+
+    async def count_sessions(self, account_id: str, filters: SessionFilter | None = None) -> int:
+        clauses, params = self._where(account_id, filters)
+        row = await self._one(
+            f"SELECT COUNT(*) FROM sessions WHERE {' AND '.join(clauses)}", tuple(params))
+        return int(row[0])
+
+    async def abandon_active_sessions(self, verdict: Verdict, now: float) -> int:
+        """Complete every ``active`` session (left by a process that died)
+        with ``verdict``'s reason and rule, ending at ``now``. They are
+        recorded and counted as not billable whatever ``verdict.billable``
+        says: nothing was measured to justify a charge. Returns how many."""
+        not_billable = Verdict(False, verdict.reason, verdict.rule)
+        async with self.transaction() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE status = 'active'")
+            for row in rows:
+                await self._complete(_session(row), not_billable, False, now)
+        return len(rows)
+
+    # ------------------------------------------------------------ usage
+
+    async def _usage(self, account_id: str, period: str) -> MonthlyUsage:
+        row = await self._one(
+            f"SELECT {_USAGE_COLS} FROM monthly_usage WHERE account_id = ? AND period = ?",
+            (account_id, period))
+        return _usage(account_id, period, row) if row else MonthlyUsage(account_id, period)
+
+    async def get_usage(self, account_id: str, period: str) -> MonthlyUsage:
+        """The account's usage in ``period`` (zeros if none)."""
+        return await self._usage(account_id, period)
+
+    async def list_usage(self, account_id: str) -> list[MonthlyUsage]:
+        """Every period with usage, newest first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT period, {_USAGE_COLS} FROM monthly_usage WHERE account_id = ?"
+            " ORDER BY period DESC", (account_id,))
+        return [_usage(account_id, r[0], r[1:]) for r in rows]
+
+    # ------------------------------------------------------------ settlement outbox
+
+    async def due_outbox(self, now: float, limit: int = 100) -> list[OutboxItem]:
+        """Items with ``next_attempt_at <= now``, oldest first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_OUTBOX_COLS} FROM settlement_outbox WHERE next_attempt_at <= ?"
+            " ORDER BY created_at, session_id LIMIT ?", (now, limit))
+        return [OutboxItem(*r) for r in rows]
+
+    async def settle_outbox(self, session_id: str, *, settlement: str, ref: str | None) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE sessions SET settlement = ?, settlement_ref = ? WHERE id = ?",
+                (settlement, ref, session_id))
+            await db.execute("DELETE FROM settlement_outbox WHERE session_id = ?", (session_id,))
+
+    async def retry_outbox(self, session_id: str, *, next_attempt_at: float, error: str) -> None:
+        await self._write(
+            "UPDATE settlement_outbox SET attempts = attempts + 1, next_attempt_at = ?,"
+            " last_error = ? WHERE session_id = ?", (next_attempt_at, error, session_id))
+
+    # ------------------------------------------------------------ meta
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
