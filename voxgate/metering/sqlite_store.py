@@ -162,7 +162,7 @@ def _session(row: Any) -> SessionRecord:
     )
 
 
-def _usage(account_id: str, period: str, row: Any) -> MonthlyUsage:
+def _usage_of(account_id: str, period: str, row: Any) -> MonthlyUsage:
     # REAL columns can come back as int (e.g. through RETURNING); keep the types
     return MonthlyUsage(account_id, period, int(row[0]), int(row[1]), float(row[2]),
                         float(row[3]), int(row[4]))
@@ -545,7 +545,7 @@ class SQLiteStore:
                 f"INSERT OR IGNORE INTO settlement_outbox ({_OUTBOX_COLS})"
                 " VALUES (?, ?, ?, ?, 0, ?, NULL)",
                 (record.id, record.account_id, period, ended_at, ended_at))
-        return _usage(record.account_id, period, rows[0])
+        return _usage_of(record.account_id, period, rows[0])
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         row = await self._one(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
@@ -624,7 +624,7 @@ class SQLiteStore:
         row = await self._one(
             f"SELECT {_USAGE_COLS} FROM monthly_usage WHERE account_id = ? AND period = ?",
             (account_id, period))
-        return _usage(account_id, period, row) if row else MonthlyUsage(account_id, period)
+        return _usage_of(account_id, period, row) if row else MonthlyUsage(account_id, period)
 
     async def get_usage(self, account_id: str, period: str) -> MonthlyUsage:
         """The account's usage in ``period`` (zeros if none)."""
@@ -635,7 +635,7 @@ class SQLiteStore:
         rows = await self.db.execute_fetchall(
             f"SELECT period, {_USAGE_COLS} FROM monthly_usage WHERE account_id = ?"
             " ORDER BY period DESC", (account_id,))
-        return [_usage(account_id, r[0], r[1:]) for r in rows]
+        return [_usage_of(account_id, r[0], r[1:]) for r in rows]
 
     # ------------------------------------------------------------ settlement outbox
 
