@@ -1,0 +1,228 @@
+"""Shared fixtures: real speech, a local voice provider process, and voxgate
+servers on loopback port 0 with real SQLite files.
+
+Timeouts scale from one constant, ``MS`` (seconds per "unit"), raised with
+``VOXGATE_TEST_SLOW=2`` on slow machines.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEECH = (ROOT.parent / "shared" / "speech") if (ROOT.parent / "shared" / "speech").is_dir() \
+    else Path(os.environ.get("VOXGATE_SPEECH_DIR", "/work/shared/speech"))
+SLOW = float(os.environ.get("VOXGATE_TEST_SLOW", "1"))
+TEST_CATALOG = """
+minutes_per_session = 2.0
+default_plan = "tiny"
+
+[plans.tiny]
+name = "Tiny"
+sessions_included = 2
+concurrency = 2
+requests_per_minute = 1000
+projects = 2
+
+[plans.ratelimited]
+name = "Rate limited"
+sessions_included = 100
+concurrency = 5
+requests_per_minute = 3
+projects = 1
+
+[plans.free]
+name = "Free"
+sessions_included = 100
+concurrency = 1
+requests_per_minute = 100
+projects = 1
+
+[plans.roomy]
+name = "Roomy"
+sessions_included = 1000
+concurrency = 50
+requests_per_minute = 100000
+projects = 10
+
+[plans.payg]
+name = "Pay as you go"
+sessions_included = 0
+overage_cents = 10
+requests_per_minute = 100000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def speech_dir() -> Path:
+    assert SPEECH.is_dir(), f"speech samples not found at {SPEECH}"
+    return SPEECH
+
+
+@pytest.fixture(scope="session")
+def jfk_pcm(speech_dir) -> bytes:
+    """jfk.flac as 24 kHz PCM16 mono (11.0 s)."""
+    from voxgate.voice.audio import load_pcm16
+
+    return load_pcm16(speech_dir / "jfk.flac", 24000)
+
+
+@pytest.fixture(scope="session")
+def voice_url(tmp_path_factory) -> str:
+    """A local voice provider in its own process (faults enabled), shared by
+    the session: ``ws://127.0.0.1:PORT/v1/realtime``."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("voice") / "voice.log"
+    env = {**os.environ, "VOXGATE_VOICE__FAULTS_ENABLED": "true"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voxgate", "voice", "serve", "--host", "127.0.0.1",
+             "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
+        )
+    try:
+        wait_port(port, 60 * SLOW, proc)
+        yield f"ws://127.0.0.1:{port}/v1/realtime"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class Server:
+    """A running voxgate app: ``url`` (http base), its store, gateway, and
+    the account/project/key made for the test."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+    key: str
+    account_id: str
+    project_id: str
+
+    @property
+    def gateway(self):
+        from voxgate.proxy.app import GATEWAY
+
+        return self.app[GATEWAY]
+
+    @property
+    def store(self):
+        return self.gateway.store
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/v1/realtime"
+
+    async def new_account(self, plan: str = "tiny", email: str | None = None):
+        """(account, project, key) for a fresh account on ``plan``."""
+        account = await self.store.create_account(email or f"{plan}-{time.monotonic_ns()}@test", plan)
+        project = await self.store.create_project(account.id, "p")
+        _, key = await self.store.create_api_key(project.id, "k")
+        return account, project, key
+
+    async def session(self, session_id: str):
+        """The stored record once the session is completed (waits up to 5 s)."""
+        deadline = time.monotonic() + 5 * SLOW
+        while True:
+            record = await self.store.get_session(session_id)
+            if record is not None and record.status == "completed":
+                return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"session {session_id} not completed: {record}")
+            import asyncio
+
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def catalog_path(tmp_path) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(TEST_CATALOG)
+    return path
+
+
+@pytest_asyncio.fixture
+async def make_server(tmp_path, voice_url, catalog_path):
+    """Factory: ``await make_server(plan="tiny", **settings overrides)``."""
+    from voxgate.config import load_settings
+    from voxgate.proxy.app import create_app
+
+    runners: list[web.AppRunner] = []
+
+    async def factory(plan: str = "tiny", upstream_url: str | None = None, **overrides) -> Server:
+        data_dir = tmp_path / f"data{len(runners)}"
+        base = {
+            "data_dir": str(data_dir),
+            "catalog": str(catalog_path),
+            "upstream": {"provider": "local", "url": upstream_url or voice_url,
+                         "connect_timeout_s": 5.0},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        settings = load_settings(None, **base)
+        app = create_app(settings)
+        runner = web.AppRunner(app, shutdown_timeout=2)
+        await runner.setup()
+        port = free_port()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        runners.append(runner)
+        from voxgate.proxy.app import GATEWAY
+
+        store = app[GATEWAY].store
+        account = await store.create_account(f"{plan}@test", plan)
+        project = await store.create_project(account.id, "test")
+        _, key = await store.create_api_key(project.id, "test")
+        return Server(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id)
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def server(make_server) -> Server:
+    return await make_server()
+
+
+@pytest_asyncio.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session

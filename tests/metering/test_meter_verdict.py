@@ -1,0 +1,212 @@
+"""The sans-I/O meter, the verdict and the admission rules, fed events and
+times directly: no event loop, no sockets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
+from voxgate.metering.admission import InProcessAdmission, TokenBucket, check_quota
+from voxgate.metering.meter import SessionMeter
+from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.models import Plan
+from voxgate.models.realtime import PCM24K, b64_decoded_len
+
+
+def b64(nbytes: int) -> str:
+    return base64.b64encode(bytes(nbytes)).decode()
+
+
+def connected_meter(connect_ms: float = 100.0) -> SessionMeter:
+    meter = SessionMeter(0.0)
+    meter.upstream_event("session.created", 500, connect_ms, event={"type": "session.created",
+                                                                    "session": {}})
+    return meter
+
+
+def feed_audio_in(meter: SessionMeter, ms: int) -> None:
+    chunk = b64(960)  # 20 ms of 24 kHz PCM16
+    for _ in range(ms // 20):
+        meter.client_event("input_audio_buffer.append", len(chunk) + 40, len(chunk),
+                           chunk.count("=", len(chunk) - 2))
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 2, 3, 959, 960, 961])
+def test_b64_length_arithmetic_is_exact(nbytes):
+    s = b64(nbytes)
+    assert b64_decoded_len(len(s), s.count("=", len(s) - 2)) == nbytes
+
+
+def test_audio_ms_from_payload_lengths():
+    meter = connected_meter()
+    feed_audio_in(meter, 6000)
+    delta = b64(48000)  # 1 s out
+    meter.upstream_event("response.output_audio.delta", len(delta) + 60, 200.0,
+                         audio_b64_len=len(delta))
+    m = meter.measurements()
+    assert m.audio_in_ms == pytest.approx(6000.0)
+    assert m.audio_out_ms == pytest.approx(1000.0)
+    assert m.events_in == 300 and m.event_counts["input_audio_buffer.append"] == 300
+
+
+def test_g711_format_from_session_updated():
+    meter = connected_meter()
+    meter.upstream_event("session.updated", 300, 150.0, event={
+        "type": "session.updated",
+        "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
+                              "output": {"format": {"type": "audio/pcma"}}}}})
+    chunk = b64(8000)  # 1 s of 8 kHz G.711
+    pad = chunk.count("=")
+    meter.client_event("input_audio_buffer.append", len(chunk), len(chunk), pad)
+    meter.upstream_event("response.output_audio.delta", len(chunk), 0.0,
+                         audio_b64_len=len(chunk), padding=pad)
+    assert meter.measurements().audio_in_ms == pytest.approx(1000.0)
+    assert meter.measurements().audio_out_ms == pytest.approx(1000.0)
+
+
+def test_connect_latency_and_duration():
+    meter = SessionMeter(1000.0)
+    meter.upstream_event("session.created", 100, 1250.0, event={"session": {}})
+    meter.closed("client", 1000, None, 9000.0)
+    m = meter.measurements()
+    assert m.connect_ms == 250.0 and m.duration_ms == 8000.0 and m.closed_by == "client"
+
+
+def test_client_error_types_are_not_provider_errors():
+    meter = connected_meter()
+    meter.upstream_event("error", 100, 1.0, event={"error": {"type": "invalid_request_error",
+                                                            "code": "x", "message": "bad"}})
+    assert meter.measurements().provider_errors == 0
+    meter.upstream_event("error", 100, 1.0, event={"error": {"type": "server_error",
+                                                            "message": "boom"}})
+    assert meter.measurements().provider_errors == 1
+    assert "boom" in meter.measurements().provider_error
+
+
+def test_abnormal_upstream_close_is_provider_error_normal_is_not():
+    normal = connected_meter()
+    normal.closed("upstream", 1000, None, 10.0)
+    assert normal.measurements().provider_errors == 0
+    dropped = connected_meter()
+    dropped.closed("upstream", 1006, None, 10.0)
+    assert dropped.measurements().provider_errors == 1
+    client = connected_meter()
+    client.closed("client", 1006, None, 10.0)  # the client vanishing is not the provider's fault
+    assert client.measurements().provider_errors == 0
+
+
+def test_response_done_usage_is_summed():
+    meter = connected_meter()
+    for _ in range(2):
+        meter.upstream_event("response.done", 100, 1.0, event={"response": {"usage": {
+            "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}})
+    m = meter.measurements()
+    assert (m.input_tokens, m.output_tokens, m.total_tokens, m.responses) == (20, 10, 30, 2)
+
+
+def test_only_first_close_counts():
+    meter = connected_meter()
+    meter.closed("client", 1000, None, 50.0)
+    meter.closed("upstream", 1006, None, 80.0)
+    m = meter.measurements()
+    assert (m.closed_by, m.close_code, m.duration_ms, m.provider_errors) == ("client", 1000, 50.0, 0)
+
+
+# -- verdict ---------------------------------------------------------------
+
+def verdict_of(**setup) -> tuple[bool, str]:
+    meter = connected_meter(setup.get("connect_ms", 100.0)) if setup.get("connected", True) \
+        else SessionMeter(0.0)
+    feed_audio_in(meter, setup.get("audio_ms", 6000))
+    if setup.get("provider_error"):
+        meter.upstream_event("error", 10, 1.0, event={"error": {"type": "server_error"}})
+    if setup.get("turn"):
+        meter.ice_failed("relay only, TURN allocation failed", turn=True)
+    if setup.get("ice"):
+        meter.ice_failed("no pair", turn=False)
+    meter.closed("client", 1000, None, 7000.0)
+    v = decide(meter.measurements())
+    return v.billable, v.reason
+
+
+def test_verdict_reasons():
+    assert verdict_of() == (True, "billable")
+    assert verdict_of(audio_ms=5000) == (False, "too_short")  # more than 5 s is required
+    assert verdict_of(audio_ms=5020) == (True, "billable")
+    assert verdict_of(connect_ms=2000.0) == (True, "billable")
+    assert verdict_of(connect_ms=2001.0) == (False, "connect_timeout")
+    assert verdict_of(connected=False) == (False, "not_connected")
+    assert verdict_of(provider_error=True) == (False, "provider_error")
+    assert verdict_of(turn=True) == (False, "turn_failure")
+    assert verdict_of(ice=True) == (False, "ice_failure")
+    # order: a provider error beats a slow connect
+    assert verdict_of(provider_error=True, connect_ms=3000.0) == (False, "provider_error")
+
+
+def test_verdict_policy_is_configurable_and_rule_names_values():
+    meter = connected_meter(1500.0)
+    feed_audio_in(meter, 3000)
+    v = decide(meter.measurements(), VerdictPolicy(min_audio_ms=2000, max_connect_ms=1000))
+    assert v.reason == "connect_timeout"
+    assert "1500 ms > 1000 ms" in v.rule
+
+
+# -- admission ---------------------------------------------------------------
+
+FREE = Plan(id="free", name="Free", sessions_included=3, concurrency=2, requests_per_minute=60)
+PAYG = Plan(id="payg", name="PAYG", sessions_included=0, overage_cents=10)
+
+
+def test_quota_counts_in_flight_as_reserved():
+    check_quota(FREE, 1, 1)
+    with pytest.raises(QuotaExceeded):
+        check_quota(FREE, 2, 1)
+    check_quota(PAYG, 10_000, 500)  # no cap with an overage price
+
+
+def test_token_bucket_refills_per_second():
+    bucket = TokenBucket.full(60, 0.0)
+    assert all(bucket.take(0.0, 60) == 0.0 for _ in range(60))
+    wait = bucket.take(0.0, 60)
+    assert wait == pytest.approx(1.0)
+    assert bucket.take(1.0, 60) == 0.0
+
+
+async def test_in_process_admission_leases():
+    adm = InProcessAdmission(lease_ttl_s=10)
+    a = await adm.acquire("acct", "s1", FREE, 0, now=0.0)
+    await adm.acquire("acct", "s2", FREE, 0, now=0.0)
+    with pytest.raises(ConcurrencyLimited):
+        await adm.acquire("acct", "s3", FREE, 0, now=1.0)
+    await adm.release(a)
+    await adm.release(a)  # idempotent
+    assert adm.in_flight("acct") == 1
+    with pytest.raises(QuotaExceeded):  # 2 billable + 1 in flight = 3 included
+        await adm.acquire("acct", "s4", FREE, 2, now=1.0)
+    # an unrenewed lease expires
+    await adm.acquire("acct", "s5", FREE, 0, now=1.0)
+    assert adm.in_flight("acct") == 2
+    b = await adm.acquire("acct", "s6", FREE, 0, now=12.0)
+    assert adm.in_flight("acct") == 1 and b.session_id == "s6"
+
+
+async def test_rate_limit_raises_with_retry_after():
+    adm = InProcessAdmission()
+    plan = Plan(id="p", name="P", requests_per_minute=2)
+    await adm.check_rate("key", plan, 0.0)
+    await adm.check_rate("key", plan, 0.0)
+    with pytest.raises(RateLimited) as exc:
+        await adm.check_rate("key", plan, 0.0)
+    assert exc.value.retry_after_s == pytest.approx(30.0)
+    await adm.check_rate("other-key", plan, 0.0)
+
+
+def test_plan_settlement_rules():
+    pro = Plan(id="pro", name="Pro", price_cents=2900, sessions_included=400, overage_cents=7)
+    assert not pro.charges_session(399) and pro.charges_session(400)
+    assert PAYG.charges_session(0)
+    assert not FREE.charges_session(10)
+    assert pro.cost_cents(410) == 2900 + 70
+    assert PCM24K.ms_from_bytes(48000) == 1000.0

@@ -1,0 +1,183 @@
+"""The ``voxgate`` command line.
+
+- ``voxgate serve [--host] [--port] [--config FILE]``
+- ``voxgate call --audio FILE [--url URL] [--key KEY] [--out reply.wav] [--json]``
+- ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
+- ``voxgate admin create-account|create-project|create-key|revoke-key|usage|accounts``
+
+Other rooms add their own subcommands with a ``register(subparsers)`` in
+``voxgate.billing.cli``, ``voxgate.web.cli`` and ``voxgate.loadtest.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from voxgate.config import Settings, load_settings
+from voxgate.errors import ConfigError
+
+__all__ = ["main", "run_async", "settings_from_args"]
+
+EXTENSIONS = ("voxgate.billing.cli", "voxgate.web.cli", "voxgate.loadtest.cli")
+
+
+def run_async(coro) -> Any:
+    """Run a coroutine on uvloop when available."""
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from voxgate.proxy.app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+
+    async def _run() -> None:
+        runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=10)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        print(f"voxgate listening on http://{settings.host}:{settings.port}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        run_async(_run())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _voice_serve(args: argparse.Namespace) -> int:
+    from voxgate.voice.server import serve_forever
+
+    settings = settings_from_args(argparse.Namespace(config=args.config))
+    logging.basicConfig(level=settings.log_level)
+    host = args.host or settings.voice.host
+    port = args.port if args.port is not None else (settings.voice.port or 8090)
+    try:
+        run_async(serve_forever(settings.voice, host, port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    from voxgate.call import run_call
+
+    return run_async(run_call(args))
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from voxgate.admin import run_admin
+
+    return run_async(run_admin(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxgate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy (and the embedded local voice provider)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--config", help="TOML configuration file")
+    serve.set_defaults(func=_serve)
+
+    call = sub.add_parser("call", help="stream a recording through voxgate with the openai SDK")
+    call.add_argument("--audio", required=True, help="WAV, FLAC or raw (16 kHz s16le) file")
+    call.add_argument("--url", default=None, help="voxgate base URL (default http://127.0.0.1:8080)")
+    call.add_argument("--key", default=None, help="project API key (default: the demo key)")
+    call.add_argument("--out", default="reply.wav", help="where to save the reply audio")
+    call.add_argument("--model", default="gpt-realtime")
+    call.add_argument("--json", action="store_true", help="print one JSON object")
+    call.add_argument("--config", help="TOML configuration file (for the data directory)")
+    call.add_argument("--speed", type=float, default=1.0, help="stream at N× real time")
+    call.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
+    call.add_argument("--vad", action="store_true",
+                      help="let server VAD find the turns instead of committing the whole recording")
+    call.set_defaults(func=_call)
+
+    voice = sub.add_parser("voice", help="the local voice provider")
+    vsub = voice.add_subparsers(dest="voice_command", required=True)
+    vserve = vsub.add_parser("serve", help="run the local voice provider alone")
+    vserve.add_argument("--host")
+    vserve.add_argument("--port", type=int)
+    vserve.add_argument("--config")
+    vserve.set_defaults(func=_voice_serve)
+
+    admin = sub.add_parser("admin", help="accounts, projects, keys and usage")
+    admin.add_argument("--config")
+    asub = admin.add_subparsers(dest="admin_command", required=True)
+    a = asub.add_parser("create-account")
+    a.add_argument("email")
+    a.add_argument("--plan", default=None)
+    a.add_argument("--name", default="")
+    a = asub.add_parser("create-project")
+    a.add_argument("account_id")
+    a.add_argument("name")
+    a = asub.add_parser("create-key")
+    a.add_argument("project_id")
+    a.add_argument("--name", default="")
+    a = asub.add_parser("revoke-key")
+    a.add_argument("key_id")
+    a = asub.add_parser("set-plan")
+    a.add_argument("account_id")
+    a.add_argument("plan")
+    a = asub.add_parser("usage")
+    a.add_argument("account_id")
+    asub.add_parser("accounts")
+    admin.set_defaults(func=_admin)
+
+    for name in EXTENSIONS:
+        if _module_exists(name):
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

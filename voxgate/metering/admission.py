@@ -1,0 +1,182 @@
+"""Admission: may this request or session start? Monthly session quota,
+concurrency per plan and requests per minute per API key.
+
+The rules are pure (``check_quota``, ``check_concurrency``, ``TokenBucket``);
+``Admission`` is the interface the proxy calls, ``InProcessAdmission`` the
+single-process implementation. A Redis implementation can follow behind the
+same interface (leases as keys with a TTL, buckets as scripts).
+
+Quota: billable sessions this period plus sessions in flight (reserved) must
+stay under a hard-capped plan's ``sessions_included``, so a burst cannot
+overshoot it. Concurrency: sessions in flight per account, held by leases
+that are released on every exit path and expire (``lease_ttl_s``) if never
+renewed, e.g. when the holder died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
+from voxgate.models.plans import Plan
+
+__all__ = [
+    "Lease",
+    "Admission",
+    "InProcessAdmission",
+    "TokenBucket",
+    "check_quota",
+    "check_concurrency",
+]
+
+
+def check_quota(plan: Plan, billable_used: int, in_flight: int) -> None:
+    """Raise ``QuotaExceeded`` when a hard-capped plan has no session left:
+    ``billable_used + in_flight ≥ sessions_included``."""
+    if plan.hard_cap and billable_used + in_flight >= (plan.sessions_included or 0):
+        raise QuotaExceeded(
+            f"monthly session quota of the {plan.name} plan is used up "
+            f"({billable_used} billable, {in_flight} in progress, "
+            f"{plan.sessions_included} included); upgrade to continue"
+        )
+
+
+def check_concurrency(plan: Plan, in_flight: int) -> None:
+    """Raise ``ConcurrencyLimited`` when ``in_flight`` sessions already fill
+    the plan's concurrency."""
+    if plan.concurrency is not None and in_flight >= plan.concurrency:
+        raise ConcurrencyLimited(
+            f"the {plan.name} plan allows {plan.concurrency} simultaneous "
+            f"session{'s' if plan.concurrency != 1 else ''}; end one or upgrade"
+        )
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Requests-per-minute limiter: a bucket of ``capacity`` tokens refilled
+    at ``capacity / 60`` tokens per second. Time is passed in (seconds)."""
+
+    capacity: float
+    tokens: float
+    updated_s: float
+
+    @classmethod
+    def full(cls, per_minute: int, now_s: float) -> "TokenBucket":
+        return cls(float(per_minute), float(per_minute), now_s)
+
+    def take(self, now_s: float, per_minute: int) -> float:
+        """Take one token. Returns 0.0 when allowed, else the seconds until
+        one is available (nothing taken)."""
+        rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        elapsed = max(0.0, now_s - self.updated_s)
+        self.tokens = min(self.capacity, self.tokens + elapsed * rate)
+        self.updated_s = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / rate if rate > 0 else 60.0
+
+
+@dataclass(slots=True)
+class Lease:
+    """A concurrency slot held by one session until released or expired.
+
+    Attributes:
+        expires_at: monotonic seconds; renew before then.
+    """
+
+    id: str
+    account_id: str
+    session_id: str
+    expires_at: float
+    released: bool = False
+
+
+class Admission(Protocol):
+    """The admission interface. ``now`` is monotonic seconds."""
+
+    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> None:
+        """Count one request for ``rate_key``. Raises ``RateLimited``."""
+
+    async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
+        """Raise ``QuotaExceeded`` if no session could start now."""
+
+    async def acquire(
+        self, account_id: str, session_id: str, plan: Plan, billable_used: int, now: float
+    ) -> Lease:
+        """Reserve quota and a concurrency slot. Raises ``QuotaExceeded``,
+        ``ConcurrencyLimited``."""
+
+    async def renew(self, lease: Lease, now: float) -> None: ...
+
+    async def release(self, lease: Lease) -> None:
+        """Free the slot and the reservation. Idempotent."""
+
+    def in_flight(self, account_id: str) -> int: ...
+
+
+@dataclass
+class InProcessAdmission:
+    """Admission for one voxgate process.
+
+    Args:
+        lease_ttl_s: a lease not renewed for this long is freed.
+    """
+
+    lease_ttl_s: float = 90.0
+    _leases: dict[str, dict[str, Lease]] = field(default_factory=dict)
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> None:
+        bucket = self._buckets.get(rate_key)
+        if bucket is None:
+            bucket = self._buckets[rate_key] = TokenBucket.full(plan.requests_per_minute, now)
+        wait = bucket.take(now, plan.requests_per_minute)
+        if wait:
+            raise RateLimited(
+                f"rate limit of {plan.requests_per_minute} requests per minute reached "
+                f"for this API key; retry in {wait:.1f} s",
+                retry_after_s=wait,
+            )
+
+    async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
+        check_quota(plan, billable_used, self.in_flight(account_id))
+
+    async def acquire(
+        self, account_id: str, session_id: str, plan: Plan, billable_used: int, now: float
+    ) -> Lease:
+        leases = self._live(account_id, now)
+        check_concurrency(plan, len(leases))
+        check_quota(plan, billable_used, len(leases))
+        lease = Lease(uuid.uuid4().hex, account_id, session_id, now + self.lease_ttl_s)
+        leases[lease.id] = lease
+        return lease
+
+    async def renew(self, lease: Lease, now: float) -> None:
+        if not lease.released:
+            lease.expires_at = now + self.lease_ttl_s
+
+    async def release(self, lease: Lease) -> None:
+        if lease.released:
+            return
+        lease.released = True
+        leases = self._leases.get(lease.account_id)
+        if leases is not None:
+            leases.pop(lease.id, None)
+            if not leases:
+                del self._leases[lease.account_id]
+
+    def in_flight(self, account_id: str) -> int:
+        return len(self._leases.get(account_id, ()))
+
+    def _live(self, account_id: str, now: float) -> dict[str, Lease]:
+        leases = self._leases.setdefault(account_id, {})
+        expired = [k for k, lease in leases.items() if lease.expires_at <= now]
+        for k in expired:
+            leases.pop(k).released = True
+        return leases

@@ -1,0 +1,231 @@
+"""The session meter: a sans-I/O object fed every event of a session, in both
+directions, and every lifecycle step, each with a caller-supplied timestamp
+(monotonic milliseconds). It never reads a clock and never touches a socket;
+the relays feed it and read ``measurements()`` at the end.
+
+What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/realtime):
+
+- connect latency: client accepted → upstream ``session.created`` (WebSocket);
+  offer received → media flowing (WebRTC, via ``media_flowing``).
+- audio in: the decoded length of each ``input_audio_buffer.append`` ``audio``
+  payload in the session's input format; audio out: the same for
+  ``response.output_audio.delta`` (and beta ``response.audio.delta``) ``delta``
+  payloads in the output format. Formats follow the upstream's
+  ``session.created`` / ``session.updated`` (PCM16 24 kHz until told otherwise).
+- provider errors: an upstream ``error`` event whose ``error.type`` is not
+  ``invalid_request_error`` (those answer the client's own mistakes), an
+  upstream connect failure, an abnormal upstream close.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
+from voxgate.models.sessions import Measurements
+
+__all__ = ["SessionMeter", "CLIENT", "UPSTREAM", "SERVER", "NORMAL_CLOSE_CODES"]
+
+CLIENT = "client"
+UPSTREAM = "upstream"
+SERVER = "server"
+
+# RFC 6455 §7.4.1: 1000 normal closure, 1001 going away.
+NORMAL_CLOSE_CODES = frozenset({1000, 1001})
+# Error types that answer the client's own input, not a provider fault.
+CLIENT_ERROR_TYPES = frozenset({"invalid_request_error"})
+OUTPUT_AUDIO_EVENTS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+
+
+class SessionMeter:
+    """Measures one session. Not thread-safe; one per session.
+
+    Args:
+        accepted_ms: when the client was accepted (WebSocket upgraded, or the
+            WebRTC offer received), in monotonic ms.
+    """
+
+    __slots__ = ("_m", "_t0", "_in", "_out", "_ended", "_counts")
+
+    def __init__(self, accepted_ms: float) -> None:
+        self._m = Measurements()
+        self._t0 = accepted_ms
+        self._in: AudioFormat = PCM24K
+        self._out: AudioFormat = PCM24K
+        self._ended = False
+        self._counts = self._m.event_counts
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._m.connected
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def accepted(self, now_ms: float) -> None:
+        """Restart the clock: the client was accepted at ``now_ms``."""
+        self._t0 = now_ms
+
+    def upstream_connect_failed(self, now_ms: float, detail: str) -> None:
+        """The provider could not be reached (refused, timed out, TLS, HTTP 5xx).
+        A provider-side handshake refusal of the client's request (bad model,
+        HTTP 4xx) is not a provider error: use ``upstream_refused``."""
+        self._provider_error(f"upstream_unavailable: {detail}")
+
+    def upstream_refused(self, now_ms: float, detail: str) -> None:
+        """The provider refused the client's request at the handshake (4xx)."""
+        self._m.close_reason = detail[:200]
+
+    def media_flowing(self, now_ms: float) -> None:
+        """WebRTC: first audio bridged after ICE/DTLS connected; sets the
+        connect latency (offer received → media flowing) if not yet set."""
+        if self._m.connect_ms is None and self._m.connected:
+            self._m.connect_ms = now_ms - self._t0
+
+    def closed(self, by: str, code: int | None, reason: str | None, now_ms: float) -> None:
+        """The session ended. ``by`` is ``client``, ``upstream`` or ``server``.
+        Only the first call counts. An upstream close with a code other than
+        1000/1001 is a provider error."""
+        if self._ended:
+            return
+        self._ended = True
+        m = self._m
+        m.closed_by = by
+        m.close_code = code
+        if reason:
+            m.close_reason = reason[:200]
+        m.duration_ms = max(0.0, now_ms - self._t0)
+        if by == UPSTREAM and code not in NORMAL_CLOSE_CODES:
+            self._provider_error(f"upstream_closed: code {code} {reason or ''}".rstrip())
+
+    # -- events ----------------------------------------------------------
+
+    def client_event(self, etype: str, nbytes: int, audio_b64_len: int = 0, padding: int = 0) -> None:
+        """A client event relayed upstream: its ``type``, its size in bytes
+        and, for ``input_audio_buffer.append``, the base64 ``audio`` length
+        (characters) and its trailing ``=`` count."""
+        m = self._m
+        m.events_in += 1
+        m.bytes_in += nbytes
+        self._counts[etype] = self._counts.get(etype, 0) + 1
+        if audio_b64_len:
+            m.audio_in_ms += self._in.ms_from_b64_len(audio_b64_len, padding)
+
+    def client_rejected(self, nbytes: int) -> None:
+        """voxgate answered a client message with an ``error`` event instead of
+        relaying it (malformed JSON, unknown type, invalid base64, too large)."""
+        self._m.client_errors += 1
+        self._m.bytes_in += nbytes
+
+    def upstream_event(
+        self,
+        etype: str,
+        nbytes: int,
+        now_ms: float,
+        *,
+        audio_b64_len: int = 0,
+        padding: int = 0,
+        event: dict[str, Any] | None = None,
+    ) -> None:
+        """An upstream event relayed to the client. ``event`` is the parsed
+        object; it is read only for ``session.created``/``session.updated``
+        (audio formats), ``error`` and ``response.done`` (usage)."""
+        m = self._m
+        m.events_out += 1
+        m.bytes_out += nbytes
+        counts = self._counts
+        counts[etype] = counts.get(etype, 0) + 1
+        if audio_b64_len and etype in OUTPUT_AUDIO_EVENTS:
+            m.audio_out_ms += self._out.ms_from_b64_len(audio_b64_len, padding)
+            return
+        if event is None:
+            return
+        if etype == "session.created" or etype == "session.updated":
+            if etype == "session.created" and not m.connected:
+                m.connected = True
+                m.connect_ms = now_ms - self._t0
+            session = event.get("session")
+            if isinstance(session, dict):
+                self.session_formats(session)
+        elif etype == "error":
+            err = event.get("error") or {}
+            etype_err = err.get("type") if isinstance(err, dict) else None
+            if etype_err not in CLIENT_ERROR_TYPES:
+                code = err.get("code") if isinstance(err, dict) else None
+                msg = err.get("message") if isinstance(err, dict) else None
+                self._provider_error(f"{etype_err or 'error'}: {code or ''} {msg or ''}".strip())
+        elif etype == "response.done":
+            m.responses += 1
+            response = event.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if isinstance(usage, dict):
+                m.input_tokens += _int(usage.get("input_tokens"))
+                m.output_tokens += _int(usage.get("output_tokens"))
+                m.total_tokens += _int(usage.get("total_tokens"))
+
+    def session_formats(self, session: dict[str, Any]) -> None:
+        """Adopt the audio formats a session object sets."""
+        fin, fout = audio_format_from_session(session)
+        if fin is not None:
+            self._in = fin
+        if fout is not None:
+            self._out = fout
+
+    # -- WebRTC / ICE ------------------------------------------------------
+
+    def upstream_ready(self, now_ms: float) -> None:
+        """WebRTC: the upstream sent ``session.created``. (Over WebSocket this
+        happens through ``upstream_event``.)"""
+        m = self._m
+        if not m.connected:
+            m.connected = True
+        if m.upstream_ready_ms is None:
+            m.upstream_ready_ms = now_ms - self._t0
+
+    def ice_state(self, state: str, now_ms: float) -> None:
+        """An ``iceConnectionState`` change (W3C WebRTC §4.4.4)."""
+        m = self._m
+        m.ice_state = state
+        if state == "checking" and m.ice_checking_ms is None:
+            m.ice_checking_ms = now_ms - self._t0
+        elif state in ("connected", "completed") and m.ice_connected_ms is None:
+            m.ice_connected_ms = now_ms - self._t0
+
+    def dtls_connected(self, now_ms: float) -> None:
+        if self._m.dtls_connected_ms is None:
+            self._m.dtls_connected_ms = now_ms - self._t0
+
+    def candidate_pair(self, local_type: str, remote_type: str) -> None:
+        """The selected candidate pair's types; ``relay`` if either side is."""
+        self._m.ice_pair_type = "relay" if "relay" in (local_type, remote_type) else (
+            "srflx" if "srflx" in (local_type, remote_type) else (
+                "prflx" if "prflx" in (local_type, remote_type) else local_type))
+
+    def ice_failed(self, detail: str, *, turn: bool) -> None:
+        """ICE failed or did not connect in time; ``turn`` when relay was
+        required or was the only way (a TURN failure), else an ICE failure."""
+        m = self._m
+        if turn:
+            m.turn_failure = True
+        else:
+            m.ice_failure = True
+        m.ice_failure_detail = detail[:200]
+
+    def measurements(self) -> Measurements:
+        """The measurements so far (a live object; copy it to keep a snapshot)."""
+        return self._m
+
+    # -- helpers ---------------------------------------------------------
+
+    def _provider_error(self, detail: str) -> None:
+        m = self._m
+        m.provider_errors += 1
+        if m.provider_error is None:
+            m.provider_error = detail[:300]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0

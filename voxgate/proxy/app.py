@@ -1,0 +1,159 @@
+"""The aiohttp application: routes, start-up and shut-down.
+
+Routes served here:
+
+- ``GET  /v1/realtime`` — WebSocket relay (``ws_relay``)
+- ``POST /v1/realtime/client_secrets`` — ephemeral keys, GA (``tokens``)
+- ``POST /v1/realtime/sessions`` — ephemeral keys, beta shape
+- ``GET  /v1/sessions``, ``GET /v1/sessions/{id}``, ``GET /billing/usage`` (``api``)
+- ``GET  /healthz``, ``GET /metrics`` (Prometheus)
+
+Other rooms plug in through a ``setup(app)`` function in their module
+(``voxgate.proxy.webrtc``, ``voxgate.billing.service``, ``voxgate.web.app``),
+called when the module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from voxgate.config import Settings
+from voxgate.errors import ConfigError
+from voxgate.metering.admission import InProcessAdmission
+from voxgate.metering.store import Store
+from voxgate.models import PlanCatalog, load_catalog
+from voxgate.proxy import api, tokens, ws_relay
+from voxgate.proxy.gateway import Gateway
+from voxgate.proxy.http import error_middleware, json_response
+from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
+
+__all__ = ["create_app", "open_store", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
+           "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
+
+log = logging.getLogger("voxgate")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+CONNECTOR = web.AppKey("connector", UpstreamConnector)
+SETTINGS = web.AppKey("settings", Settings)
+PROVIDER = web.AppKey("voice_provider", object)
+DEMO_KEY_FILE = "demo_api_key"
+PLUGINS = ("voxgate.proxy.webrtc", "voxgate.billing.service", "voxgate.web.app")
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name (SQLite by default)."""
+    url = settings.database_url
+    if url and not url.startswith("sqlite:"):
+        raise ConfigError(f"unsupported database_url {url!r}: only sqlite:/// is available")
+    from voxgate.metering.sqlite_store import SQLiteStore
+
+    return SQLiteStore(settings.sqlite_path)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    catalog: PlanCatalog | None = None,
+    plugins: tuple[str, ...] = PLUGINS,
+) -> web.Application:
+    """Build the application. Nothing is opened until the app starts.
+
+    Raises:
+        ConfigError: unreadable catalog, unsupported database URL.
+    """
+    catalog = catalog or load_catalog(settings.catalog)
+    store = store or open_store(settings)
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    gateway = Gateway(settings, store, InProcessAdmission(), catalog)
+    app[SETTINGS] = settings
+    app[GATEWAY] = gateway
+    app.router.add_get("/v1/realtime", ws_relay.realtime_websocket)
+    app.router.add_post("/v1/realtime/client_secrets", tokens.client_secrets)
+    app.router.add_post("/v1/realtime/sessions", tokens.beta_sessions)
+    app.router.add_get("/v1/sessions", api.sessions_handler)
+    app.router.add_get("/v1/sessions/{session_id}", api.session_handler)
+    app.router.add_get("/billing/usage", api.usage_handler)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(_lifecycle)
+    for name in plugins:
+        if importlib.util.find_spec(name) is not None:
+            module = importlib.import_module(name)
+            if hasattr(module, "setup"):
+                module.setup(app)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return json_response({"status": "ok", "active_sessions": len(gw.active)})
+
+
+async def _lifecycle(app: web.Application):
+    settings = app[SETTINGS]
+    gw = app[GATEWAY]
+    await gw.store.open()
+    provider = None
+    upstream = settings.upstream
+    url = upstream.url
+    if upstream.provider == "local":
+        key = "voxgate-local"
+        if not url:
+            from voxgate.voice.server import VoiceProvider
+
+            provider = VoiceProvider(settings.voice)
+            url = await provider.start(settings.voice.host, settings.voice.port)
+            log.info("local voice provider at %s", url)
+    else:
+        if upstream.openai_api_key is None:
+            raise ConfigError("upstream.provider = 'openai' needs OPENAI_API_KEY")
+        key = upstream.openai_api_key.get_secret_value()
+        url = url or OPENAI_REALTIME_URL
+    connector = UpstreamConnector(
+        provider=upstream.provider,
+        url=url,
+        api_key=key,
+        connect_timeout_s=upstream.connect_timeout_s,
+        max_message_bytes=max(16 * 1024 * 1024, settings.relay.max_message_bytes * 2),
+        heartbeat_s=settings.relay.ping_interval_s or None,
+    )
+    await connector.start()
+    app[CONNECTOR] = connector
+    app[PROVIDER] = provider
+    await gw.start()
+    await ensure_demo(gw, settings)
+    try:
+        yield
+    finally:
+        await gw.stop()
+        await connector.close()
+        if provider is not None:
+            await provider.stop()
+        await gw.store.close()
+
+
+async def ensure_demo(gw: Gateway, settings: Settings) -> str | None:
+    """On first start with an empty store: a demo account (default plan),
+    project and API key; the key goes to ``<data_dir>/demo_api_key`` (mode
+    0600) and is printed once as ``demo API key: <key>``. Returns the new key
+    or None when accounts already exist."""
+    if await gw.store.list_accounts():
+        return None
+    account = await gw.store.create_account("demo@voxgate.local", gw.catalog.default_plan,
+                                            name="Demo")
+    project = await gw.store.create_project(account.id, "Demo project")
+    _, key = await gw.store.create_api_key(project.id, "demo")
+    path = Path(settings.data_dir) / DEMO_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    await gw.store.set_meta("demo_account_id", account.id)
+    print(f"demo API key: {key}", flush=True)
+    return key

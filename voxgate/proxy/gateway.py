@@ -1,0 +1,217 @@
+"""The gateway: what every session goes through whatever its transport.
+
+``Gateway.admit`` checks the rate limit, reserves quota and a concurrency
+lease, and writes the session row (``status="active"``); ``Gateway.finish``
+decides the verdict from the meter's measurements, completes the row and the
+monthly usage in one transaction (queueing it for settlement when it must be
+paid for), then releases the lease. ``finish`` runs on every exit path,
+including cancellation, exactly once per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxgate.config import Settings
+from voxgate.metering.admission import Admission, Lease
+from voxgate.metering.meter import SessionMeter
+from voxgate.metering.store import MonthlyUsage, Store, period_of
+from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.models import Plan, PlanCatalog, Principal, Reason, SessionRecord, Verdict, new_id
+
+__all__ = ["Gateway", "ActiveSession", "monotonic_ms"]
+
+log = logging.getLogger("voxgate.gateway")
+
+SessionHook = Callable[["ActiveSession", Verdict, MonthlyUsage], Awaitable[None]]
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+@dataclass(eq=False)
+class ActiveSession:
+    """A session between admission and finish.
+
+    Attributes:
+        close: set by the transport: a coroutine function ``(code, reason)``
+            that ends the session from outside (shutdown, admin).
+    """
+
+    record: SessionRecord
+    principal: Principal
+    plan: Plan
+    lease: Lease
+    meter: SessionMeter
+    close: Callable[[int, str], Awaitable[None]] | None = None
+    finishing: asyncio.Task | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    """Admission, records and verdicts for sessions of every transport.
+
+    Args:
+        on_completed: hooks run after a session is completed (billing alerts,
+            metrics); their failures are logged, never raised.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        admission: Admission,
+        catalog: PlanCatalog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.admission = admission
+        self.catalog = catalog
+        self.policy = VerdictPolicy(
+            min_audio_ms=settings.policy.min_audio_s * 1000.0,
+            max_connect_ms=settings.policy.max_connect_ms,
+        )
+        self.active: dict[str, ActiveSession] = {}
+        self.on_completed: list[SessionHook] = []
+        self._account_locks: dict[str, asyncio.Lock] = {}
+        self._renewer: asyncio.Task | None = None
+
+    def plan_of(self, principal: Principal) -> Plan:
+        try:
+            return self.catalog.get(principal.account.plan_id)
+        except KeyError:
+            log.warning("account %s has unknown plan %r; using the default plan",
+                        principal.account.id, principal.account.plan_id)
+            return self.catalog.default
+
+    async def check_rate(self, principal: Principal) -> Plan:
+        """Count one request against the key's rate limit. Raises ``RateLimited``."""
+        plan = self.plan_of(principal)
+        await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
+        return plan
+
+    async def usage(self, account_id: str) -> MonthlyUsage:
+        return await self.store.get_usage(account_id, period_of())
+
+    async def admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
+        """Admit a session: rate limit, quota, concurrency, then the row.
+
+        Raises:
+            RateLimited, QuotaExceeded, ConcurrencyLimited.
+        """
+        plan = await self.check_rate(principal)
+        account = principal.account
+        now = time.time()
+        usage = await self.store.get_usage(account.id, period_of(now))
+        session_id = new_id("sess")
+        lease = await self.admission.acquire(
+            account.id, session_id, plan, usage.billable_sessions, time.monotonic()
+        )
+        record = SessionRecord(
+            id=session_id,
+            account_id=account.id,
+            project_id=principal.project.id,
+            transport=transport,
+            started_at=now,
+            model=model,
+            api_key_id=principal.api_key.id if principal.api_key else None,
+            ephemeral_key_id=principal.ephemeral.id if principal.ephemeral else None,
+            period=period_of(now),
+        )
+        try:
+            await self.store.open_session(record)
+        except BaseException:
+            await self.admission.release(lease)
+            raise
+        active = ActiveSession(
+            record=record,
+            principal=principal,
+            plan=plan,
+            lease=lease,
+            meter=SessionMeter(monotonic_ms()),
+        )
+        self.active[session_id] = active
+        return active
+
+    async def finish(self, active: ActiveSession) -> Verdict:
+        """Decide and record the verdict, then free the lease. Idempotent:
+        a second call returns the first call's verdict."""
+        if active.finishing is None:
+            # Claimed before the first await, so concurrent callers share it;
+            # shielded, so cancelling a caller never cancels the bookkeeping.
+            active.finishing = asyncio.ensure_future(self._finish(active))
+        return await asyncio.shield(active.finishing)
+
+    async def _finish(self, active: ActiveSession) -> Verdict:
+        meter = active.meter
+        if not meter.ended:
+            meter.closed("server", None, "session ended", monotonic_ms())
+        measurements = meter.measurements()
+        verdict = decide(measurements, self.policy)
+        record = active.record
+        record.status = "completed"
+        record.ended_at = time.time()
+        record.measurements = measurements
+        record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
+        lock = self._account_locks.setdefault(record.account_id, asyncio.Lock())
+        try:
+            async with lock:
+                settle = False
+                if verdict.billable and active.plan.overage_cents is not None:
+                    before = await self.store.get_usage(record.account_id, record.period)
+                    settle = active.plan.charges_session(before.billable_sessions)
+                usage = await self.store.complete_session(record, verdict, settle=settle)
+        finally:
+            await self.admission.release(active.lease)
+            self.active.pop(record.id, None)
+        for hook in self.on_completed:
+            try:
+                await hook(active, verdict, usage)
+            except Exception:  # noqa: BLE001 - hooks must not break sessions
+                log.exception("session hook failed for %s", record.id)
+        log.info("session %s %s: %s (%s)", record.id, record.transport, verdict.reason, verdict.rule)
+        return verdict
+
+    # -- background ------------------------------------------------------
+
+    async def start(self) -> None:
+        """Complete sessions a dead process left active; start lease renewal."""
+        n = await self.store.abandon_active_sessions(
+            Verdict(False, Reason.INTERRUPTED, "voxgate stopped while the session was active"),
+            time.time(),
+        )
+        if n:
+            log.warning("completed %d session(s) left active by a previous run", n)
+        self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewal")
+
+    async def stop(self) -> None:
+        """Close every active session (1001 going away) and wait for their finish."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+        sessions = list(self.active.values())
+        for active in sessions:
+            if active.close is not None:
+                try:
+                    await active.close(1001, "voxgate is shutting down")
+                except Exception:  # noqa: BLE001
+                    log.exception("closing session %s", active.record.id)
+        for active in sessions:
+            try:
+                await asyncio.wait_for(self.finish(active), 10)
+            except Exception:  # noqa: BLE001
+                log.exception("finishing session %s", active.record.id)
+
+    async def _renew_leases(self) -> None:
+        ttl = getattr(self.admission, "lease_ttl_s", 90.0)
+        while True:
+            await asyncio.sleep(ttl / 3)
+            now = time.monotonic()
+            for active in list(self.active.values()):
+                await self.admission.renew(active.lease, now)
+

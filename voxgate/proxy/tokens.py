@@ -1,0 +1,169 @@
+"""The SDK token endpoint: ephemeral client secrets.
+
+``POST /v1/realtime/client_secrets`` follows OpenAI's GA endpoint
+(https://platform.openai.com/docs/api-reference/realtime-sessions/create-realtime-client-secret):
+
+request  ``{"expires_after": {"anchor": "created_at", "seconds": 10..7200},
+"session": {"type": "realtime", "model": …, …}}`` (both optional)
+→ ``{"value": "ek_…", "expires_at": <unix s>, "session": {…}}``.
+
+The beta endpoint ``POST /v1/realtime/sessions`` is also served: the session
+object with ``client_secret: {"value", "expires_at"}``.
+
+Authenticated with a project API key; refused with 429 when the account's
+quota is used up or the key's rate limit is hit.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from voxgate.errors import InvalidRequest
+from voxgate.proxy.auth import authenticate
+from voxgate.proxy.gateway import Gateway
+from voxgate.proxy.http import json_response, read_json, with_body
+
+__all__ = ["client_secrets", "beta_sessions", "parse_client_secret_request", "session_object"]
+
+SESSION_TYPES = ("realtime", "transcription")
+
+
+def parse_client_secret_request(
+    body: Any, *, default_ttl_s: int, min_ttl_s: int, max_ttl_s: int
+) -> tuple[int, dict[str, Any]]:
+    """Validate a client-secret request body.
+
+    Returns:
+        (lifetime in seconds, session config).
+
+    Raises:
+        InvalidRequest: wrong shape, anchor other than ``created_at``, seconds
+            out of ``[min_ttl_s, max_ttl_s]``, session not an object or of an
+            unknown type.
+    """
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    ttl = default_ttl_s
+    expires_after = body.get("expires_after")
+    if expires_after is not None:
+        if not isinstance(expires_after, dict):
+            raise InvalidRequest("'expires_after' must be an object", param="expires_after")
+        anchor = expires_after.get("anchor", "created_at")
+        if anchor != "created_at":
+            raise InvalidRequest(
+                f"invalid 'expires_after.anchor' {anchor!r}: only 'created_at' is supported",
+                param="expires_after.anchor", code="invalid_value",
+            )
+        seconds = expires_after.get("seconds", default_ttl_s)
+        if isinstance(seconds, bool) or not isinstance(seconds, int):
+            raise InvalidRequest("'expires_after.seconds' must be an integer",
+                                 param="expires_after.seconds", code="invalid_type")
+        if not min_ttl_s <= seconds <= max_ttl_s:
+            raise InvalidRequest(
+                f"'expires_after.seconds' must be between {min_ttl_s} and {max_ttl_s}, got {seconds}",
+                param="expires_after.seconds", code="integer_out_of_range",
+            )
+        ttl = seconds
+    session = body.get("session", {"type": "realtime"})
+    if not isinstance(session, dict):
+        raise InvalidRequest("'session' must be an object", param="session")
+    stype = session.get("type", "realtime")
+    if stype not in SESSION_TYPES:
+        raise InvalidRequest(
+            f"invalid 'session.type' {stype!r}: expected 'realtime' or 'transcription'",
+            param="session.type", code="invalid_value",
+        )
+    return ttl, {**session, "type": stype}
+
+
+def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any]:
+    """The session object returned with a client secret: the request's
+    config over OpenAI's GA defaults."""
+    audio_defaults = {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": None,
+            "noise_reduction": None,
+            "turn_detection": {
+                "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                "silence_duration_ms": 200, "idle_timeout_ms": None,
+                "create_response": True, "interrupt_response": True,
+            },
+        },
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0},
+    }
+    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    merged_audio = {
+        side: {**audio_defaults[side], **(audio.get(side) or {})} for side in ("input", "output")
+    }
+    return {
+        "type": session.get("type", "realtime"),
+        "object": "realtime.session",
+        "id": "sess_" + uuid.uuid4().hex[:24],
+        "model": session.get("model", default_model),
+        "output_modalities": session.get("output_modalities", ["audio"]),
+        "instructions": session.get("instructions", ""),
+        "tools": session.get("tools", []),
+        "tool_choice": session.get("tool_choice", "auto"),
+        "max_output_tokens": session.get("max_output_tokens", "inf"),
+        "tracing": session.get("tracing"),
+        "truncation": session.get("truncation", "auto"),
+        "prompt": session.get("prompt"),
+        "expires_at": 0,
+        "include": session.get("include"),
+        "audio": merged_audio,
+    }
+
+
+async def _mint(request: web.Request) -> tuple[dict[str, Any], str, float]:
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    principal = await authenticate(request, gw.store, allow_ephemeral=False)
+    body = await read_json(request, allow_empty=True)
+    tokens = gw.settings.tokens
+    ttl, session = parse_client_secret_request(
+        body, default_ttl_s=tokens.default_ttl_s, min_ttl_s=tokens.min_ttl_s,
+        max_ttl_s=tokens.max_ttl_s,
+    )
+    plan = await gw.check_rate(principal)
+    usage = await gw.usage(principal.account.id)
+    await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)
+    expires_at = int(time.time()) + ttl
+    _, value = await gw.store.create_ephemeral_key(
+        principal.project.id, session, float(expires_at),
+        api_key_id=principal.api_key.id if principal.api_key else None,
+    )
+    return session_object(session, gw.settings.upstream.default_model), value, expires_at
+
+
+async def client_secrets(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/client_secrets`` (GA)."""
+    session, value, expires_at = await _mint(request)
+    body: dict[str, Any] = {"value": value, "expires_at": expires_at, "session": session}
+    extra = request.app.get(ICE_SERVERS_HOOK)
+    if extra is not None:
+        ice = await extra(request, value)
+        if ice:
+            body["ice_servers"] = ice
+    return json_response(body)
+
+
+async def beta_sessions(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/sessions`` (beta shape)."""
+    body = await read_json(request, allow_empty=True)
+    if isinstance(body, dict) and "session" not in body and "expires_after" not in body:
+        # beta bodies are the session object itself
+        request = with_body(request, {"session": {"type": "realtime", **body}})
+    session, value, expires_at = await _mint(request)
+    return json_response({**session, "client_secret": {"value": value, "expires_at": expires_at}})
+
+
+# Set by the WebRTC module: async (request, ephemeral_key) -> list of RTCIceServer dicts.
+ICE_SERVERS_HOOK = web.AppKey("ice_servers_hook", object)

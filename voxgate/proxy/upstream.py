@@ -1,0 +1,125 @@
+"""Upstream connectors: open the provider's realtime WebSocket with the
+server's own key. Both connectors (``openai`` and ``local``) go through the
+same code path over a real WebSocket.
+
+OpenAI: ``wss://api.openai.com/v1/realtime?model=…`` with
+``Authorization: Bearer $OPENAI_API_KEY``, GA protocol, no ``OpenAI-Beta``
+header (https://platform.openai.com/docs/guides/realtime-websocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+import orjson
+
+from voxgate.errors import InvalidRequest, UpstreamError
+
+__all__ = ["UpstreamConnector", "UpstreamRefused", "OPENAI_REALTIME_URL"]
+
+OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+
+# Query parameters passed through to the local provider only.
+LOCAL_PASSTHROUGH = ("voxgate_fault",)
+
+
+class UpstreamRefused(InvalidRequest):
+    """The provider refused the client's request at the handshake (HTTP 4xx:
+    unknown model, bad parameter). The client's fault, not a provider error."""
+
+    code = "upstream_refused"
+
+
+@dataclass
+class UpstreamConnector:
+    """Opens upstream WebSockets.
+
+    Args:
+        provider: ``local`` or ``openai``.
+        url: realtime WebSocket URL without query.
+        api_key: the server's provider key (never sent to clients).
+        connect_timeout_s: handshake timeout, seconds.
+        max_message_bytes: largest upstream message accepted, bytes.
+    """
+
+    provider: str
+    url: str
+    api_key: str
+    connect_timeout_s: float = 10.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    heartbeat_s: float | None = 20.0
+    _session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def target(self, model: str, query: dict[str, str] | None = None) -> str:
+        params = {"model": model}
+        if self.provider == "local" and query:
+            params.update({k: v for k, v in query.items() if k in LOCAL_PASSTHROUGH})
+        return f"{self.url}?{urlencode(params)}"
+
+    async def connect(
+        self, model: str, query: dict[str, str] | None = None
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open the upstream WebSocket for ``model``.
+
+        Raises:
+            UpstreamRefused: the provider answered the handshake with a 4xx
+                (its error message is carried over).
+            UpstreamError: unreachable, timed out, or a 5xx.
+        """
+        await self.start()
+        assert self._session is not None
+        url = self.target(model, query)
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                return await self._session.ws_connect(
+                    url,
+                    headers=headers,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    max_msg_size=self.max_message_bytes,
+                    heartbeat=self.heartbeat_s,
+                    autoping=True,
+                    compress=0,
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
+                detail = await self._refusal_detail(url, headers) or exc.message
+                raise UpstreamRefused(
+                    f"the provider refused the session (HTTP {exc.status}): {detail}",
+                    param="model" if "model" in str(detail).lower() else None,
+                ) from exc
+            raise UpstreamError(
+                f"the provider answered the handshake with HTTP {exc.status}"
+            ) from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise UpstreamError(f"cannot reach the provider: {type(exc).__name__}: {exc}") from exc
+
+    async def _refusal_detail(self, url: str, headers: dict[str, str]) -> str | None:
+        """Fetch the JSON error body of a refused handshake (aiohttp does not
+        keep it): the same URL without the upgrade. Best effort."""
+        assert self._session is not None
+        http_url = url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+        try:
+            async with self._session.get(
+                http_url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)
+            ) as resp:
+                body = await resp.json(loads=orjson.loads, content_type=None)
+            return str(body["error"]["message"])
+        except Exception:  # noqa: BLE001 - best effort only
+            return None
+

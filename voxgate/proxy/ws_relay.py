@@ -1,0 +1,361 @@
+"""The WebSocket relay: ``GET /v1/realtime?model=…`` (WebSocket upgrade).
+
+A thin shell: authenticate and admit before the upgrade (refusals are HTTP
+401/403/429 with an OpenAI-style JSON body), open the upstream WebSocket with
+the server's own key while the client's upgrade completes, then relay frames
+both ways unchanged, feeding the session meter the type and payload length of
+each event. Client events that cannot be relayed (malformed JSON, unknown
+type, invalid base64 audio, too large) are answered with an ``error`` event
+and the session goes on, as OpenAI's server does
+(https://platform.openai.com/docs/api-reference/realtime-server-events/error).
+
+Closes propagate: a client close closes the upstream with the same code (if
+sendable) and vice versa; an abnormal upstream close reaches the client as
+1011 with an ``error`` event first. voxgate itself ends a session on idle
+timeout and maximum duration (1000, with the reason), and on shutdown (1001).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+
+from voxgate.errors import (
+    MalformedEvent,
+    MessageTooLarge,
+    UpstreamError,
+    VoxgateError,
+    error_event,
+)
+from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
+from voxgate.models.realtime import CLIENT_EVENTS
+from voxgate.proxy.auth import authenticate
+from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
+from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
+
+__all__ = ["realtime_websocket", "SESSION_ID_HEADER"]
+
+log = logging.getLogger("voxgate.relay")
+
+SESSION_ID_HEADER = "X-Voxgate-Session-Id"
+AUDIO_APPEND = "input_audio_buffer.append"
+_OUT_AUDIO = ("response.output_audio.delta", "response.audio.delta")
+# RFC 6455 §7.4: codes an endpoint may send in a Close frame.
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def sendable(code: int | None, fallback: int = 1011) -> int:
+    """A close code that may go on the wire (1005/1006/1015 may not)."""
+    if code is not None and (code in _SENDABLE or 3000 <= code <= 4999):
+        return code
+    return fallback
+
+
+async def realtime_websocket(request: web.Request) -> web.StreamResponse:
+    """Handle ``GET /v1/realtime``.
+
+    Raises (rendered as JSON by the error middleware, before any upgrade):
+        AuthenticationError, EphemeralKeyExpired, PermissionDenied (401/403),
+        RateLimited, QuotaExceeded, ConcurrencyLimited (429),
+        InvalidRequest (400: not a WebSocket upgrade).
+    """
+    from voxgate.proxy.app import CONNECTOR, GATEWAY  # app-level keys
+
+    gw: Gateway = request.app[GATEWAY]
+    connector: UpstreamConnector = request.app[CONNECTOR]
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise MalformedEvent(
+            "GET /v1/realtime expects a WebSocket upgrade", code="websocket_upgrade_required"
+        )
+    principal = await authenticate(request, gw.store)
+    ek_session: dict[str, Any] = principal.ephemeral.session if principal.ephemeral else {}
+    model = (
+        request.query.get("model")
+        or (ek_session.get("model") if isinstance(ek_session.get("model"), str) else None)
+        or gw.settings.upstream.default_model
+    )
+    active = await gw.admit(principal, "websocket", model)
+    try:
+        relay = Relay(gw, connector, active, request, model, ek_session)
+        return await relay.run()
+    finally:
+        await gw.finish(active)
+
+
+class Relay:
+    """One relayed WebSocket session."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        connector: UpstreamConnector,
+        active: ActiveSession,
+        request: web.Request,
+        model: str,
+        ek_session: dict[str, Any],
+    ) -> None:
+        self.gw = gw
+        self.connector = connector
+        self.active = active
+        self.meter = active.meter
+        self.request = request
+        self.model = model
+        self.ek_session = ek_session
+        relay = gw.settings.relay
+        self.max_bytes = relay.max_message_bytes
+        self.idle_timeout_s = relay.idle_timeout_s
+        self.max_session_s = relay.max_session_s
+        self.ping_s = relay.ping_interval_s or None
+        self.last_activity = time.monotonic()
+        self.client: web.WebSocketResponse | None = None
+        self.upstream: aiohttp.ClientWebSocketResponse | None = None
+        self._closing_by: str | None = None
+
+    async def run(self) -> web.StreamResponse:
+        upstream_task = asyncio.create_task(
+            self.connector.connect(self.model, dict(self.request.query))
+        )
+        client = web.WebSocketResponse(
+            protocols=("realtime",),
+            heartbeat=self.ping_s,
+            # Accept up to twice the limit so an oversized event can be
+            # answered with an error event instead of a 1009 close.
+            max_msg_size=self.max_bytes * 2,
+            compress=False,
+        )
+        client.headers[SESSION_ID_HEADER] = self.active.record.id
+        self.client = client
+        self.active.close = self._close_from_outside
+        try:
+            await client.prepare(self.request)
+        except BaseException:
+            upstream_task.cancel()
+            raise
+        self.meter.accepted(monotonic_ms())
+        try:
+            self.upstream = await upstream_task
+        except UpstreamRefused as exc:
+            self.meter.upstream_refused(monotonic_ms(), exc.message)
+            await self._fail_client(exc, 1008)
+            return client
+        except UpstreamError as exc:
+            log.warning("session %s: %s", self.active.record.id, exc.message)
+            self.meter.upstream_connect_failed(monotonic_ms(), exc.message)
+            await self._fail_client(exc, 1011)
+            return client
+        except asyncio.CancelledError:
+            upstream_task.cancel()
+            raise
+        try:
+            await self._relay()
+        finally:
+            if not self.upstream.closed:
+                await self.upstream.close()
+        return client
+
+    async def _relay(self) -> None:
+        assert self.client is not None and self.upstream is not None
+        if self.ek_session:
+            session = {"type": "realtime", **self.ek_session}
+            session.pop("model", None)
+            await self.upstream.send_str(
+                orjson.dumps({"type": "session.update", "session": session}).decode()
+            )
+        c2u = asyncio.create_task(self._client_to_upstream(), name="client->upstream")
+        u2c = asyncio.create_task(self._upstream_to_client(), name="upstream->client")
+        started = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                deadline = min(
+                    started + self.max_session_s, self.last_activity + self.idle_timeout_s
+                )
+                done, _ = await asyncio.wait(
+                    (c2u, u2c), timeout=max(0.05, deadline - now),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if done:
+                    break
+                now = time.monotonic()
+                if now >= started + self.max_session_s:
+                    await self._server_close(1000, "maximum session duration reached")
+                    break
+                if now >= self.last_activity + self.idle_timeout_s:
+                    await self._server_close(1000, "idle timeout")
+                    break
+        finally:
+            for task in (c2u, u2c):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(c2u, u2c, return_exceptions=True)
+            await self._close_both()
+
+    async def _client_to_upstream(self) -> None:
+        client, upstream, meter = self.client, self.upstream, self.meter
+        assert client is not None and upstream is not None
+        max_bytes = self.max_bytes
+        async for msg in client:
+            if msg.type is WSMsgType.TEXT:
+                data: str = msg.data
+                n = len(data)
+                self.last_activity = time.monotonic()
+                if n > max_bytes:
+                    await self._reject(MessageTooLarge(
+                        f"message of {n} bytes exceeds the limit of {max_bytes} bytes"), n)
+                    continue
+                try:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError as exc:
+                    await self._reject(MalformedEvent(
+                        f"invalid JSON: {exc}", code="invalid_json"), n)
+                    continue
+                etype = event.get("type") if isinstance(event, dict) else None
+                if not isinstance(etype, str):
+                    await self._reject(MalformedEvent(
+                        "event must be a JSON object with a string 'type'",
+                        code="invalid_event", param="type"), n)
+                    continue
+                b64_len = padding = 0
+                if etype == AUDIO_APPEND:
+                    audio = event.get("audio")
+                    if not isinstance(audio, str) or not _valid_base64(audio):
+                        await self._reject(MalformedEvent(
+                            "input_audio_buffer.append 'audio' must be base64-encoded audio",
+                            code="invalid_base64", param="audio",
+                            event_id=_event_id(event)), n)
+                        continue
+                    b64_len = len(audio)
+                    padding = audio.count("=", b64_len - 2) if b64_len >= 2 else 0
+                elif etype not in CLIENT_EVENTS:
+                    await self._reject(MalformedEvent(
+                        f"unknown event type {etype!r}", code="unknown_event", param="type",
+                        event_id=_event_id(event)), n)
+                    continue
+                await upstream.send_str(data)
+                meter.client_event(etype, n, b64_len, padding)
+            elif msg.type is WSMsgType.BINARY:
+                self.last_activity = time.monotonic()
+                await self._reject(MalformedEvent(
+                    "binary messages are not supported; send JSON text events",
+                    code="invalid_event"), len(msg.data))
+            else:  # CLOSE, CLOSING, CLOSED, ERROR
+                break
+        self._end(CLIENT, client.close_code, None)
+
+    async def _upstream_to_client(self) -> None:
+        client, upstream, meter = self.client, self.upstream, self.meter
+        assert client is not None and upstream is not None
+        async for msg in upstream:
+            if msg.type is WSMsgType.TEXT:
+                data: str = msg.data
+                self.last_activity = time.monotonic()
+                try:
+                    event = orjson.loads(data)
+                    etype = event["type"]
+                except (orjson.JSONDecodeError, TypeError, KeyError):
+                    await client.send_str(data)  # not ours to judge; relay as is
+                    meter.upstream_event("unknown", len(data), monotonic_ms())
+                    continue
+                if etype in _OUT_AUDIO:
+                    delta = event.get("delta")
+                    b64_len = len(delta) if isinstance(delta, str) else 0
+                    padding = delta.count("=", b64_len - 2) if b64_len >= 2 else 0
+                    meter.upstream_event(etype, len(data), 0.0, audio_b64_len=b64_len,
+                                         padding=padding)
+                else:
+                    meter.upstream_event(etype, len(data), monotonic_ms(), event=event)
+                await client.send_str(data)
+            elif msg.type is WSMsgType.BINARY:
+                self.last_activity = time.monotonic()
+                meter.upstream_event("binary", len(msg.data), monotonic_ms())
+                await client.send_bytes(msg.data)
+            else:
+                break
+        reason = None
+        exc = upstream.exception()
+        if exc is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+        self._end(UPSTREAM, upstream.close_code, reason)
+
+    def _end(self, by: str, code: int | None, reason: str | None) -> None:
+        if self._closing_by is None:
+            self._closing_by = by
+            self.meter.closed(by, code, reason, monotonic_ms())
+
+    async def _close_both(self) -> None:
+        """Close whichever side is still open, with a meaningful code."""
+        client, upstream = self.client, self.upstream
+        assert client is not None and upstream is not None
+        by = self._closing_by
+        if by == CLIENT:
+            if not upstream.closed:
+                await upstream.close(code=sendable(client.close_code, 1000),
+                                     message=b"client closed")
+        elif by == UPSTREAM:
+            code = upstream.close_code
+            if not client.closed:
+                if code in (1000, 1001):
+                    await client.close(code=code, message=b"upstream closed the session")
+                else:
+                    err = UpstreamError(
+                        f"the voice provider closed the connection (code {code})",
+                        code="upstream_closed")
+                    try:
+                        await client.send_str(error_event(err))
+                    except (ConnectionError, RuntimeError):
+                        pass
+                    await client.close(code=sendable(code, 1011),
+                                       message=b"upstream connection lost")
+        if not client.closed:
+            await client.close()
+        if not upstream.closed:
+            await upstream.close()
+
+    async def _server_close(self, code: int, reason: str) -> None:
+        self._end(SERVER, code, reason)
+        assert self.client is not None and self.upstream is not None
+        await self.client.close(code=code, message=reason.encode())
+        await self.upstream.close(code=code, message=reason.encode())
+
+    async def _close_from_outside(self, code: int, reason: str) -> None:
+        if self.client is None or self.upstream is None:
+            return
+        await self._server_close(code, reason)
+
+    async def _reject(self, err: VoxgateError, nbytes: int) -> None:
+        assert self.client is not None
+        self.meter.client_rejected(nbytes)
+        await self.client.send_str(error_event(err))
+
+    async def _fail_client(self, err: VoxgateError, code: int) -> None:
+        """The upstream could not be opened: tell the client, close it."""
+        client = self.client
+        assert client is not None
+        self.meter.closed(SERVER, code, err.message, monotonic_ms())
+        try:
+            await client.send_str(error_event(err))
+        except (ConnectionError, RuntimeError):
+            pass
+        await client.close(code=code, message=err.message[:120].encode())
+
+
+def _valid_base64(s: str) -> bool:
+    if len(s) % 4:
+        return False
+    try:
+        binascii.a2b_base64(s, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _event_id(event: dict[str, Any]) -> str | None:
+    value = event.get("event_id")
+    return value if isinstance(value, str) else None
