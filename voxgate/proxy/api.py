@@ -30,7 +30,7 @@ from voxgate.proxy.http import json_response
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
            "ACCOUNT_KEY"]
 
-ACCOUNT_KEY = "voxgate.account"  # set by the dashboard's cookie middleware
+ACCOUNT_KEY = web.RequestKey("voxgate.account", object)  # set by the dashboard cookie middleware
 
 
 def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog) -> dict[str, Any]:

@@ -43,7 +43,12 @@ CONNECTOR = web.AppKey("connector", UpstreamConnector)
 SETTINGS = web.AppKey("settings", Settings)
 PROVIDER = web.AppKey("voice_provider", object)
 DEMO_KEY_FILE = "demo_api_key"
-PLUGINS = ("voxgate.proxy.webrtc", "voxgate.billing.service", "voxgate.web.app")
+PLUGINS = (
+    "voxgate.proxy.webrtc",
+    "voxgate.billing.service",
+    "voxgate.web.app",
+    "voxgate.web.voice_client",
+)
 
 
 def open_store(settings: Settings) -> Store:
@@ -83,11 +88,18 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(_lifecycle)
     for name in plugins:
-        if importlib.util.find_spec(name) is not None:
+        if _module_exists(name):
             module = importlib.import_module(name)
             if hasattr(module, "setup"):
                 module.setup(app)
     return app
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from voxgate.errors import InvalidRequest, RateLimited, VoxgateError, error_body
 __all__ = ["read_json", "json_response", "with_body", "error_response", "error_middleware"]
 
 log = logging.getLogger("voxgate.http")
-_PARSED = "voxgate.parsed_json"
+_PARSED = web.RequestKey("voxgate.parsed_json", object)
 
 
 def with_body(request: web.Request, body: Any) -> web.Request:
