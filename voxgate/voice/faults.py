@@ -1,0 +1,108 @@
+"""Fault injection for the local voice provider (tests and load tests).
+
+Honoured only when ``VoiceSettings.faults_enabled`` is True; otherwise every
+fault request is ignored. A session asks for faults with any of:
+
+- the WebSocket URL query ``?voxgate_fault=SPEC``,
+- the request header ``X-Voxgate-Fault: SPEC``,
+- the ``session.update`` field ``session.voxgate_fault`` (``"SPEC"``).
+
+``SPEC`` is a comma-separated list of:
+
+====================  =======================================================
+``server_error``      after the first ``response.done``, send an ``error``
+                      event with ``"type": "server_error"``; the session stays
+                      open.
+``server_error:MS``   the same, MS ms after the session started instead.
+``drop``              abort the TCP connection (no close frame) 1000 ms after
+``drop:MS``           the session started (or MS ms).
+``close:CODE``        close the WebSocket with that close code (1000–4999)
+                      right away (from ``session.update``: at once).
+``delay_created:MS``  send ``session.created`` MS ms late (URL/header only).
+``echo``              this session is in echo mode.
+====================  =======================================================
+
+Parsing is pure: :func:`parse_faults` returns a :class:`Faults` value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["Faults", "parse_faults", "DEFAULT_DROP_MS"]
+
+DEFAULT_DROP_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Requested faults. Times are ms since the session started.
+
+    Attributes:
+        server_error: inject a ``server_error`` event.
+        server_error_ms: when (None: after the first ``response.done``).
+        drop_ms: abort the connection at this time, or None.
+        close_code: close with this WebSocket code at once, or None.
+        delay_created_ms: delay ``session.created`` by this much (0: none).
+        echo: echo mode for this session.
+    """
+
+    server_error: bool = False
+    server_error_ms: int | None = None
+    drop_ms: int | None = None
+    close_code: int | None = None
+    delay_created_ms: int = 0
+    echo: bool = False
+
+    def merge(self, other: Faults) -> Faults:
+        """``self`` with every fault set in ``other`` added."""
+        changes = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(other, name)
+            if value not in (None, False, 0):
+                changes[name] = value
+        return replace(self, **changes)
+
+
+def _ms(name: str, arg: str) -> int:
+    try:
+        value = int(arg)
+    except ValueError:
+        raise ValueError(f"fault {name}: {arg!r} is not a whole number of ms") from None
+    if value < 0:
+        raise ValueError(f"fault {name}: negative delay {value}")
+    return value
+
+
+def parse_faults(spec: str | None) -> Faults:
+    """Parse a fault ``SPEC`` (see the module docstring); ``None`` or ``""``
+    means no faults.
+
+    Raises:
+        ValueError: unknown fault name or bad argument ("unknown fault 'x'").
+    """
+    faults = Faults()
+    if not spec:
+        return faults
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, arg = part.partition(":")
+        name = name.strip().lower()
+        if name == "server_error":
+            faults = replace(faults, server_error=True, server_error_ms=_ms(name, arg) if arg else None)
+        elif name == "drop":
+            faults = replace(faults, drop_ms=_ms(name, arg) if arg else DEFAULT_DROP_MS)
+        elif name == "close":
+            code = _ms(name, arg) if arg else 1011
+            if not 1000 <= code <= 4999:
+                raise ValueError(f"fault close: code {code} outside 1000-4999")
+            faults = replace(faults, close_code=code)
+        elif name == "delay_created":
+            faults = replace(faults, delay_created_ms=_ms(name, arg) if arg else 1000)
+        elif name == "echo":
+            faults = replace(faults, echo=True)
+        else:
+            raise ValueError(f"unknown fault {name!r}")
+    return faults

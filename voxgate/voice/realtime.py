@@ -1,0 +1,766 @@
+"""One Realtime session of the local provider: reads client events, runs
+turn detection, transcription and responses, writes server events.
+
+Event shapes follow the OpenAI Realtime GA reference
+(https://platform.openai.com/docs/api-reference/realtime-client-events,
+.../realtime-server-events) and the ``openai`` SDK's
+``openai.types.realtime`` models. Deliberate differences:
+
+- ``conversation.item.input_audio_transcription.completed`` is sent for
+  every committed audio item, even when ``audio.input.transcription`` is
+  null (voxgate's clients want the transcript);
+- ``output_audio_buffer.clear`` is accepted on WebSockets (it cancels the
+  response in progress and answers ``output_audio_buffer.cleared``);
+- echo mode: every ``input_audio_buffer.append`` is answered at once with a
+  ``response.output_audio.delta`` carrying the same base64 string, inside one
+  response that opens at the first chunk and ends (``response.done``,
+  completed) at ``input_audio_buffer.commit`` or ``.clear``. No VAD, STT or
+  TTS; the delta is built by string concatenation, not re-serialised.
+
+Audio: input is kept as PCM16 at the input format's rate (24 kHz for
+``audio/pcm``, 8 kHz for G.711, decoded on arrival). Output deltas are 100 ms
+chunks (4 800 bytes of 24 kHz PCM16, 800 bytes of G.711).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from voxgate.errors import InvalidRequest, MalformedEvent, VoxgateError, error_event, new_event_id
+from voxgate.models.realtime import AudioFormat
+from voxgate.voice import audio as A
+from voxgate.voice import responder
+from voxgate.voice.faults import Faults, parse_faults
+from voxgate.voice.session import (
+    SessionConfig,
+    input_audio_tokens,
+    new_id,
+    output_audio_tokens,
+    text_tokens,
+    usage,
+)
+from voxgate.voice.tts import split_sentences
+from voxgate.voice.vad import SpeechStarted, SpeechStopped, TurnDetector
+
+if TYPE_CHECKING:
+    from voxgate.voice.server import VoiceProvider
+
+__all__ = ["RealtimeSession", "CHUNK_MS", "MIN_COMMIT_MS"]
+
+log = logging.getLogger(__name__)
+
+CHUNK_MS = 100
+"""Output audio per ``response.output_audio.delta``, in ms."""
+MIN_COMMIT_MS = 100
+"""OpenAI refuses to commit less than 100 ms of audio."""
+
+
+class _ServerError(VoxgateError):
+    type = "server_error"
+    code = "server_error"
+
+
+@dataclass
+class _Response:
+    id: str
+    modalities: list[str]
+    instructions: str
+    conversation: bool
+    item_id: str = field(default_factory=lambda: new_id("item"))
+    task: asyncio.Task[None] | None = None
+    text: str = ""
+    audio_out_ms: float = 0.0
+    in_text_tokens: int = 0
+    in_audio_tokens: int = 0
+    started: bool = False  # output_item.added sent
+
+    def obj(self, status: str, output: list[dict[str, Any]], out_fmt: AudioFormat, voice: str,
+            status_details: dict[str, Any] | None = None) -> dict[str, Any]:
+        out_audio = output_audio_tokens(self.audio_out_ms) if "audio" in self.modalities else 0
+        out_text = text_tokens(self.text)
+        done = status != "in_progress"
+        return {
+            "object": "realtime.response",
+            "id": self.id,
+            "status": status,
+            "status_details": status_details,
+            "output": output,
+            "conversation_id": "conv_" + self.id[5:] if self.conversation else None,
+            "output_modalities": self.modalities,
+            "max_output_tokens": "inf",
+            "audio": {"output": {"format": out_fmt.to_session(), "voice": voice}},
+            "metadata": None,
+            "usage": usage(in_text=self.in_text_tokens, in_audio=self.in_audio_tokens,
+                           out_text=out_text, out_audio=out_audio) if done else None,
+        }
+
+
+class RealtimeSession:
+    """State and tasks of one WebSocket session. :meth:`run` returns when the
+    client (or a fault) closes the connection; every task it started is then
+    cancelled."""
+
+    def __init__(self, provider: VoiceProvider, ws: web.WebSocketResponse, request: web.Request,
+                 *, model: str, faults: Faults) -> None:
+        self.provider = provider
+        self.ws = ws
+        self.request = request
+        self.config = SessionConfig(model=model)
+        self.faults = faults
+        self.echo = provider.settings.responder == "echo" or faults.echo
+        self.started = time.monotonic()
+        self.items: dict[str, dict[str, Any]] = {}
+        self.buffer = bytearray()  # PCM16 at config.input_format.rate
+        self.audio_ms = 0.0  # input audio appended this session, in ms
+        self.buffer_start_ms = 0.0  # audio position of buffer[0]
+        self.vad: TurnDetector | None = None
+        self._vad_carry = b""
+        self.speech_item_id: str | None = None
+        self.speech_start_ms = 0.0
+        self.response: _Response | None = None
+        self.transcriptions: dict[str, asyncio.Task[str]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.responses_done = 0
+        self._echo: _Response | None = None
+        self._echo_prefix = ""
+        self._echo_bytes = 0
+        self._send_lock = asyncio.Lock()
+        self.closing = False
+        self._reset_vad()
+        self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit_event,
+            "input_audio_buffer.clear": self._clear,
+            "output_audio_buffer.clear": self._output_clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.truncate": self._item_truncate,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    # -- I/O -----------------------------------------------------------------
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """Send one server event (adds ``event_id``). Silently dropped once the
+        connection is closing."""
+        event.setdefault("event_id", new_event_id())
+        await self.send_text(orjson.dumps(event).decode())
+
+    async def send_text(self, text: str) -> None:
+        if self.closing or self.ws.closed:
+            return
+        try:
+            async with self._send_lock:
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            self.closing = True
+
+    async def send_error(self, err: VoxgateError) -> None:
+        await self.send_text(error_event(err))
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("voice session task failed", exc_info=task.exception())
+
+    async def run(self) -> None:
+        try:
+            self._arm_faults(self.faults)
+            if self.faults.delay_created_ms:
+                await asyncio.sleep(self.faults.delay_created_ms / 1000)
+            await self.send({"type": "session.created", "session": self.config.to_dict()})
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await self.send_error(MalformedEvent("Binary frames are not supported; send JSON text.",
+                                                         code="invalid_json"))
+                else:
+                    break
+        finally:
+            await self.close_tasks()
+
+    async def close_tasks(self) -> None:
+        """Stop all work of this session (pending STT/TTS, timers)."""
+        self.closing = True
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Close the WebSocket with 1001 (going away) and stop all work."""
+        self.closing = True
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=1001, message=b"server shutting down")
+        await self.close_tasks()
+
+    # -- faults --------------------------------------------------------------
+
+    def _arm_faults(self, faults: Faults) -> None:
+        elapsed_ms = (time.monotonic() - self.started) * 1000
+        if faults.echo:
+            self.echo = True
+        if faults.drop_ms is not None:
+            self.spawn(self._fault_later(max(0.0, faults.drop_ms - elapsed_ms), self._drop))
+        if faults.close_code is not None:
+            code = faults.close_code
+            self.spawn(self._fault_later(0.0, lambda: self.ws.close(code=code, message=b"voxgate fault")))
+        if faults.server_error and faults.server_error_ms is not None:
+            self.spawn(self._fault_later(max(0.0, faults.server_error_ms - elapsed_ms), self._server_error))
+
+    async def _fault_later(self, delay_ms: float, action: Callable[[], Awaitable[Any]]) -> None:
+        await asyncio.sleep(delay_ms / 1000)
+        if self.faults.delay_created_ms:  # never fire before session.created
+            await asyncio.sleep(0)
+        await action()
+
+    async def _drop(self) -> None:
+        """Abort the TCP connection: no close frame."""
+        self.closing = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _server_error(self) -> None:
+        await self.send_error(_ServerError("The server had an error while processing your request (injected fault)."))
+
+    # -- dispatch ------------------------------------------------------------
+
+    async def handle_text(self, data: str) -> None:
+        """Parse and dispatch one client event; protocol errors become ``error``
+        events and the session goes on."""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            await self.send_error(MalformedEvent(f"We could not parse the JSON body of your event: {exc}",
+                                                 code="invalid_json"))
+            return
+        if not isinstance(event, dict):
+            await self.send_error(MalformedEvent("Invalid event: expected a JSON object.", code="invalid_json"))
+            return
+        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        etype = event.get("type")
+        try:
+            if not isinstance(etype, str):
+                raise MalformedEvent("Missing required parameter: 'type'.",
+                                     code="missing_required_parameter", param="type")
+            handler = self._handlers.get(etype)
+            if handler is None:
+                raise MalformedEvent(f"Invalid value: '{etype}'. Supported values are: "
+                                     + ", ".join(f"'{t}'" for t in self._handlers) + ".",
+                                     code="invalid_value", param="type")
+            await handler(event)
+        except VoxgateError as err:
+            err.event_id = event_id
+            await self.send_error(err)
+        except Exception as exc:  # never let one event kill the session
+            log.exception("voice session: error handling %s", etype)
+            err = _ServerError(f"The server had an error while processing your request: {exc}")
+            err.event_id = event_id
+            await self.send_error(err)
+
+    # -- session -------------------------------------------------------------
+
+    async def _session_update(self, event: dict[str, Any]) -> None:
+        before = self.config.voxgate_fault
+        self.config.update(event.get("session"))
+        spec = self.config.voxgate_fault
+        if spec != before and spec and self.provider.settings.faults_enabled:
+            try:
+                faults = parse_faults(spec)
+            except ValueError as exc:
+                raise MalformedEvent(str(exc), code="invalid_value", param="session.voxgate_fault") from None
+            self.faults = self.faults.merge(faults)
+            self._arm_faults(faults)
+        self._reset_vad()
+        await self.send({"type": "session.updated", "session": self.config.to_dict()})
+
+    def _reset_vad(self) -> None:
+        td = self.config.turn_detection
+        if td is None or self.echo:
+            self.vad = None
+            return
+        self.vad = TurnDetector(
+            threshold=float(td.get("threshold", 0.5)),
+            prefix_padding_ms=int(td.get("prefix_padding_ms", 300)),
+            silence_duration_ms=int(td.get("silence_duration_ms", 500)),
+            start_ms=self.audio_ms,
+        )
+        self._vad_carry = b""
+        self.speech_item_id = None
+
+    # -- input audio ---------------------------------------------------------
+
+    def _decode_audio(self, b64: Any, param: str = "audio") -> bytes:
+        if not isinstance(b64, str):
+            raise MalformedEvent(f"Invalid type for '{param}': expected a base64 string.",
+                                 code="invalid_value", param=param)
+        try:
+            return binascii.a2b_base64(b64, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise MalformedEvent("Invalid base64 audio data.", code="invalid_base64", param=param) from None
+
+    def _to_pcm(self, raw: bytes) -> bytes:
+        fmt = self.config.input_format
+        if fmt.type == "audio/pcmu":
+            return A.ulaw_decode(raw)
+        if fmt.type == "audio/pcma":
+            return A.alaw_decode(raw)
+        return raw[: len(raw) - len(raw) % 2]
+
+    async def _append(self, event: dict[str, Any]) -> None:
+        b64 = event.get("audio")
+        raw = self._decode_audio(b64)
+        if self.echo:
+            await self._echo_chunk(b64, len(raw))
+            return
+        pcm = self._to_pcm(raw)
+        rate = self.config.input_format.rate
+        self.buffer += pcm
+        self.audio_ms += A.pcm16_ms(len(pcm), rate)
+        if self.vad is None:
+            return
+        data = self._vad_carry + pcm
+        if rate == 24000:
+            usable = len(data) - len(data) % 6
+            self._vad_carry, data = data[usable:], A.decimate3(data[:usable])
+        for ev in self.vad.feed(data):
+            if isinstance(ev, SpeechStarted):
+                await self._speech_started(ev.audio_start_ms)
+            elif isinstance(ev, SpeechStopped):
+                await self._speech_stopped(ev.audio_end_ms)
+        if not self.vad.in_speech:
+            self._trim_buffer()
+
+    def _trim_buffer(self) -> None:
+        """Outside speech, keep only the prefix padding (plus 500 ms) of audio."""
+        rate = self.config.input_format.rate
+        keep_ms = (self.config.turn_detection or {}).get("prefix_padding_ms", 300) + 500
+        keep = int(keep_ms * rate / 1000) * 2
+        if len(self.buffer) > 2 * keep:
+            drop = len(self.buffer) - keep
+            del self.buffer[:drop]
+            self.buffer_start_ms += A.pcm16_ms(drop, rate)
+
+    async def _speech_started(self, audio_start_ms: int) -> None:
+        self.speech_item_id = new_id("item")
+        self.speech_start_ms = audio_start_ms
+        await self.send({"type": "input_audio_buffer.speech_started",
+                         "audio_start_ms": audio_start_ms, "item_id": self.speech_item_id})
+        td = self.config.turn_detection or {}
+        if self.response is not None and td.get("interrupt_response", True):
+            await self._cancel_response("turn_detected")
+
+    async def _speech_stopped(self, audio_end_ms: int) -> None:
+        item_id = self.speech_item_id or new_id("item")
+        await self.send({"type": "input_audio_buffer.speech_stopped",
+                         "audio_end_ms": audio_end_ms, "item_id": item_id})
+        rate = self.config.input_format.rate
+        start = max(0, int((self.speech_start_ms - self.buffer_start_ms) * rate / 1000) * 2)
+        await self._commit(item_id, stt_from=start)
+        td = self.config.turn_detection or {}
+        if td.get("create_response", True) and self.response is None:
+            await self._start_response({}, conversation=True)
+
+    async def _commit_event(self, event: dict[str, Any]) -> None:
+        if self.echo:
+            await self.send({"type": "input_audio_buffer.committed", "previous_item_id": self._last_item_id(),
+                             "item_id": new_id("item")})
+            await self._echo_finish()
+            return
+        ms = A.pcm16_ms(len(self.buffer), self.config.input_format.rate)
+        if ms < MIN_COMMIT_MS:
+            raise InvalidRequest(
+                f"Error committing input audio buffer: buffer too small. Expected at least {MIN_COMMIT_MS}ms "
+                f"of audio, but buffer only has {ms:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty")
+        await self._commit(self.speech_item_id or new_id("item"))
+
+    async def _commit(self, item_id: str, stt_from: int = 0) -> None:
+        rate = self.config.input_format.rate
+        pcm = bytes(self.buffer[stt_from:])
+        committed_ms = A.pcm16_ms(len(self.buffer), rate)
+        self.buffer.clear()
+        self.buffer_start_ms = self.audio_ms
+        self._reset_vad()
+        previous = self._last_item_id()
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
+                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
+        self.items[item_id] = item
+        await self.send({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id})
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
+        item["_audio_ms"] = committed_ms
+        self.transcriptions[item_id] = self.spawn(self._transcribe(item_id, pcm, rate))
+
+    async def _transcribe(self, item_id: str, pcm: bytes, rate: int) -> str:
+        try:
+            await self.provider.ensure_models()
+            transcript = await self.provider.recognizer.transcribe(pcm, rate)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("transcription failed")
+            await self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item_id,
+                             "content_index": 0,
+                             "error": {"type": "server_error", "code": "transcription_failed",
+                                       "message": str(exc), "param": None}})
+            return ""
+        finally:
+            self.transcriptions.pop(item_id, None)
+        item = self.items.get(item_id)
+        if item is not None:
+            item["content"][0]["transcript"] = transcript
+        await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
+                         "content_index": 0, "transcript": transcript,
+                         "usage": {"type": "duration", "seconds": round(A.pcm16_ms(len(pcm), rate) / 1000, 3)}})
+        return transcript
+
+    async def _clear(self, event: dict[str, Any]) -> None:
+        if self.echo:
+            await self.send({"type": "input_audio_buffer.cleared"})
+            await self._echo_finish()
+            return
+        self.buffer.clear()
+        self.buffer_start_ms = self.audio_ms
+        self._reset_vad()
+        await self.send({"type": "input_audio_buffer.cleared"})
+
+    async def _output_clear(self, event: dict[str, Any]) -> None:
+        resp = self.response
+        if resp is not None:
+            await self._cancel_response("client_cancelled")
+        await self.send({"type": "output_audio_buffer.cleared", "response_id": resp.id if resp else None})
+
+    # -- echo ----------------------------------------------------------------
+
+    async def _echo_chunk(self, b64: str, n_bytes: int) -> None:
+        if self._echo is None:
+            resp = self._echo = _Response(id=new_id("resp"), modalities=["audio"], instructions="",
+                                          conversation=True)
+            fmt, voice = self.config.output_format, self.config.voice
+            await self.send({"type": "response.created", "response": resp.obj("in_progress", [], fmt, voice)})
+            await self._send_item_added(resp, audio=True)
+            self._echo_prefix = ('{"type":"response.output_audio.delta","response_id":"' + resp.id
+                                 + '","item_id":"' + resp.item_id
+                                 + '","output_index":0,"content_index":0,"event_id":"')
+            self._echo_bytes = 0
+        self._echo_bytes += n_bytes
+        await self.send_text(self._echo_prefix + new_event_id() + '","delta":"' + b64 + '"}')
+
+    async def _echo_finish(self) -> None:
+        resp, self._echo = self._echo, None
+        if resp is None:
+            return
+        fmt = self.config.input_format
+        resp.audio_out_ms = fmt.ms_from_bytes(self._echo_bytes)
+        await self._send_item_done(resp, audio=True, status="completed")
+
+    # -- conversation items --------------------------------------------------
+
+    def _last_item_id(self) -> str | None:
+        return next(reversed(self.items), None)
+
+    async def _item_create(self, event: dict[str, Any]) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            raise MalformedEvent("Missing required parameter: 'item'.", code="missing_required_parameter",
+                                 param="item")
+        kind = item.get("type", "message")
+        role = item.get("role")
+        content = item.get("content", [])
+        if kind != "message" or role not in ("user", "assistant", "system") or not isinstance(content, list):
+            raise MalformedEvent("Invalid 'item': expected a message with role user, assistant or system and "
+                                 "a content array.", code="invalid_value", param="item")
+        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        if item_id in self.items:
+            raise MalformedEvent(f"Item with id '{item_id}' already exists.", code="item_id_exists",
+                                 param="item.id")
+        parts: list[dict[str, Any]] = []
+        audio_parts: list[bytes] = []
+        for i, part in enumerate(content):
+            ptype = part.get("type") if isinstance(part, dict) else None
+            if ptype in ("input_text", "text", "output_text"):
+                if not isinstance(part.get("text"), str):
+                    raise MalformedEvent("Invalid type for 'text': expected a string.", code="invalid_value",
+                                         param=f"item.content[{i}].text")
+                parts.append({"type": ptype, "text": part["text"]})
+            elif ptype == "input_audio":
+                audio_parts.append(self._to_pcm(self._decode_audio(part.get("audio"), f"item.content[{i}].audio")))
+                parts.append({"type": "input_audio", "transcript": None})
+            else:
+                raise MalformedEvent(f"Invalid value: {ptype!r} for content type.", code="invalid_value",
+                                     param=f"item.content[{i}].type")
+        previous = event.get("previous_item_id") or self._last_item_id()
+        new = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
+               "role": role, "content": parts}
+        self.items[item_id] = new
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": new})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": new})
+        if audio_parts:
+            pcm = b"".join(audio_parts)
+            new["_audio_ms"] = A.pcm16_ms(len(pcm), self.config.input_format.rate)
+            self.transcriptions[item_id] = self.spawn(
+                self._transcribe(item_id, pcm, self.config.input_format.rate))
+
+    def _item(self, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        item_id = event.get("item_id")
+        if not isinstance(item_id, str):
+            raise MalformedEvent("Missing required parameter: 'item_id'.", code="missing_required_parameter",
+                                 param="item_id")
+        if item_id not in self.items:
+            raise MalformedEvent(f"Item with item_id not found: {item_id}", code="item_not_found",
+                                 param="item_id")
+        return item_id, self.items[item_id]
+
+    async def _item_delete(self, event: dict[str, Any]) -> None:
+        item_id, _ = self._item(event)
+        del self.items[item_id]
+        await self.send({"type": "conversation.item.deleted", "item_id": item_id})
+
+    async def _item_retrieve(self, event: dict[str, Any]) -> None:
+        _, item = self._item(event)
+        await self.send({"type": "conversation.item.retrieved", "item": _public(item)})
+
+    async def _item_truncate(self, event: dict[str, Any]) -> None:
+        item_id, item = self._item(event)
+        ci, end_ms = event.get("content_index", 0), event.get("audio_end_ms")
+        if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < len(item["content"]):
+            raise MalformedEvent("Invalid value for 'content_index'.", code="invalid_value", param="content_index")
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
+            raise MalformedEvent("Invalid value for 'audio_end_ms': expected a non-negative integer.",
+                                 code="invalid_value", param="audio_end_ms")
+        if item.get("role") != "assistant":
+            raise MalformedEvent("Only assistant messages can be truncated.", code="invalid_value", param="item_id")
+        if end_ms > item.get("_audio_ms", 0) + 1:
+            raise MalformedEvent(f"Audio content of {item.get('_audio_ms', 0):.0f}ms is already shorter than "
+                                 f"{end_ms}ms", code="invalid_value", param="audio_end_ms")
+        item["_audio_ms"] = end_ms
+        await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": ci,
+                         "audio_end_ms": end_ms})
+
+    # -- responses -----------------------------------------------------------
+
+    async def _response_create(self, event: dict[str, Any]) -> None:
+        params = event.get("response", {}) or {}
+        if not isinstance(params, dict):
+            raise MalformedEvent("Invalid type for 'response': expected an object.", code="invalid_value",
+                                 param="response")
+        if self.response is not None:
+            raise InvalidRequest(f"Conversation already has an active response in progress: {self.response.id}. "
+                                 "Wait until the response is finished before creating a new one.",
+                                 code="conversation_already_has_active_response")
+        mods = params.get("output_modalities", params.get("modalities"))
+        if mods is not None and (not isinstance(mods, list) or any(m not in ("text", "audio") for m in mods)):
+            raise MalformedEvent("Invalid value for 'response.output_modalities'.", code="invalid_value",
+                                 param="response.output_modalities")
+        instr = params.get("instructions")
+        if instr is not None and not isinstance(instr, str):
+            raise MalformedEvent("Invalid type for 'response.instructions': expected a string.",
+                                 code="invalid_value", param="response.instructions")
+        await self._start_response(params, conversation=params.get("conversation", "auto") != "none")
+
+    async def _start_response(self, params: dict[str, Any], *, conversation: bool) -> None:
+        mods = params.get("output_modalities", params.get("modalities")) or self.config.output_modalities
+        resp = _Response(id=new_id("resp"), modalities=["audio"] if "audio" in mods else ["text"],
+                         instructions=params.get("instructions") or self.config.instructions,
+                         conversation=conversation)
+        self.response = resp
+        resp.task = self.spawn(self._run_response(resp))
+
+    async def _response_cancel(self, event: dict[str, Any]) -> None:
+        resp = self.response
+        wanted = event.get("response_id")
+        if resp is None or (isinstance(wanted, str) and wanted != resp.id):
+            raise InvalidRequest("Cancellation failed: no active response found",
+                                 code="response_cancel_not_active")
+        await self._cancel_response("client_cancelled")
+
+    async def _cancel_response(self, reason: str) -> None:
+        resp, self.response = self.response, None
+        if resp is None or resp.task is None:
+            return
+        resp.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resp.task
+        output = [self._assistant_item(resp, "incomplete")] if resp.started else []
+        self.responses_done += 1
+        await self.send({"type": "response.done", "response": resp.obj(
+            "cancelled", output, self.config.output_format, self.config.voice,
+            {"type": "cancelled", "reason": reason})})
+
+    def _assistant_item(self, resp: _Response, status: str) -> dict[str, Any]:
+        if "audio" in resp.modalities:
+            content = [{"type": "output_audio", "transcript": resp.text}]
+        else:
+            content = [{"type": "output_text", "text": resp.text}]
+        return {"id": resp.item_id, "object": "realtime.item", "type": "message", "status": status,
+                "role": "assistant", "content": content}
+
+    async def _send_item_added(self, resp: _Response, *, audio: bool) -> None:
+        item = {"id": resp.item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
+                "role": "assistant", "content": []}
+        previous = self._last_item_id()
+        if resp.conversation:
+            self.items[resp.item_id] = item
+        resp.started = True
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0}
+        await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                         "item": item})
+        if resp.conversation:
+            await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
+        await self.send({"type": "response.content_part.added", **base, "content_index": 0, "part": part})
+
+    async def _send_item_done(self, resp: _Response, *, audio: bool, status: str) -> None:
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
+        if audio:
+            await self.send({"type": "response.output_audio.done", **base})
+            await self.send({"type": "response.output_audio_transcript.done", **base, "transcript": resp.text})
+            part = {"type": "audio", "transcript": resp.text}
+        else:
+            await self.send({"type": "response.output_text.done", **base, "text": resp.text})
+            part = {"type": "text", "text": resp.text}
+        await self.send({"type": "response.content_part.done", **base, "part": part})
+        item = self._assistant_item(resp, "completed")
+        if resp.conversation:
+            item["_audio_ms"] = resp.audio_out_ms
+            self.items[resp.item_id] = item
+        await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                         "item": _public(item)})
+        if resp.conversation:
+            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": _public(item)})
+        self.responses_done += 1
+        await self.send({"type": "response.done", "response": resp.obj(
+            status, [_public(item)], self.config.output_format, self.config.voice)})
+        if self.faults.server_error and self.faults.server_error_ms is None and self.responses_done == 1:
+            await self._server_error()
+
+    async def _run_response(self, resp: _Response) -> None:
+        fmt, voice = self.config.output_format, self.config.voice
+        await self.send({"type": "response.created", "response": resp.obj("in_progress", [], fmt, voice)})
+        pending = list(self.transcriptions.values())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._count_input(resp)
+        resp_text = await self._reply_text(resp)
+        audio = "audio" in resp.modalities
+        await self._send_item_added(resp, audio=audio)
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
+        sentences = split_sentences(resp_text) or [resp_text]
+        if not audio:
+            for i, sentence in enumerate(sentences):
+                delta = sentence if i == 0 else " " + sentence
+                resp.text += delta
+                await self.send({"type": "response.output_text.delta", **base, "delta": delta})
+        else:
+            await self._stream_audio(resp, sentences, base)
+        if self.response is resp:
+            self.response = None
+        await self._send_item_done(resp, audio=audio, status="completed")
+
+    async def _stream_audio(self, resp: _Response, sentences: list[str], base: dict[str, Any]) -> None:
+        fmt = self.config.output_format
+        synth = self.provider.synthesizer
+        await self.provider.ensure_models()
+        chunk_bytes = int(fmt.bytes_per_ms * CHUNK_MS)
+        loop = asyncio.get_running_loop()
+        length_scale = 1.0 / self.config.speed
+
+        def render(sentence: str) -> bytes:
+            pcm = synth.synthesize_sync(sentence, length_scale=length_scale)
+            pcm = A.resample_pcm16(pcm, synth.sample_rate, fmt.rate)
+            if fmt.type == "audio/pcmu":
+                return A.ulaw_encode(pcm)
+            if fmt.type == "audio/pcma":
+                return A.alaw_encode(pcm)
+            return pcm
+
+        futures = [loop.run_in_executor(synth.pool, render, sentences[0])]
+        try:
+            for i, sentence in enumerate(sentences):
+                data = await futures[i]
+                if i + 1 < len(sentences):  # synthesise the next sentence while this one is sent
+                    futures.append(loop.run_in_executor(synth.pool, render, sentences[i + 1]))
+                delta = sentence if i == 0 else " " + sentence
+                resp.text += delta
+                await self.send({"type": "response.output_audio_transcript.delta", **base, "delta": delta})
+                for off in range(0, len(data), chunk_bytes):
+                    chunk = data[off:off + chunk_bytes]
+                    resp.audio_out_ms += fmt.ms_from_bytes(len(chunk))
+                    await self.send({"type": "response.output_audio.delta", **base,
+                                     "delta": base64.b64encode(chunk).decode()})
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def _count_input(self, resp: _Response) -> None:
+        """Input tokens: every conversation item so far (text by characters,
+        audio by duration)."""
+        resp.in_text_tokens = text_tokens(resp.instructions)
+        for item in self.items.values():
+            for part in item.get("content", []):
+                if part.get("type") == "input_audio":
+                    continue
+                resp.in_text_tokens += text_tokens(part.get("text") or part.get("transcript") or "")
+            if item.get("role") == "user" and "_audio_ms" in item:
+                resp.in_audio_tokens += input_audio_tokens(item["_audio_ms"])
+
+    def _history(self) -> list[dict[str, str]]:
+        history = []
+        for item in self.items.values():
+            role = item.get("role")
+            if role not in ("user", "assistant"):
+                continue
+            text = " ".join((p.get("text") or p.get("transcript") or "") for p in item.get("content", [])).strip()
+            if text:
+                history.append({"role": role, "content": text})
+        return history
+
+    def _last_user_text(self) -> str | None:
+        for item in reversed(self.items.values()):
+            if item.get("role") == "user":
+                return " ".join((p.get("text") or p.get("transcript") or "") for p in item["content"]).strip()
+        return None
+
+    async def _reply_text(self, resp: _Response) -> str:
+        fallback = responder.assistant_reply(self._last_user_text())
+        settings = self.provider.settings
+        if settings.responder != "chat" or not settings.chat_url or self.provider.http is None:
+            return fallback
+        key = settings.chat_api_key.get_secret_value() if settings.chat_api_key else None
+        try:
+            return await responder.chat_reply(self.provider.http, chat_url=settings.chat_url,
+                                              model=settings.chat_model, instructions=resp.instructions,
+                                              history=self._history(), api_key=key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("chat responder failed, using the assistant reply: %s", exc)
+            return fallback
+
+
+def _public(item: dict[str, Any]) -> dict[str, Any]:
+    """An item without voxgate's private bookkeeping keys (``_audio_ms``)."""
+    return {k: v for k, v in item.items() if not k.startswith("_")}

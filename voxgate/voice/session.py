@@ -1,0 +1,262 @@
+"""Session configuration and usage arithmetic for the local provider: pure
+code, no I/O.
+
+:class:`SessionConfig` holds what ``session.update`` can change and renders
+the GA session object (``"object": "realtime.session"``) sent in
+``session.created`` / ``session.updated``, following the OpenAI Realtime
+reference (https://platform.openai.com/docs/api-reference/realtime-server-events/session/created
+and .../realtime-client-events/session/update). Updates in the GA shape
+(``{"type": "realtime", "audio": {"input": {...}, "output": {...}}}``) and
+the beta flat shape (``voice``, ``input_audio_format``, ``turn_detection``,
+``input_audio_transcription``, ``modalities``) are both accepted.
+
+Token estimates (documented, not OpenAI's exact tokenizer):
+
+- text: 1 token per 4 characters, rounded up;
+- input (user) audio: 1 token per 100 ms;
+- output (assistant) audio: 1 token per 50 ms.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxgate.errors import MalformedEvent
+from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
+
+__all__ = [
+    "DEFAULT_INSTRUCTIONS",
+    "DEFAULT_TURN_DETECTION",
+    "SessionConfig",
+    "new_id",
+    "text_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "usage",
+]
+
+DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep your answers short."
+DEFAULT_TURN_DETECTION: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
+VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"})
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style id: ``sess_…``, ``item_…``, ``resp_…``."""
+    return f"{prefix}_{uuid.uuid4().hex[:22]}"
+
+
+def text_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def input_audio_tokens(ms: float) -> int:
+    return math.ceil(ms / 100)
+
+
+def output_audio_tokens(ms: float) -> int:
+    return math.ceil(ms / 50)
+
+
+def usage(*, in_text: int = 0, in_audio: int = 0, out_text: int = 0, out_audio: int = 0) -> dict[str, Any]:
+    """A ``response.usage`` object from token counts."""
+    inp, out = in_text + in_audio, out_text + out_audio
+    return {
+        "total_tokens": inp + out,
+        "input_tokens": inp,
+        "output_tokens": out,
+        "input_token_details": {
+            "text_tokens": in_text,
+            "audio_tokens": in_audio,
+            "image_tokens": 0,
+            "cached_tokens": 0,
+            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+        },
+        "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
+    }
+
+
+def _invalid(message: str, param: str) -> MalformedEvent:
+    return MalformedEvent(message, code="invalid_value", param=param)
+
+
+def _format(spec: Any, param: str) -> AudioFormat:
+    fmt, _ = audio_format_from_session({"audio": {"input": {"format": spec}}})
+    if fmt is None:
+        raise _invalid(
+            f"Invalid value: {spec!r}. Supported values are: 'audio/pcm', 'audio/pcmu' and 'audio/pcma'.", param
+        )
+    if fmt.type == "audio/pcm" and isinstance(spec, dict) and spec.get("rate", 24000) != 24000:
+        raise _invalid(f"Invalid audio rate {spec.get('rate')!r}: audio/pcm supports only 24000.", param + ".rate")
+    return fmt
+
+
+@dataclass
+class SessionConfig:
+    """The mutable part of a Realtime session. Times in ms."""
+
+    model: str
+    id: str = field(default_factory=lambda: new_id("sess"))
+    instructions: str = DEFAULT_INSTRUCTIONS
+    output_modalities: list[str] = field(default_factory=lambda: ["audio"])
+    input_format: AudioFormat = PCM24K
+    output_format: AudioFormat = PCM24K
+    turn_detection: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_TURN_DETECTION))
+    transcription: dict[str, Any] | None = None
+    noise_reduction: dict[str, Any] | None = None
+    voice: str = "alloy"
+    speed: float = 1.0
+    tools: list[Any] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    max_output_tokens: Any = "inf"
+    voxgate_fault: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The GA ``realtime.session`` object."""
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.id,
+            "model": self.model,
+            "output_modalities": list(self.output_modalities),
+            "instructions": self.instructions,
+            "tools": list(self.tools),
+            "tool_choice": self.tool_choice,
+            "max_output_tokens": self.max_output_tokens,
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "expires_at": 0,
+            "audio": {
+                "input": {
+                    "format": self.input_format.to_session(),
+                    "transcription": self.transcription,
+                    "noise_reduction": self.noise_reduction,
+                    "turn_detection": self.turn_detection,
+                },
+                "output": {
+                    "format": self.output_format.to_session(),
+                    "voice": self.voice,
+                    "speed": self.speed,
+                },
+            },
+            "include": None,
+        }
+
+    def update(self, session: Any) -> None:
+        """Apply a ``session.update`` ``session`` object (GA or beta shape).
+        All-or-nothing: on error nothing changes.
+
+        Raises:
+            MalformedEvent: ``invalid_value`` with ``param`` naming the field.
+        """
+        if not isinstance(session, dict):
+            raise _invalid("Invalid type for 'session': expected an object.", "session")
+        if "type" in session and session["type"] != "realtime":
+            raise _invalid(
+                f"Invalid value: {session['type']!r}. Supported values are: 'realtime'.", "session.type"
+            )
+        new = SessionConfig(**self.__dict__)
+        audio = session.get("audio", {})
+        if not isinstance(audio, dict):
+            raise _invalid("Invalid type for 'session.audio': expected an object.", "session.audio")
+        ain = audio.get("input", {}) or {}
+        aout = audio.get("output", {}) or {}
+        if not isinstance(ain, dict) or not isinstance(aout, dict):
+            raise _invalid("Invalid type for 'session.audio.input/output': expected an object.", "session.audio")
+
+        if "instructions" in session:
+            if not isinstance(session["instructions"], str):
+                raise _invalid("Invalid type for 'session.instructions': expected a string.", "session.instructions")
+            new.instructions = session["instructions"]
+        for key in ("output_modalities", "modalities"):
+            if key in session:
+                mods = session[key]
+                if not isinstance(mods, list) or not mods or any(m not in ("text", "audio") for m in mods):
+                    raise _invalid(f"Invalid value for 'session.{key}': expected ['text'] or ['audio'].", f"session.{key}")
+                new.output_modalities = ["audio"] if "audio" in mods else ["text"]
+        if "format" in ain:
+            new.input_format = _format(ain["format"], "session.audio.input.format")
+        if "input_audio_format" in session:
+            new.input_format = _format(session["input_audio_format"], "session.input_audio_format")
+        if "format" in aout:
+            new.output_format = _format(aout["format"], "session.audio.output.format")
+        if "output_audio_format" in session:
+            new.output_format = _format(session["output_audio_format"], "session.output_audio_format")
+        for src, param in ((ain, "session.audio.input.turn_detection"), (session, "session.turn_detection")):
+            if "turn_detection" in src:
+                new.turn_detection = _turn_detection(src["turn_detection"], new.turn_detection, param)
+        for src, key, param in (
+            (ain, "transcription", "session.audio.input.transcription"),
+            (session, "input_audio_transcription", "session.input_audio_transcription"),
+        ):
+            if key in src:
+                if src[key] is not None and not isinstance(src[key], dict):
+                    raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
+                new.transcription = src[key]
+        if "noise_reduction" in ain:
+            new.noise_reduction = ain["noise_reduction"]
+        for src, param in ((aout, "session.audio.output.voice"), (session, "session.voice")):
+            if "voice" in src:
+                if not isinstance(src["voice"], str) or not src["voice"]:
+                    raise _invalid(f"Invalid type for '{param}': expected a string.", param)
+                new.voice = src["voice"]
+        if "speed" in aout:
+            speed = aout["speed"]
+            if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 1.5:
+                raise _invalid("Invalid value for 'session.audio.output.speed': expected 0.25 to 1.5.", "session.audio.output.speed")
+            new.speed = float(speed)
+        if "tools" in session:
+            if not isinstance(session["tools"], list):
+                raise _invalid("Invalid type for 'session.tools': expected an array.", "session.tools")
+            new.tools = session["tools"]
+        if "tool_choice" in session:
+            new.tool_choice = session["tool_choice"]
+        if "max_output_tokens" in session or "max_response_output_tokens" in session:
+            new.max_output_tokens = session.get("max_output_tokens", session.get("max_response_output_tokens"))
+        if "voxgate_fault" in session:
+            if session["voxgate_fault"] is not None and not isinstance(session["voxgate_fault"], str):
+                raise _invalid("Invalid type for 'session.voxgate_fault': expected a string.", "session.voxgate_fault")
+            new.voxgate_fault = session["voxgate_fault"]
+        self.__dict__.update(new.__dict__)
+
+
+def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
+    kind = value.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise _invalid(
+            f"Invalid value: {kind!r}. Supported values are: 'server_vad' and 'semantic_vad'.", param + ".type"
+        )
+    base = dict(current) if current and current.get("type") == kind else dict(DEFAULT_TURN_DETECTION)
+    base["type"] = kind
+    for key, kinds in (
+        ("threshold", (int, float)),
+        ("prefix_padding_ms", (int,)),
+        ("silence_duration_ms", (int,)),
+        ("create_response", (bool,)),
+        ("interrupt_response", (bool,)),
+        ("idle_timeout_ms", (int, type(None))),
+        ("eagerness", (str,)),
+    ):
+        if key in value:
+            v = value[key]
+            if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+                raise _invalid(f"Invalid type for '{param}.{key}'.", f"{param}.{key}")
+            base[key] = v
+    if not 0.0 <= float(base.get("threshold", 0.5)) <= 1.0:
+        raise _invalid(f"Invalid value for '{param}.threshold': expected 0.0 to 1.0.", f"{param}.threshold")
+    return base
