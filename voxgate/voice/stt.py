@@ -101,12 +101,14 @@ class _Worker:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.stdin.close()  # type: ignore[union-attr]  # EOF ends the worker
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        with contextlib.suppress(Exception):
+            self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 def _serve_stdio() -> None:
