@@ -415,3 +415,17 @@ async def test_usage_equals_sessions_run(server, jfk_pcm, http):
     assert all(s["billable"] and s["audio_in_ms"] == 6000 for s in rest["data"])
     async with http.get(server.url + "/v1/sessions?billable=false", headers=headers) as resp:
         assert [s["id"] for s in (await resp.json())["data"]] == [short]
+
+
+async def test_metrics_count_sessions_and_refusals(server, http):
+    async with sdk(server).realtime.connect(model="gpt-realtime") as conn:
+        sid = session_id_of(conn)
+        await recv_until(conn, "session.created")
+    await server.session(sid)
+    status, _ = await refusal(server, "vg_live_nope_nope_nope_nope")
+    assert status == 401
+    async with http.get(server.url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'voxgate_sessions_started_total{transport="websocket"} 1.0' in text
+    assert 'voxgate_sessions_completed_total{reason="too_short",transport="websocket"} 1.0' in text
+    assert "voxgate_active_sessions 0.0" in text

@@ -31,6 +31,7 @@ from voxgate.models import PlanCatalog, load_catalog
 from voxgate.proxy import api, tokens, ws_relay
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import error_middleware, json_response
+from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
 
 __all__ = ["create_app", "open_store", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
@@ -79,6 +80,7 @@ def create_app(
     gateway = Gateway(settings, store, InProcessAdmission(), catalog)
     app[SETTINGS] = settings
     app[GATEWAY] = gateway
+    app[METRICS] = gateway.metrics
     app.router.add_get("/v1/realtime", ws_relay.realtime_websocket)
     app.router.add_post("/v1/realtime/client_secrets", tokens.client_secrets)
     app.router.add_post("/v1/realtime/sessions", tokens.beta_sessions)
@@ -86,6 +88,7 @@ def create_app(
     app.router.add_get("/v1/sessions/{session_id}", api.session_handler)
     app.router.add_get("/billing/usage", api.usage_handler)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_lifecycle)
     for name in plugins:
         if _module_exists(name):

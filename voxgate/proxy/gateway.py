@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.config import Settings
+from voxgate.errors import VoxgateError
 from voxgate.metering.admission import Admission, Lease
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, period_of
@@ -81,6 +82,9 @@ class Gateway:
         self.on_completed: list[SessionHook] = []
         self._account_locks: dict[str, asyncio.Lock] = {}
         self._renewer: asyncio.Task | None = None
+        from voxgate.proxy.metrics import Metrics
+
+        self.metrics = Metrics()
 
     def plan_of(self, principal: Principal) -> Plan:
         try:
@@ -105,6 +109,16 @@ class Gateway:
         Raises:
             RateLimited, QuotaExceeded, ConcurrencyLimited.
         """
+        try:
+            active = await self._admit(principal, transport, model)
+        except VoxgateError as err:
+            self.metrics.refusals.labels(err.code or err.type).inc()
+            raise
+        self.metrics.started.labels(transport).inc()
+        self.metrics.active.inc()
+        return active
+
+    async def _admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
         plan = await self.check_rate(principal)
         account = principal.account
         now = time.time()
@@ -170,6 +184,12 @@ class Gateway:
         finally:
             await self.admission.release(active.lease)
             self.active.pop(record.id, None)
+            self.metrics.active.dec()
+        self.metrics.completed.labels(record.transport, verdict.reason).inc()
+        self.metrics.audio.labels("in").inc(measurements.audio_in_ms / 1000)
+        self.metrics.audio.labels("out").inc(measurements.audio_out_ms / 1000)
+        if measurements.connect_ms is not None:
+            self.metrics.connect.observe(measurements.connect_ms / 1000)
         for hook in self.on_completed:
             try:
                 await hook(active, verdict, usage)
