@@ -1,0 +1,41 @@
+"""Every public name a module lists in ``__all__`` exists, and the layering
+rule holds: ``models`` and ``metering`` import nothing from ``proxy``,
+``billing`` or ``web``."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import voxgate
+
+PACKAGE_DIR = Path(voxgate.__file__).parent
+MODULES = sorted(
+    name for _, name, _ in pkgutil.walk_packages([str(PACKAGE_DIR)], prefix="voxgate.")
+)
+
+
+@pytest.mark.parametrize("name", [m for m in MODULES if not m.startswith("voxgate.loadtest.data")])
+def test_all_names_exist(name):
+    module = importlib.import_module(name)
+    for public in getattr(module, "__all__", ()):
+        assert hasattr(module, public), f"{name}.__all__ lists missing {public!r}"
+
+
+@pytest.mark.parametrize("room", ["models", "metering"])
+def test_core_rooms_do_not_import_edges(room):
+    for path in (PACKAGE_DIR / room).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert not n.startswith(("voxgate.proxy", "voxgate.billing", "voxgate.web")), \
+                    f"{path.relative_to(PACKAGE_DIR)} imports {n}"
