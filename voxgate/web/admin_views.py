@@ -1,0 +1,94 @@
+"""Operator pages: ``/admin`` (figures and charts over time),
+``/admin/analytics`` (the same figures as JSON) and ``/admin/audit`` (the
+audit log of operator and billing actions). Operators only: signed-out
+visitors are sent to ``/signin``, other users get 403.
+
+The figures are defined in ``voxgate.web.figures.analytics``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from voxgate.metering.store import period_of
+from voxgate.proxy.http import json_response
+from voxgate.web import charts, figures
+from voxgate.web.auth import operator
+
+__all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page"]
+
+HISTORY_MONTHS = 6
+ACTIVE_DAYS = 30
+
+
+def _state(request: web.Request) -> Any:
+    from voxgate.web.app import WEB
+
+    return request.app[WEB]
+
+
+async def compute_analytics(state: Any, now: float | None = None) -> figures.Analytics:
+    """The operator figures for the period holding ``now``, from the store."""
+    now = time.time() if now is None else now
+    period = period_of(now)
+    return figures.analytics(
+        accounts=await state.store.list_accounts(),
+        catalog=state.catalog,
+        changes=await state.db.plan_changes(until=now + 1),
+        active_account_ids=await state.db.active_account_ids(now - ACTIVE_DAYS * 86400),
+        sessions_per_account=await state.db.sessions_per_account(period),
+        period=period,
+        now=now,
+    )
+
+
+@operator
+async def analytics_json(request: web.Request) -> web.Response:
+    """``GET /admin/analytics`` → the ``Analytics`` figures as JSON."""
+    return json_response((await compute_analytics(_state(request))).to_json())
+
+
+@operator
+async def admin_page(request: web.Request) -> web.Response:
+    from voxgate.web.app import render
+
+    state = _state(request)
+    now = time.time()
+    figs = await compute_analytics(state, now)
+    hist = figures.history(await state.db.plan_changes(until=now + 1), state.catalog,
+                           figs.period, now, HISTORY_MONTHS)
+    labels = [h["period"] for h in hist]
+    days = await state.db.sessions_per_day_all(now - ACTIVE_DAYS * 86400)
+    return await render(
+        request, "admin.html", figs=figs, history=hist,
+        mrr_chart=charts.stacked_bars(
+            "MRR by month (dollars)", labels,
+            [charts.Series("MRR $", [h["mrr"] / 100 for h in hist], "s-ok")], unit="$"),
+        users_chart=charts.lines(
+            "Accounts by month", labels,
+            [charts.Series("all", [h["accounts"] for h in hist], "l-prev"),
+             charts.Series("paid", [h["paid_users"] for h in hist], "l-cur")]),
+        churn_chart=charts.lines(
+            "Churn rate by month (%)", labels,
+            [charts.Series("churn %", [h["churn_rate"] for h in hist], "l-cur")]),
+        sessions_chart=charts.stacked_bars(
+            f"Sessions per day, last {ACTIVE_DAYS} days", [d[0][5:] for d in days],
+            [charts.Series("billable", [d[2] for d in days], "s-ok"),
+             charts.Series("not billable", [d[1] - d[2] for d in days], "s-fail")]),
+        accounts=len(await state.store.list_accounts()))
+
+
+@operator
+async def audit_page(request: web.Request) -> web.Response:
+    from voxgate.web.app import render
+
+    try:
+        before = float(request.query["before"]) if request.query.get("before") else None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text="'before' must be Unix seconds") from exc
+    entries = await _state(request).db.audit_entries(limit=100, before=before)
+    return await render(request, "audit.html", entries=entries,
+                        next_before=entries[-1].at if len(entries) == 100 else None)

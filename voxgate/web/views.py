@@ -1,0 +1,531 @@
+"""Dashboard pages of a customer account: sign-up/in/out, dashboard,
+sessions and receipts, CSV exports, projects and keys, billing, pricing
+and the plan simulator.
+
+Every handler is thin: parse the request, read the store, call the pure
+code (``figures``, ``charts``), render. A user only ever sees their own
+account: every id taken from a URL or a form is checked against
+``request[ACCOUNT_KEY]`` and an id of another account is a 404.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import io
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from voxgate.metering.store import SessionFilter, period_of
+from voxgate.models import Account, Plan, Reason, SessionRecord
+from voxgate.proxy.api import ACCOUNT_KEY, usage_body
+from voxgate.web import charts, figures
+from voxgate.web.auth import (
+    MIN_PASSWORD_LEN,
+    USER,
+    clear_session_cookie,
+    form_post,
+    hash_password,
+    member,
+    safe_next,
+    session_token,
+    set_session_cookie,
+    verify_password,
+)
+
+__all__ = ["fmt_time", "fmt_ms", "PAGE_SIZE"]
+
+PAGE_SIZE = 25
+ALERT_PERCENT = 80.0
+BANNER_PERCENT = 85.0
+SIMULATOR_DAYS = 30
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+NOTICES = {
+    "project-created": "Project created.",
+    "project-deleted": "Project deleted; its keys are revoked.",
+    "key-revoked": "Key revoked.",
+    "welcome": "Welcome to voxgate! Create a project and an API key to start.",
+}
+
+
+def fmt_time(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+def _state(request: web.Request) -> Any:
+    from voxgate.web.app import WEB
+
+    return request.app[WEB]
+
+
+async def _render(request: web.Request, template: str, status: int = 200,
+                  **context: Any) -> web.Response:
+    from voxgate.web.app import render
+
+    return await render(request, template, status, **context)
+
+
+def _account(request: web.Request) -> Account:
+    return request[ACCOUNT_KEY]
+
+
+def plan_of(request: web.Request, account: Account) -> Plan:
+    catalog = _state(request).catalog
+    try:
+        return catalog.get(account.plan_id)
+    except KeyError:
+        return catalog.default
+
+
+async def _audit(request: web.Request, action: str, **detail: Any) -> None:
+    user = request.get(USER)
+    account = request.get(ACCOUNT_KEY)
+    await _state(request).db.audit(user.email if user else "anonymous", action,
+                                   account.id if account else detail.get("account_id"), detail)
+
+
+# ---------------------------------------------------------------- sign-up / in / out
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/dashboard" if request.get(USER) else "/signin")
+
+
+async def signup_page(request: web.Request) -> web.Response:
+    return await _render(request, "signup.html", email="", name="", error=None)
+
+
+async def signin_page(request: web.Request) -> web.Response:
+    if request.get(USER) is not None:
+        raise web.HTTPSeeOther(safe_next(request.query.get("next")))
+    return await _render(request, "signin.html", email="", error=None,
+                         next=safe_next(request.query.get("next")))
+
+
+async def _signed_in(request: web.Request, user: Any, to: str) -> web.Response:
+    state = _state(request)
+    old = session_token(request)
+    if old:
+        await state.db.end_session(old)
+    token, _ = await state.db.start_session(user)
+    response = web.HTTPSeeOther(to)
+    set_session_cookie(response, token, state.secure_cookies)
+    return response
+
+
+@form_post
+async def signup(request: web.Request, form: MultiDictProxy) -> web.Response:
+    state = _state(request)
+    email = str(form.get("email", "")).strip().lower()
+    name = str(form.get("name", "")).strip()[:100]
+    password = str(form.get("password", ""))
+    error = None
+    if not _EMAIL.match(email):
+        error = "Enter a valid email address."
+    elif len(password) < MIN_PASSWORD_LEN:
+        error = f"The password needs at least {MIN_PASSWORD_LEN} characters."
+    elif (await state.db.user_by_email(email) is not None
+          or await state.store.get_account_by_email(email) is not None):
+        error = "An account with this email already exists: sign in instead."
+    if error:
+        return await _render(request, "signup.html", status=400, email=email, name=name,
+                             error=error)
+    account = await state.store.create_account(email, state.catalog.default_plan, name=name)
+    user = await state.db.create_user(account.id, email, await hash_password(password))
+    await state.db.audit(email, "user.signup", account.id, {"plan": account.plan_id})
+    raise await _signed_in(request, user, "/dashboard?notice=welcome")
+
+
+@form_post
+async def signin(request: web.Request, form: MultiDictProxy) -> web.Response:
+    state = _state(request)
+    email = str(form.get("email", "")).strip().lower()
+    password = str(form.get("password", ""))
+    to = safe_next(str(form.get("next", "")))
+    user = await state.db.user_by_email(email)
+    if user is None or not await verify_password(user.password_hash, password):
+        return await _render(request, "signin.html", status=401, email=email, next=to,
+                             error="Wrong email or password.")
+    raise await _signed_in(request, user, to)
+
+
+@form_post
+async def signout(request: web.Request, form: MultiDictProxy) -> web.Response:
+    token = session_token(request)
+    if token:
+        await _state(request).db.end_session(token)
+    response = web.HTTPSeeOther("/signin")
+    clear_session_cookie(response)
+    raise response
+
+
+# ---------------------------------------------------------------- dashboard
+
+def _day_series(rows: list[Any], period: str) -> tuple[list[str], list[int], list[int], list[float]]:
+    by_day = {r.day: r for r in rows}
+    days = figures.days_of(period)
+    billable = [by_day[d].billable if d in by_day else 0 for d in days]
+    failed = [by_day[d].not_billable if d in by_day else 0 for d in days]
+    minutes = [round(by_day[d].billable_minutes, 2) if d in by_day else 0.0 for d in days]
+    return [d[8:].lstrip("0") for d in days], billable, failed, minutes
+
+
+async def usage_charts(state: Any, account_id: str, now: float) -> dict[str, Any]:
+    """Sessions per day by verdict and billable minutes per day, for the
+    current and the previous period (SVG)."""
+    current = period_of(now)
+    previous = figures.previous_period(current)
+    start, _ = figures.period_bounds(previous)
+    _, end = figures.period_bounds(current)
+    rows = await state.db.sessions_per_day(account_id, start, end)
+    out: dict[str, Any] = {"current": current, "previous": previous}
+    minutes = []
+    for key, period in (("current", current), ("previous", previous)):
+        labels, billable, failed, mins = _day_series(rows, period)
+        out[f"{key}_sessions"] = charts.stacked_bars(
+            f"Sessions per day, {period}", labels,
+            [charts.Series("billable", billable, "s-ok"),
+             charts.Series("not billable", failed, "s-fail")], unit="sessions")
+        out[f"{key}_total"] = (sum(billable), sum(failed))
+        minutes.append((period, labels, mins))
+    labels = max((m[1] for m in minutes), key=len)
+    if current == period_of():  # the future days of this month stay empty
+        today = int(time.strftime("%d", time.gmtime(now)))
+        minutes[0] = (minutes[0][0], minutes[0][1], minutes[0][2][:today])
+    out["minutes"] = charts.lines(
+        "Billable minutes per day", labels,
+        [charts.Series(minutes[0][0], minutes[0][2], "l-cur"),
+         charts.Series(minutes[1][0], minutes[1][2], "l-prev")], unit="minutes")
+    return out
+
+
+def badge_html(base_url: str) -> str:
+    """The "Powered by voxgate" snippet free-plan accounts put in their app."""
+    return (f'<a href="{base_url}/pricing?ref=badge" target="_blank" rel="noopener" '
+            'style="display:inline-flex;align-items:center;gap:6px;padding:4px 10px;'
+            'border:1px solid #d0d7de;border-radius:999px;font:12px system-ui,sans-serif;'
+            'color:#24292f;text-decoration:none;background:#fff">'
+            '<span style="color:#5b3cc4">&#9679;</span> Powered by voxgate</a>')
+
+
+@member
+async def dashboard(request: web.Request) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    plan = plan_of(request, account)
+    now = time.time()
+    usage = await state.store.get_usage(account.id, period_of(now))
+    quota = usage_body(plan, usage, state.catalog)
+    percent = quota["percentUsed"] or 0.0
+    upgrades = [p for p in state.catalog.plans.values()
+                if p.price_cents > plan.price_cents and p.id != plan.id]
+    return await _render(
+        request, "dashboard.html", plan=plan, quota=quota, percent=min(100.0, percent),
+        alert=percent >= ALERT_PERCENT, banner=percent >= BANNER_PERCENT and bool(upgrades),
+        upgrade=upgrades[0] if upgrades else None,
+        used_minutes=state.catalog.estimated_minutes(quota["sessionsUsed"]),
+        charts=await usage_charts(state, account.id, now),
+        badge=badge_html(state.base_url) if not plan.is_paid else None,
+        notice=NOTICES.get(request.query.get("notice", "")),
+        projects=await state.store.list_projects(account.id))
+
+
+# ---------------------------------------------------------------- sessions
+
+VERDICT_CHOICES = ("billable", "not_billable") + tuple(r for r in Reason.ALL if r != "billable")
+
+
+def _date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%d")))
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"bad date {value!r}: use YYYY-MM-DD") from exc
+
+
+def session_filter(query: Any) -> SessionFilter:
+    """``project``, ``verdict`` (``billable``, ``not_billable`` or a reason),
+    ``from`` and ``to`` (``YYYY-MM-DD``, UTC, both inclusive)."""
+    verdict = query.get("verdict") or None
+    if verdict is not None and verdict not in VERDICT_CHOICES:
+        raise web.HTTPBadRequest(text=f"unknown verdict {verdict!r}")
+    until = _date(query.get("to"))
+    return SessionFilter(
+        project_id=query.get("project") or None,
+        billable=True if verdict == "billable" else False if verdict == "not_billable" else None,
+        reason=verdict if verdict not in (None, "billable", "not_billable") else None,
+        since=_date(query.get("from")),
+        until=None if until is None else until + 86400,
+    )
+
+
+@member
+async def sessions_page(request: web.Request) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    filters = session_filter(request.query)
+    after = request.query.get("after") or None
+    rows = await state.store.list_sessions(account.id, limit=PAGE_SIZE + 1, after=after,
+                                           filters=filters)
+    has_more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    query = {k: v for k, v in request.query.items() if k in ("project", "verdict", "from", "to")
+             and v}
+    return await _render(
+        request, "sessions.html", rows=rows, has_more=has_more, query=query,
+        total=await state.store.count_sessions(account.id, filters),
+        projects=await state.store.list_projects(account.id),
+        names=await state.db.project_names(account.id), verdicts=VERDICT_CHOICES,
+        first_page=after is None, next_after=rows[-1].id if rows and has_more else None)
+
+
+RECEIPT_UNITS = {"_ms": "ms", "bytes_": "bytes"}
+
+
+@member
+async def receipt(request: web.Request) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    record = await state.store.get_session(request.match_info["session_id"])
+    if record is None or record.account_id != account.id:
+        raise web.HTTPNotFound(text="no such session")
+    names = await state.db.project_names(account.id)
+    measurements = record.measurements.to_dict()
+    event_counts = measurements.pop("event_counts", {})
+    return await _render(request, "receipt.html", s=record, m=record.measurements,
+                         measurements=measurements, event_counts=event_counts,
+                         project=names.get(record.project_id, record.project_id))
+
+
+CSV_COLUMNS = ("id", "started_at", "ended_at", "project_id", "project", "transport", "model",
+               "status", "duration_ms", "audio_in_ms", "audio_out_ms", "connect_ms",
+               "ice_pair_type", "billable", "reason", "settlement", "rule")
+
+
+def _csv_row(s: SessionRecord, names: dict[str, str]) -> list[Any]:
+    m = s.measurements
+    return [s.id, fmt_time(s.started_at), fmt_time(s.ended_at), s.project_id,
+            names.get(s.project_id, ""), s.transport, s.model, s.status, round(m.duration_ms),
+            round(m.audio_in_ms), round(m.audio_out_ms),
+            "" if m.connect_ms is None else round(m.connect_ms, 1), m.ice_pair_type or "",
+            "" if s.billable is None else str(bool(s.billable)).lower(), s.reason or "",
+            s.settlement, s.rule or ""]
+
+
+@member
+async def sessions_csv(request: web.Request) -> web.StreamResponse:
+    """Every session matching the page's filters, newest first."""
+    state = _state(request)
+    account = _account(request)
+    filters = session_filter(request.query)
+    names = await state.db.project_names(account.id)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="voxgate-sessions.csv"'})
+    await response.prepare(request)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    after = None
+    while True:
+        rows = await state.store.list_sessions(account.id, limit=500, after=after,
+                                               filters=filters)
+        for s in rows:
+            writer.writerow(_csv_row(s, names))
+        await response.write(buf.getvalue().encode())
+        buf.seek(0)
+        buf.truncate()
+        if len(rows) < 500:
+            break
+        after = rows[-1].id
+    await response.write_eof()
+    return response
+
+
+@member
+async def usage_csv(request: web.Request) -> web.Response:
+    """Monthly usage, newest period first."""
+    state = _state(request)
+    account = _account(request)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(("period", "plan", "sessions", "billable_sessions", "estimated_minutes",
+                     "minutes_used", "audio_seconds", "bytes"))
+    plan = plan_of(request, account)
+    for u in await state.store.list_usage(account.id):
+        writer.writerow((u.period, plan.id, u.sessions, u.billable_sessions,
+                         state.catalog.estimated_minutes(u.billable_sessions),
+                         round(u.minutes_used, 2), round(u.audio_seconds, 1), u.bytes))
+    return web.Response(body=buf.getvalue().encode(), headers={
+        "Content-Type": "text/csv; charset=utf-8",
+        "Content-Disposition": 'attachment; filename="voxgate-usage.csv"'})
+
+
+# ---------------------------------------------------------------- projects and keys
+
+async def _projects_view(request: web.Request, status: int = 200, **extra: Any) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    plan = plan_of(request, account)
+    projects = await state.store.list_projects(account.id)
+    keys = {p.id: await state.store.list_api_keys(p.id) for p in projects}
+    return await _render(
+        request, "projects.html", status=status, plan=plan, projects=projects, keys=keys,
+        at_limit=plan.projects is not None and len(projects) >= plan.projects,
+        notice=NOTICES.get(request.query.get("notice", "")), **extra)
+
+
+async def _own_project(request: web.Request) -> Any:
+    project = await _state(request).store.get_project(request.match_info["project_id"])
+    if project is None or project.account_id != _account(request).id:
+        raise web.HTTPNotFound(text="no such project")
+    return project
+
+
+@member
+async def projects_page(request: web.Request) -> web.Response:
+    return await _projects_view(request)
+
+
+@member
+@form_post
+async def create_project(request: web.Request, form: MultiDictProxy) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    plan = plan_of(request, account)
+    name = str(form.get("name", "")).strip()[:80]
+    if not name:
+        return await _projects_view(request, 400, error="Give the project a name.")
+    count = len(await state.store.list_projects(account.id))
+    if plan.projects is not None and count >= plan.projects:
+        return await _projects_view(
+            request, 403, error=f"The {plan.name} plan allows {plan.projects} "
+            f"project{'s' if plan.projects != 1 else ''}: upgrade for more.")
+    project = await state.store.create_project(account.id, name)
+    await _audit(request, "project.created", project_id=project.id, name=name)
+    raise web.HTTPSeeOther("/projects?notice=project-created")
+
+
+@member
+@form_post
+async def delete_project(request: web.Request, form: MultiDictProxy) -> web.Response:
+    project = await _own_project(request)
+    await _state(request).store.delete_project(project.id)
+    await _audit(request, "project.deleted", project_id=project.id, name=project.name)
+    raise web.HTTPSeeOther("/projects?notice=project-deleted")
+
+
+@member
+@form_post
+async def create_key(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """Create a key and show its plaintext on this response only."""
+    project = await _own_project(request)
+    name = str(form.get("name", "")).strip()[:80]
+    key, plaintext = await _state(request).store.create_api_key(project.id, name)
+    await _audit(request, "key.created", project_id=project.id, key_id=key.id,
+                 prefix=key.prefix)
+    return await _projects_view(request, new_key=plaintext, new_key_project=project)
+
+
+@member
+@form_post
+async def revoke_key(request: web.Request, form: MultiDictProxy) -> web.Response:
+    project = await _own_project(request)
+    state = _state(request)
+    key_id = request.match_info["key_id"]
+    if key_id not in {k.id for k in await state.store.list_api_keys(project.id)}:
+        raise web.HTTPNotFound(text="no such key")
+    await state.store.revoke_api_key(key_id)
+    await _audit(request, "key.revoked", project_id=project.id, key_id=key_id)
+    raise web.HTTPSeeOther("/projects?notice=key-revoked")
+
+
+# ---------------------------------------------------------------- billing, pricing, simulator
+
+@member
+async def billing_page(request: web.Request, error: str | None = None,
+                       status: int = 200) -> web.Response:
+    from voxgate.web.app import billing_service
+
+    state = _state(request)
+    account = _account(request)
+    plan = plan_of(request, account)
+    billing = billing_service(request.app)
+    invoices: list[dict[str, Any]] = []
+    invoices_error = None
+    if billing is not None:
+        try:
+            invoices = list(await billing.invoices(account))
+        except Exception as exc:  # noqa: BLE001 - shown on the page, not a 500
+            invoices_error = f"invoices unavailable: {exc}"
+    period = period_of()
+    start, end = figures.period_bounds(period)
+    return await _render(
+        request, "billing.html", status=status, plan=plan, billing=billing is not None,
+        plans=[p for p in state.catalog.plans.values() if p.is_paid and p.id != plan.id],
+        invoices=invoices, invoices_error=invoices_error, error=error, period=period,
+        period_start=start, period_end=end - 1, checkout=request.query.get("checkout"),
+        usage=await state.store.get_usage(account.id, period))
+
+
+@member
+@form_post
+async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """``action=upgrade`` (with ``plan``) → Stripe Checkout; ``action=manage``
+    → the customer portal."""
+    from voxgate.web.app import billing_service
+
+    billing = billing_service(request.app)
+    account = _account(request)
+    if billing is None:
+        return await billing_page.__wrapped__(request, "Billing is not configured.", 503)
+    action = form.get("action")
+    try:
+        if action == "upgrade":
+            plan_id = str(form.get("plan", ""))
+            if plan_id not in _state(request).catalog.plans:
+                return await billing_page.__wrapped__(request, "Unknown plan.", 400)
+            url = await billing.checkout_url(account, plan_id)
+            await _audit(request, "billing.checkout_started", plan=plan_id)
+        elif action == "manage":
+            url = await billing.portal_url(account)
+        else:
+            return await billing_page.__wrapped__(request, "Unknown action.", 400)
+    except Exception as exc:  # noqa: BLE001 - Stripe trouble is shown, not a 500
+        return await billing_page.__wrapped__(request, f"Billing error: {exc}", 502)
+    raise web.HTTPSeeOther(url)
+
+
+async def pricing(request: web.Request) -> web.Response:
+    state = _state(request)
+    current = None
+    if request.get(USER) is not None:
+        current = _account(request).plan_id
+    return await _render(request, "pricing.html", plans=list(state.catalog.plans.values()),
+                         catalog=state.catalog, current=current)
+
+
+@member
+async def simulator(request: web.Request) -> web.Response:
+    state = _state(request)
+    account = _account(request)
+    since = time.time() - SIMULATOR_DAYS * 86400
+    billable = await state.store.count_sessions(
+        account.id, SessionFilter(billable=True, since=since, status="completed"))
+    total = await state.store.count_sessions(
+        account.id, SessionFilter(since=since, status="completed"))
+    return await _render(request, "simulator.html", billable=billable, total=total,
+                         days=SIMULATOR_DAYS,
+                         rows=figures.simulate(state.catalog, billable, account.plan_id))
