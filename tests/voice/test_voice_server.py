@@ -432,3 +432,64 @@ async def test_client_close_stops_session_work(http, provider):
     async with asyncio.timeout(5 * SLOW):
         while provider.sessions:
             await asyncio.sleep(0.01)
+
+
+# -- chat responder, browser auth ------------------------------------------------------------
+
+@pytest_asyncio.fixture
+async def fake_chat():
+    """An OpenAI-compatible chat-completions server: ``/ok/chat/completions``
+    answers, ``/broken/chat/completions`` fails with 500. Yields (base_url, requests)."""
+    from aiohttp import web
+
+    requests: list[dict[str, Any]] = []
+
+    async def ok(request: web.Request) -> web.Response:
+        requests.append(await request.json())
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Ahoy from the model."}}]})
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/ok/chat/completions", ok)
+    app.router.add_post("/broken/chat/completions", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", requests
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("path,expected", [("ok", "Ahoy from the model."),
+                                           ("broken", "You said: tell me about ships. I heard 4 words.")])
+async def test_chat_responder_and_fallback(http, fake_chat, path, expected):
+    base, requests = fake_chat
+    p = VoiceProvider(VoiceSettings(responder="chat", chat_url=f"{base}/{path}", chat_model="tiny"))
+    await p.start("127.0.0.1", 0)
+    try:
+        ws = await http.ws_connect(p.url, headers=AUTH)
+        await recv_until(ws, "session.created")
+        await send(ws, type="session.update", session={"type": "realtime", "instructions": "Talk like a pirate."})
+        await send(ws, type="conversation.item.create", item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "tell me about ships"}]})
+        await send(ws, type="response.create", response={"output_modalities": ["text"]})
+        events = await recv_until(ws, "response.done")
+        assert next(e for e in events if e["type"] == "response.output_text.done")["text"] == expected
+        if path == "ok":
+            assert requests[-1]["model"] == "tiny"
+            assert requests[-1]["messages"] == [{"role": "system", "content": "Talk like a pirate."},
+                                                {"role": "user", "content": "tell me about ships"}]
+        await ws.close()
+    finally:
+        await p.stop()
+
+
+async def test_browser_subprotocol_auth(http, provider):
+    ws = await http.ws_connect(provider.url + "?model=gpt-realtime",
+                               protocols=("realtime", "openai-insecure-api-key.ek_123"))
+    assert ws.protocol == "realtime"
+    await recv_until(ws, "session.created")
+    await ws.close()

@@ -184,10 +184,10 @@ class RealtimeSession:
 
     async def run(self) -> None:
         try:
-            self._arm_faults(self.faults)
             if self.faults.delay_created_ms:
                 await asyncio.sleep(self.faults.delay_created_ms / 1000)
             await self.send({"type": "session.created", "session": self.config.to_dict()})
+            self._arm_faults(self.faults)  # timers still count from the session's start
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
                     await self.handle_text(msg.data)
@@ -231,8 +231,6 @@ class RealtimeSession:
 
     async def _fault_later(self, delay_ms: float, action: Callable[[], Awaitable[Any]]) -> None:
         await asyncio.sleep(delay_ms / 1000)
-        if self.faults.delay_created_ms:  # never fire before session.created
-            await asyncio.sleep(0)
         await action()
 
     async def _drop(self) -> None:
