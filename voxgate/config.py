@@ -101,6 +101,9 @@ class WebRTCSettings(BaseModel):
     on (empty = all interfaces). ``public_address``: announced instead of the
     host address behind 1:1 NAT. ``stun_url``: optional. ``turn_*``: a TURN
     server (coturn ``static-auth-secret``) used by voxgate and handed to clients.
+    ``ice_transport_policy``: ``relay`` makes voxgate's own connections use
+    only its TURN allocation. ``consent_grace_s``: how long ICE may stay
+    failed/disconnected after having connected before the call is ended.
     Times in seconds.
     """
 
@@ -111,6 +114,8 @@ class WebRTCSettings(BaseModel):
     turn_secret: SecretStr | None = None
     turn_ttl_s: int = 3600
     ice_timeout_s: float = 15.0
+    ice_transport_policy: Literal["all", "relay"] = "all"
+    consent_grace_s: float = 3.0
 
 
 class BillingSettings(BaseModel):

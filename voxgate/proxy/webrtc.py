@@ -1,0 +1,706 @@
+"""WebRTC calls, as OpenAI's Realtime WebRTC interface serves them.
+
+Routes (https://platform.openai.com/docs/guides/realtime-webrtc):
+
+- ``POST /v1/realtime/calls`` — the SDP offer, either raw
+  (``Content-Type: application/sdp``, an ephemeral key or API key) or the
+  "unified interface" (``multipart/form-data`` with an ``sdp`` part and an
+  optional JSON ``session`` part, a project API key) → ``201`` with the SDP
+  answer and ``Location: /v1/realtime/calls/rtc_…``.
+- ``POST /v1/realtime/calls/{call_id}/hangup``, ``DELETE /v1/realtime/calls/{call_id}``
+- ``GET  /v1/realtime/calls/{call_id}`` — the call's session record.
+- ``GET  /v1/realtime/ice_servers`` — STUN/TURN servers with fresh TURN
+  credentials (also added to minted client secrets as ``ice_servers``).
+
+A call is a thin shell around the same pieces as a WebSocket session: the
+offer is validated first, then ``Gateway.admit`` (transport ``webrtc``);
+voxgate answers with its own aiortc peer connection and opens the provider's
+WebSocket with ``UpstreamConnector``. The ``oai-events`` data channel carries
+JSON events both ways; the browser's Opus audio is bridged to
+``input_audio_buffer.append`` and the provider's audio deltas to the outgoing
+track (they are not sent on the channel). Hang-up, peer close, data channel
+close, upstream close, ICE failure or timeout and lost consent end the call;
+``Gateway.finish`` runs once, on every path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+from voxgate.errors import (
+    InvalidRequest,
+    MalformedEvent,
+    MessageTooLarge,
+    NotFound,
+    UpstreamError,
+    VoxgateError,
+    error_event,
+    new_event_id,
+)
+from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
+from voxgate.models.realtime import CLIENT_EVENTS
+from voxgate.proxy import rtc_ice, tokens
+from voxgate.proxy.auth import authenticate, resolve
+from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
+from voxgate.proxy.http import json_response
+from voxgate.proxy.media import InboundAudio, OutputAudioTrack
+from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
+from voxgate.proxy.turn import client_ice_servers, server_ice_servers
+from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
+
+__all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX"]
+
+log = logging.getLogger("voxgate.webrtc")
+
+CALL_PREFIX = "rtc_"
+CALLS = web.AppKey("webrtc_calls", dict)
+DATA_CHANNEL = "oai-events"
+AUDIO_APPEND = "input_audio_buffer.append"
+_OUT_AUDIO = frozenset({"response.output_audio.delta", "response.audio.delta"})
+_OUT_AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
+_MAX_PENDING_EVENTS = 2000  # upstream events held until the data channel opens
+
+
+def call_id_of(session_id: str) -> str:
+    """``sess_<hex>`` → ``rtc_<hex>``: the call id names its session."""
+    return CALL_PREFIX + session_id.split("_", 1)[1]
+
+
+def session_id_of(call_id: str) -> str | None:
+    if not call_id.startswith(CALL_PREFIX) or len(call_id) <= len(CALL_PREFIX):
+        return None
+    return "sess_" + call_id[len(CALL_PREFIX):]
+
+
+def setup(app: web.Application) -> None:
+    """Add the call routes and the ``ice_servers`` hook of minted keys."""
+    rtc_ice.install()
+    app[CALLS] = {}
+    app[tokens.ICE_SERVERS_HOOK] = _ice_servers_hook
+    app.router.add_post("/v1/realtime/calls", create_call)
+    app.router.add_get("/v1/realtime/calls/{call_id}", get_call)
+    app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
+    app.router.add_delete("/v1/realtime/calls/{call_id}", hangup_call)
+    app.router.add_get("/v1/realtime/ice_servers", ice_servers)
+    app.on_shutdown.append(_close_calls)
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+async def create_call(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/calls``.
+
+    Raises (rendered as JSON):
+        AuthenticationError, EphemeralKeyExpired, PermissionDenied (401/403);
+        InvalidSdp (400: not SDP, no audio m-line, no Opus), InvalidRequest
+        (400: other content types, a bad ``session`` part); RateLimited,
+        QuotaExceeded, ConcurrencyLimited (429).
+    """
+    from voxgate.proxy.app import CONNECTOR, GATEWAY
+
+    offer_ms = monotonic_ms()
+    gw: Gateway = request.app[GATEWAY]
+    ctype = request.content_type
+    if ctype == "multipart/form-data":
+        principal = await authenticate(request, gw.store, allow_ephemeral=False)
+        text, session = await _read_multipart(request)
+    elif ctype == "application/sdp":
+        principal = await authenticate(request, gw.store)
+        text = await request.text()
+        session = dict(principal.ephemeral.session) if principal.ephemeral else {}
+    else:
+        await authenticate(request, gw.store)
+        raise InvalidRequest(
+            f"unsupported Content-Type {ctype!r}: send the SDP offer as application/sdp "
+            "or multipart/form-data with an 'sdp' part", code="unsupported_content_type")
+    offer = check_offer(text)
+    model = request.query.get("model") or (
+        session.get("model") if isinstance(session.get("model"), str) else None
+    ) or gw.settings.upstream.default_model
+    active = await gw.admit(principal, "webrtc", model)
+    active.meter.accepted(offer_ms)
+    call = Call(gw, request.app[CONNECTOR], active, offer, model, session, dict(request.query),
+                offer_ms)
+    try:
+        answer = await call.answer()
+    except BaseException as exc:
+        await call.abort(f"answer failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, VoxgateError):
+            raise
+        if isinstance(exc, Exception):
+            raise InvalidSdp(f"cannot answer the SDP offer: {exc}", param="sdp") from exc
+        raise
+    calls: dict[str, Call] = request.app[CALLS]
+    calls[call.id] = call
+    call.start(on_done=lambda: calls.pop(call.id, None))
+    return web.Response(
+        status=201, text=answer, content_type="application/sdp",
+        headers={"Location": f"/v1/realtime/calls/{call.id}",
+                 "X-Voxgate-Session-Id": active.record.id},
+    )
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/calls/{call_id}/hangup`` and ``DELETE …/{call_id}``:
+    end the call and wait until its session is recorded."""
+    call_id, principal = await _call_principal(request)
+    call: Call | None = request.app[CALLS].get(call_id)
+    if call is None or call.active.record.project_id != principal.project.id:
+        raise NotFound(f"no active call {call_id!r}", param="call_id")
+    await call.hangup()
+    return web.Response(status=200)
+
+
+async def get_call(request: web.Request) -> web.Response:
+    """``GET /v1/realtime/calls/{call_id}``: the call's session record
+    (``SessionRecord.to_api()``), for a key of the call's project."""
+    from voxgate.proxy.app import GATEWAY
+
+    call_id, principal = await _call_principal(request)
+    sid = session_id_of(call_id)
+    record = await request.app[GATEWAY].store.get_session(sid) if sid else None
+    if record is None or record.project_id != principal.project.id:
+        raise NotFound(f"no call {call_id!r}", param="call_id")
+    return json_response({"call_id": call_id, **record.to_api()})
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    """``GET /v1/realtime/ice_servers`` (ephemeral key) →
+    ``{"ice_servers": [{"urls", "username", "credential"}]}``."""
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    principal = await authenticate(request, gw.store, allow_api_key=False)
+    return json_response({"ice_servers": client_ice_servers(gw.settings.webrtc,
+                                                            principal.project.id)})
+
+
+async def _ice_servers_hook(request: web.Request, ephemeral_key: str) -> list[dict[str, Any]]:
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    principal = await resolve(gw.store, ephemeral_key)
+    return client_ice_servers(gw.settings.webrtc, principal.project.id)
+
+
+async def _call_principal(request: web.Request):
+    from voxgate.proxy.app import GATEWAY
+
+    principal = await authenticate(request, request.app[GATEWAY].store)
+    return request.match_info["call_id"], principal
+
+
+async def _read_multipart(request: web.Request) -> tuple[str, dict[str, Any]]:
+    """The ``sdp`` and optional ``session`` parts of the unified interface."""
+    sdp: str | None = None
+    session: dict[str, Any] = {}
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, aiohttp.BodyPartReader):
+                continue
+            if part.name == "sdp":
+                sdp = await part.text()
+            elif part.name == "session":
+                raw = await part.read()
+                try:
+                    value = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidRequest(f"the 'session' part is not valid JSON: {exc}",
+                                         code="invalid_json", param="session") from exc
+                if not isinstance(value, dict):
+                    raise InvalidRequest("the 'session' part must be a JSON object",
+                                         param="session")
+                session = value
+    except (ValueError, AssertionError) as exc:
+        raise InvalidRequest(f"invalid multipart body: {exc}") from exc
+    if sdp is None:
+        raise InvalidSdp("the multipart body has no 'sdp' part", param="sdp")
+    return sdp, session
+
+
+async def _close_calls(app: web.Application) -> None:
+    calls: dict[str, Call] = app[CALLS]
+    await asyncio.gather(*(c.hangup(SERVER, 1001, "voxgate is shutting down")
+                           for c in list(calls.values())), return_exceptions=True)
+
+
+# -- the call ---------------------------------------------------------------------
+
+
+class Call:
+    """One WebRTC call: voxgate's peer connection, the upstream WebSocket,
+    and the bridge between them. ``answer()`` then ``start()``; the call
+    then runs until one side ends it, and finishes its session."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        connector: UpstreamConnector,
+        active: ActiveSession,
+        offer: Offer,
+        model: str,
+        session: dict[str, Any],
+        query: dict[str, str],
+        offer_ms: float,
+    ) -> None:
+        self.gw = gw
+        self.offer_ms = offer_ms
+        self.connector = connector
+        self.active = active
+        self.meter = active.meter
+        self.offer = offer
+        self.model = model
+        self.session = session
+        self.query = query
+        self.settings = gw.settings.webrtc
+        self.max_bytes = gw.settings.relay.max_message_bytes
+        self.id = call_id_of(active.record.id)
+        self.pc = RTCPeerConnection(RTCConfiguration(
+            iceServers=server_ice_servers(self.settings),
+            iceTransportPolicy=RTCIceTransportPolicy(self.settings.ice_transport_policy),
+        ))
+        self.track = OutputAudioTrack(on_event=self._audio_event)
+        self.channel: Any = None
+        self.upstream: aiohttp.ClientWebSocketResponse | None = None
+        self._upstream_task: asyncio.Task | None = None
+        self._upstream_open = asyncio.Event()
+        self._ice_connected = asyncio.Event()
+        self._done = asyncio.Event()
+        self._ended_by: str | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._client_queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self._pending: list[str] = []
+        self._response_id: str | None = None  # response in progress upstream
+        self._dropped: set[str | None] = set()  # responses whose audio was cleared
+        self._consent_timer: asyncio.TimerHandle | None = None
+        self._runner: asyncio.Task | None = None
+        self.active.close = self._close_from_outside
+        self.active.extra["call_id"] = self.id
+
+    # -- signalling ------------------------------------------------------
+
+    async def answer(self) -> str:
+        """Apply the offer, gather on the configured host addresses and
+        return the SDP answer (public address announced)."""
+        pc = self.pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("iceconnectionstatechange", self._on_ice_state)
+        pc.on("connectionstatechange", self._on_connection_state)
+        self._upstream_task = asyncio.create_task(
+            self.connector.connect(self.model, self.query), name=f"{self.id} upstream connect")
+        await pc.setRemoteDescription(RTCSessionDescription(self.offer.sdp, "offer"))
+        pc.addTrack(self.track)
+        answer = await pc.createAnswer()
+        with rtc_ice.host_addresses(self.settings.host_addresses):
+            await pc.setLocalDescription(answer)
+        return announce_address(pc.localDescription.sdp, self.settings.public_address)
+
+    def start(self, on_done=None) -> None:
+        self._runner = asyncio.create_task(self._run(on_done), name=f"{self.id} call")
+
+    async def abort(self, reason: str) -> None:
+        """The offer could not be answered: close what was opened, finish."""
+        self.meter.closed(SERVER, None, reason, monotonic_ms())
+        if self._upstream_task is not None:
+            self._upstream_task.cancel()
+            try:
+                ws = await self._upstream_task
+                await ws.close()
+            except BaseException:  # noqa: BLE001 - cancelled or failed: nothing open
+                pass
+        await self.pc.close()
+        await self.gw.finish(self.active)
+
+    async def hangup(self, by: str = CLIENT, code: int | None = 1000,
+                     reason: str = "hangup") -> None:
+        """End the call and wait until its session is recorded."""
+        self._end(by, code, reason)
+        if self._runner is not None:
+            await asyncio.shield(self._runner)
+
+    async def _close_from_outside(self, code: int, reason: str) -> None:
+        self._end(SERVER, code, reason)
+
+    def _end(self, by: str, code: int | None, reason: str | None) -> None:
+        if self._ended_by is None:
+            self._ended_by = by
+            self.meter.closed(by, code, reason, monotonic_ms())
+        self._done.set()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _run(self, on_done) -> None:
+        try:
+            await self._connect_upstream()
+            if not self._done.is_set():
+                self._spawn(self._upstream_to_client(), "upstream->client")
+                self._spawn(self._client_to_upstream(), "client->upstream")
+                self._spawn(self._ice_watchdog(), "ice watchdog")
+                try:
+                    await asyncio.wait_for(self._done.wait(), self.gw.settings.relay.max_session_s)
+                except asyncio.TimeoutError:
+                    self._end(SERVER, 1000, "maximum session duration reached")
+        except Exception:  # noqa: BLE001 - the call must still be finished
+            log.exception("call %s failed", self.id)
+            self._end(SERVER, 1011, "internal error")
+        finally:
+            await self._teardown()
+            if on_done is not None:
+                on_done()
+
+    async def _connect_upstream(self) -> None:
+        assert self._upstream_task is not None
+        try:
+            self.upstream = await self._upstream_task
+        except UpstreamRefused as exc:
+            self.meter.upstream_refused(monotonic_ms(), exc.message)
+            self._send_event(error_event(exc))
+            self._end(SERVER, 1008, exc.message)
+            return
+        except UpstreamError as exc:
+            log.warning("call %s: %s", self.id, exc.message)
+            self.meter.upstream_connect_failed(monotonic_ms(), exc.message)
+            self._send_event(error_event(exc))
+            self._end(SERVER, 1011, exc.message)
+            return
+        session = {k: v for k, v in self.session.items() if k != "model"}
+        if session:
+            session = _media_session({"type": "realtime", **session})
+            await self.upstream.send_str(
+                orjson.dumps({"type": "session.update", "session": session}).decode())
+        self._upstream_open.set()
+
+    async def _teardown(self) -> None:
+        self._end(SERVER, None, "call ended")
+        if self._consent_timer is not None:
+            self._consent_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            if self.upstream is not None and not self.upstream.closed:
+                await self.upstream.close(code=1000, message=b"call ended")
+            elif self.upstream is None and self._upstream_task is not None:
+                self._upstream_task.cancel()
+            self.track.stop()
+            await asyncio.wait_for(self.pc.close(), 5)
+        except Exception:  # noqa: BLE001
+            log.exception("call %s: closing", self.id)
+        finally:
+            await self.gw.finish(self.active)
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{self.id} {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- ICE / DTLS ----------------------------------------------------------
+
+    def _on_ice_state(self) -> None:
+        state = self.pc.iceConnectionState
+        now = monotonic_ms()
+        self.meter.ice_state(state, now)
+        if state in ("connected", "completed"):
+            if self._consent_timer is not None:
+                self._consent_timer.cancel()
+                self._consent_timer = None
+            if not self._ice_connected.is_set():
+                self._ice_connected.set()
+                self._record_pair()
+        elif state in ("failed", "disconnected"):
+            if not self._ice_connected.is_set():
+                self._ice_failed(f"iceConnectionState {state}")
+            elif self._consent_timer is None:
+                self._consent_timer = asyncio.get_running_loop().call_later(
+                    self.settings.consent_grace_s, self._end, CLIENT, None,
+                    f"ICE consent lost (iceConnectionState {state})")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.meter.dtls_connected(monotonic_ms())
+        elif state in ("failed", "closed") and self._ice_connected.is_set():
+            self._end(CLIENT, None, f"peer connection {state}")
+
+    async def _ice_watchdog(self) -> None:
+        elapsed_s = (monotonic_ms() - self.offer_ms) / 1000
+        try:
+            await asyncio.wait_for(self._ice_connected.wait(),
+                                   max(0.0, self.settings.ice_timeout_s - elapsed_s))
+        except asyncio.TimeoutError:
+            self._ice_failed(f"ICE not connected within {self.settings.ice_timeout_s:g} s "
+                             f"(state {self.pc.iceConnectionState})")
+
+    def _ice_failed(self, detail: str) -> None:
+        turn, why = self._relay_required()
+        self.meter.ice_failed(f"{detail}; {why}" if why else detail, turn=turn)
+        self._end(SERVER, None, detail)
+
+    def _relay_required(self) -> tuple[bool, str]:
+        """Whether relay was required or the only way (a TURN failure)."""
+        if self.settings.ice_transport_policy == "relay":
+            local = self._local_candidate_types()
+            if "relay" not in local:
+                return True, "voxgate's TURN allocation failed (relay policy)"
+            return True, "voxgate's relay policy"
+        types = self.offer.candidate_types
+        if types and all(t == "relay" for t in types):
+            return True, "the client offered only relay candidates"
+        if not types and self.settings.turn_urls:
+            return True, "the client offered no candidates (its TURN allocation failed)"
+        return False, ""
+
+    def _ice_connection(self):
+        for transceiver in self.pc.getTransceivers():
+            return transceiver.receiver.transport.transport._connection
+        sctp = self.pc.sctp
+        return sctp.transport.transport._connection if sctp is not None else None
+
+    def _local_candidate_types(self) -> set[str]:
+        try:
+            conn = self._ice_connection()
+            return {c.type for c in conn.local_candidates} if conn is not None else set()
+        except AttributeError:
+            return set()
+
+    def _record_pair(self) -> None:
+        """The nominated pair's candidate types (aioice ``Connection._nominated``)."""
+        try:
+            conn = self._ice_connection()
+            pair = conn._nominated.get(1) if conn is not None else None
+        except AttributeError:
+            pair = None
+        if pair is not None:
+            self.meter.candidate_pair(pair.local_candidate.type, pair.remote_candidate.type)
+
+    # -- media -------------------------------------------------------------
+
+    def _on_track(self, track) -> None:
+        if track.kind == "audio":
+            self._spawn(self._inbound_audio(track), "inbound audio")
+
+    async def _inbound_audio(self, track) -> None:
+        """Browser audio → ``input_audio_buffer.append`` (40 ms of PCM16 24 kHz)."""
+        await self._upstream_open.wait()
+        audio = InboundAudio(chunk_ms=40)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            audio.feed(frame)
+            for chunk in audio.chunks():
+                await self._append(chunk)
+        rest = audio.rest()
+        if rest and not self._done.is_set():
+            await self._append(rest)
+
+    async def _append(self, pcm: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None or upstream.closed:
+            return
+        b64 = base64.b64encode(pcm).decode()
+        data = orjson.dumps({"type": AUDIO_APPEND, "audio": b64}).decode()
+        await upstream.send_str(data)
+        self.meter.client_event(AUDIO_APPEND, len(data), len(b64), b64.count("=", len(b64) - 2))
+        if self._ice_connected.is_set():
+            self.meter.media_flowing(monotonic_ms())
+
+    def _drop_output(self) -> None:
+        """Barge-in, ``response.cancel``, ``output_audio_buffer.clear``: drop
+        the queued audio at once and ignore the rest of that response's."""
+        self._dropped.add(self._response_id)
+        self.track.clear()
+
+    def _audio_event(self, etype: str, response_id: str | None) -> None:
+        self._send_event(orjson.dumps(
+            {"type": etype, "event_id": new_event_id(), "response_id": response_id}).decode())
+
+    # -- events --------------------------------------------------------------
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != DATA_CHANNEL or self.channel is not None:
+            return
+        self.channel = channel
+        channel.on("message", self._client_queue.put_nowait)
+        channel.on("close", lambda: self._end(CLIENT, None, "data channel closed"))
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self._send_event(data)
+
+    def _send_event(self, data: str) -> None:
+        channel = self.channel
+        if channel is None:
+            if len(self._pending) < _MAX_PENDING_EVENTS:
+                self._pending.append(data)
+            return
+        if channel.readyState == "open":
+            channel.send(data)
+
+    async def _client_to_upstream(self) -> None:
+        await self._upstream_open.wait()
+        upstream, meter = self.upstream, self.meter
+        assert upstream is not None
+        while True:
+            data = await self._client_queue.get()
+            if data is None:
+                return
+            n = len(data)
+            try:
+                event, etype, b64_len, padding = parse_client_event(data, self.max_bytes)
+            except VoxgateError as err:
+                meter.client_rejected(n)
+                self._send_event(error_event(err))
+                continue
+            if etype == "output_audio_buffer.clear":
+                # WebRTC-only (the provider's WebSocket does not know it):
+                # voxgate owns the output buffer.
+                meter.client_event(etype, n)
+                self._drop_output()
+                if self._response_id is not None:
+                    await upstream.send_str(orjson.dumps({"type": "response.cancel"}).decode())
+                continue
+            if etype == "response.cancel":
+                self._drop_output()
+            elif etype == "session.update" and isinstance(event.get("session"), dict):
+                event["session"] = _media_session(event["session"])
+                data = orjson.dumps(event).decode()
+            await upstream.send_str(data if isinstance(data, str) else data.decode())
+            meter.client_event(etype, n, b64_len, padding)
+
+    async def _upstream_to_client(self) -> None:
+        upstream, meter, track = self.upstream, self.meter, self.track
+        assert upstream is not None
+        async for msg in upstream:
+            if msg.type is not WSMsgType.TEXT:
+                if msg.type is WSMsgType.BINARY:
+                    meter.upstream_event("binary", len(msg.data), monotonic_ms())
+                    continue
+                break
+            data: str = msg.data
+            try:
+                event = orjson.loads(data)
+                etype = event["type"]
+            except (orjson.JSONDecodeError, TypeError, KeyError):
+                meter.upstream_event("unknown", len(data), monotonic_ms())
+                self._send_event(data)
+                continue
+            if etype in _OUT_AUDIO:
+                delta = event.get("delta")
+                b64_len = len(delta) if isinstance(delta, str) else 0
+                padding = delta.count("=", b64_len - 2) if b64_len >= 2 else 0
+                meter.upstream_event(etype, len(data), 0.0, audio_b64_len=b64_len,
+                                     padding=padding)
+                rid = event.get("response_id")
+                if b64_len and rid not in self._dropped:
+                    try:
+                        track.push(base64.b64decode(delta), rid)
+                    except (binascii.Error, ValueError):
+                        log.warning("call %s: undecodable audio delta", self.id)
+                continue  # audio goes out as media, not on the channel
+            now = monotonic_ms()
+            if etype == "session.created":
+                meter.upstream_ready(now)
+            meter.upstream_event(etype, len(data), now, event=event)
+            if etype == "input_audio_buffer.speech_started":
+                self._drop_output()
+            elif etype == "response.created":
+                response = event.get("response")
+                self._response_id = response.get("id") if isinstance(response, dict) else None
+            elif etype in _OUT_AUDIO_DONE:
+                track.audio_done(event.get("response_id"))
+            elif etype == "response.done":
+                response = event.get("response")
+                rid = response.get("id") if isinstance(response, dict) else None
+                track.audio_done(rid)
+                if rid == self._response_id:
+                    self._response_id = None
+            if etype.startswith("output_audio_buffer."):
+                continue  # voxgate reports its own output buffer
+            self._send_event(data)
+        exc = upstream.exception()
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
+        code = upstream.close_code
+        if code not in (1000, 1001):
+            err = UpstreamError(f"the voice provider closed the connection (code {code})",
+                                code="upstream_closed")
+            self._send_event(error_event(err))
+        self._end(UPSTREAM, code, reason)
+
+
+def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any], str, int, int]:
+    """Validate a client event from the data channel as the WebSocket relay
+    does.
+
+    Returns:
+        (event, type, base64 audio length, its ``=`` padding).
+
+    Raises:
+        MessageTooLarge, MalformedEvent (binary, bad JSON, no ``type``,
+        unknown type, invalid base64 audio).
+    """
+    n = len(data)
+    if n > max_bytes:
+        raise MessageTooLarge(f"message of {n} bytes exceeds the limit of {max_bytes} bytes")
+    if isinstance(data, bytes):
+        raise MalformedEvent("binary messages are not supported; send JSON text events",
+                             code="invalid_event")
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"invalid JSON: {exc}", code="invalid_json") from exc
+    etype = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(etype, str):
+        raise MalformedEvent("event must be a JSON object with a string 'type'",
+                             code="invalid_event", param="type")
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    b64_len = padding = 0
+    if etype == AUDIO_APPEND:
+        audio = event.get("audio")
+        if not isinstance(audio, str) or not _valid_base64(audio):
+            raise MalformedEvent("input_audio_buffer.append 'audio' must be base64-encoded audio",
+                                 code="invalid_base64", param="audio", event_id=event_id)
+        b64_len = len(audio)
+        padding = audio.count("=", b64_len - 2) if b64_len >= 2 else 0
+    elif etype not in CLIENT_EVENTS:
+        raise MalformedEvent(f"unknown event type {etype!r}", code="unknown_event",
+                             param="type", event_id=event_id)
+    return event, etype, b64_len, padding
+
+
+def _valid_base64(s: str) -> bool:
+    if len(s) % 4:
+        return False
+    try:
+        binascii.a2b_base64(s, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _media_session(session: dict[str, Any]) -> dict[str, Any]:
+    """A session config without audio formats: on a call the media is Opus
+    and voxgate bridges PCM16 24 kHz, whatever the client asks."""
+    audio = session.get("audio")
+    if isinstance(audio, dict):
+        audio = {side: ({k: v for k, v in cfg.items() if k != "format"}
+                        if isinstance(cfg, dict) else cfg) for side, cfg in audio.items()}
+        session = {**session, "audio": audio}
+    return {k: v for k, v in session.items()
+            if k not in ("input_audio_format", "output_audio_format")}
