@@ -87,3 +87,171 @@ async def test_billable_call_with_real_speech(make_server, rtc_settings, http, j
     await assert_nothing_left(server)
     print(f"connect_ms={m.connect_ms:.1f} ice_connected_ms={m.ice_connected_ms:.1f} "
           f"dtls_connected_ms={m.dtls_connected_ms:.1f}")
+
+
+async def test_unified_interface_with_project_key_and_delete(make_server, rtc_settings, http,
+                                                             speech_dir):
+    """multipart/form-data (``sdp`` + ``session``) with a project API key;
+    ``DELETE /v1/realtime/calls/{id}`` hangs up."""
+    server = await make_server(**rtc_settings)
+    client = Client(server.url, b"")
+    try:
+        await client.connect(http, server.key, multipart_session={
+            "type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}}}})
+        await client.wait_event("session.created", 10)
+        updated = await client.wait_event("session.updated", 10)
+        assert updated["session"]["instructions"] == "Be brief."
+        # media stays PCM16 24 kHz between voxgate and the provider
+        assert updated["session"]["audio"]["input"]["format"]["type"] == "audio/pcm"
+        # an ephemeral key may not use the unified interface
+        r = await http.delete(server.url + client.location,
+                              headers={"Authorization": f"Bearer {server.key}"})
+        assert r.status == 200
+        await asyncio.wait_for(client.closed.wait(), 5 * SLOW)
+    finally:
+        await client.close()
+    record = await server.session(client.session_id)
+    assert record.transport == "webrtc" and record.api_key_id is not None
+    assert record.measurements.close_reason == "hangup"
+    assert record.reason == "too_short"
+    r = await http.delete(server.url + client.location,
+                          headers={"Authorization": f"Bearer {server.key}"})
+    assert r.status == 404
+    await assert_nothing_left(server)
+
+
+NO_AUDIO_SDP = """v=0
+o=- 1 1 IN IP4 0.0.0.0
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel
+c=IN IP4 0.0.0.0
+a=mid:0
+a=sctp-port:5000
+a=ice-ufrag:abcd
+a=ice-pwd:abcdefghijklmnopqrstuvwx
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF
+a=setup:actpass
+"""
+
+
+@pytest.mark.parametrize("case", ["garbage", "no_audio", "no_opus", "bad_auth", "no_auth",
+                                  "api_key_multipart_missing_sdp", "wrong_content_type"])
+async def test_refused_offers_leave_nothing_running(make_server, rtc_settings, http, case):
+    server = await make_server(**rtc_settings)
+    ek = (await mint(http, server))["value"]
+    client = Client(server.url, b"")
+    try:
+        good = await client.offer()
+    finally:
+        await client.close()
+    headers = {"Authorization": f"Bearer {ek}", "Content-Type": "application/sdp"}
+    body: object = good
+    expected = (400, "invalid_sdp")
+    if case == "garbage":
+        body = "hello, I am not SDP"
+    elif case == "no_audio":
+        body = NO_AUDIO_SDP
+        expected = (400, "no_audio")
+    elif case == "no_opus":
+        lines = [ln for ln in good.splitlines() if "opus" not in ln.lower()]
+        body = "\r\n".join(ln.replace(" 96 ", " ").replace(" 96", "") if ln.startswith("m=audio")
+                           else ln for ln in lines) + "\r\n"
+        expected = (400, "unsupported_codec")
+    elif case == "bad_auth":
+        headers["Authorization"] = "Bearer ek_not_a_real_key"
+        expected = (401, "invalid_api_key")
+    elif case == "no_auth":
+        del headers["Authorization"]
+        expected = (401, "invalid_api_key")
+    elif case == "api_key_multipart_missing_sdp":
+        import aiohttp
+
+        form = aiohttp.FormData()
+        form.add_field("session", "{}", content_type="application/json")
+        r = await http.post(server.url + "/v1/realtime/calls", data=form,
+                            headers={"Authorization": f"Bearer {server.key}"})
+        err = (await r.json())["error"]
+        assert (r.status, err["code"]) == (400, "invalid_sdp"), err
+        await assert_nothing_left(server)
+        return
+    elif case == "wrong_content_type":
+        headers["Content-Type"] = "text/plain"
+        expected = (400, "unsupported_content_type")
+    r = await http.post(server.url + "/v1/realtime/calls", data=body, headers=headers)
+    assert r.content_type == "application/json"
+    err = (await r.json())["error"]
+    assert (r.status, err["code"]) == expected, err
+    await assert_nothing_left(server)
+    sessions = await server.store.list_sessions(server.account_id) \
+        if hasattr(server.store, "list_sessions") else []
+    assert all(s.transport != "webrtc" for s in sessions)
+
+
+async def test_data_channel_close_ends_the_call(make_server, rtc_settings, http):
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    try:
+        await client.connect(http, ek["value"])
+        await client.wait_event("session.created", 10)
+        client.send({"type": "not.an.event", "event_id": "evt_1"})
+        err = await client.wait_event("error", 5)
+        assert err["error"]["code"] == "unknown_event" and err["error"]["event_id"] == "evt_1"
+        client.channel.send("{not json")
+        client.channel.close()
+        record = await server.session(client.session_id)
+    finally:
+        await client.close()
+    m = record.measurements
+    assert m.closed_by == "client" and m.close_reason == "data channel closed"
+    assert m.client_errors >= 1
+    await assert_nothing_left(server)
+
+
+async def test_peer_close_ends_the_call(make_server, rtc_settings, http):
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    await client.connect(http, ek["value"])
+    await client.wait_event("session.created", 10)
+    await client.close()
+    record = await server.session(client.session_id)
+    assert record.measurements.closed_by == "client"
+    await assert_nothing_left(server)
+
+
+async def test_response_cancel_drops_queued_audio(make_server, rtc_settings, http, jfk48):
+    from voxgate.proxy.webrtc import CALLS
+
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, jfk48[: 48000 * 2 * 4])  # "And so, my fellow Americans"
+    try:
+        await client.connect(http, ek["value"])
+        await client.wait_event("session.created", 10)
+        await asyncio.wait_for(client.track.finished.wait(), 10 * SLOW)
+        await asyncio.sleep(0.3)
+        client.send({"type": "input_audio_buffer.commit"})
+        client.send({"type": "response.create"})
+        await client.wait_event("output_audio_buffer.started", 30)
+        call = server.app[CALLS][client.call_id]
+        for _ in range(100):  # let some reply audio queue up
+            if call.track.queued_ms > 300:
+                break
+            await asyncio.sleep(0.02)
+        queued = call.track.queued_ms
+        client.send({"type": "response.cancel"})
+        cleared = await client.wait_event("output_audio_buffer.cleared", 5)
+        assert call.track.queued_ms == 0, queued
+        assert cleared["response_id"]
+        done = await client.wait_event("response.done", 10)
+        await asyncio.sleep(0.3)
+        assert call.track.queued_ms == 0
+        assert "output_audio_buffer.stopped" not in client.types()
+    finally:
+        await client.close()
+    print(f"dropped {queued:.0f} ms of queued audio; response {done['response']['status']}")
+    await server.session(client.session_id)
