@@ -64,7 +64,8 @@ async def stream(ws, pcm: bytes, chunk: int = CHUNK, speed: float = 4.0, rate_by
     """Append ``pcm`` in ``chunk``-byte pieces at ``speed``× real time."""
     for i in range(0, len(pcm), chunk):
         await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(pcm[i:i + chunk]).decode())
-        await asyncio.sleep(chunk / rate_bytes_per_s / speed)
+        if speed:
+            await asyncio.sleep(chunk / rate_bytes_per_s / speed)
 
 
 def types(events):
@@ -105,7 +106,7 @@ async def test_healthz_and_http_errors(http, provider):
 # -- full voice turn -------------------------------------------------------------
 
 async def test_voice_turn_with_server_vad(http, provider):
-    """jfk.flac streamed at 4× real time: VAD, transcript, spoken reply."""
+    """jfk.flac streamed at 8× real time: VAD, transcript, spoken reply."""
     ws = await connect(http, provider)
     created = (await recv_until(ws, "session.created"))[0]
     session = created["session"]
@@ -115,7 +116,7 @@ async def test_voice_turn_with_server_vad(http, provider):
         "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1000}}}})
     await recv_until(ws, "session.updated")
     pcm = load_pcm16(SPEECH / "jfk.flac") + bytes(48000 * 3 // 2)  # + 1.5 s of silence
-    streaming = asyncio.ensure_future(stream(ws, pcm))
+    streaming = asyncio.ensure_future(stream(ws, pcm, speed=8.0))
     events = await recv_until(ws, "response.done")
     await streaming
     t = types(events)
@@ -493,3 +494,24 @@ async def test_browser_subprotocol_auth(http, provider):
     assert ws.protocol == "realtime"
     await recv_until(ws, "session.created")
     await ws.close()
+
+
+async def test_stop_closes_sessions_with_going_away(http):
+    p = VoiceProvider(VoiceSettings())
+    await p.start("127.0.0.1", 0)
+    ws = await http.ws_connect(p.url, headers=AUTH)
+    await recv_until(ws, "session.created")
+    await stream(ws, load_pcm16(SPEECH / "goforward-16k-s16le.raw"), speed=0)  # mid-turn: STT pending
+    await p.stop()
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+    while msg.type == aiohttp.WSMsgType.TEXT:
+        msg = await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+    assert not p.sessions
+
+
+def test_exports():
+    import voxgate.voice as voice
+
+    for name in voice.__all__:
+        assert getattr(voice, name) is not None
