@@ -16,6 +16,10 @@ __all__ = ["run_admin"]
 
 async def run_admin(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.admin_command == "create-operator":
+        from voxgate.web.cli import create_operator_command
+
+        return await create_operator_command(args.config, args.email, args.password)
     catalog = load_catalog(settings.catalog)
     store = open_store(settings)
     await store.open()

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("usage")
     a.add_argument("account_id")
     asub.add_parser("accounts")
+    a = asub.add_parser("create-operator", help="make EMAIL a dashboard operator")
+    a.add_argument("email")
+    a.add_argument("--password", default=None)
     admin.set_defaults(func=_admin)
 
     for name in EXTENSIONS:

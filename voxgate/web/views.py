@@ -255,9 +255,12 @@ def _date(value: str | None) -> float | None:
         raise web.HTTPBadRequest(text=f"bad date {value!r}: use YYYY-MM-DD") from exc
 
 
-def session_filter(query: Any) -> SessionFilter:
-    """``project``, ``verdict`` (``billable``, ``not_billable`` or a reason),
-    ``from`` and ``to`` (``YYYY-MM-DD``, UTC, both inclusive)."""
+def session_filter(query: Any, projects: dict[str, str]) -> SessionFilter:
+    """``project`` (one of ``projects``, else 404), ``verdict``
+    (``billable``, ``not_billable`` or a reason), ``from`` and ``to``
+    (``YYYY-MM-DD``, UTC, both inclusive)."""
+    if query.get("project") and query["project"] not in projects:
+        raise web.HTTPNotFound(text="no such project")
     verdict = query.get("verdict") or None
     if verdict is not None and verdict not in VERDICT_CHOICES:
         raise web.HTTPBadRequest(text=f"unknown verdict {verdict!r}")
@@ -275,7 +278,8 @@ def session_filter(query: Any) -> SessionFilter:
 async def sessions_page(request: web.Request) -> web.Response:
     state = _state(request)
     account = _account(request)
-    filters = session_filter(request.query)
+    names = await state.db.project_names(account.id)
+    filters = session_filter(request.query, names)
     after = request.query.get("after") or None
     rows = await state.store.list_sessions(account.id, limit=PAGE_SIZE + 1, after=after,
                                            filters=filters)
@@ -287,7 +291,7 @@ async def sessions_page(request: web.Request) -> web.Response:
         request, "sessions.html", rows=rows, has_more=has_more, query=query,
         total=await state.store.count_sessions(account.id, filters),
         projects=await state.store.list_projects(account.id),
-        names=await state.db.project_names(account.id), verdicts=VERDICT_CHOICES,
+        names=names, verdicts=VERDICT_CHOICES,
         first_page=after is None, next_after=rows[-1].id if rows and has_more else None)
 
 
@@ -329,8 +333,8 @@ async def sessions_csv(request: web.Request) -> web.StreamResponse:
     """Every session matching the page's filters, newest first."""
     state = _state(request)
     account = _account(request)
-    filters = session_filter(request.query)
     names = await state.db.project_names(account.id)
+    filters = session_filter(request.query, names)
     response = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": 'attachment; filename="voxgate-sessions.csv"'})
