@@ -50,11 +50,11 @@ def turn_server(tmp_path_factory):
         "--realm=voxgate.test", "--no-tls", "--no-dtls", "--allow-loopback-peers", "--no-cli",
         "--fingerprint", "--min-port=49160", "--max-port=49400", "--no-tcp-relay",
         f"--log-file={log}", "--simple-log", "--no-stdout-log",
-        "--pidfile", str(log.with_suffix(".pid")),
+        "--pidfile", str(log.with_suffix(".pid")), f"--userdb={log.with_suffix('.db')}",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        _wait_udp_log(log, proc)
+        _wait_udp_log(log, proc, port)
         yield f"turn:127.0.0.1:{port}?transport=udp", TURN_SECRET
     finally:
         proc.terminate()
@@ -64,17 +64,26 @@ def turn_server(tmp_path_factory):
             proc.kill()
 
 
-def _wait_udp_log(log: Path, proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+def _wait_udp_log(log: Path, proc: subprocess.Popen, port: int, timeout_s: float = 10.0) -> None:
+    """Wait until coturn answers a STUN Binding request (RFC 5389 §6) on ``port``."""
+    import os
+    import socket
     import time
 
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
     deadline = time.monotonic() + timeout_s * SLOW
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            text = log.read_text() if log.exists() else ""
-            raise RuntimeError(f"turnserver exited with {proc.returncode}: {text[-2000:]}")
-        if log.exists() and "listener opened on" in log.read_text().lower():
-            time.sleep(0.1)
-            return
-        time.sleep(0.05)
-    raise TimeoutError("turnserver did not open its listener: "
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.1)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                text = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"turnserver exited with {proc.returncode}: {text[-2000:]}")
+            sock.sendto(request, ("127.0.0.1", port))
+            try:
+                data, _ = sock.recvfrom(2048)
+            except OSError:
+                continue
+            if data[:2] == b"\x01\x01":  # Binding success response
+                return
+    raise TimeoutError("turnserver did not answer STUN: "
                        + (log.read_text()[-2000:] if log.exists() else "no log"))
