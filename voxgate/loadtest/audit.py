@@ -1,0 +1,105 @@
+"""The metering audit: voxgate's recorded verdict of every session against
+the ground truth of its plan.
+
+Records come from ``GET /v1/sessions?since=…`` (100 a page, so a run costs a
+few requests against the key's rate limit), then ``GET /v1/sessions/{id}``
+for any still missing, polling until each is ``completed`` or the wait ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+
+from voxgate.loadtest.plan import ground_truth
+from voxgate.loadtest.result import ADMITTED, SessionResult
+
+__all__ = ["fetch_records", "audit"]
+
+
+async def fetch_records(http: aiohttp.ClientSession, base_url: str, key: str,
+                        session_ids: set[str], since: float, wait_s: float = 20.0,
+                        ) -> dict[str, dict[str, Any]]:
+    """voxgate's completed records of ``session_ids`` (those it could get)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    records: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + wait_s
+    base = base_url.rstrip("/")
+    while True:
+        missing = {s for s in session_ids if records.get(s, {}).get("status") != "completed"}
+        if not missing:
+            return records
+        after = None
+        while True:
+            params = {"limit": "100", "since": f"{since:.3f}"}
+            if after:
+                params["after"] = after
+            async with http.get(f"{base}/v1/sessions", params=params, headers=headers) as resp:
+                if resp.status != 200:
+                    break
+                page = await resp.json()
+            for row in page.get("data", []):
+                if row.get("id") in session_ids:
+                    records[row["id"]] = row
+            if not page.get("has_more") or not page.get("last_id"):
+                break
+            after = page["last_id"]
+        missing = {s for s in session_ids if records.get(s, {}).get("status") != "completed"}
+        if not missing:
+            return records
+        if time.monotonic() > deadline:
+            for sid in missing:  # one last look, one by one
+                async with http.get(f"{base}/v1/sessions/{sid}", headers=headers) as resp:
+                    if resp.status == 200:
+                        records[sid] = await resp.json()
+            return records
+        await asyncio.sleep(0.25)
+
+
+def audit(results: list[SessionResult], records: dict[str, dict[str, Any]],
+          min_audio_ms: float = 5000.0) -> dict[str, Any]:
+    """Compare every admitted session's recorded reason with its ground
+    truth; fill ``expected``/``recorded`` on the results.
+
+    Returns:
+        ``{"checked", "matched", "mismatched", "mismatches": [...],
+        "unrecorded": N}``; ``unrecorded`` counts admitted sessions voxgate
+        has no completed record of (they are mismatches too).
+    """
+    checked = matched = unrecorded = 0
+    mismatches: list[dict[str, Any]] = []
+    for r in results:
+        record = records.get(r.session_id or "")
+        if record is not None:
+            r.recorded = record.get("reason")
+            r.recorded_billable = record.get("billable")
+            r.recorded_rule = record.get("rule")
+        if r.outcome != ADMITTED:
+            continue
+        r.expected = ground_truth(r.kind, r.audio_in_ms, r.audio_out_ms, min_audio_ms)
+        checked += 1
+        if record is None or record.get("status") != "completed":
+            unrecorded += 1
+        elif r.recorded == r.expected:
+            matched += 1
+            continue
+        mismatches.append({
+            "index": r.index,
+            "session_id": r.session_id,
+            "kind": r.kind,
+            "expected": r.expected,
+            "recorded": r.recorded if record else None,
+            "status": record.get("status") if record else None,
+            "rule": r.recorded_rule,
+            "client_audio_in_ms": round(r.audio_in_ms),
+            "client_audio_out_ms": round(r.audio_out_ms),
+            "client_connect_ms": None if r.connect_ms is None else round(r.connect_ms, 1),
+            "server_audio_in_ms": record.get("audio_in_ms") if record else None,
+            "server_audio_out_ms": record.get("audio_out_ms") if record else None,
+            "server_connect_ms": record.get("connect_ms") if record else None,
+        })
+    return {"checked": checked, "matched": matched, "mismatched": checked - matched,
+            "unrecorded": unrecorded, "mismatches": mismatches}

@@ -1,0 +1,92 @@
+"""``voxgate loadtest``: N sessions at concurrency C against a voxgate URL,
+with a live display, a report at the end and an optional JSON file.
+
+Picked up by :mod:`voxgate.cli` through :func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["register", "run_cli"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "loadtest", help="run N real-time voice sessions against voxgate and audit its metering")
+    p.add_argument("--url", default=None, help="voxgate base URL (default http://HOST:PORT of the config)")
+    p.add_argument("--sessions", type=int, default=10, help="sessions to run (N)")
+    p.add_argument("--concurrency", type=int, default=1, help="sessions at once (C)")
+    p.add_argument("--transport", choices=("ws", "webrtc"), default="ws")
+    p.add_argument("--duration", type=float, default=8.0, help="audio per session, in s")
+    p.add_argument("--faults", default="",
+                   help="fault mix, e.g. short=0.1,provider_error=0.1,slow_created=0.1,vanish=0.1"
+                        " (webrtc also turn_failure=F)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault assignment")
+    p.add_argument("--json", dest="json_file", default=None, help="write the report to this file")
+    p.add_argument("--key", default=None, help="project API key (default: the demo key)")
+    p.add_argument("--audio", default=None, help="audio to stream, looped (default: shipped clip)")
+    p.add_argument("--ramp", type=float, default=0.0, help="spread session starts over S seconds")
+    p.add_argument("--max-time", type=float, default=300.0, help="stop the run after S seconds")
+    p.add_argument("--model", default="gpt-realtime")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="voxgate's pid for CPU/RSS (default: the process listening on the port)")
+    p.add_argument("--no-faults", action="store_true",
+                   help="send no voxgate_fault (the provider must run with responder=echo)")
+    p.add_argument("--turn-url", default=None,
+                   help="webrtc turn_failure sessions: a TURN URL that cannot be reached")
+    p.add_argument("--quiet", action="store_true", help="no live display")
+    p.add_argument("--config", help="TOML configuration file (for the data directory)")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from voxgate.cli import run_async
+
+    return run_async(run_cli(args))
+
+
+async def run_cli(args: argparse.Namespace) -> int:
+    from voxgate.call import default_key
+    from voxgate.config import load_settings
+    from voxgate.loadtest.plan import KINDS, WS_KINDS, parse_mix
+    from voxgate.loadtest.report import LiveDisplay, render_report
+    from voxgate.loadtest.runner import LoadtestConfig, run_loadtest
+
+    settings = load_settings(args.config)
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    key = args.key or default_key(args.config)
+    if not key:
+        print("voxgate loadtest: no --key given and no demo key in the data directory "
+              f"({settings.data_dir}/demo_api_key); start `voxgate serve` first", file=sys.stderr)
+        return 2
+    try:
+        mix = parse_mix(args.faults, kinds=KINDS if args.transport == "webrtc" else WS_KINDS)
+    except ValueError as exc:
+        print(f"voxgate loadtest: --faults: {exc}", file=sys.stderr)
+        return 2
+    cfg = LoadtestConfig(
+        url=url, key=key, sessions=args.sessions, concurrency=args.concurrency,
+        transport=args.transport, duration_s=args.duration, mix=mix, seed=args.seed,
+        audio=args.audio, ramp_s=args.ramp, max_time_s=args.max_time, model=args.model,
+        server_pid=args.server_pid, faults=not args.no_faults, turn_url=args.turn_url,
+        min_audio_ms=settings.policy.min_audio_s * 1000.0,
+    )
+    display = LiveDisplay(enabled=not args.quiet)
+    try:
+        report = await run_loadtest(cfg, on_start=display.start)
+    except (OSError, ValueError) as exc:
+        print(f"voxgate loadtest: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await display.stop()
+    render_report(report)
+    if args.json_file:
+        with open(args.json_file, "w") as fh:
+            json.dump(report, fh, indent=2)
+    audit = report.get("audit") or {}
+    return 0 if not audit.get("mismatched") else 1
+

@@ -1,0 +1,80 @@
+"""What one load-test session did, seen from the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SessionResult", "ADMITTED", "REFUSED", "FAILED"]
+
+ADMITTED = "admitted"
+"""voxgate accepted the session and the client ran its whole script."""
+REFUSED = "refused"
+"""voxgate refused the session before it started (HTTP 401/403/429)."""
+FAILED = "failed"
+"""Anything else: connection error, timeout, cut short by ``--max-time``,
+or a script that could not complete (e.g. echoes missing)."""
+
+
+@dataclass(slots=True)
+class SessionResult:
+    """One session's outcome.
+
+    Attributes:
+        outcome: :data:`ADMITTED`, :data:`REFUSED` or :data:`FAILED`.
+        session_id: voxgate's id (``X-Voxgate-Session-Id`` / the WebRTC
+            answer's ``Location``), when it got that far.
+        http_status: the refusal's HTTP status.
+        error: why it was refused or failed (short text).
+        connect_ms: upgrade (or offer) start → ``session.created``, in ms.
+        audio_in_ms: audio sent, in ms.
+        audio_out_ms: audio received back, in ms.
+        events_sent, events_received: Realtime events each way.
+        rtt_ms: per echoed chunk, send → matching delta received, in ms.
+        provider_error_seen: an upstream ``error`` event reached the client.
+        expected: the ground-truth reason (:func:`plan.ground_truth`).
+        recorded: voxgate's recorded reason, and ``billable``.
+    """
+
+    index: int
+    kind: str
+    transport: str
+    outcome: str = FAILED
+    session_id: str | None = None
+    http_status: int | None = None
+    error: str | None = None
+    connect_ms: float | None = None
+    audio_in_ms: float = 0.0
+    audio_out_ms: float = 0.0
+    events_sent: int = 0
+    events_received: int = 0
+    rtt_ms: list[float] = field(default_factory=list)
+    underruns: int = 0
+    provider_error_seen: bool = False
+    started_s: float = 0.0
+    ended_s: float = 0.0
+    expected: str | None = None
+    recorded: str | None = None
+    recorded_billable: bool | None = None
+    recorded_rule: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready row (without the per-chunk latencies)."""
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "transport": self.transport,
+            "outcome": self.outcome,
+            "session_id": self.session_id,
+            "http_status": self.http_status,
+            "error": self.error,
+            "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
+            "audio_in_ms": round(self.audio_in_ms),
+            "audio_out_ms": round(self.audio_out_ms),
+            "events_sent": self.events_sent,
+            "events_received": self.events_received,
+            "underruns": self.underruns,
+            "expected": self.expected,
+            "recorded": self.recorded,
+            "recorded_billable": self.recorded_billable,
+        }
