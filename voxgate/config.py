@@ -131,6 +131,10 @@ class BillingSettings(BaseModel):
     portal_return_url: str = "http://127.0.0.1:8080/billing"
     grace_period_days: int = 7
     settle_interval_s: float = 5.0
+    currency: str = "usd"
+    retry_base_s: float = 5.0  # first retry delay of the outboxes; doubles per attempt
+    retry_max_s: float = 3600.0  # longest delay between two attempts
+    grace_check_interval_s: float = 600.0  # how often past-due accounts are checked
 
 
 class SmtpSettings(BaseModel):
@@ -143,6 +147,9 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = None
     sender: str = "voxgate <noreply@voxgate.local>"
     starttls: bool = False
+    use_tls: bool = False  # implicit TLS (port 465)
+    timeout_s: float = 10.0
+    send_interval_s: float = 5.0  # how often the email outbox is drained
 
 
 class WebSettings(BaseModel):

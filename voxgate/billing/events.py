@@ -1,0 +1,269 @@
+"""Stripe webhook events → account state.
+
+Stripe delivers events at least once and in any order
+(https://docs.stripe.com/webhooks#event-ordering), so the handlers here do
+not trust the order: for subscription and invoice events they re-read the
+subscription from Stripe and apply *its current state* (``subscription_state``,
+a pure function), which converges whatever order the events came in.
+
+Handled: ``checkout.session.completed``, ``customer.subscription.created``,
+``customer.subscription.updated``, ``customer.subscription.deleted``,
+``invoice.payment_succeeded``, ``invoice.payment_failed``. Others are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from voxgate.billing.db import BillingDB
+from voxgate.billing.notify import Notifier
+from voxgate.billing.stripe_api import StripeApi
+from voxgate.models import Account, PlanCatalog
+
+__all__ = ["HANDLED", "SubscriptionState", "plan_of_subscription", "subscription_state",
+           "EventProcessor", "LOOKUP_PREFIX"]
+
+log = logging.getLogger("voxgate.billing.events")
+
+LOOKUP_PREFIX = "voxgate_"
+HANDLED = frozenset({
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+})
+
+ACTIVE = ("active", "trialing")
+DELINQUENT = ("past_due", "unpaid")
+ENDED = ("canceled", "incomplete_expired")
+
+
+def _plan_key(value: Any) -> str | None:
+    if isinstance(value, str) and value.startswith(LOOKUP_PREFIX):
+        key = value[len(LOOKUP_PREFIX):]
+        return key.removesuffix("_overage")
+    return None
+
+
+def plan_of_subscription(sub: dict[str, Any], catalog: PlanCatalog) -> str | None:
+    """The voxgate plan a subscription is for: from the licensed item's
+    price ``lookup_key`` (``voxgate_<plan>``), price or product metadata
+    ``voxgate_plan``, or a plan id ``voxgate_<plan>`` (localstripe, legacy
+    Plans); legacy ids resolve to their successor. None if no item maps."""
+    items = ((sub.get("items") or {}).get("data") or [])
+    candidates: list[dict[str, Any]] = []
+    for item in items:
+        for key in ("price", "plan"):
+            obj = item.get(key)
+            if isinstance(obj, dict):
+                candidates.append(obj)
+    if isinstance(sub.get("plan"), dict):
+        candidates.append(sub["plan"])
+    # licensed (flat) prices first: a metered overage price names the same plan
+    candidates.sort(key=lambda p: ((p.get("recurring") or {}).get("usage_type")
+                                   or p.get("usage_type")) == "metered")
+    for obj in candidates:
+        found = [_plan_key(obj.get("lookup_key")),
+                 (obj.get("metadata") or {}).get("voxgate_plan"),
+                 _plan_key(obj.get("id"))]
+        product = obj.get("product")
+        if isinstance(product, dict):
+            found.append((product.get("metadata") or {}).get("voxgate_plan"))
+        for plan_id in found:
+            if plan_id:
+                try:
+                    return catalog.get(plan_id).id
+                except KeyError:
+                    continue
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """What a subscription means for its account. ``plan_id`` None = keep
+    the current plan; ``subscription_id`` None = the account has none."""
+
+    plan_id: str | None
+    status: str
+    subscription_id: str | None
+    past_due: bool = False
+    change: bool = True
+
+
+def subscription_state(sub: dict[str, Any], catalog: PlanCatalog, now: float) -> SubscriptionState:
+    """The account state a subscription calls for (pure).
+
+    active/trialing → its plan, ``active``; past_due/unpaid → ``past_due``
+    (plan kept through the grace period); canceled/incomplete_expired, or
+    ``cancel_at_period_end`` with the period over → the default plan;
+    incomplete (first payment pending) → no change.
+    """
+    status = sub.get("status")
+    sub_id = sub.get("id")
+    period_end = sub.get("current_period_end")
+    if period_end is None:
+        items = ((sub.get("items") or {}).get("data") or [])
+        if items:
+            period_end = items[0].get("current_period_end")
+    ended_by_schedule = bool(sub.get("cancel_at_period_end")) and period_end is not None \
+        and float(period_end) <= now
+    cancel_at = sub.get("cancel_at")
+    if cancel_at is not None and float(cancel_at) <= now:
+        ended_by_schedule = True
+    if status in ENDED or ended_by_schedule:
+        return SubscriptionState(catalog.default_plan, "active", None)
+    if status in ACTIVE:
+        return SubscriptionState(plan_of_subscription(sub, catalog), "active", sub_id)
+    if status in DELINQUENT:
+        return SubscriptionState(None, "past_due", sub_id, past_due=True)
+    return SubscriptionState(None, "active", sub_id, change=False)
+
+
+def _subscription_id_of_invoice(invoice: dict[str, Any]) -> str | None:
+    sub = invoice.get("subscription")
+    if isinstance(sub, dict):
+        sub = sub.get("id")
+    if not sub:
+        parent = invoice.get("parent") or {}
+        details = parent.get("subscription_details") or {}
+        sub = details.get("subscription")
+        if isinstance(sub, dict):
+            sub = sub.get("id")
+    return sub or None
+
+
+class EventProcessor:
+    """Applies verified Stripe events to accounts (see the module docstring)."""
+
+    def __init__(self, store: Any, bdb: BillingDB, api: StripeApi, catalog: PlanCatalog,
+                 notifier: Notifier) -> None:
+        self.store = store
+        self.bdb = bdb
+        self.api = api
+        self.catalog = catalog
+        self.notifier = notifier
+
+    async def process(self, event: dict[str, Any]) -> str:
+        """Apply one event; returns what was done (for logs and tests).
+
+        Raises:
+            BillingError: Stripe could not be asked (the event is retried).
+        """
+        etype = event.get("type", "")
+        obj = (event.get("data") or {}).get("object") or {}
+        if etype not in HANDLED:
+            return "ignored"
+        if etype == "checkout.session.completed":
+            return await self._checkout_completed(obj, event["id"])
+        if etype.startswith("customer.subscription."):
+            fresh = await self.api.get_subscription(obj["id"]) if obj.get("id") else None
+            return await self._apply_subscription(fresh or obj, event["id"])
+        # invoice.payment_succeeded / invoice.payment_failed
+        sub_id = _subscription_id_of_invoice(obj)
+        fresh = await self.api.get_subscription(sub_id) if sub_id else None
+        if fresh is not None and fresh.get("status") not in ("incomplete",):
+            return await self._apply_subscription(fresh, event["id"])
+        account = await self._account_for(obj.get("customer"), None)
+        if account is None:
+            return "no account"
+        if etype == "invoice.payment_failed":
+            if account.stripe_subscription_id is None:
+                return "no subscription"
+            return await self._set(account, event["id"], status="past_due",
+                                   past_due_since=account.past_due_since or time.time())
+        if account.status == "past_due":
+            return await self._set(account, event["id"], status="active", past_due_since=None)
+        return "unchanged"
+
+    async def _account_for(self, customer: Any, metadata: dict[str, Any] | None
+                           ) -> Account | None:
+        if isinstance(customer, dict):
+            customer = customer.get("id")
+        account_id = (metadata or {}).get("voxgate_account")
+        if account_id:
+            account = await self.store.get_account(account_id)
+            if account is not None:
+                return account
+        if customer:
+            return await self.bdb.account_by_customer(customer)
+        return None
+
+    async def _checkout_completed(self, session: dict[str, Any], event_id: str) -> str:
+        account_id = session.get("client_reference_id")
+        account = await self.store.get_account(account_id) if account_id else None
+        if account is None:
+            account = await self._account_for(session.get("customer"), session.get("metadata"))
+        if account is None:
+            return "no account"
+        customer = session.get("customer")
+        if isinstance(customer, dict):
+            customer = customer.get("id")
+        sub_id = session.get("subscription")
+        if isinstance(sub_id, dict):
+            sub_id = sub_id.get("id")
+        fields: dict[str, Any] = {}
+        if customer and customer != account.stripe_customer_id:
+            fields["stripe_customer_id"] = customer
+        if fields:
+            account = await self.store.update_account(account.id, **fields)
+            await self.bdb.audit("stripe", account.id, "customer_linked",
+                                 {"customer": customer, "event": event_id})
+        if sub_id:
+            sub = await self.api.get_subscription(sub_id)
+            if sub is not None:
+                return await self._apply_subscription(sub, event_id, account=account)
+        return "linked"
+
+    async def _apply_subscription(self, sub: dict[str, Any], event_id: str, *,
+                                  account: Account | None = None) -> str:
+        if account is None:
+            account = await self._account_for(sub.get("customer"), sub.get("metadata"))
+        if account is None:
+            return "no account"
+        customer = sub.get("customer")
+        if isinstance(customer, dict):
+            customer = customer.get("id")
+        state = subscription_state(sub, self.catalog, time.time())
+        if not state.change:
+            return "unchanged"
+        sub_id = sub.get("id")
+        if state.subscription_id is None:
+            # An ended subscription only downgrades the account it is the
+            # current subscription of (not one that moved on to a new one).
+            if account.stripe_subscription_id not in (None, sub_id):
+                return "stale subscription"
+            return await self._set(account, event_id, plan_id=state.plan_id, status="active",
+                                   stripe_subscription_id=None, past_due_since=None)
+        fields: dict[str, Any] = {"status": state.status,
+                                  "stripe_subscription_id": state.subscription_id}
+        if customer and not account.stripe_customer_id:
+            fields["stripe_customer_id"] = customer
+        if state.plan_id is not None:
+            fields["plan_id"] = state.plan_id
+        if state.past_due:
+            fields["past_due_since"] = account.past_due_since or time.time()
+        else:
+            fields["past_due_since"] = None
+        new_subscription = account.stripe_subscription_id != state.subscription_id
+        result = await self._set(account, event_id, **fields)
+        if new_subscription and state.status == "active" and state.plan_id:
+            fresh = await self.store.get_account(account.id)
+            await self.notifier.welcome(fresh, self.catalog.get(state.plan_id),
+                                        state.subscription_id)
+        return result
+
+    async def _set(self, account: Account, event_id: str, **fields: Any) -> str:
+        changed = {k: v for k, v in fields.items() if getattr(account, k) != v}
+        if not changed:
+            return "unchanged"
+        await self.store.update_account(account.id, **changed)
+        await self.bdb.audit("stripe", account.id, "account_updated",
+                             {"event": event_id, **changed,
+                              "was": {k: getattr(account, k) for k in changed}})
+        log.info("account %s: %s (event %s)", account.id, changed, event_id)
+        return "updated"

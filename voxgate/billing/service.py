@@ -1,0 +1,386 @@
+"""Billing in the running app: routes, the ``BillingService`` the dashboard
+uses (``app[BILLING]``), and the background workers.
+
+Routes:
+
+- ``POST /billing/checkout`` ``{"plan": "starter"}`` → ``{"url"}``: a Stripe
+  Checkout Session (subscription mode) for the caller's account.
+- ``POST /billing/portal`` → ``{"url"}``: a Customer Portal session.
+- ``GET  /billing/invoices`` → ``{"data": [...]}``: the account's invoices.
+- ``GET|PUT|DELETE /billing/alerts-webhook``: the account's own webhook for
+  quota alerts (``PUT {"url"}`` answers the signing secret once).
+- ``POST /webhooks/stripe``: Stripe events, verified with ``Stripe-Signature``.
+
+The first four authenticate with ``voxgate.proxy.api.caller_account``.
+
+Workers (started with the app, stopped with it): settlement every
+``billing.settle_interval_s``, Stripe events not processed yet, the email and
+customer-webhook outbox every ``smtp.send_interval_s``, and the past-due grace
+check every ``billing.grace_check_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import stripe
+from aiohttp import web
+
+from voxgate.billing.db import BillingDB
+from voxgate.billing.events import HANDLED, EventProcessor
+from voxgate.billing.notify import Notifier, OutboxWorker
+from voxgate.billing.settlement import SettlementWorker
+from voxgate.billing.stripe_api import BillingError, BillingNotConfigured, StripeApi
+from voxgate.config import Settings
+from voxgate.errors import InvalidRequest
+from voxgate.models import Account, PlanCatalog
+from voxgate.proxy.http import json_response, read_json
+
+__all__ = ["BillingService", "BILLING", "setup"]
+
+log = logging.getLogger("voxgate.billing")
+
+WEBHOOK_TOLERANCE_S = 300
+INVOICE_FIELDS = ("id", "number", "status", "amount_due", "amount_paid", "currency", "created",
+                  "hosted_invoice_url")
+
+
+class BillingService:
+    """Stripe billing for one voxgate instance.
+
+    Args:
+        store: the open store (a ``SQLiteStore``).
+    """
+
+    def __init__(self, settings: Settings, store: Any, catalog: PlanCatalog) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.api = StripeApi(settings.billing)
+        self.db = BillingDB(store)
+        self.notifier = Notifier(settings, self.db)
+        self.events = EventProcessor(store, self.db, self.api, catalog, self.notifier)
+        self.settlement = SettlementWorker(settings.billing, store, self.db, self.api, catalog)
+        self.outbox = OutboxWorker(settings, self.db)
+        self._tasks: list[asyncio.Task] = []
+        self._kicks: dict[str, asyncio.Event] = {}
+        self._events_lock = asyncio.Lock()
+
+    # -- for the dashboard -----------------------------------------------
+
+    async def ensure_customer(self, account: Account) -> str:
+        """The account's Stripe customer id, created on first use."""
+        if account.stripe_customer_id:
+            return account.stripe_customer_id
+        customer = await self.api.create_customer(account.email, account.name, account.id)
+        await self.store.update_account(account.id, stripe_customer_id=customer["id"])
+        account.stripe_customer_id = customer["id"]
+        await self.db.audit("system", account.id, "customer_created", {"customer": customer["id"]})
+        return customer["id"]
+
+    async def checkout_url(self, account: Account, plan_id: str) -> str:
+        """A Checkout Session URL subscribing the account to ``plan_id``.
+
+        Raises:
+            InvalidRequest: unknown or free plan.
+            BillingError: Stripe not configured, unreachable, or the plan not
+                synced (``voxgate billing sync``).
+        """
+        plan = self.catalog.plans.get(plan_id) if isinstance(plan_id, str) else None
+        if plan is None:
+            raise InvalidRequest(f"unknown plan {plan_id!r}", param="plan", code="unknown_plan")
+        if not plan.is_paid:
+            raise InvalidRequest(f"plan {plan.id!r} is free: no checkout needed", param="plan",
+                                 code="free_plan")
+        from voxgate.billing.catalog_sync import lookup_key
+
+        line_items: list[dict[str, Any]] = []
+        if plan.price_cents > 0:
+            price = await self.api.price_for(lookup_key(plan))
+            if price is None:
+                raise BillingError(f"no Stripe price for plan {plan.id!r}: run `voxgate billing sync`")
+            line_items.append({"price": price, "quantity": 1})
+        if plan.overage_cents is not None:
+            price = await self.api.price_for(lookup_key(plan, overage=True))
+            if price is not None:
+                line_items.append({"price": price})  # metered: no quantity
+        if not line_items:
+            raise BillingError(f"no Stripe price for plan {plan.id!r}: run `voxgate billing sync`")
+        customer = await self.ensure_customer(account)
+        b = self.settings.billing
+        meta = {"voxgate_account": account.id, "voxgate_plan": plan.id}
+        subscription_data: dict[str, Any] = {"metadata": meta}
+        if plan.trial_days > 0:
+            subscription_data["trial_period_days"] = plan.trial_days
+        session = await self.api.checkout_session({
+            "mode": "subscription",
+            "customer": customer,
+            "client_reference_id": account.id,
+            "line_items": line_items,
+            "success_url": b.success_url,
+            "cancel_url": b.cancel_url,
+            "subscription_data": subscription_data,
+            "metadata": meta,
+        })
+        await self.db.audit("system", account.id, "checkout_started",
+                            {"plan": plan.id, "checkout_session": session.get("id")})
+        return session["url"]
+
+    async def portal_url(self, account: Account) -> str:
+        """A Customer Portal session URL for the account (customer created if needed)."""
+        customer = await self.ensure_customer(account)
+        session = await self.api.portal_session(customer, self.settings.billing.portal_return_url)
+        return session["url"]
+
+    async def invoices(self, account: Account) -> list[dict[str, Any]]:
+        """The account's invoices as Stripe reports them (amounts in cents);
+        [] when the account has no Stripe customer."""
+        if not account.stripe_customer_id:
+            return []
+        found = await self.api.list_invoices(account.stripe_customer_id)
+        return [{k: inv.get(k) for k in INVOICE_FIELDS} for inv in found]
+
+    async def audit(self, actor: str, action: str, detail: dict[str, Any] | None = None,
+                    account_id: str | None = None) -> None:
+        """Write the audit log; ``account_id`` defaults to ``detail["account_id"]``."""
+        detail = dict(detail or {})
+        await self.db.audit(actor, account_id or detail.get("account_id"), action, detail)
+
+    async def audit_log(self, account_id: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        return await self.db.list_audit(account_id, limit)
+
+    async def set_alerts_webhook(self, account: Account, url: str) -> str:
+        """Set the account's alert webhook; returns its new signing secret."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise InvalidRequest("'url' must be an http(s) URL", param="url")
+        secret = "whsec_" + secrets.token_urlsafe(24)
+        await self.db.set_account_webhook(account.id, url, secret)
+        await self.db.audit("account", account.id, "alerts_webhook_set", {"url": url})
+        return secret
+
+    # -- Stripe webhooks -------------------------------------------------
+
+    def webhook_secret(self) -> str:
+        secret = self.settings.billing.stripe_webhook_secret
+        if secret is None or not secret.get_secret_value():
+            raise BillingNotConfigured(
+                "Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET")
+        return secret.get_secret_value()
+
+    async def receive_webhook(self, payload: bytes, signature: str) -> dict[str, Any]:
+        """Verify and record one Stripe event; processing happens in the
+        background. Returns the response body.
+
+        Raises:
+            InvalidRequest: bad signature, stale timestamp, not a JSON event.
+        """
+        secret = self.webhook_secret()
+        try:
+            stripe.Webhook.construct_event(payload.decode("utf-8"), signature, secret,
+                                           tolerance=WEBHOOK_TOLERANCE_S)
+        except stripe.SignatureVerificationError as exc:
+            raise InvalidRequest(f"invalid Stripe-Signature: {exc.user_message or exc}",
+                                 code="invalid_signature") from exc
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise InvalidRequest("webhook body is not a JSON event",
+                                 code="invalid_json") from exc
+        event = orjson.loads(payload)
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
+                or not isinstance(event.get("type"), str):
+            raise InvalidRequest("webhook body is not a Stripe event", code="invalid_event")
+        if not await self.db.record_event(event["id"], event["type"], payload):
+            return {"received": True, "duplicate": True}
+        if event["type"] not in HANDLED:
+            await self.db.event_done(event["id"])
+            return {"received": True, "ignored": True}
+        self.kick("events")
+        return {"received": True}
+
+    async def process_events(self) -> int:
+        """Process the recorded events not processed yet, oldest first;
+        returns how many succeeded. A failure is kept for the next pass."""
+        done = 0
+        async with self._events_lock:
+            for event_id, payload in await self.db.unprocessed_events():
+                try:
+                    result = await self.events.process(orjson.loads(payload))
+                except BillingError as err:
+                    log.warning("stripe event %s failed: %s", event_id, err.message)
+                    await self.db.event_failed(event_id, err.message)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - keep it for a retry, log it
+                    log.exception("stripe event %s failed", event_id)
+                    await self.db.event_failed(event_id, f"{type(exc).__name__}: {exc}")
+                    continue
+                log.info("stripe event %s: %s", event_id, result)
+                await self.db.event_done(event_id)
+                done += 1
+        if done:
+            self.kick("outbox")
+        return done
+
+    # -- hooks and periodic checks -----------------------------------------
+
+    async def on_session_completed(self, active: Any, verdict: Any, usage: Any) -> None:
+        """Gateway hook: quota alerts for the account's new usage."""
+        account = active.principal.account
+        if await self.notifier.quota(account, active.plan, usage):
+            self.kick("outbox")
+        if verdict.billable and active.plan.overage_cents is not None:
+            self.kick("settle")
+
+    async def check_grace(self, now: float | None = None) -> int:
+        """Accounts past due for longer than ``billing.grace_period_days``
+        go back to the default plan; returns how many."""
+        now = time.time() if now is None else now
+        cutoff = now - self.settings.billing.grace_period_days * 86400
+        n = 0
+        for account in await self.db.past_due_accounts(cutoff):
+            await self.store.update_account(account.id, plan_id=self.catalog.default_plan,
+                                            status="active", past_due_since=None)
+            await self.db.audit("system", account.id, "grace_expired",
+                                {"from": account.plan_id, "to": self.catalog.default_plan,
+                                 "past_due_since": account.past_due_since})
+            n += 1
+        return n
+
+    # -- workers ---------------------------------------------------------
+
+    def kick(self, name: str) -> None:
+        """Wake a worker up now rather than at its next interval."""
+        event = self._kicks.get(name)
+        if event is not None:
+            event.set()
+
+    def _loop(self, name: str, interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+        kick = self._kicks.setdefault(name, asyncio.Event())
+
+        async def run() -> None:
+            while True:
+                kick.clear()
+                try:
+                    await fn()
+                except asyncio.CancelledError:
+                    raise
+                except BillingNotConfigured:
+                    pass  # nothing to do until Stripe is configured; outboxes keep it all
+                except Exception:  # noqa: BLE001 - a worker must survive anything
+                    log.exception("billing worker %s failed", name)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(kick.wait(), interval_s)
+
+        self._tasks.append(asyncio.create_task(run(), name=f"billing-{name}"))
+
+    async def _settle(self) -> None:
+        if self.api.configured:
+            await self.settlement.run_once()
+
+    async def start(self) -> None:
+        b = self.settings.billing
+        self._loop("settle", b.settle_interval_s, self._settle)
+        self._loop("events", b.settle_interval_s, self.process_events)
+        self._loop("outbox", self.settings.smtp.send_interval_s, self.outbox.run_once)
+        self._loop("grace", b.grace_check_interval_s, self.check_grace)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.outbox.close()
+        await self.api.close()
+
+
+BILLING = web.AppKey("billing", BillingService)
+
+
+# -- HTTP handlers -------------------------------------------------------------
+
+async def checkout_handler(request: web.Request) -> web.Response:
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("plan"), str):
+        raise InvalidRequest("'plan' is required", param="plan")
+    svc = request.app[BILLING]
+    account = await svc.store.get_account(account.id) or account
+    return json_response({"url": await svc.checkout_url(account, body["plan"])})
+
+
+async def portal_handler(request: web.Request) -> web.Response:
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    account = await svc.store.get_account(account.id) or account
+    return json_response({"url": await svc.portal_url(account)})
+
+
+async def invoices_handler(request: web.Request) -> web.Response:
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    account = await svc.store.get_account(account.id) or account
+    return json_response({"object": "list", "data": await svc.invoices(account)})
+
+
+async def alerts_webhook_handler(request: web.Request) -> web.Response:
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    if request.method == "PUT":
+        body = await read_json(request)
+        url = body.get("url") if isinstance(body, dict) else None
+        secret = await svc.set_alerts_webhook(account, url)
+        return json_response({"url": url, "secret": secret})
+    if request.method == "DELETE":
+        await svc.db.delete_account_webhook(account.id)
+        return json_response({"deleted": True})
+    found = await svc.db.account_webhook(account.id)
+    return json_response({"url": found[0] if found else None})
+
+
+async def stripe_webhook_handler(request: web.Request) -> web.Response:
+    payload = await request.read()
+    signature = request.headers.get("Stripe-Signature", "")
+    body = await request.app[BILLING].receive_webhook(payload, signature)
+    return json_response(body)
+
+
+async def _billing_ctx(app: web.Application):
+    svc = app[BILLING]
+    await svc.start()
+    try:
+        yield
+    finally:
+        await svc.stop()
+
+
+def setup(app: web.Application) -> None:
+    """Plug billing into the app (called by ``voxgate.proxy.app.create_app``)."""
+    from voxgate.proxy.app import GATEWAY, SETTINGS
+
+    gateway = app[GATEWAY]
+    svc = BillingService(app[SETTINGS], gateway.store, gateway.catalog)
+    app[BILLING] = svc
+    gateway.on_completed.append(svc.on_session_completed)
+    app.router.add_post("/billing/checkout", checkout_handler)
+    app.router.add_post("/billing/portal", portal_handler)
+    app.router.add_get("/billing/invoices", invoices_handler)
+    for method in ("GET", "PUT", "DELETE"):
+        app.router.add_route(method, "/billing/alerts-webhook", alerts_webhook_handler)
+    app.router.add_post("/webhooks/stripe", stripe_webhook_handler)
+    app.cleanup_ctx.append(_billing_ctx)
