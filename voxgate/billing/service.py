@@ -189,7 +189,9 @@ class BillingService:
         except stripe.SignatureVerificationError as exc:
             raise InvalidRequest(f"invalid Stripe-Signature: {exc.user_message or exc}",
                                  code="invalid_signature") from exc
-        except ValueError as exc:  # also UnicodeDecodeError
+        except (ValueError, AttributeError, TypeError) as exc:
+            # not UTF-8, not JSON, or JSON that is not an object (the SDK
+            # trips over a list with an AttributeError)
             raise InvalidRequest("webhook body is not a JSON event",
                                  code="invalid_json") from exc
         event = orjson.loads(payload)

@@ -24,6 +24,7 @@ sent; the worker carries it out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -100,6 +101,7 @@ class SettlementWorker:
         self.bdb = bdb
         self.api = api
         self.catalog = catalog
+        self._lock = asyncio.Lock()  # one pass at a time in this process
 
     def _delay(self, attempts: int) -> float:
         return backoff_s(attempts, self.settings.retry_base_s, self.settings.retry_max_s)
@@ -107,9 +109,10 @@ class SettlementWorker:
     async def run_once(self, now: float | None = None) -> dict[str, int]:
         """One pass; returns counts ``{"settled", "failed"}``."""
         now = time.time() if now is None else now
-        if self.settings.settlement_mode == "invoice_items":
-            return await self._invoice_items(now)
-        return await self._meter_events(now)
+        async with self._lock:
+            if self.settings.settlement_mode == "invoice_items":
+                return await self._invoice_items(now)
+            return await self._meter_events(now)
 
     # -- meter events ----------------------------------------------------
 
