@@ -84,7 +84,9 @@ def test_charts_escape_and_scale():
     assert "&lt;t&gt;" in svg and "a&amp;b" in svg and "<t>" not in svg
     assert svg.count("<rect") == 3 + 2  # three bars, two legend swatches
     assert charts.nice_max(0) == 1 and charts.nice_max(7) == 10 and charts.nice_max(180) == 200
-    assert charts.nice_max(2100) == 2500
+    assert charts.nice_max(2100) == 2500 and charts.nice_max(0.12) == 0.2
+    assert charts.nice_max(1, integer=True) == 4 and charts.nice_max(5, integer=True) == 8
+    assert charts.nice_max(33, integer=True) == 40 and charts.nice_max(0, integer=True) == 4
 
 
 async def test_analytics_endpoint_on_a_known_store(make_server, clients):

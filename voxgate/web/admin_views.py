@@ -70,14 +70,15 @@ async def admin_page(request: web.Request) -> web.Response:
         users_chart=charts.lines(
             "Accounts by month", labels,
             [charts.Series("all", [h["accounts"] for h in hist], "l-prev"),
-             charts.Series("paid", [h["paid_users"] for h in hist], "l-cur")]),
+             charts.Series("paid", [h["paid_users"] for h in hist], "l-cur")], integer=True),
         churn_chart=charts.lines(
             "Churn rate by month (%)", labels,
             [charts.Series("churn %", [h["churn_rate"] for h in hist], "l-cur")]),
         sessions_chart=charts.stacked_bars(
             f"Sessions per day, last {ACTIVE_DAYS} days", [d[0][5:] for d in days],
             [charts.Series("billable", [d[2] for d in days], "s-ok"),
-             charts.Series("not billable", [d[1] - d[2] for d in days], "s-fail")]),
+             charts.Series("not billable", [d[1] - d[2] for d in days], "s-fail")],
+            integer=True),
         accounts=len(await state.store.list_accounts()))
 
 

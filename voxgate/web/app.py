@@ -83,16 +83,21 @@ def _environment() -> jinja2.Environment:
 
 
 def billing_service(app: web.Application) -> Any | None:
-    """Billing's service object (``app[BILLING]``), or None when billing is
-    not installed or not configured."""
+    """Billing's service object (``app[BILLING]``, with ``checkout_url``,
+    ``portal_url``, ``invoices``), or None when billing is not installed or
+    Stripe is not configured (no secret key)."""
     try:
         from voxgate.billing.service import BILLING  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - any import problem means "not configured"
         return None
     try:
-        return app.get(BILLING)
+        service = app.get(BILLING)
     except Exception:  # noqa: BLE001
         return None
+    api = getattr(service, "api", None)
+    if service is None or getattr(api, "configured", True) is False:
+        return None
+    return service
 
 
 async def render(request: web.Request, template: str, status: int = 200,

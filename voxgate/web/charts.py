@@ -4,14 +4,16 @@ they scale to the width of their container (phone or desktop)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-__all__ = ["Series", "stacked_bars", "lines", "nice_max"]
+__all__ = ["Series", "stacked_bars", "lines", "nice_max", "WIDTH", "WIDE"]
 
 WIDTH, HEIGHT = 600, 220
+WIDE = 1000  # a chart alone on its row
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 40, 10, 12, 34
 
 
@@ -25,32 +27,41 @@ class Series:
     css: str
 
 
-def nice_max(value: float) -> float:
-    """The smallest of 1, 2, 2.5, 5 × 10ⁿ that is ≥ ``value`` (≥ 1)."""
-    if value <= 1:
-        return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1)
-    for step in (1, 2, 2.5, 5, 10):
-        if step * magnitude >= value:
-            return float(step * magnitude)
-    return float(10 * magnitude)
+def _nice(value: float, steps: tuple[float, ...]) -> float:
+    magnitude = 10.0 ** math.floor(math.log10(value))
+    for step in steps:
+        if step * magnitude >= value * (1 - 1e-9):
+            return step * magnitude
+    return 10 * magnitude
 
 
-def _frame(title: str, labels: Sequence[str], top: float, unit: str) -> list[str]:
+def nice_max(value: float, integer: bool = False) -> float:
+    """The top of a value axis with four divisions: the smallest of
+    1, 2, 2.5, 5 × 10ⁿ that is ≥ ``value`` (1 when there is nothing), or
+    with ``integer`` a multiple of 4 (4, 8, 20, 40, 80, 200, …) so every
+    tick is a whole number."""
+    if value <= 0:
+        return 4.0 if integer else 1.0
+    if integer:
+        return 4 * _nice(max(1.0, value / 4), (1, 2, 5, 10))
+    return _nice(value, (1, 2, 2.5, 5, 10))
+
+
+def _frame(title: str, labels: Sequence[str], top: float, unit: str, width: int) -> list[str]:
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
-    out = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+    out = [f'<svg class="chart" viewBox="0 0 {width} {HEIGHT}" role="img" '
            f'aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet">',
            f"<title>{escape(title)}</title>"]
     for i in range(5):
         value = top * i / 4
         y = PAD_TOP + plot_h - plot_h * i / 4
         text = f"{value:g}" if value < 1000 else f"{value / 1000:g}k"
-        out.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" '
+        out.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{width - PAD_RIGHT}" '
                    f'y1="{y:.1f}" y2="{y:.1f}"/>')
         out.append(f'<text class="axis" x="{PAD_LEFT - 4}" y="{y + 3:.1f}" '
                    f'text-anchor="end">{escape(text)}</text>')
     n = max(1, len(labels))
-    step = (WIDTH - PAD_LEFT - PAD_RIGHT) / n
+    step = (width - PAD_LEFT - PAD_RIGHT) / n
     every = max(1, round(n / 8))
     for i, label in enumerate(labels):
         if i % every == 0:
@@ -62,8 +73,8 @@ def _frame(title: str, labels: Sequence[str], top: float, unit: str) -> list[str
     return out
 
 
-def _legend(series: Sequence[Series]) -> str:
-    x = WIDTH - PAD_RIGHT
+def _legend(series: Sequence[Series], width: int) -> str:
+    x = width - PAD_RIGHT
     parts = []
     for s in reversed(series):
         width = 14 + 7 * len(s.name)
@@ -75,14 +86,15 @@ def _legend(series: Sequence[Series]) -> str:
 
 
 def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series],
-                 unit: str = "") -> Markup:
-    """One bar per label, the series stacked bottom-up in order."""
+                 unit: str = "", *, integer: bool = False, width: int = WIDTH) -> Markup:
+    """One bar per label, the series stacked bottom-up in order;
+    ``integer``: whole-number ticks (counts)."""
     totals = [sum(s.values[i] for s in series) for i in range(len(labels))]
-    top = nice_max(max(totals, default=0))
+    top = nice_max(max(totals, default=0), integer)
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
-    step = (WIDTH - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
+    step = (width - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
     bar_w = max(1.0, step * 0.7)
-    out = _frame(title, labels, top, unit)
+    out = _frame(title, labels, top, unit, width)
     for i, label in enumerate(labels):
         base = 0.0
         x = PAD_LEFT + step * i + (step - bar_w) / 2
@@ -96,18 +108,19 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series],
                        f'width="{bar_w:.1f}" height="{h:.1f}"><title>{escape(label)} '
                        f"{escape(s.name)}: {value:g}</title></rect>")
             base += value
-    out.append(_legend(series))
+    out.append(_legend(series, width))
     out.append("</svg>")
     return Markup("".join(out))
 
 
-def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "") -> Markup:
+def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "", *,
+          integer: bool = False, width: int = WIDTH) -> Markup:
     """One polyline per series over the labels (missing tail values of a
     shorter series are simply not drawn)."""
-    top = nice_max(max((v for s in series for v in s.values), default=0))
+    top = nice_max(max((v for s in series for v in s.values), default=0), integer)
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
-    step = (WIDTH - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
-    out = _frame(title, labels, top, unit)
+    step = (width - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
+    out = _frame(title, labels, top, unit, width)
     for s in series:
         points = " ".join(
             f"{PAD_LEFT + step * (i + 0.5):.1f},{PAD_TOP + plot_h - plot_h * v / top:.1f}"
@@ -115,6 +128,6 @@ def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str
         if points:
             out.append(f'<polyline class="{escape(s.css)}" fill="none" points="{points}">'
                        f"<title>{escape(s.name)}</title></polyline>")
-    out.append(_legend(series))
+    out.append(_legend(series, width))
     out.append("</svg>")
     return Markup("".join(out))

@@ -196,7 +196,7 @@ async def usage_charts(state: Any, account_id: str, now: float) -> dict[str, Any
         out[f"{key}_sessions"] = charts.stacked_bars(
             f"Sessions per day, {period}", labels,
             [charts.Series("billable", billable, "s-ok"),
-             charts.Series("not billable", failed, "s-fail")], unit="sessions")
+             charts.Series("not billable", failed, "s-fail")], unit="sessions", integer=True)
         out[f"{key}_total"] = (sum(billable), sum(failed))
         minutes.append((period, labels, mins))
     labels = max((m[1] for m in minutes), key=len)
@@ -502,7 +502,6 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
             if plan_id not in _state(request).catalog.plans:
                 return await billing_page.__wrapped__(request, "Unknown plan.", 400)
             url = await billing.checkout_url(account, plan_id)
-            await _audit(request, "billing.checkout_started", plan=plan_id)
         elif action == "manage":
             url = await billing.portal_url(account)
         else:

@@ -107,7 +107,7 @@ async function ended(call) {
 function showRecord(rec) {
   hook.record = rec;
   const m = rec;
-  ui.verdict.textContent = `${rec.billable ? "Billable" : "Not billable"}: ${rec.reason} — ${rec.rule}`;
+  ui.verdict.textContent = `${rec.billable ? "Billable" : `Not billable (${rec.reason})`}: ${rec.rule}`;
   ui.verdict.className = rec.billable ? "billable" : "not-billable";
   const ms = (v) => (v == null ? "–" : `${Math.round(v)} ms`);
   const rows = [
