@@ -57,6 +57,10 @@ class Clip:
                 return cls(load_pcm16(p, RATE))
         return cls(load_pcm16(path, RATE))
 
+    def pcm24k(self) -> bytes:
+        """The whole clip, untagged (24 kHz PCM16)."""
+        return b"".join(self._chunks)
+
     @property
     def duration_ms(self) -> int:
         return len(self._chunks) * 20

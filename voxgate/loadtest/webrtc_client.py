@@ -1,0 +1,258 @@
+"""One load-test session over WebRTC, as OpenAI's WebRTC flow does it
+(https://platform.openai.com/docs/guides/realtime-webrtc): mint an
+ephemeral key (``POST /v1/realtime/client_secrets`` with the project key),
+post the SDP offer to ``POST /v1/realtime/calls`` with it, apply the
+answer; events on the ``oai-events`` data channel, audio as Opus media.
+
+The client's audio track plays the plan's audio in real time (20 ms frames
+of 48 kHz PCM16, the clip upsampled) and then ends; the echo upstream's
+deltas come back as voxgate's outgoing track. The session ends with
+``POST /v1/realtime/calls/{id}/hangup`` (or, for ``vanish``, by closing the
+peer connection with no hang-up).
+
+``turn_failure``: the offer carries only ``relay`` candidates (the client's
+host candidates re-typed as relay, at a loopback port nobody listens on) and
+the client never applies the answer, so no connectivity check ever reaches
+voxgate: ICE times out (``webrtc.ice_timeout_s``) with a relay-only offer,
+which voxgate must record as ``turn_failure``.
+
+Client-side latency: ``connect_ms`` is offer start → ``session.created`` on
+the data channel. Audio round trips are not measured (Opus does not carry
+the chunk tags); ``underruns`` counts gaps of more than
+:data:`UNDERRUN_GAP_MS` between frames of voxgate's outgoing track.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import re
+import time
+
+import aiohttp
+import av
+import numpy as np
+import orjson
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from voxgate.loadtest.audio import Clip
+from voxgate.loadtest.plan import SessionPlan
+from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
+from voxgate.loadtest.ws_client import REFUSAL_STATUSES, SESSION_ID_HEADER
+
+__all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
+
+RATE = 48000
+FRAME = 960  # 20 ms at 48 kHz
+UNDERRUN_GAP_MS = 60.0
+"""A gap between received frames longer than this counts as an underrun, in ms."""
+_SESSION = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+
+
+class ClipTrack(MediaStreamTrack):
+    """``ms`` of the clip at 48 kHz, in real-time 20 ms frames, then the track ends."""
+
+    kind = "audio"
+
+    def __init__(self, pcm48k: bytes, ms: int) -> None:
+        super().__init__()
+        self.pcm = pcm48k
+        self.frames = ms // 20
+        self.index = 0
+        self.start: float | None = None
+        self.late = 0
+        self.finished = asyncio.Event()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.start is None:
+            self.start = time.monotonic()
+        if self.index >= self.frames:
+            self.finished.set()
+            self.stop()
+            raise MediaStreamError
+        delay = self.start + self.index * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.02:
+            self.late += 1
+        off = (self.index * FRAME * 2) % len(self.pcm)
+        chunk = self.pcm[off:off + FRAME * 2]
+        chunk += bytes(FRAME * 2 - len(chunk))
+        frame = av.AudioFrame.from_ndarray(np.frombuffer(chunk, "<i2").reshape(1, -1),
+                                           format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self.index * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.index += 1
+        return frame
+
+
+def relay_only(sdp: str, port: int = 9) -> str:
+    """The offer with every candidate re-typed ``relay`` at ``port`` (RFC 8445
+    §5.1.1: a relayed candidate; port 9 is *discard*, nobody answers)."""
+    def retype(m: re.Match) -> str:
+        parts = m.group(0).split()
+        # a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...
+        parts[5] = str(port)
+        i = parts.index("typ")
+        parts[i + 1] = "relay"
+        return " ".join(parts[:i + 2]) + " raddr 0.0.0.0 rport 0"
+    return re.sub(r"a=candidate:[^\r\n]*", retype, sdp)
+
+
+_PCM48: dict[int, bytes] = {}
+
+
+def _pcm48(clip: Clip) -> bytes:
+    key = id(clip)
+    if key not in _PCM48:
+        from voxgate.voice.audio import resample_pcm16
+
+        _PCM48[key] = resample_pcm16(clip.pcm24k(), 24000, RATE)
+    return _PCM48[key]
+
+
+async def run_webrtc_session(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    key: str,
+    plan: SessionPlan,
+    clip: Clip,
+    *,
+    model: str = "gpt-realtime",
+    faults: bool = True,
+    turn_url: str | None = None,
+    connect_timeout_s: float = 10.0,
+    clock=time.perf_counter,
+) -> SessionResult:
+    """Run one WebRTC session; failures become ``outcome="failed"``."""
+    from voxgate.proxy import rtc_ice
+
+    res = SessionResult(plan.index, plan.kind, "webrtc")
+    res.started_s = t_start = clock()
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        async with http.post(base_url + "/v1/realtime/client_secrets",
+                             json={"session": {**_SESSION, "model": model}}, headers=auth) as r:
+            body = await r.json(content_type=None)
+            if r.status != 200:
+                res.http_status = r.status
+                res.outcome = REFUSED if r.status in REFUSAL_STATUSES else FAILED
+                res.error = f"client_secrets HTTP {r.status}: {_code(body)}"
+                return res
+        ek = body["value"]
+    except (aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
+        res.error = f"client_secrets: {type(exc).__name__}: {exc}"[:200]
+        return res
+
+    pc = RTCPeerConnection()
+    track = ClipTrack(_pcm48(clip), plan.audio_ms)
+    pc.addTrack(track)
+    channel = pc.createDataChannel("oai-events")
+    created = asyncio.Event()
+    error_seen = asyncio.Event()
+    last_frame = [0.0]
+    readers: list[asyncio.Task] = []
+    t0 = clock()
+
+    def on_message(data) -> None:
+        res.events_received += 1
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        etype = event.get("type")
+        if etype == "session.created" and res.connect_ms is None:
+            res.connect_ms = (clock() - t0) * 1000.0
+            created.set()
+        elif etype == "error":
+            err = event.get("error") or {}
+            if isinstance(err, dict) and err.get("type") != "invalid_request_error":
+                res.provider_error_seen = True
+                error_seen.set()
+
+    async def read(remote) -> None:
+        while True:
+            try:
+                frame = await remote.recv()
+            except MediaStreamError:
+                return
+            now = clock()
+            if last_frame[0] and (now - last_frame[0]) * 1000 > UNDERRUN_GAP_MS:
+                res.underruns += 1
+            last_frame[0] = now
+            if np.any(frame.to_ndarray()):
+                res.audio_out_ms += frame.samples * 1000 / frame.sample_rate
+
+    channel.on("message", on_message)
+    pc.on("track", lambda remote: readers.append(asyncio.ensure_future(read(remote))))
+    location = None
+    try:
+        with rtc_ice.host_addresses(["127.0.0.1"]):
+            await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        if plan.kind == "turn_failure":
+            sdp = relay_only(sdp)
+        params = {"model": model}
+        if faults:
+            params["voxgate_fault"] = plan.fault
+        async with http.post(base_url + "/v1/realtime/calls", params=params, data=sdp,
+                             headers={"Authorization": f"Bearer {ek}",
+                                      "Content-Type": "application/sdp"}) as r:
+            answer = await r.text()
+            if r.status != 201:
+                res.http_status = r.status
+                res.outcome = REFUSED if r.status in REFUSAL_STATUSES else FAILED
+                res.error = f"calls HTTP {r.status}: {_code(answer)}"
+                return res
+            res.session_id = r.headers.get(SESSION_ID_HEADER)
+            location = r.headers.get("Location")
+        if plan.kind == "turn_failure":
+            # Never apply the answer: no connectivity check reaches voxgate.
+            res.outcome = ADMITTED
+            return res
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await asyncio.wait_for(created.wait(), connect_timeout_s)
+        await asyncio.wait_for(track.finished.wait(), plan.audio_ms / 1000 + 10)
+        res.audio_in_ms = track.index * 20.0
+        res.events_sent = 0
+        # The last frames' echo: wait until the returned audio has caught up.
+        deadline = clock() + 3.0
+        while clock() < deadline and res.audio_out_ms < res.audio_in_ms * 0.9:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        if plan.kind == "provider_error":
+            await asyncio.wait_for(error_seen.wait(), 5.0)
+        res.underruns += track.late
+        if plan.kind != "vanish":
+            async with http.post(base_url + location + "/hangup",
+                                 headers={"Authorization": f"Bearer {ek}"}) as r:
+                if r.status != 200:
+                    res.error = f"hangup HTTP {r.status}"
+                    return res
+        res.outcome = ADMITTED
+    except asyncio.TimeoutError:
+        res.error = ("no session.created" if not created.is_set() else
+                     "no error event" if plan.kind == "provider_error" and track.finished.is_set()
+                     else "timed out")
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        for task in readers:
+            task.cancel()
+        await pc.close()
+        await asyncio.gather(*readers, return_exceptions=True)
+        res.ended_s = clock()
+        res.started_s = t_start
+    return res
+
+
+def _code(body) -> str:
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body[:100]
+    err = body.get("error") if isinstance(body, dict) else None
+    return (err.get("code") or err.get("message", "")) if isinstance(err, dict) else str(body)[:100]
