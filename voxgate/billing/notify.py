@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import aiosmtplib
-import orjson
 
 from voxgate.billing.db import BillingDB, backoff_s
 from voxgate.config import Settings
@@ -266,7 +265,3 @@ class OutboxWorker:
             await self.bdb.webhook_delivered(item.id)
             delivered += 1
         return delivered
-
-
-def _json(obj: Any) -> bytes:
-    return orjson.dumps(obj)
