@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT, SLOW
 from tests.test_ws_relay import billable_quick_session
+from voxgate.web.app import WEB
+from voxgate.web.auth import create_operator
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "web"
@@ -135,5 +137,21 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
             assert "≈ 10,000 minutes" in starter and "3 projects" in starter
             assert "Email support" in starter and "10 concurrent sessions" in starter
             await shot("pricing")
+
+            # the operator's pages
+            state = server.app[WEB]
+            await create_operator(server.store, state.db, state.catalog, "ops@example.com",
+                                  "operator password")
+            await page.goto(server.url + "/signin")
+            await page.fill("input[name=email]", "ops@example.com")
+            await page.fill("input[name=password]", "operator password")
+            await page.click("button:has-text('Sign in')")
+            await page.click("nav >> text=Admin")
+            assert await page.locator("svg.chart").count() == 4
+            assert "Operator analytics" in await page.inner_text("h1")
+            await shot("admin")
+            await page.click("text=Audit log")
+            assert "key.created" in await page.inner_text("table")
+            await shot("audit")
         finally:
             await context.close()

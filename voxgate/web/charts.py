@@ -93,7 +93,7 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series],
     top = nice_max(max(totals, default=0), integer)
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     step = (width - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
-    bar_w = max(1.0, step * 0.7)
+    bar_w = min(40.0, max(1.0, step * 0.7))
     out = _frame(title, labels, top, unit, width)
     for i, label in enumerate(labels):
         base = 0.0
