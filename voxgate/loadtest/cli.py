@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
                    help="voxgate's pid for CPU/RSS (default: the process listening on the port)")
     p.add_argument("--no-faults", action="store_true",
                    help="send no voxgate_fault (the provider must run with responder=echo)")
+    p.add_argument("--direct", action="store_true",
+                   help="--url is a Realtime WebSocket URL used as is (a baseline straight to "
+                        "the provider, or another relay): no session ids, no audit")
     p.add_argument("--turn-url", default=None,
                    help="webrtc turn_failure sessions: a TURN URL that cannot be reached")
     p.add_argument("--quiet", action="store_true", help="no live display")
@@ -58,7 +61,7 @@ async def run_cli(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     url = args.url or f"http://{settings.host}:{settings.port}"
-    key = args.key or default_key(args.config)
+    key = args.key or default_key(args.config) or ("none" if args.direct else None)
     if not key:
         print("voxgate loadtest: no --key given and no demo key in the data directory "
               f"({settings.data_dir}/demo_api_key); start `voxgate serve` first", file=sys.stderr)
@@ -72,7 +75,7 @@ async def run_cli(args: argparse.Namespace) -> int:
         url=url, key=key, sessions=args.sessions, concurrency=args.concurrency,
         transport=args.transport, duration_s=args.duration, mix=mix, seed=args.seed,
         audio=args.audio, ramp_s=args.ramp, max_time_s=args.max_time, model=args.model,
-        server_pid=args.server_pid, faults=not args.no_faults, turn_url=args.turn_url,
+        server_pid=args.server_pid, faults=not args.no_faults, direct=args.direct, turn_url=args.turn_url,
         min_audio_ms=settings.policy.min_audio_s * 1000.0,
     )
     display = LiveDisplay(enabled=not args.quiet)

@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmarks: processes on loopback ports, a voxgate
+server with a roomy plan, the load generator as a subprocess, machine info."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SPEECH = Path(os.environ.get("VOXGATE_SPEECH_DIR", ROOT.parent / "shared" / "speech"))
+if not SPEECH.is_dir():
+    SPEECH = Path("/work/shared/speech")
+
+BENCH_CATALOG = """
+minutes_per_session = 2.0
+default_plan = "bench"
+
+[plans.bench]
+name = "Benchmark (unlimited)"
+requests_per_minute = 100000000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} not listening after {timeout_s} s")
+
+
+class Proc:
+    """A subprocess on a loopback port, stopped on exit (by its own pid)."""
+
+    def __init__(self, args: list[str], port: int, env: dict | None = None, log: Path | None = None):
+        self.port = port
+        self.log = log or Path(tempfile.mkstemp(prefix="voxgate-bench-", suffix=".log")[1])
+        self._fh = open(self.log, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=str(ROOT))
+        wait_port(port, self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_s(self) -> float:
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def echo_provider() -> Proc:
+    """The local voice provider in echo mode (faults enabled), own process."""
+    port = free_port()
+    return Proc([PY, "-m", "voxgate", "voice", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                port, env={"VOXGATE_VOICE__RESPONDER": "echo", "VOXGATE_VOICE__FAULTS_ENABLED": "true"})
+
+
+class Voxgate(Proc):
+    """``voxgate serve`` against ``upstream_url``, a fresh data dir, the bench
+    catalog (one unlimited plan) and a project key in :attr:`key`."""
+
+    def __init__(self, upstream_url: str, extra_toml: str = ""):
+        self.dir = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
+        (self.dir / "catalog.toml").write_text(BENCH_CATALOG)
+        port = free_port()
+        self.config = self.dir / "voxgate.toml"
+        self.config.write_text(
+            f'port = {port}\ndata_dir = "{self.dir}/data"\ncatalog = "{self.dir}/catalog.toml"\n'
+            f'log_level = "WARNING"\n[upstream]\nprovider = "local"\nurl = "{upstream_url}"\n'
+            + extra_toml)
+        super().__init__([PY, "-m", "voxgate", "serve", "--config", str(self.config)], port,
+                         log=self.dir / "serve.log")
+        self.url = f"http://127.0.0.1:{port}"
+        self.key = (self.dir / "data" / "demo_api_key").read_text().strip()
+
+
+def loadtest(url: str, key: str, sessions: int, concurrency: int, duration_s: float, *,
+             server_pid: int | None = None, direct: bool = False, faults: str = "",
+             transport: str = "ws", ramp_s: float = 0.0, max_time_s: float = 120.0) -> dict:
+    """``voxgate loadtest`` in its own process; its JSON report."""
+    out = Path(tempfile.mkstemp(prefix="voxgate-loadtest-", suffix=".json")[1])
+    args = [PY, "-m", "voxgate", "loadtest", "--url", url, "--key", key,
+            "--sessions", str(sessions), "--concurrency", str(concurrency),
+            "--duration", str(duration_s), "--transport", transport, "--ramp", str(ramp_s),
+            "--max-time", str(max_time_s), "--json", str(out), "--quiet"]
+    if server_pid:
+        args += ["--server-pid", str(server_pid)]
+    if direct:
+        args += ["--direct"]
+    if faults:
+        args += ["--faults", faults]
+    subprocess.run(args, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=max_time_s + 120)
+    try:
+        return json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"{cpu}, {psutil.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
