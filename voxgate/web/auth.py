@@ -133,7 +133,8 @@ async def web_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             request[_NEW_CSRF_COOKIE] = anon
         request[CSRF] = anon
     response = await handler(request)
-    if _NEW_CSRF_COOKIE in request and not response.prepared:
+    if _NEW_CSRF_COOKIE in request and not response.prepared and \
+            response.content_type == "text/html":
         response.set_cookie(CSRF_COOKIE, request[_NEW_CSRF_COOKIE], httponly=True,
                             samesite="Lax", path="/", secure=state.secure_cookies)
     return response
