@@ -258,3 +258,15 @@ async def test_quota_card_alert_and_banner(make_server, clients, billable, alert
     if banner:
         assert "Upgrade to Starter" in text
 
+
+
+async def test_sign_up_from_a_paid_plan_card_lands_on_billing(make_server, clients):
+    server = await make_server()
+    c = clients(server)
+    status, text, _ = await c.get("/signup?plan=starter")
+    assert 'name="plan" value="starter"' in text
+    status, _, resp = await c.post("/signup", {"email": "paid@example.com",
+                                                "password": "correct horse", "plan": "starter"})
+    assert (status, resp.headers["Location"]) == (303, "/billing")
+    account = await server.store.get_account_by_email("paid@example.com")
+    assert account.plan_id == "tiny"  # the plan changes through Stripe Checkout only

@@ -102,8 +102,15 @@ async def index(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/dashboard" if request.get(USER) else "/signin")
 
 
+def _wanted_plan(state: Any, value: Any) -> str | None:
+    """A paid plan picked on the pricing page (to upgrade to after sign-up)."""
+    plan = state.catalog.plans.get(str(value or ""))
+    return plan.id if plan is not None and plan.is_paid else None
+
+
 async def signup_page(request: web.Request) -> web.Response:
-    return await _render(request, "signup.html", email="", name="", error=None)
+    return await _render(request, "signup.html", email="", name="", error=None,
+                         plan=_wanted_plan(_state(request), request.query.get("plan")))
 
 
 async def signin_page(request: web.Request) -> web.Response:
@@ -138,13 +145,14 @@ async def signup(request: web.Request, form: MultiDictProxy) -> web.Response:
     elif (await state.db.user_by_email(email) is not None
           or await state.store.get_account_by_email(email) is not None):
         error = "An account with this email already exists: sign in instead."
+    wanted = _wanted_plan(state, form.get("plan"))
     if error:
         return await _render(request, "signup.html", status=400, email=email, name=name,
-                             error=error)
+                             error=error, plan=wanted)
     account = await state.store.create_account(email, state.catalog.default_plan, name=name)
     user = await state.db.create_user(account.id, email, await hash_password(password))
     await state.db.audit(email, "user.signup", account.id, {"plan": account.plan_id})
-    raise await _signed_in(request, user, "/dashboard?notice=welcome")
+    raise await _signed_in(request, user, "/billing" if wanted else "/dashboard?notice=welcome")
 
 
 @form_post
