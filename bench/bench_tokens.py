@@ -1,0 +1,123 @@
+"""Token endpoint throughput: ``POST /v1/realtime/client_secrets`` mints per
+second and latency p99, against an aiohttp hello world (``POST /hello``) on
+the same machine; and session admit + finalize per second on SQLite
+(``Gateway.admit``/``finish`` called directly on a ``SQLiteStore``)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+
+import aiohttp
+
+from bench.common import PY, Proc, Voxgate, echo_provider, free_port
+
+REQUESTS = 4000
+CONCURRENCY = 32
+
+
+async def _hammer(url: str, headers: dict, body: dict, n: int, concurrency: int) -> dict:
+    lat: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            nonlocal errors
+            for _ in counter:
+                t = time.perf_counter()
+                async with http.post(url, json=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append((time.perf_counter() - t) * 1000)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat.sort()
+    return {"requests": n, "per_s": n / wall, "p50_ms": lat[len(lat) // 2],
+            "p99_ms": lat[int(len(lat) * 0.99)], "errors": errors}
+
+
+def run_tokens(n: int = REQUESTS, concurrency: int = CONCURRENCY) -> list[dict]:
+    import uvloop
+
+    rows = []
+    with echo_provider() as echo:
+        vg = Voxgate(f"ws://127.0.0.1:{echo.port}/v1/realtime")
+        try:
+            cpu0 = vg.cpu_s()
+            r = uvloop.run(_hammer(vg.url + "/v1/realtime/client_secrets",
+                                   {"Authorization": f"Bearer {vg.key}"},
+                                   {"session": {"type": "realtime", "model": "gpt-realtime"}},
+                                   n, concurrency))
+            r["server_cpu_s"] = vg.cpu_s() - cpu0
+            rows.append({"endpoint": "voxgate POST /v1/realtime/client_secrets", **r})
+        finally:
+            vg.stop()
+    port = free_port()
+    with Proc([PY, "-m", "bench.relays", "hello", "--port", str(port)], port) as hello:
+        cpu0 = hello.cpu_s()
+        r = uvloop.run(_hammer(f"http://127.0.0.1:{port}/hello", {}, {"x": 1}, n, concurrency))
+        r["server_cpu_s"] = hello.cpu_s() - cpu0
+        rows.append({"endpoint": "aiohttp hello world POST /hello", **r})
+    return rows
+
+
+async def _admit_finish(n: int, concurrency: int) -> dict:
+    from voxgate.config import load_settings
+    from voxgate.metering.admission import InProcessAdmission
+    from voxgate.metering.sqlite_store import SQLiteStore
+    from voxgate.models import PlanCatalog, load_catalog
+    from voxgate.proxy.gateway import Gateway, monotonic_ms
+    from pathlib import Path
+
+    from bench.common import BENCH_CATALOG
+
+    d = Path(tempfile.mkdtemp(prefix="voxgate-bench-admit-"))
+    (d / "catalog.toml").write_text(BENCH_CATALOG)
+    settings = load_settings(None, data_dir=str(d), catalog=str(d / "catalog.toml"))
+    catalog: PlanCatalog = load_catalog(settings.catalog)
+    store = SQLiteStore(d / "voxgate.db")
+    await store.open()
+    try:
+        gw = Gateway(settings, store, InProcessAdmission(), catalog)
+        account = await store.create_account("bench@x", "bench")
+        project = await store.create_project(account.id, "p")
+        _, key = await store.create_api_key(project.id, "k")
+        from voxgate.proxy.auth import resolve
+
+        principal = await resolve(store, key)
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            for _ in counter:
+                active = await gw.admit(principal, "websocket", "gpt-realtime")
+                m = active.meter
+                m.accepted(monotonic_ms())
+                m.upstream_event("session.created", 100, monotonic_ms(), event={"type": "session.created"})
+                m.client_event("input_audio_buffer.append", 1300, 1280, 0)
+                m.closed("client", 1000, None, monotonic_ms())
+                await gw.finish(active)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    finally:
+        await store.close()
+    return {"sessions": n, "concurrency": concurrency, "per_s": n / wall}
+
+
+def run_admit(n: int = 3000) -> list[dict]:
+    import uvloop
+
+    return [uvloop.run(_admit_finish(n, c)) for c in (1, 32)]
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps({"tokens": run_tokens(), "admit": run_admit()}, indent=2))

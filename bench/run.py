@@ -1,0 +1,153 @@
+"""``make bench``: run every benchmark on loopback (bounded: a few minutes
+in all) and write ``docs/benchmarks.md``.
+
+``python -m bench.run [--only ws,latency,tokens,admit,voice,webrtc] [--out FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.common import ROOT, machine
+
+GOALS = {
+    "ws": "voxgate ≤ 1.25× the bare aiohttp relay's CPU per session-second (≥ 230 sessions per core)",
+    "latency": "p99 added latency ≤ 1 ms at 200 sessions",
+    "webrtc": "≥ 50 WebRTC sessions per core",
+    "tokens": "≥ 3 000 mints/s",
+    "admit": "≥ 2 000 admit + finalize/s",
+    "voice": "TTS first audio ≤ 250 ms",
+}
+
+
+def _f(v, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run")
+    p.add_argument("--only", default="ws,latency,tokens,admit,voice,webrtc")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    args = p.parse_args(argv)
+    only = set(args.only.split(","))
+    results: dict = {}
+    t0 = time.time()
+    steps = [("ws", "bench.bench_ws_relay", "run"), ("latency", "bench.bench_latency", "run"),
+             ("tokens", "bench.bench_tokens", "run_tokens"), ("admit", "bench.bench_tokens", "run_admit"),
+             ("voice", "bench.bench_voice", None), ("webrtc", "bench.bench_webrtc", "run")]
+    for name, module, func in steps:
+        if name not in only:
+            continue
+        print(f"bench: {name} …", file=sys.stderr, flush=True)
+        mod = __import__(module, fromlist=["x"])
+        t = time.time()
+        results[name] = ({"tts": mod.run_tts(), "stt": mod.run_stt()} if name == "voice"
+                         else getattr(mod, func)())
+        print(f"bench: {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    Path(args.out).write_text(render(results, time.time() - t0))
+    print(f"bench: wrote {args.out} in {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def render(r: dict, total_s: float) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    s = [f"# voxgate benchmarks\n\nMeasured {now} on {machine()}; all traffic on 127.0.0.1; "
+         f"the whole run took {total_s:.0f} s.\n\nReproduce: `make bench` "
+         "(or `.venv/bin/python -m bench.run [--only ws,latency,tokens,admit,voice,webrtc]`). "
+         "The load generator is `voxgate loadtest` (docs/loadtest.md), in its own process; the "
+         "echo upstream is the local provider with `responder = \"echo\"`, in its own process. "
+         "Numbers on a 2-core machine move by ±15 % between runs.\n"]
+    if "ws" in r:
+        rows = r["ws"]
+        base = next((x for x in rows if x["relay"].startswith("bare aiohttp")), None)
+        s.append("## WebSocket relay: CPU per session-second\n\n"
+                 f"{rows[0]['sessions'] if rows else 0} concurrent sessions, each streaming real-time "
+                 "audio (24 kHz PCM16, one 20 ms `input_audio_buffer.append` every 20 ms) and "
+                 "getting every chunk back as `response.output_audio.delta`. CPU is the relay "
+                 "process's user + system time over the run (sessions' set-up and close "
+                 "included), divided by the audio seconds streamed.\n\n"
+                 f"Goal: {GOALS['ws']}.\n")
+        s.append(table(
+            ["relay", "sessions ok", "session-s", "CPU ms / session-s", "sessions / core",
+             "× bare aiohttp", "peak RSS MiB", "echo RTT p50 / p99 ms", "audit"],
+            [[x["relay"], f"{x['admitted']}/{x['sessions']}", x["session_s"],
+              _f(x["cpu_ms_per_session_s"]), _f(x["sessions_per_core"], "{:.0f}"),
+              _f(x["cpu_ms_per_session_s"] / base["cpu_ms_per_session_s"]
+                 if base and base["cpu_ms_per_session_s"] and x["cpu_ms_per_session_s"] else None),
+              _f(x["rss_peak_mb"], "{:.0f}"), f"{_f(x['rtt_p50_ms'])} / {_f(x['rtt_p99_ms'])}",
+              (f"{x['audit']['matched']}/{x['audit']['checked']}" if x.get("audit") else "-")]
+             for x in rows]) + "\n")
+    if "latency" in r:
+        s.append("## Added latency per audio chunk\n\nEcho round trip of each tagged 20 ms chunk "
+                 "(send → matching delta back), through voxgate minus straight to the echo "
+                 "upstream, at each concurrency. Percentiles are of all chunks of the run; "
+                 "at 200 sessions the 2 cores are shared by the load generator, the upstream "
+                 "and voxgate, so queueing on a saturated CPU shows up in both columns.\n\n"
+                 f"Goal: {GOALS['latency']}.\n")
+        s.append(table(["sessions", "direct p50 / p99 ms", "through voxgate p50 / p99 ms",
+                        "added p50 ms", "added p99 ms", "chunks", "failed", "audit"],
+                       [[x["sessions"], f"{_f(x['direct_p50_ms'])} / {_f(x['direct_p99_ms'])}",
+                         f"{_f(x['voxgate_p50_ms'])} / {_f(x['voxgate_p99_ms'])}",
+                         _f(x["added_p50_ms"]), _f(x["added_p99_ms"]), x["chunks"], x["failed"],
+                         x["audit"] or "-"] for x in r["latency"]]) + "\n")
+    if "webrtc" in r:
+        s.append("## WebRTC bridge\n\nvoxgate's WebRTC bridge (aiortc: Opus decode, 24 kHz "
+                 "`input_audio_buffer.append`, echo deltas re-encoded to Opus) against a bare "
+                 "aiortc loopback doing the same decode/resample/encode (`bench/aiortc_echo.py`). "
+                 "Sessions per core = 1000 / CPU ms per session-second; underruns = gaps > 60 ms "
+                 "in the returned track plus load-generator frames sent late.\n\n"
+                 f"Goal: {GOALS['webrtc']}.\n")
+        if r["webrtc"]:
+            s.append(table(["bridge", "sessions ok", "session-s", "CPU ms / session-s",
+                            "sessions / core", "underruns", "connect p50 ms"],
+                           [[x["bridge"], f"{x['admitted']}/{x['sessions']}", x["session_s"],
+                             _f(x["cpu_ms_per_session_s"]), _f(x["sessions_per_core"], "{:.0f}"),
+                             x["underruns"], _f(x["connect_p50_ms"])] for x in r["webrtc"]]) + "\n")
+        else:
+            s.append("Not run: `voxgate/proxy/webrtc.py` is not in the tree.\n")
+    if "tokens" in r:
+        s.append("## Token endpoint\n\n`POST /v1/realtime/client_secrets` with a project key "
+                 "(32 concurrent aiohttp clients in the benchmark process) against an aiohttp + "
+                 "uvloop hello world (`POST /hello`, JSON) under the same load.\n\n"
+                 f"Goal: {GOALS['tokens']}.\n")
+        s.append(table(["endpoint", "requests", "per s", "p50 ms", "p99 ms", "server CPU s", "errors"],
+                       [[x["endpoint"], x["requests"], _f(x["per_s"], "{:.0f}"), _f(x["p50_ms"]),
+                         _f(x["p99_ms"]), _f(x["server_cpu_s"]), x["errors"]] for x in r["tokens"]]) + "\n")
+    if "admit" in r:
+        s.append("## Session admit + finalize on SQLite\n\n`Gateway.admit` then `Gateway.finish` "
+                 "(verdict, session row, monthly usage, lease) directly on a `SQLiteStore`, "
+                 "sequentially and 32 at a time.\n\n"
+                 f"Goal: {GOALS['admit']}.\n")
+        s.append(table(["concurrency", "sessions", "admit + finalize / s"],
+                       [[x["concurrency"], x["sessions"], _f(x["per_s"], "{:.0f}")] for x in r["admit"]]) + "\n")
+    if "voice" in r:
+        s.append("## Local voice provider\n\nTTS (Piper, joe voice, warm): time to the audio of a "
+                 "reply's first sentence, which is when the provider sends its first delta. "
+                 "STT (PocketSphinx): decode time / audio duration on `/work/shared/speech`.\n\n"
+                 f"Goal: {GOALS['voice']}.\n")
+        s.append(table(["first sentence", "first audio p50 ms", "max ms", "audio ms"],
+                       [[x["sentence"], _f(x["first_audio_ms_p50"], "{:.0f}"),
+                         _f(x["first_audio_ms_max"], "{:.0f}"), _f(x["audio_ms"], "{:.0f}")]
+                        for x in r["voice"]["tts"]]) + "\n")
+        s.append(table(["file", "audio s", "decode s", "real-time factor", "heard"],
+                       [[x["file"], _f(x["audio_s"], "{:.1f}"), _f(x["decode_s"]), _f(x["rtf"]),
+                         x["heard"]] for x in r["voice"]["stt"]]) + "\n")
+    return "\n".join(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
