@@ -238,3 +238,25 @@ async def test_invoice_items_survive_a_stripe_restart(tmp_path, make_billing_ser
         assert [(s.quantity, s.status) for s in settlements] == [(3, "created")]
     finally:
         ls.stop()
+
+
+async def test_cancel_at_period_end_ends_at_period_end(localstripe, make_billing_server, http):
+    """Canceled in the portal "at period end": the plan stays until then,
+    and the periodic check ends it when the period is over (even if the
+    ``deleted`` event never comes)."""
+    server = await make_billing_server(api_base=localstripe.url)
+    customer, sub_id = await _subscribed(localstripe, http, server)
+    sub = await localstripe.call("POST", f"/v1/subscriptions/{sub_id}",
+                                 {"cancel_at_period_end": True})
+    # localstripe sends no customer.subscription.updated: send what Stripe would
+    status, _ = await post_event(http, server,
+                                 stripe_event("customer.subscription.updated", sub))
+    assert status == 200
+    await eventually(lambda: _all_processed(server))
+    svc = server.billing
+    await svc.check_grace(time.time())
+    assert await _usage_plan(http, server) == "starter"
+    await svc.check_grace(sub["current_period_end"] + 1)
+    account = await server.store.get_account(server.account_id)
+    assert (account.plan_id, account.stripe_subscription_id) == ("free", None)
+    assert await _usage_plan(http, server) == "free"

@@ -24,11 +24,13 @@ from voxgate.billing.stripe_api import StripeApi
 from voxgate.models import Account, PlanCatalog
 
 __all__ = ["HANDLED", "SubscriptionState", "plan_of_subscription", "subscription_state",
-           "EventProcessor", "LOOKUP_PREFIX"]
+           "period_end_of", "EventProcessor", "LOOKUP_PREFIX", "CANCEL_AT_KEY"]
 
 log = logging.getLogger("voxgate.billing.events")
 
 LOOKUP_PREFIX = "voxgate_"
+# meta key of a cancellation scheduled at period end: value "<sub id> <unix s>"
+CANCEL_AT_KEY = "billing:cancel_at:"
 HANDLED = frozenset({
     "checkout.session.completed",
     "customer.subscription.created",
@@ -95,6 +97,17 @@ class SubscriptionState:
     change: bool = True
 
 
+def period_end_of(sub: dict[str, Any]) -> float | None:
+    """The end of the subscription's current period (Unix s): on the
+    subscription (older API versions, localstripe) or on its items (basil+)."""
+    period_end = sub.get("current_period_end")
+    if period_end is None:
+        items = ((sub.get("items") or {}).get("data") or [])
+        if items:
+            period_end = items[0].get("current_period_end")
+    return None if period_end is None else float(period_end)
+
+
 def subscription_state(sub: dict[str, Any], catalog: PlanCatalog, now: float) -> SubscriptionState:
     """The account state a subscription calls for (pure).
 
@@ -105,13 +118,9 @@ def subscription_state(sub: dict[str, Any], catalog: PlanCatalog, now: float) ->
     """
     status = sub.get("status")
     sub_id = sub.get("id")
-    period_end = sub.get("current_period_end")
-    if period_end is None:
-        items = ((sub.get("items") or {}).get("data") or [])
-        if items:
-            period_end = items[0].get("current_period_end")
+    period_end = period_end_of(sub)
     ended_by_schedule = bool(sub.get("cancel_at_period_end")) and period_end is not None \
-        and float(period_end) <= now
+        and period_end <= now
     cancel_at = sub.get("cancel_at")
     if cancel_at is not None and float(cancel_at) <= now:
         ended_by_schedule = True
@@ -220,15 +229,18 @@ class EventProcessor:
         return "linked"
 
     async def _apply_subscription(self, sub: dict[str, Any], event_id: str, *,
-                                  account: Account | None = None) -> str:
+                                  account: Account | None = None,
+                                  now: float | None = None) -> str:
         if account is None:
             account = await self._account_for(sub.get("customer"), sub.get("metadata"))
         if account is None:
             return "no account"
+        now = time.time() if now is None else now
+        await self._schedule_cancellation(account.id, sub, now)
         customer = sub.get("customer")
         if isinstance(customer, dict):
             customer = customer.get("id")
-        state = subscription_state(sub, self.catalog, time.time())
+        state = subscription_state(sub, self.catalog, now)
         if not state.change:
             return "unchanged"
         sub_id = sub.get("id")
@@ -256,6 +268,47 @@ class EventProcessor:
             await self.notifier.welcome(fresh, self.catalog.get(state.plan_id),
                                         state.subscription_id)
         return result
+
+    async def _schedule_cancellation(self, account_id: str, sub: dict[str, Any],
+                                     now: float) -> None:
+        """Remember a ``cancel_at_period_end`` still ahead, so that
+        ``apply_due_cancellations`` ends it even if no event comes then."""
+        period_end = period_end_of(sub)
+        cancel_at = sub.get("cancel_at") or (period_end if sub.get("cancel_at_period_end")
+                                             else None)
+        key = CANCEL_AT_KEY + account_id
+        if sub.get("status") in ACTIVE + DELINQUENT and cancel_at and float(cancel_at) > now:
+            await self.store.set_meta(key, f"{sub.get('id')} {float(cancel_at)}")
+        elif await self.store.get_meta(key):
+            await self.store.set_meta(key, "")
+
+    async def apply_due_cancellations(self, now: float) -> int:
+        """Subscriptions set to cancel at period end whose time has come:
+        re-read from Stripe (or, if Stripe cannot be asked, taken as ended)
+        and applied. Returns how many accounts were looked at."""
+        rows = await self.store.db.execute_fetchall(
+            "SELECT key, value FROM meta WHERE key LIKE ? AND value <> ''",
+            (CANCEL_AT_KEY + "%",))
+        n = 0
+        for key, value in rows:
+            sub_id, _, at = value.partition(" ")
+            if float(at) > now:
+                continue
+            account = await self.store.get_account(key[len(CANCEL_AT_KEY):])
+            await self.store.set_meta(key, "")
+            if account is None or account.stripe_subscription_id != sub_id:
+                continue
+            from voxgate.billing.stripe_api import BillingError
+
+            try:
+                sub = await self.api.get_subscription(sub_id)
+            except BillingError:
+                sub = None
+            if sub is None:
+                sub = {"id": sub_id, "status": "canceled"}
+            await self._apply_subscription(sub, "scheduled-cancellation", account=account, now=now)
+            n += 1
+        return n
 
     async def _set(self, account: Account, event_id: str, **fields: Any) -> str:
         changed = {k: v for k, v in fields.items() if getattr(account, k) != v}

@@ -241,8 +241,11 @@ class BillingService:
 
     async def check_grace(self, now: float | None = None) -> int:
         """Accounts past due for longer than ``billing.grace_period_days``
-        go back to the default plan; returns how many."""
+        go back to the default plan, and subscriptions set to cancel at
+        period end whose period is over end; returns how many accounts
+        went back to the default plan for being past due."""
         now = time.time() if now is None else now
+        await self.events.apply_due_cancellations(now)
         cutoff = now - self.settings.billing.grace_period_days * 86400
         n = 0
         for account in await self.db.past_due_accounts(cutoff):
