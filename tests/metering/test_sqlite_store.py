@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voxgate.metering.sqlite_store import MIGRATIONS_DIR, SQLiteStore, split_sql
+from voxgate.metering.sqlite_store import MIGRATIONS_DIR, SQLiteStore, load_migrations, split_sql
 from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Measurements, Reason, SessionRecord, Verdict, new_id
 
@@ -69,17 +69,20 @@ def test_split_sql_keeps_semicolons_in_strings_and_triggers():
 
 async def test_migrations_applied_once(tmp_path: Path):
     path = tmp_path / "nested" / "dir" / "v.db"
+    shipped = [(m.version, m.name) for m in load_migrations(MIGRATIONS_DIR)]
+    assert shipped[0] == (1, "core")
     async with SQLiteStore(path) as s:
-        assert await s.applied_migrations() == [(1, "core")]
+        assert await s.applied_migrations() == shipped
     async with SQLiteStore(path) as s:  # re-open: nothing applied again
-        assert await s.applied_migrations() == [(1, "core")]
+        assert await s.applied_migrations() == shipped
         rows = await s.db.execute_fetchall("SELECT COUNT(*) FROM schema_migrations")
-        assert rows[0][0] == 1
+        assert rows[0][0] == len(shipped)
 
 
 async def test_later_migration_file_is_applied(tmp_path: Path):
     migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
+    migrations.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "0001_core.sql", migrations)
     path = tmp_path / "v.db"
     async with SQLiteStore(path, migrations_dir=migrations) as s:
         assert await s.applied_migrations() == [(1, "core")]
@@ -97,7 +100,8 @@ async def test_later_migration_file_is_applied(tmp_path: Path):
 
 async def test_failed_migration_rolls_back_and_is_not_recorded(tmp_path: Path):
     migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
+    migrations.mkdir()
+    shutil.copy(MIGRATIONS_DIR / "0001_core.sql", migrations)
     (migrations / "0002_broken.sql").write_text(
         "CREATE TABLE half (id TEXT);\nCREATE TABLE accounts (id TEXT);\n")
     s = SQLiteStore(tmp_path / "v.db", migrations_dir=migrations)
