@@ -30,6 +30,8 @@ STATIC_DIR = Path(__file__).parent / "voice"
 DEMO_SESSION: dict[str, Any] = {
     "type": "realtime",
     "instructions": "You are voxgate's demo voice assistant. Answer briefly.",
+    # a longer pause before the turn ends: fewer replies cut into by the next phrase
+    "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 800}}},
 }
 
 
