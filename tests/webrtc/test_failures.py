@@ -1,0 +1,91 @@
+"""Calls that go wrong: the upstream drops, the provider is slow to start,
+ICE never connects. Each ends the call and gets its verdict."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import SLOW, free_port
+from tests.webrtc.client import Client
+from tests.webrtc.test_calls import assert_nothing_left, mint
+
+
+async def test_upstream_drop_ends_the_call(make_server, rtc_settings, http):
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    client.base_url = server.url  # the fault goes in the calls URL query
+    try:
+        sdp = await client.offer()
+        r = await http.post(server.url + "/v1/realtime/calls?voxgate_fault=drop:700", data=sdp,
+                            headers={"Authorization": f"Bearer {ek['value']}",
+                                     "Content-Type": "application/sdp"})
+        assert r.status == 201
+        from aiortc import RTCSessionDescription
+
+        await client.pc.setRemoteDescription(RTCSessionDescription(await r.text(), "answer"))
+        await client.wait_event("session.created", 10)
+        await asyncio.wait_for(client.closed.wait(), 10 * SLOW)
+        record = await server.session(r.headers["X-Voxgate-Session-Id"])
+    finally:
+        await client.close()
+    m = record.measurements
+    assert m.closed_by == "upstream" and m.close_code not in (1000, 1001)
+    assert record.reason == "provider_error", record.rule
+    await assert_nothing_left(server)
+
+
+async def test_slow_provider_start_is_a_connect_timeout(make_server, rtc_settings, http, jfk48):
+    """session.created 2.5 s late: media flows only then, so the connect
+    latency (offer → media flowing) is over 2 s."""
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, jfk48[: 48000 * 2 * 4], then_silence=True)
+    try:
+        sdp = await client.offer()
+        r = await http.post(server.url + "/v1/realtime/calls?voxgate_fault=delay_created:2500",
+                            data=sdp, headers={"Authorization": f"Bearer {ek['value']}",
+                                               "Content-Type": "application/sdp"})
+        assert r.status == 201
+        from aiortc import RTCSessionDescription
+
+        await client.pc.setRemoteDescription(RTCSessionDescription(await r.text(), "answer"))
+        await client.wait_event("session.created", 10)
+        await asyncio.sleep(0.5)
+        r2 = await http.delete(server.url + r.headers["Location"],
+                               headers={"Authorization": f"Bearer {ek['value']}"})
+        assert r2.status == 200
+        record = await server.session(r.headers["X-Voxgate-Session-Id"])
+    finally:
+        await client.close()
+    m = record.measurements
+    assert record.reason == "connect_timeout", record.rule
+    assert 2500 <= m.connect_ms < 4000 and m.ice_connected_ms < 1000
+    assert m.upstream_ready_ms >= 2500
+    await assert_nothing_left(server)
+
+
+async def test_unreachable_candidates_are_an_ice_failure(make_server, http):
+    server = await make_server(webrtc={"host_addresses": ["127.0.0.1"], "ice_timeout_s": 2.0})
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    try:
+        sdp = await client.offer()
+        dead = str(free_port())
+        lines = []
+        for line in sdp.split("\r\n"):
+            if line.startswith("a=candidate:"):
+                parts = line.split(" ")
+                parts[5] = dead
+                line = " ".join(parts)
+            lines.append(line)
+        r = await http.post(server.url + "/v1/realtime/calls", data="\r\n".join(lines),
+                            headers={"Authorization": f"Bearer {ek['value']}",
+                                     "Content-Type": "application/sdp"})
+        assert r.status == 201
+        record = await server.session(r.headers["X-Voxgate-Session-Id"])
+    finally:
+        await client.close()
+    assert record.reason == "ice_failure", record.rule
+    assert record.measurements.ice_failure and not record.measurements.turn_failure
+    await assert_nothing_left(server)
