@@ -5,6 +5,7 @@ judged like a WebSocket session."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -50,6 +51,7 @@ async def test_billable_call_with_real_speech(make_server, rtc_settings, http, j
     server = await make_server(**rtc_settings)
     ek = await mint(http, server)
     client = Client(server.url, jfk48)
+    cpu0, wall0 = time.process_time(), time.monotonic()
     try:
         resp, answer = await client.connect(http, ek["value"])
         assert client.call_id.startswith("rtc_")
@@ -65,6 +67,7 @@ async def test_billable_call_with_real_speech(make_server, rtc_settings, http, j
         r = await http.post(server.url + client.location + "/hangup",
                             headers={"Authorization": f"Bearer {ek['value']}"})
         assert r.status == 200
+        cpu_share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
     finally:
         await client.close()
     record = await server.session(client.session_id)
@@ -86,7 +89,8 @@ async def test_billable_call_with_real_speech(make_server, rtc_settings, http, j
     assert r.status == 200 and body["id"] == client.session_id and body["billable"] is True
     await assert_nothing_left(server)
     print(f"connect_ms={m.connect_ms:.1f} ice_connected_ms={m.ice_connected_ms:.1f} "
-          f"dtls_connected_ms={m.dtls_connected_ms:.1f}")
+          f"dtls_connected_ms={m.dtls_connected_ms:.1f} "
+          f"cpu (voxgate + aiortc client, one process)={cpu_share:.1%} of a core")
 
 
 async def test_unified_interface_with_project_key_and_delete(make_server, rtc_settings, http,

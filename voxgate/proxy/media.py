@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import av
 import numpy as np
@@ -78,16 +78,18 @@ class OutputAudioTrack(MediaStreamTrack):
     Args:
         on_event: called with (``output_audio_buffer.started`` | ``stopped`` |
             ``cleared``, response id) from the sender's task.
-        clock: monotonic seconds (injectable for tests).
+        clock: monotonic seconds; ``sleep``: its sleep (injectable for tests).
     """
 
     kind = "audio"
 
     def __init__(self, on_event: AudioEvent | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         super().__init__()
         self._on_event = on_event or (lambda etype, rid: None)
         self._clock = clock
+        self._sleep = sleep
         self._resampler = StreamResampler(PROVIDER_RATE, RTP_RATE)
         self._buf = bytearray()
         self._start: float | None = None
@@ -137,7 +139,7 @@ class OutputAudioTrack(MediaStreamTrack):
             self._start = now - self._index * FRAME_MS / 1000
         due = self._start + self._index * FRAME_MS / 1000
         if due > now:
-            await asyncio.sleep(due - now)
+            await self._sleep(due - now)
         pcm = self._next_frame_pcm()
         samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
