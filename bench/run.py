@@ -79,15 +79,21 @@ def render(r: dict, total_s: float) -> str:
                  "audio (24 kHz PCM16, one 20 ms `input_audio_buffer.append` every 20 ms) and "
                  "getting every chunk back as `response.output_audio.delta`. CPU is the relay "
                  "process's user + system time over the run (sessions' set-up and close "
-                 "included), divided by the audio seconds streamed.\n\n"
+                 "included), divided by the audio seconds streamed. Each relay also runs the "
+                 "same sessions with 2 s of audio; the two runs split the CPU into a steady cost "
+                 "per session-second (per-frame work) and a set-up cost per session (for voxgate: "
+                 "authentication, admission, SQLite rows, verdict; for all: the upstream "
+                 "connect and both handshakes).\n\n"
                  f"Goal: {GOALS['ws']}.\n")
         s.append(table(
             ["relay", "sessions ok", "session-s", "CPU ms / session-s", "sessions / core",
-             "× bare aiohttp", "peak RSS MiB", "echo RTT p50 / p99 ms", "audit"],
+             "× bare aiohttp", "steady CPU ms / session-s", "set-up CPU ms / session",
+             "peak RSS MiB", "echo RTT p50 / p99 ms", "audit"],
             [[x["relay"], f"{x['admitted']}/{x['sessions']}", x["session_s"],
               _f(x["cpu_ms_per_session_s"]), _f(x["sessions_per_core"], "{:.0f}"),
               _f(x["cpu_ms_per_session_s"] / base["cpu_ms_per_session_s"]
                  if base and base["cpu_ms_per_session_s"] and x["cpu_ms_per_session_s"] else None),
+              _f(x.get("steady_cpu_ms_per_session_s")), _f(x.get("setup_cpu_ms_per_session")),
               _f(x["rss_peak_mb"], "{:.0f}"), f"{_f(x['rtt_p50_ms'])} / {_f(x['rtt_p99_ms'])}",
               (f"{x['audit']['matched']}/{x['audit']['checked']}" if x.get("audit") else "-")]
              for x in rows]) + "\n")
