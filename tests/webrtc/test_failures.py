@@ -89,3 +89,29 @@ async def test_unreachable_candidates_are_an_ice_failure(make_server, http):
     assert record.reason == "ice_failure", record.rule
     assert record.measurements.ice_failure and not record.measurements.turn_failure
     await assert_nothing_left(server)
+
+
+async def test_lost_consent_ends_the_call(make_server, http, monkeypatch):
+    """The client stops answering ICE consent checks (RFC 7675) mid-call:
+    aioice closes voxgate's ICE connection and, after ``consent_grace_s``,
+    the call ends. Consent timers shortened through aioice's module constants."""
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    server = await make_server(webrtc={"host_addresses": ["127.0.0.1"], "consent_grace_s": 0.3})
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    try:
+        await client.connect(http, ek["value"])
+        await client.wait_event("session.created", 10)
+        await asyncio.sleep(0.3)
+        conn = client.pc.getTransceivers()[0].receiver.transport.transport._connection
+        conn.request_received = lambda *args: None  # the peer vanished
+        record = await server.session(client.session_id)
+    finally:
+        await client.close()
+    m = record.measurements
+    assert m.closed_by == "client" and "consent" in m.close_reason, m.close_reason
+    assert m.ice_state in ("failed", "closed") and not m.ice_failure  # aiortc: closed
+    await assert_nothing_left(server)

@@ -287,6 +287,7 @@ class Call:
         self._response_id: str | None = None  # response in progress upstream
         self._dropped: set[str | None] = set()  # responses whose audio was cleared
         self._consent_timer: asyncio.TimerHandle | None = None
+        self._consent_lost = False
         self._runner: asyncio.Task | None = None
         self.active.close = self._close_from_outside
         self.active.extra["call_id"] = self.id
@@ -423,7 +424,8 @@ class Call:
             if not self._ice_connected.is_set():
                 self._ice_connected.set()
                 self._record_pair()
-        elif state in ("failed", "disconnected"):
+                self._watch_consent()
+        elif state in ("failed", "disconnected") or (state == "closed" and self._consent_lost):
             if not self._ice_connected.is_set():
                 self._ice_failed(f"iceConnectionState {state}")
             elif self._consent_timer is None:
@@ -431,12 +433,39 @@ class Call:
                     self.settings.consent_grace_s, self._end, CLIENT, None,
                     f"ICE consent lost (iceConnectionState {state})")
 
+    def _watch_consent(self) -> None:
+        """Tell lost consent from a hang-up. aiortc reports both as
+        ``closed`` (no ``disconnected`` state): when consent expires
+        (RFC 7675 §5.1) aioice's consent task itself closes the connection,
+        so its ``close`` is wrapped to note which task called it."""
+        try:
+            conn = self._ice_connection()
+            consent_task = conn._query_consent_task
+            close = conn.close
+        except AttributeError:
+            return
+
+        async def closing() -> None:
+            if consent_task is not None and asyncio.current_task() is consent_task:
+                self._consent_lost = True
+            await close()
+
+        conn.close = closing
+
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
             self.meter.dtls_connected(monotonic_ms())
         elif state in ("failed", "closed") and self._ice_connected.is_set():
-            self._end(CLIENT, None, f"peer connection {state}")
+            if self.pc.iceConnectionState in ("failed", "disconnected"):
+                return  # the grace timer decides
+            self._peer_gone(f"peer connection {state}")
+
+    def _peer_gone(self, reason: str) -> None:
+        """The peer closed the data channel or the connection: the call is
+        over, unless ICE consent was lost (then the grace timer decides)."""
+        if not self._consent_lost:
+            self._end(CLIENT, None, reason)
 
     async def _ice_watchdog(self) -> None:
         elapsed_s = (monotonic_ms() - self.offer_ms) / 1000
@@ -539,7 +568,7 @@ class Call:
             return
         self.channel = channel
         channel.on("message", self._client_queue.put_nowait)
-        channel.on("close", lambda: self._end(CLIENT, None, "data channel closed"))
+        channel.on("close", lambda: self._peer_gone("data channel closed"))
         pending, self._pending = self._pending, []
         for data in pending:
             self._send_event(data)
