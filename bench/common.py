@@ -126,10 +126,17 @@ def loadtest(url: str, key: str, sessions: int, concurrency: int, duration_s: fl
         args += ["--direct"]
     if faults:
         args += ["--faults", faults]
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(args, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=max_time_s + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        return json.loads(out.read_text())
+        report = json.loads(out.read_text())
+        report["loadgen_cpu_s"] = (after.ru_utime + after.ru_stime
+                                   - before.ru_utime - before.ru_stime)
+        return report
     finally:
         out.unlink(missing_ok=True)
 

@@ -105,11 +105,15 @@ def render(r: dict, total_s: float) -> str:
                  "and voxgate, so queueing on a saturated CPU shows up in both columns.\n\n"
                  f"Goal: {GOALS['latency']}.\n")
         s.append(table(["sessions", "direct p50 / p99 ms", "through voxgate p50 / p99 ms",
-                        "added p50 ms", "added p99 ms", "chunks", "failed", "audit"],
+                        "added p50 ms", "added p99 ms", "chunks", "failed", "audit",
+                        "CPU s during the voxgate run: voxgate / load generator"],
                        [[x["sessions"], f"{_f(x['direct_p50_ms'])} / {_f(x['direct_p99_ms'])}",
                          f"{_f(x['voxgate_p50_ms'])} / {_f(x['voxgate_p99_ms'])}",
                          _f(x["added_p50_ms"]), _f(x["added_p99_ms"]), x["chunks"], x["failed"],
-                         x["audit"] or "-"] for x in r["latency"]]) + "\n")
+                         x["audit"] or "-",
+                         f"{_f(x.get('voxgate_cpu_s'), '{:.1f}')} / {_f(x.get('loadgen_cpu_s'), '{:.1f}')}"
+                         f" in {_f(x.get('wall_s'), '{:.0f}')} s"]
+                        for x in r["latency"]]) + "\n")
     if "webrtc" in r:
         s.append("## WebRTC bridge\n\nvoxgate's WebRTC bridge (aiortc: Opus decode, 24 kHz "
                  "`input_audio_buffer.append`, echo deltas re-encoded to Opus) against a bare "
@@ -152,6 +156,9 @@ def render(r: dict, total_s: float) -> str:
         s.append(table(["file", "audio s", "decode s", "real-time factor", "heard"],
                        [[x["file"], _f(x["audio_s"], "{:.1f}"), _f(x["decode_s"]), _f(x["rtf"]),
                          x["heard"]] for x in r["voice"]["stt"]]) + "\n")
+    notes = Path(__file__).with_name("notes.md")
+    if notes.exists():
+        s.append(notes.read_text())
     return "\n".join(s)
 
 
