@@ -117,6 +117,8 @@ class Relay:
         self.client: web.WebSocketResponse | None = None
         self.upstream: aiohttp.ClientWebSocketResponse | None = None
         self._closing_by: str | None = None
+        self.upstream_close_code: int | None = None
+        self.client_close_code: int | None = None
 
     async def run(self) -> web.StreamResponse:
         upstream_task = asyncio.create_task(
@@ -201,7 +203,9 @@ class Relay:
         client, upstream, meter = self.client, self.upstream, self.meter
         assert client is not None and upstream is not None
         max_bytes = self.max_bytes
-        async for msg in client:
+        code: int | None = None
+        while True:
+            msg = await client.receive()
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 n = len(data)
@@ -245,14 +249,19 @@ class Relay:
                 await self._reject(MalformedEvent(
                     "binary messages are not supported; send JSON text events",
                     code="invalid_event"), len(msg.data))
-            else:  # CLOSE, CLOSING, CLOSED, ERROR
+            else:  # CLOSE (its code is msg.data), CLOSING, CLOSED, ERROR
+                code = msg.data if msg.type is WSMsgType.CLOSE else client.close_code
                 break
-        self._end(CLIENT, client.close_code, None)
+        self.client_close_code = code
+        self._end(CLIENT, code, None)
 
     async def _upstream_to_client(self) -> None:
         client, upstream, meter = self.client, self.upstream, self.meter
         assert client is not None and upstream is not None
-        async for msg in upstream:
+        code: int | None = None
+        reason: str | None = None
+        while True:
+            msg = await upstream.receive()
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 self.last_activity = time.monotonic()
@@ -276,13 +285,18 @@ class Relay:
                 self.last_activity = time.monotonic()
                 meter.upstream_event("binary", len(msg.data), monotonic_ms())
                 await client.send_bytes(msg.data)
-            else:
+            elif msg.type is WSMsgType.CLOSE:
+                # The code the provider sent, even if replying to it fails.
+                code, reason = msg.data, msg.extra or None
                 break
-        reason = None
-        exc = upstream.exception()
-        if exc is not None:
-            reason = f"{type(exc).__name__}: {exc}"
-        self._end(UPSTREAM, upstream.close_code, reason)
+            else:  # CLOSING, CLOSED, ERROR: the connection ended without a close frame
+                code = upstream.close_code
+                exc = upstream.exception()
+                if exc is not None:
+                    reason = f"{type(exc).__name__}: {exc}"
+                break
+        self.upstream_close_code = code
+        self._end(UPSTREAM, code, reason)
 
     def _end(self, by: str, code: int | None, reason: str | None) -> None:
         if self._closing_by is None:
@@ -296,10 +310,10 @@ class Relay:
         by = self._closing_by
         if by == CLIENT:
             if not upstream.closed:
-                await upstream.close(code=sendable(client.close_code, 1000),
+                await upstream.close(code=sendable(self.client_close_code, 1000),
                                      message=b"client closed")
         elif by == UPSTREAM:
-            code = upstream.close_code
+            code = self.upstream_close_code
             if not client.closed:
                 if code in (1000, 1001):
                     await client.close(code=code, message=b"upstream closed the session")
