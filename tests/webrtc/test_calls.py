@@ -259,3 +259,18 @@ async def test_response_cancel_drops_queued_audio(make_server, rtc_settings, htt
         await client.close()
     print(f"dropped {queued:.0f} ms of queued audio; response {done['response']['status']}")
     await server.session(client.session_id)
+
+
+async def test_voice_page_and_demo_key_routes(make_server, http):
+    server = await make_server()
+    r = await http.get(server.url + "/voice")
+    assert r.status == 200 and "text/html" in r.content_type
+    assert 'src="/voice/static/voice.js"' in await r.text()
+    r = await http.get(server.url + "/voice/static/call.js")
+    assert r.status == 200 and "oai-events" in await r.text()
+    r = await http.post(server.url + "/voice/demo-key")
+    body = await r.json()
+    assert r.status == 200 and body["value"].startswith("ek_")
+    off = await make_server(web={"demo_page": False})
+    r = await http.post(off.url + "/voice/demo-key")
+    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"

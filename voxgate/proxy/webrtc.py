@@ -305,6 +305,12 @@ class Call:
         self._upstream_task = asyncio.create_task(
             self.connector.connect(self.model, self.query), name=f"{self.id} upstream connect")
         await pc.setRemoteDescription(RTCSessionDescription(self.offer.sdp, "offer"))
+        # No trickle ICE (as OpenAI): the offer holds every candidate there is,
+        # so ICE can fail as soon as its checks do instead of waiting for more.
+        for transceiver in pc.getTransceivers():
+            await transceiver.receiver.transport.transport.addRemoteCandidate(None)
+        if pc.sctp is not None:
+            await pc.sctp.transport.transport.addRemoteCandidate(None)
         pc.addTrack(self.track)
         answer = await pc.createAnswer()
         with rtc_ice.host_addresses(self.settings.host_addresses):
@@ -580,7 +586,10 @@ class Call:
                 self._pending.append(data)
             return
         if channel.readyState == "open":
-            channel.send(data)
+            try:
+                channel.send(data)
+            except Exception:  # noqa: BLE001 - a closing channel; the call is ending
+                log.warning("call %s: cannot send an event on the data channel", self.id)
 
     async def _client_to_upstream(self) -> None:
         await self._upstream_open.wait()
