@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                         "the provider, or another relay): no session ids, no audit")
     p.add_argument("--turn-url", default=None,
                    help="webrtc turn_failure sessions: a TURN URL that cannot be reached")
+    p.add_argument("--audit-wait", type=float, default=30.0,
+                   help="seconds to wait for voxgate to complete every session's record "
+                        "(WebRTC turn_failure sessions take webrtc.ice_timeout_s)")
     p.add_argument("--quiet", action="store_true", help="no live display")
     p.add_argument("--config", help="TOML configuration file (for the data directory)")
     p.set_defaults(func=_main)
@@ -76,7 +79,7 @@ async def run_cli(args: argparse.Namespace) -> int:
         transport=args.transport, duration_s=args.duration, mix=mix, seed=args.seed,
         audio=args.audio, ramp_s=args.ramp, max_time_s=args.max_time, model=args.model,
         server_pid=args.server_pid, faults=not args.no_faults, direct=args.direct, turn_url=args.turn_url,
-        min_audio_ms=settings.policy.min_audio_s * 1000.0,
+        min_audio_ms=settings.policy.min_audio_s * 1000.0, audit_wait_s=args.audit_wait,
     )
     display = LiveDisplay(enabled=not args.quiet)
     try:

@@ -132,6 +132,8 @@ async def run_loadtest(cfg: LoadtestConfig,
     """
     if cfg.transport not in ("ws", "webrtc"):
         raise ValueError(f"unknown transport {cfg.transport!r} (ws or webrtc)")
+    if cfg.transport == "ws" and cfg.mix.get("turn_failure"):
+        raise ValueError("turn_failure sessions need --transport webrtc")
     if cfg.sessions < 1 or cfg.concurrency < 1:
         raise ValueError("sessions and concurrency must be at least 1")
     clip = Clip.load(cfg.audio)
