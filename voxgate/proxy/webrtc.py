@@ -132,8 +132,12 @@ async def create_call(request: web.Request) -> web.Response:
     ) or gw.settings.upstream.default_model
     active = await gw.admit(principal, "webrtc", model)
     active.meter.accepted(offer_ms)
-    call = Call(gw, request.app[CONNECTOR], active, offer, model, session, dict(request.query),
-                offer_ms)
+    try:
+        call = Call(gw, request.app[CONNECTOR], active, offer, model, session,
+                    dict(request.query), offer_ms)
+    except BaseException:
+        await gw.finish(active)
+        raise
     try:
         answer = await call.answer()
     except BaseException as exc:
