@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 from voxgate.config import Settings, load_settings

@@ -29,7 +29,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from typing import Any
 
 import aiohttp
@@ -41,8 +40,6 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from voxgate.errors import (
     InvalidRequest,
-    MalformedEvent,
-    MessageTooLarge,
     NotFound,
     UpstreamError,
     VoxgateError,
@@ -50,9 +47,9 @@ from voxgate.errors import (
     new_event_id,
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
-from voxgate.models.realtime import CLIENT_EVENTS
 from voxgate.proxy import rtc_ice, tokens
 from voxgate.proxy.auth import authenticate, resolve
+from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
@@ -67,7 +64,6 @@ log = logging.getLogger("voxgate.webrtc")
 CALL_PREFIX = "rtc_"
 CALLS = web.AppKey("webrtc_calls", dict)
 DATA_CHANNEL = "oai-events"
-AUDIO_APPEND = "input_audio_buffer.append"
 _OUT_AUDIO = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _OUT_AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
 _MAX_PENDING_EVENTS = 2000  # upstream events held until the data channel opens
@@ -557,7 +553,7 @@ class Call:
         b64 = base64.b64encode(pcm).decode()
         data = orjson.dumps({"type": AUDIO_APPEND, "audio": b64}).decode()
         await upstream.send_str(data)
-        self.meter.client_event(AUDIO_APPEND, len(data), len(b64), b64.count("=", len(b64) - 2))
+        self.meter.client_event(AUDIO_APPEND, len(data), len(b64), b64_padding(b64))
         if self._ice_connected.is_set():
             self.meter.media_flowing(monotonic_ms())
 
@@ -684,56 +680,6 @@ class Call:
                                 code="upstream_closed")
             self._send_event(error_event(err))
         self._end(UPSTREAM, code, reason)
-
-
-def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any], str, int, int]:
-    """Validate a client event from the data channel as the WebSocket relay
-    does.
-
-    Returns:
-        (event, type, base64 audio length, its ``=`` padding).
-
-    Raises:
-        MessageTooLarge, MalformedEvent (binary, bad JSON, no ``type``,
-        unknown type, invalid base64 audio).
-    """
-    n = len(data)
-    if n > max_bytes:
-        raise MessageTooLarge(f"message of {n} bytes exceeds the limit of {max_bytes} bytes")
-    if isinstance(data, bytes):
-        raise MalformedEvent("binary messages are not supported; send JSON text events",
-                             code="invalid_event")
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedEvent(f"invalid JSON: {exc}", code="invalid_json") from exc
-    etype = event.get("type") if isinstance(event, dict) else None
-    if not isinstance(etype, str):
-        raise MalformedEvent("event must be a JSON object with a string 'type'",
-                             code="invalid_event", param="type")
-    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-    b64_len = padding = 0
-    if etype == AUDIO_APPEND:
-        audio = event.get("audio")
-        if not isinstance(audio, str) or not _valid_base64(audio):
-            raise MalformedEvent("input_audio_buffer.append 'audio' must be base64-encoded audio",
-                                 code="invalid_base64", param="audio", event_id=event_id)
-        b64_len = len(audio)
-        padding = audio.count("=", b64_len - 2) if b64_len >= 2 else 0
-    elif etype not in CLIENT_EVENTS:
-        raise MalformedEvent(f"unknown event type {etype!r}", code="unknown_event",
-                             param="type", event_id=event_id)
-    return event, etype, b64_len, padding
-
-
-def _valid_base64(s: str) -> bool:
-    if len(s) % 4:
-        return False
-    try:
-        binascii.a2b_base64(s, strict_mode=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
 
 
 def _media_session(session: dict[str, Any]) -> dict[str, Any]:

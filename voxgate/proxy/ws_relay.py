@@ -18,7 +18,6 @@ timeout and maximum duration (1000, with the reason), and on shutdown (1001).
 from __future__ import annotations
 
 import asyncio
-import binascii
 import logging
 import time
 from typing import Any
@@ -29,14 +28,13 @@ from aiohttp import WSMsgType, web
 
 from voxgate.errors import (
     MalformedEvent,
-    MessageTooLarge,
     UpstreamError,
     VoxgateError,
     error_event,
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
-from voxgate.models.realtime import CLIENT_EVENTS
 from voxgate.proxy.auth import authenticate
+from voxgate.proxy.events import b64_padding, parse_client_event
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
@@ -45,7 +43,6 @@ __all__ = ["realtime_websocket", "SESSION_ID_HEADER"]
 log = logging.getLogger("voxgate.relay")
 
 SESSION_ID_HEADER = "X-Voxgate-Session-Id"
-AUDIO_APPEND = "input_audio_buffer.append"
 _OUT_AUDIO = ("response.output_audio.delta", "response.audio.delta")
 # RFC 6455 §7.4: codes an endpoint may send in a Close frame.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -210,37 +207,10 @@ class Relay:
                 data: str = msg.data
                 n = len(data)
                 self.last_activity = time.monotonic()
-                if n > max_bytes:
-                    await self._reject(MessageTooLarge(
-                        f"message of {n} bytes exceeds the limit of {max_bytes} bytes"), n)
-                    continue
                 try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError as exc:
-                    await self._reject(MalformedEvent(
-                        f"invalid JSON: {exc}", code="invalid_json"), n)
-                    continue
-                etype = event.get("type") if isinstance(event, dict) else None
-                if not isinstance(etype, str):
-                    await self._reject(MalformedEvent(
-                        "event must be a JSON object with a string 'type'",
-                        code="invalid_event", param="type"), n)
-                    continue
-                b64_len = padding = 0
-                if etype == AUDIO_APPEND:
-                    audio = event.get("audio")
-                    if not isinstance(audio, str) or not _valid_base64(audio):
-                        await self._reject(MalformedEvent(
-                            "input_audio_buffer.append 'audio' must be base64-encoded audio",
-                            code="invalid_base64", param="audio",
-                            event_id=_event_id(event)), n)
-                        continue
-                    b64_len = len(audio)
-                    padding = audio.count("=", b64_len - 2) if b64_len >= 2 else 0
-                elif etype not in CLIENT_EVENTS:
-                    await self._reject(MalformedEvent(
-                        f"unknown event type {etype!r}", code="unknown_event", param="type",
-                        event_id=_event_id(event)), n)
+                    _, etype, b64_len, padding = parse_client_event(data, max_bytes)
+                except VoxgateError as err:
+                    await self._reject(err, n)
                     continue
                 await upstream.send_str(data)
                 meter.client_event(etype, n, b64_len, padding)
@@ -275,7 +245,7 @@ class Relay:
                 if etype in _OUT_AUDIO:
                     delta = event.get("delta")
                     b64_len = len(delta) if isinstance(delta, str) else 0
-                    padding = delta.count("=", b64_len - 2) if b64_len >= 2 else 0
+                    padding = b64_padding(delta) if b64_len else 0
                     meter.upstream_event(etype, len(data), 0.0, audio_b64_len=b64_len,
                                          padding=padding)
                 else:
@@ -359,17 +329,3 @@ class Relay:
             pass
         await client.close(code=code, message=err.message[:120].encode())
 
-
-def _valid_base64(s: str) -> bool:
-    if len(s) % 4:
-        return False
-    try:
-        binascii.a2b_base64(s, strict_mode=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
-def _event_id(event: dict[str, Any]) -> str | None:
-    value = event.get("event_id")
-    return value if isinstance(value, str) else None

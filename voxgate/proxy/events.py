@@ -1,0 +1,79 @@
+"""Client events on their way upstream: the one check both relays apply.
+
+A client event is relayed only when it is a JSON object with a known GA
+``type`` (``voxgate.models.realtime.CLIENT_EVENTS``), within the size limit,
+and, for ``input_audio_buffer.append``, with valid base64 ``audio``; anything
+else is answered with an ``error`` event
+(https://platform.openai.com/docs/api-reference/realtime-server-events/error)
+and not relayed, so the meter counts only real audio.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any
+
+import orjson
+
+from voxgate.errors import MalformedEvent, MessageTooLarge
+from voxgate.models.realtime import CLIENT_EVENTS
+
+__all__ = ["parse_client_event", "valid_base64", "b64_padding", "AUDIO_APPEND"]
+
+AUDIO_APPEND = "input_audio_buffer.append"
+
+
+def valid_base64(s: str) -> bool:
+    """Strict base64 (RFC 4648 §4, padded) check."""
+    if len(s) % 4:
+        return False
+    try:
+        binascii.a2b_base64(s, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def b64_padding(s: str) -> int:
+    """Trailing ``=`` count of a base64 string (0, 1 or 2)."""
+    return s.count("=", len(s) - 2) if len(s) >= 2 else 0
+
+
+def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any], str, int, int]:
+    """Validate a client event before it is relayed upstream (WebSocket
+    relay and the WebRTC ``oai-events`` data channel alike).
+
+    Returns:
+        (event, type, base64 audio length, its ``=`` padding).
+
+    Raises:
+        MessageTooLarge, MalformedEvent (binary, bad JSON, no ``type``,
+        unknown type, invalid base64 audio).
+    """
+    n = len(data)
+    if n > max_bytes:
+        raise MessageTooLarge(f"message of {n} bytes exceeds the limit of {max_bytes} bytes")
+    if isinstance(data, bytes):
+        raise MalformedEvent("binary messages are not supported; send JSON text events",
+                             code="invalid_event")
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"invalid JSON: {exc}", code="invalid_json") from exc
+    etype = event.get("type") if isinstance(event, dict) else None
+    if not isinstance(etype, str):
+        raise MalformedEvent("event must be a JSON object with a string 'type'",
+                             code="invalid_event", param="type")
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    b64_len = padding = 0
+    if etype == AUDIO_APPEND:
+        audio = event.get("audio")
+        if not isinstance(audio, str) or not valid_base64(audio):
+            raise MalformedEvent("input_audio_buffer.append 'audio' must be base64-encoded audio",
+                                 code="invalid_base64", param="audio", event_id=event_id)
+        b64_len = len(audio)
+        padding = b64_padding(audio)
+    elif etype not in CLIENT_EVENTS:
+        raise MalformedEvent(f"unknown event type {etype!r}", code="unknown_event",
+                             param="type", event_id=event_id)
+    return event, etype, b64_len, padding
