@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import pytest
 from openai import AsyncOpenAI
 

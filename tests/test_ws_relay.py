@@ -8,7 +8,6 @@ import asyncio
 import base64
 
 import aiohttp
-import pytest
 from openai import AsyncOpenAI
 
 from tests.conftest import SLOW, free_port
