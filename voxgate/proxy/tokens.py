@@ -121,7 +121,7 @@ def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any
     }
 
 
-async def _mint(request: web.Request) -> tuple[dict[str, Any], str, float]:
+async def _mint(request: web.Request) -> tuple[dict[str, Any], str, int, str]:
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = request.app[GATEWAY]
@@ -140,16 +140,17 @@ async def _mint(request: web.Request) -> tuple[dict[str, Any], str, float]:
         principal.project.id, session, float(expires_at),
         api_key_id=principal.api_key.id if principal.api_key else None,
     )
-    return session_object(session, gw.settings.upstream.default_model), value, expires_at
+    return (session_object(session, gw.settings.upstream.default_model), value, expires_at,
+            principal.project.id)
 
 
 async def client_secrets(request: web.Request) -> web.Response:
     """``POST /v1/realtime/client_secrets`` (GA)."""
-    session, value, expires_at = await _mint(request)
+    session, value, expires_at, project_id = await _mint(request)
     body: dict[str, Any] = {"value": value, "expires_at": expires_at, "session": session}
     extra = request.app.get(ICE_SERVERS_HOOK)
     if extra is not None:
-        ice = await extra(request, value)
+        ice = extra(request.app, project_id)
         if ice:
             body["ice_servers"] = ice
     return json_response(body)
@@ -161,9 +162,9 @@ async def beta_sessions(request: web.Request) -> web.Response:
     if isinstance(body, dict) and "session" not in body and "expires_after" not in body:
         # beta bodies are the session object itself
         request = with_body(request, {"session": {"type": "realtime", **body}})
-    session, value, expires_at = await _mint(request)
+    session, value, expires_at, _ = await _mint(request)
     return json_response({**session, "client_secret": {"value": value, "expires_at": expires_at}})
 
 
-# Set by the WebRTC module: async (request, ephemeral_key) -> list of RTCIceServer dicts.
+# Set by the WebRTC module: (app, project_id) -> list of RTCIceServer dicts.
 ICE_SERVERS_HOOK = web.AppKey("ice_servers_hook", object)

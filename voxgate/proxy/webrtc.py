@@ -48,7 +48,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy import rtc_ice, tokens
-from voxgate.proxy.auth import authenticate, resolve
+from voxgate.proxy.auth import authenticate
 from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
@@ -188,12 +188,10 @@ async def ice_servers(request: web.Request) -> web.Response:
                                                             principal.project.id)})
 
 
-async def _ice_servers_hook(request: web.Request, ephemeral_key: str) -> list[dict[str, Any]]:
-    from voxgate.proxy.app import GATEWAY
+def _ice_servers_hook(app: web.Application, project_id: str) -> list[dict[str, Any]]:
+    from voxgate.proxy.app import SETTINGS
 
-    gw: Gateway = request.app[GATEWAY]
-    principal = await resolve(gw.store, ephemeral_key)
-    return client_ice_servers(gw.settings.webrtc, principal.project.id)
+    return client_ice_servers(app[SETTINGS].webrtc, project_id)
 
 
 async def _call_principal(request: web.Request):

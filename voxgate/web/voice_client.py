@@ -79,5 +79,5 @@ async def demo_key(request: web.Request) -> web.Response:
     }
     hook = request.app.get(ICE_SERVERS_HOOK)
     if hook is not None:
-        body["ice_servers"] = await hook(request, value)
+        body["ice_servers"] = hook(request.app, principal.project.id)
     return json_response(body, headers={"Cache-Control": "no-store"})
