@@ -428,3 +428,19 @@ async def test_metrics_count_sessions_and_refusals(server, http):
     assert 'voxgate_sessions_started_total{transport="websocket"} 1.0' in text
     assert 'voxgate_sessions_completed_total{reason="too_short",transport="websocket"} 1.0' in text
     assert "voxgate_active_sessions 0.0" in text
+
+
+async def test_record_is_final_when_close_completes(server):
+    """On a concurrency-1 plan, back-to-back sessions are never refused: the
+    session is finished before the client's close handshake completes."""
+    account, project, key = await server.new_account("free")
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            ws = await http.ws_connect(server.ws_url + "?model=gpt-realtime",
+                                       headers={"Authorization": f"Bearer {key}"})
+            sid = ws._response.headers[SESSION_ID_HEADER]
+            assert (await ws.receive_json())["type"] == "session.created"
+            await ws.close()
+            record = await server.store.get_session(sid)  # no waiting
+            assert record.status == "completed" and record.reason == "too_short"
+            assert server.gateway.admission.in_flight(account.id) == 0

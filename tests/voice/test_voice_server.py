@@ -396,6 +396,17 @@ async def test_faults_ignored_when_disabled(http):
         await send(ws, type="input_audio_buffer.clear")
         await recv_until(ws, "input_audio_buffer.cleared")
         await ws.close()
+        # echo is a responder mode, honoured even with faults disabled
+        ws = await http.ws_connect(p.url + "?voxgate_fault=echo,server_error:0", headers=AUTH)
+        await recv_until(ws, "session.created")
+        chunk = base64.b64encode(bytes(960)).decode()
+        await send(ws, type="input_audio_buffer.append", audio=chunk)
+        delta = (await recv_until(ws, "response.output_audio.delta"))[-1]
+        assert delta["delta"] == chunk
+        await send(ws, type="input_audio_buffer.clear")
+        events = await recv_until(ws, "input_audio_buffer.cleared")
+        assert "error" not in [e["type"] for e in events]
+        await ws.close()
     finally:
         await p.stop()
 

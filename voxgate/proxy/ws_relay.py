@@ -128,6 +128,7 @@ class Relay:
             # answered with an error event instead of a 1009 close.
             max_msg_size=self.max_bytes * 2,
             compress=False,
+            autoclose=False,  # the close is answered once the session is finished
         )
         client.headers[SESSION_ID_HEADER] = self.active.record.id
         self.client = client
@@ -274,33 +275,39 @@ class Relay:
             self.meter.closed(by, code, reason, monotonic_ms())
 
     async def _close_both(self) -> None:
-        """Close whichever side is still open, with a meaningful code."""
+        """Close whichever side is still open, with a meaningful code. The
+        session is finished (verdict written, concurrency slot freed) before
+        the client's close completes, so a client that reconnects at once is
+        never refused for its own previous session."""
         client, upstream = self.client, self.upstream
         assert client is not None and upstream is not None
         by = self._closing_by
-        if by == CLIENT:
-            if not upstream.closed:
+        if not upstream.closed:
+            if by == CLIENT:
                 await upstream.close(code=sendable(self.client_close_code, 1000),
                                      message=b"client closed")
+            else:
+                await upstream.close()
+        await self.gw.finish(self.active)
+        if client.closed:
+            return
+        if by == CLIENT:  # answer the client's close frame with its own code
+            await client.close(code=sendable(self.client_close_code, 1000))
         elif by == UPSTREAM:
             code = self.upstream_close_code
-            if not client.closed:
-                if code in (1000, 1001):
-                    await client.close(code=code, message=b"upstream closed the session")
-                else:
-                    err = UpstreamError(
-                        f"the voice provider closed the connection (code {code})",
-                        code="upstream_closed")
-                    try:
-                        await client.send_str(error_event(err))
-                    except (ConnectionError, RuntimeError):
-                        pass
-                    await client.close(code=sendable(code, 1011),
-                                       message=b"upstream connection lost")
-        if not client.closed:
+            if code in (1000, 1001):
+                await client.close(code=code, message=b"upstream closed the session")
+            else:
+                err = UpstreamError(
+                    f"the voice provider closed the connection (code {code})",
+                    code="upstream_closed")
+                try:
+                    await client.send_str(error_event(err))
+                except (ConnectionError, RuntimeError):
+                    pass
+                await client.close(code=sendable(code, 1011), message=b"upstream connection lost")
+        else:
             await client.close()
-        if not upstream.closed:
-            await upstream.close()
 
     async def _server_close(self, code: int, reason: str) -> None:
         self._end(SERVER, code, reason)

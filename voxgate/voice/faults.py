@@ -1,7 +1,9 @@
 """Fault injection for the local voice provider (tests and load tests).
 
 Honoured only when ``VoiceSettings.faults_enabled`` is True; otherwise every
-fault request is ignored. A session asks for faults with any of:
+fault request is ignored, except ``echo`` in the URL or header (a responder
+mode that harms nothing, used by ``voxgate loadtest`` against any local
+provider). A session asks for faults with any of:
 
 - the WebSocket URL query ``?voxgate_fault=SPEC``,
 - the request header ``X-Voxgate-Fault: SPEC``,

@@ -142,14 +142,17 @@ class VoiceProvider:
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found", param="model",
             ))
-        faults = Faults()
-        if self.settings.faults_enabled:
-            try:
-                faults = parse_faults(request.query.get(FAULT_QUERY)).merge(
-                    parse_faults(request.headers.get(FAULT_HEADER))
-                )
-            except ValueError as exc:
+        try:
+            faults = parse_faults(request.query.get(FAULT_QUERY)).merge(
+                parse_faults(request.headers.get(FAULT_HEADER))
+            )
+        except ValueError as exc:
+            if self.settings.faults_enabled:
                 return _json_error(InvalidRequest(str(exc), code="invalid_value", param=FAULT_QUERY))
+            faults = Faults()
+        if not self.settings.faults_enabled:
+            # Echo is a responder mode, not a fault: always honoured.
+            faults = Faults(echo=faults.echo)
         ws = web.WebSocketResponse(
             protocols=("realtime",), max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True
         )
