@@ -431,3 +431,15 @@ async def test_data_survives_reopen(tmp_path: Path):
     async with SQLiteStore(path) as s:
         assert (await s.get_usage(account.id, "2025-10")).sessions == 1
         assert (await s.get_session(r.id)).status == "completed"
+
+
+async def test_key_lookups_cached_but_changes_seen_at_once(store: SQLiteStore, project):
+    key, plaintext = await store.create_api_key(project.id)
+    found = await store.find_api_key(plaintext)
+    assert found[0].active and found[2].plan_id == "starter"
+    found[2].plan_id = "mutated by a caller"  # callers get copies
+    assert (await store.find_api_key(plaintext))[2].plan_id == "starter"
+    await store.update_account(project.account_id, plan_id="growth")
+    assert (await store.find_api_key(plaintext))[2].plan_id == "growth"
+    await store.revoke_api_key(key.id)
+    assert not (await store.find_api_key(plaintext))[0].active

@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 5000
 API_KEY_PREFIX_LEN = 12  # "vg_live_AbCd"
 LAST_USED_INTERVAL_S = 60.0  # write api_keys.last_used_at at most this often per key
+KEY_CACHE_TTL_S = 5.0  # bound on how long another process's key change may go unseen
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -278,6 +279,11 @@ class SQLiteStore:
         self.lock = asyncio.Lock()
         self._db: aiosqlite.Connection | None = None
         self._last_used_written: dict[str, float] = {}
+        # key hash -> (key, project, account, fetched at, monotonic s); cleared
+        # by every method that changes a key, project or account, and aged out
+        # after KEY_CACHE_TTL_S as a bound for changes made by other processes.
+        self._key_cache: dict[str, tuple[ApiKey, Project, Account, float]] = {}
+        self._key_generation = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -407,6 +413,7 @@ class SQLiteStore:
             KeyError: unknown account.
             TypeError: a field that cannot be set.
         """
+        self._invalidate_keys()
         unknown = set(fields) - _ACCOUNT_FIELDS
         if unknown:
             raise TypeError(f"cannot update account fields {sorted(unknown)}")
@@ -417,6 +424,7 @@ class SQLiteStore:
                 f"UPDATE accounts SET {assignments} WHERE id = ?",
                 (*(fields[n] for n in names), account_id),
             )
+            self._invalidate_keys()
             if not changed:
                 raise KeyError(account_id)
         account = await self.get_account(account_id)
@@ -450,6 +458,7 @@ class SQLiteStore:
     async def delete_project(self, project_id: str) -> None:
         """Delete the project (soft: its row stays for sessions and keys) and
         revoke its keys."""
+        self._invalidate_keys()
         now = time.time()
         async with self.transaction() as db:
             await db.execute(
@@ -458,6 +467,7 @@ class SQLiteStore:
             await db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE project_id = ? AND revoked_at IS NULL",
                 (now, project_id))
+        self._invalidate_keys()
 
     # ------------------------------------------------------------ API keys
 
@@ -479,30 +489,49 @@ class SQLiteStore:
         return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, key_id: str) -> None:
+        self._invalidate_keys()
         await self._write(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
             (time.time(), key_id))
+        self._invalidate_keys()
+
+    def _invalidate_keys(self) -> None:
+        """Forget cached key lookups (before and after a change, so a lookup
+        racing the write cannot cache what it read before)."""
+        self._key_cache.clear()
+        self._key_generation += 1
 
     async def find_api_key(self, plaintext: str) -> tuple[ApiKey, Project, Account] | None:
         """The key with that plaintext, its project and account; None if
         unknown. Revoked keys (and keys of deleted projects, which are
         revoked) are returned. ``last_used_at`` is written at most once a
-        minute per key (per process)."""
-        row = await self._one(
-            f"SELECT {_prefixed(_API_KEY_COLS, 'k')}, {_prefixed(_PROJECT_COLS, 'p')},"
-            f" {_prefixed(_ACCOUNT_COLS, 'a')}"
-            " FROM api_keys k JOIN projects p ON p.id = k.project_id"
-            " JOIN accounts a ON a.id = p.account_id WHERE k.key_hash = ?",
-            (hash_secret(plaintext),))
-        if row is None:
-            return None
-        key, project, account = _api_key(row[:8]), _project(row[8:12]), _account(row[12:])
+        minute per key (per process). Found keys are cached for
+        ``KEY_CACHE_TTL_S`` (copies are returned); any change to a key,
+        project or account through this store clears the cache."""
+        key_hash = hash_secret(plaintext)
+        cached = self._key_cache.get(key_hash)
+        if cached is not None and time.monotonic() - cached[3] < KEY_CACHE_TTL_S:
+            key, project, account = replace(cached[0]), replace(cached[1]), replace(cached[2])
+        else:
+            generation = self._key_generation
+            row = await self._one(
+                f"SELECT {_prefixed(_API_KEY_COLS, 'k')}, {_prefixed(_PROJECT_COLS, 'p')},"
+                f" {_prefixed(_ACCOUNT_COLS, 'a')}"
+                " FROM api_keys k JOIN projects p ON p.id = k.project_id"
+                " JOIN accounts a ON a.id = p.account_id WHERE k.key_hash = ?",
+                (key_hash,))
+            if row is None:
+                return None
+            key, project, account = _api_key(row[:8]), _project(row[8:12]), _account(row[12:])
+            if generation == self._key_generation:
+                self._key_cache[key_hash] = (replace(key), replace(project), replace(account),
+                                             time.monotonic())
         now = time.time()
         last = self._last_used_written.get(key.id, key.last_used_at or 0.0)
         if now - last >= LAST_USED_INTERVAL_S:
             self._last_used_written[key.id] = now
             await self._write("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key.id))
-            key.last_used_at = now
+        key.last_used_at = self._last_used_written.get(key.id, key.last_used_at)
         return key, project, account
 
     # ------------------------------------------------------------ ephemeral keys

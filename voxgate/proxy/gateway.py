@@ -81,6 +81,7 @@ class Gateway:
         self.active: dict[str, ActiveSession] = {}
         self.on_completed: list[SessionHook] = []
         self._account_locks: dict[str, asyncio.Lock] = {}
+        self._usage: dict[tuple[str, str], MonthlyUsage] = {}
         self._renewer: asyncio.Task | None = None
         from voxgate.proxy.metrics import Metrics
 
@@ -100,8 +101,17 @@ class Gateway:
         await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
         return plan
 
-    async def usage(self, account_id: str) -> MonthlyUsage:
-        return await self.store.get_usage(account_id, period_of())
+    async def usage(self, account_id: str, period: str | None = None) -> MonthlyUsage:
+        """The account's usage this period (or ``period``). Served from memory
+        after the first read: every completion in this process goes through
+        ``finish``, which stores the usage ``complete_session`` returns."""
+        key = (account_id, period or period_of())
+        usage = self._usage.get(key)
+        if usage is None:
+            fetched = await self.store.get_usage(*key)
+            # a finish that ran meanwhile has the newer figures: keep those
+            usage = self._usage.setdefault(key, fetched)
+        return usage
 
     async def admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
         """Admit a session: rate limit, quota, concurrency, then the row.
@@ -122,7 +132,7 @@ class Gateway:
         plan = await self.check_rate(principal)
         account = principal.account
         now = time.time()
-        usage = await self.store.get_usage(account.id, period_of(now))
+        usage = await self.usage(account.id, period_of(now))
         session_id = new_id("sess")
         lease = await self.admission.acquire(
             account.id, session_id, plan, usage.billable_sessions, time.monotonic()
@@ -178,9 +188,10 @@ class Gateway:
             async with lock:
                 settle = False
                 if verdict.billable and active.plan.overage_cents is not None:
-                    before = await self.store.get_usage(record.account_id, record.period)
+                    before = await self.usage(record.account_id, record.period)
                     settle = active.plan.charges_session(before.billable_sessions)
                 usage = await self.store.complete_session(record, verdict, settle=settle)
+                self._usage[(record.account_id, record.period)] = usage
         finally:
             await self.admission.release(active.lease)
             self.active.pop(record.id, None)
