@@ -4,7 +4,6 @@ keeps the ``oai-events`` events and the received audio frames."""
 from __future__ import annotations
 
 import asyncio
-import fractions
 import time
 
 import aiohttp
@@ -22,6 +21,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from tests.conftest import SLOW
 from voxgate.proxy import rtc_ice
+from voxgate.proxy.media import pcm16_frame
 
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
@@ -56,11 +56,7 @@ class SpeechTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         chunk = self.pcm[off:off + FRAME * 2]
         chunk += bytes(FRAME * 2 - len(chunk))
-        frame = av.AudioFrame.from_ndarray(np.frombuffer(chunk, "<i2").reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self.index * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame = pcm16_frame(chunk, RATE, self.index * FRAME)
         self.index += 1
         return frame
 

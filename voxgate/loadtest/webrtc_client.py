@@ -25,7 +25,6 @@ the chunk tags); ``underruns`` counts gaps of more than
 from __future__ import annotations
 
 import asyncio
-import fractions
 import re
 import time
 
@@ -40,6 +39,7 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES, SESSION_ID_HEADER
+from voxgate.proxy.media import pcm16_frame
 
 __all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
 
@@ -79,11 +79,7 @@ class ClipTrack(MediaStreamTrack):
         off = (self.index * FRAME * 2) % len(self.pcm)
         chunk = self.pcm[off:off + FRAME * 2]
         chunk += bytes(FRAME * 2 - len(chunk))
-        frame = av.AudioFrame.from_ndarray(np.frombuffer(chunk, "<i2").reshape(1, -1),
-                                           format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self.index * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame = pcm16_frame(chunk, RATE, self.index * FRAME)
         self.index += 1
         return frame
 

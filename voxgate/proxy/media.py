@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voxgate.voice.audio import StreamResampler
 
-__all__ = ["InboundAudio", "OutputAudioTrack", "PROVIDER_RATE", "RTP_RATE", "FRAME_MS"]
+__all__ = ["pcm16_frame", "InboundAudio", "OutputAudioTrack", "PROVIDER_RATE", "RTP_RATE", "FRAME_MS"]
 
 PROVIDER_RATE = 24000  # Hz, Realtime audio/pcm
 RTP_RATE = 48000  # Hz, Opus clock rate (RFC 7587 §4.1)
@@ -39,6 +39,17 @@ MAX_LAG_S = 0.5
 
 AudioEvent = Callable[[str, "str | None"], None]
 
+
+
+def pcm16_frame(pcm: bytes, rate: int, pts: int) -> av.AudioFrame:
+    """A mono PCM16 (little-endian) ``av.AudioFrame`` of ``pcm`` at ``rate``
+    Hz, stamped ``pts`` in a 1/``rate`` time base."""
+    frame = av.AudioFrame.from_ndarray(
+        np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, rate)
+    return frame
 
 class InboundAudio:
     """Decoded RTP audio frames → PCM16 24 kHz mono, in fixed-size chunks.
@@ -94,7 +105,6 @@ class OutputAudioTrack(MediaStreamTrack):
         self._buf = bytearray()
         self._start: float | None = None
         self._index = 0
-        self._time_base = fractions.Fraction(1, RTP_RATE)
         self._response_id: str | None = None
         self._done: set[str | None] = set()
         self._playing = False
@@ -140,12 +150,7 @@ class OutputAudioTrack(MediaStreamTrack):
         due = self._start + self._index * FRAME_MS / 1000
         if due > now:
             await self._sleep(due - now)
-        pcm = self._next_frame_pcm()
-        samples = np.frombuffer(pcm, dtype="<i2").reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-        frame.sample_rate = RTP_RATE
-        frame.pts = self._index * FRAME_SAMPLES
-        frame.time_base = self._time_base
+        frame = pcm16_frame(self._next_frame_pcm(), RTP_RATE, self._index * FRAME_SAMPLES)
         self._index += 1
         self.frames_sent += 1
         return frame
