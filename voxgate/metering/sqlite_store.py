@@ -304,6 +304,12 @@ class SQLiteStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path, isolation_level=None)
+        if not (hasattr(db, "_execute") and hasattr(db, "_conn")):
+            await db.close()
+            raise RuntimeError(
+                f"aiosqlite {getattr(aiosqlite, '__version__', '?')} lacks Connection._execute, "
+                "which SQLiteStore uses to run a transaction in one thread hop; "
+                "install the aiosqlite range pinned in pyproject.toml")
         try:
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA journal_mode = WAL")
