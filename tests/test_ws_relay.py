@@ -207,7 +207,7 @@ async def test_concurrency_limit_and_slot_freed(server):
         status, body = await refusal(server, server.key)
         assert status == 429
         assert body["error"]["code"] == "concurrency_limit_exceeded"
-        assert server.gateway.admission.in_flight(server.account_id) == 2
+        assert await server.gateway.admission.in_flight(server.account_id) == 2
     finally:
         await c1.close()
     # the slot is freed once the first session is finished
@@ -227,13 +227,13 @@ async def test_slot_freed_when_client_vanishes_without_close(server):
                                     headers={"Authorization": f"Bearer {server.key}"})
         sid = ws1._response.headers[SESSION_ID_HEADER]
         assert (await ws1.receive_json())["type"] == "session.created"
-        assert server.gateway.admission.in_flight(server.account_id) == 2
+        assert await server.gateway.admission.in_flight(server.account_id) == 2
         # vanish: drop the TCP connection, no close frame
         ws1._response.connection.transport.abort()
         record = await server.session(sid)
         assert record.measurements.closed_by == "client"
         assert record.measurements.close_code not in (1000, 1001)
-        assert server.gateway.admission.in_flight(server.account_id) == 1
+        assert await server.gateway.admission.in_flight(server.account_id) == 1
         ws3 = await http.ws_connect(server.ws_url + "?model=gpt-realtime",
                                     headers={"Authorization": f"Bearer {server.key}"})
         assert (await ws3.receive_json())["type"] == "session.created"
@@ -443,4 +443,4 @@ async def test_record_is_final_when_close_completes(server):
             await ws.close()
             record = await server.store.get_session(sid)  # no waiting
             assert record.status == "completed" and record.reason == "too_short"
-            assert server.gateway.admission.in_flight(account.id) == 0
+            assert await server.gateway.admission.in_flight(account.id) == 0

@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str = ""  # default sqlite:///<data_dir>/voxgate.db
     catalog: Path | None = None  # plan catalog TOML; default: the packaged one
+    # Admission state (leases, rate buckets): "" = in this process; "redis://…" =
+    # shared by every voxgate process using that Redis.
+    admission_url: str = ""
+    lease_ttl_s: float = 90.0  # a concurrency lease not renewed for this long is freed
     log_level: str = "INFO"
 
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)

@@ -182,14 +182,14 @@ async def test_in_process_admission_leases():
         await adm.acquire("acct", "s3", FREE, 0, now=1.0)
     await adm.release(a)
     await adm.release(a)  # idempotent
-    assert adm.in_flight("acct") == 1
+    assert await adm.in_flight("acct") == 1
     with pytest.raises(QuotaExceeded):  # 2 billable + 1 in flight = 3 included
         await adm.acquire("acct", "s4", FREE, 2, now=1.0)
     # an unrenewed lease expires
     await adm.acquire("acct", "s5", FREE, 0, now=1.0)
-    assert adm.in_flight("acct") == 2
+    assert await adm.in_flight("acct") == 2
     b = await adm.acquire("acct", "s6", FREE, 0, now=12.0)
-    assert adm.in_flight("acct") == 1 and b.session_id == "s6"
+    assert await adm.in_flight("acct") == 1 and b.session_id == "s6"
 
 
 async def test_rate_limit_raises_with_retry_after():

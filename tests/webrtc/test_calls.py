@@ -31,7 +31,7 @@ async def assert_nothing_left(server) -> None:
             break
         await asyncio.sleep(0.02)
     assert not gw.active
-    assert gw.admission.in_flight(server.account_id) == 0
+    assert await gw.admission.in_flight(server.account_id) == 0
 
 
 async def speak_and_hear(client: Client) -> dict:

@@ -116,7 +116,11 @@ class Admission(Protocol):
     async def release(self, lease: Lease) -> None:
         """Free the slot and the reservation. Idempotent."""
 
-    def in_flight(self, account_id: str) -> int: ...
+    async def in_flight(self, account_id: str) -> int:
+        """Sessions holding a live lease for the account."""
+
+    async def close(self) -> None:
+        """Release connections (nothing for the in-process implementation)."""
 
 
 @dataclass
@@ -145,7 +149,7 @@ class InProcessAdmission:
             )
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
-        check_quota(plan, billable_used, self.in_flight(account_id))
+        check_quota(plan, billable_used, len(self._leases.get(account_id, ())))
 
     async def acquire(
         self, account_id: str, session_id: str, plan: Plan, billable_used: int, now: float
@@ -171,8 +175,11 @@ class InProcessAdmission:
             if not leases:
                 del self._leases[lease.account_id]
 
-    def in_flight(self, account_id: str) -> int:
+    async def in_flight(self, account_id: str) -> int:
         return len(self._leases.get(account_id, ()))
+
+    async def close(self) -> None:
+        return None
 
     def _live(self, account_id: str, now: float) -> dict[str, Lease]:
         leases = self._leases.setdefault(account_id, {})

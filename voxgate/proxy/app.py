@@ -25,7 +25,7 @@ from aiohttp import web
 
 from voxgate.config import Settings
 from voxgate.errors import ConfigError
-from voxgate.metering.admission import InProcessAdmission
+from voxgate.metering.admission import Admission, InProcessAdmission
 from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
 from voxgate.proxy import api, tokens, ws_relay
@@ -34,7 +34,7 @@ from voxgate.proxy.http import error_middleware, json_response
 from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
 
-__all__ = ["create_app", "open_store", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
+__all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
            "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
 
 log = logging.getLogger("voxgate")
@@ -62,6 +62,19 @@ def open_store(settings: Settings) -> Store:
     return SQLiteStore(settings.sqlite_path)
 
 
+def open_admission(settings: Settings) -> Admission:
+    """The admission backend the settings name: in-process by default,
+    Redis when ``admission_url`` is ``redis://…``."""
+    url = settings.admission_url
+    if not url:
+        return InProcessAdmission(lease_ttl_s=settings.lease_ttl_s)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"unsupported admission_url {url!r}: use redis://host:port/db")
+    from voxgate.metering.redis_admission import RedisAdmission
+
+    return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -77,7 +90,7 @@ def create_app(
     catalog = catalog or load_catalog(settings.catalog)
     store = store or open_store(settings)
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
-    gateway = Gateway(settings, store, InProcessAdmission(), catalog)
+    gateway = Gateway(settings, store, open_admission(settings), catalog)
     app[SETTINGS] = settings
     app[GATEWAY] = gateway
     app[METRICS] = gateway.metrics
@@ -150,6 +163,7 @@ async def _lifecycle(app: web.Application):
         await connector.close()
         if provider is not None:
             await provider.stop()
+        await gw.admission.close()
         await gw.store.close()
 
 
