@@ -19,7 +19,7 @@ from typing import Any
 
 from voxgate.config import Settings
 from voxgate.errors import VoxgateError
-from voxgate.metering.admission import Admission, Lease
+from voxgate.metering.admission import Admission, InProcessAdmission, Lease
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, period_of
 from voxgate.metering.verdict import VerdictPolicy, decide
@@ -82,6 +82,7 @@ class Gateway:
         self.on_completed: list[SessionHook] = []
         self._account_locks: dict[str, asyncio.Lock] = {}
         self._usage: dict[tuple[str, str], MonthlyUsage] = {}
+        self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
         from voxgate.proxy.metrics import Metrics
 
@@ -102,10 +103,14 @@ class Gateway:
         return plan
 
     async def usage(self, account_id: str, period: str | None = None) -> MonthlyUsage:
-        """The account's usage this period (or ``period``). Served from memory
-        after the first read: every completion in this process goes through
-        ``finish``, which stores the usage ``complete_session`` returns."""
+        """The account's usage this period (or ``period``). With in-process
+        admission (one voxgate process) it is served from memory after the
+        first read: every completion goes through ``finish``, which stores the
+        usage ``complete_session`` returns. With shared admission other
+        processes complete sessions too, so it is read from the store."""
         key = (account_id, period or period_of())
+        if not self._cache_usage:
+            return await self.store.get_usage(*key)
         usage = self._usage.get(key)
         if usage is None:
             fetched = await self.store.get_usage(*key)
