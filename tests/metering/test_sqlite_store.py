@@ -443,3 +443,18 @@ async def test_key_lookups_cached_but_changes_seen_at_once(store: SQLiteStore, p
     assert (await store.find_api_key(plaintext))[2].plan_id == "growth"
     await store.revoke_api_key(key.id)
     assert not (await store.find_api_key(plaintext))[0].active
+
+
+async def test_settle_from_decided_inside_the_transaction(store: SQLiteStore, project):
+    """A plan with 3 included sessions and an overage price: of 10 billable
+    sessions completed at once, exactly the 7 beyond the included go to the
+    outbox, whatever order the completions run in; a non-billable one never."""
+    records = [make_record(project, T0 + i, duration_ms=30_000) for i in range(11)]
+    await asyncio.gather(*(store.open_session(r) for r in records))
+    await asyncio.gather(*(
+        store.complete_session(ended(r), TOO_SHORT if i == 10 else BILLABLE, settle_from=3)
+        for i, r in enumerate(records)))
+    settled = [(await store.get_session(r.id)).settlement for r in records]
+    assert sorted(settled[:10]) == ["included"] * 3 + ["pending"] * 7
+    assert settled[10] == "none"
+    assert len(await store.due_outbox(T0 + 10_000, limit=100)) == 7

@@ -227,12 +227,19 @@ def _transact(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
 
 def _complete_sync(
     conn: sqlite3.Connection, record: SessionRecord, verdict: Verdict, settle: bool,
-    ended_at: float,
+    ended_at: float, settle_from: int | None = None,
 ) -> MonthlyUsage:
     """The statements of ``complete_session``; the caller holds the transaction."""
     period = record.period or period_of(record.started_at)
     m = record.measurements
     billable = bool(verdict.billable)
+    if billable and settle_from is not None and not settle:
+        # Decided inside the write transaction, so concurrent completions
+        # (in any process) each see the count the one before them left.
+        row = conn.execute(
+            "SELECT billable_sessions FROM monthly_usage WHERE account_id = ? AND period = ?",
+            (record.account_id, period)).fetchone()
+        settle = (row[0] if row else 0) >= settle_from
     if settle:
         settlement = "pending"
     else:
@@ -589,7 +596,8 @@ class SQLiteStore:
         ))
 
     async def complete_session(
-        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False
+        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
+        settle_from: int | None = None,
     ) -> MonthlyUsage:
         """Complete the session in one transaction (see ``Store``).
 
@@ -600,7 +608,7 @@ class SQLiteStore:
         ended_at = record.ended_at or time.time()
         async with self.lock:
             return await self._in_thread(
-                _transact, _complete_sync, record, verdict, settle, ended_at)
+                _transact, _complete_sync, record, verdict, settle, ended_at, settle_from)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(sqlite3_connection, *args)`` on the connection's thread in

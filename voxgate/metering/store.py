@@ -130,12 +130,17 @@ class Store(Protocol):
         """Insert the session row with ``status="active"``."""
 
     async def complete_session(
-        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False
+        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
+        settle_from: int | None = None,
     ) -> MonthlyUsage:
         """In one transaction: write the session's measurements and verdict
         (``status="completed"``), add it to its account's monthly usage, and
         when ``settle`` put it in the settlement outbox (``settlement="pending"``;
         otherwise ``"included"`` for billable sessions, ``"none"`` for the rest).
+        ``settle_from``: settle a billable session when the period already had
+        at least this many billable sessions, decided inside the transaction
+        (``Plan.charges_session``: 0 on pay-as-you-go, the included count on
+        plans with an overage price; None = never).
         Returns the period's usage after the update."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...

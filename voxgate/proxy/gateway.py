@@ -80,7 +80,6 @@ class Gateway:
         )
         self.active: dict[str, ActiveSession] = {}
         self.on_completed: list[SessionHook] = []
-        self._account_locks: dict[str, asyncio.Lock] = {}
         self._usage: dict[tuple[str, str], MonthlyUsage] = {}
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
@@ -188,14 +187,11 @@ class Gateway:
         record.ended_at = time.time()
         record.measurements = measurements
         record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
-        lock = self._account_locks.setdefault(record.account_id, asyncio.Lock())
+        plan = active.plan
+        settle_from = None if plan.overage_cents is None else (plan.sessions_included or 0)
         try:
-            async with lock:
-                settle = False
-                if verdict.billable and active.plan.overage_cents is not None:
-                    before = await self.usage(record.account_id, record.period)
-                    settle = active.plan.charges_session(before.billable_sessions)
-                usage = await self.store.complete_session(record, verdict, settle=settle)
+            usage = await self.store.complete_session(record, verdict, settle_from=settle_from)
+            if self._cache_usage:
                 self._usage[(record.account_id, record.period)] = usage
         finally:
             await self.admission.release(active.lease)
