@@ -5,6 +5,7 @@ every verdict reason from a real session."""
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 
 import aiohttp
@@ -444,3 +445,15 @@ async def test_record_is_final_when_close_completes(server):
             record = await server.store.get_session(sid)  # no waiting
             assert record.status == "completed" and record.reason == "too_short"
             assert await server.gateway.admission.in_flight(account.id) == 0
+
+
+async def test_pay_as_you_go_session_goes_to_the_settlement_outbox(server, jfk_pcm):
+    account, project, key = await server.new_account("payg")
+    billable = await billable_quick_session(server, jfk_pcm, key)
+    async with sdk(server, key).realtime.connect(model="gpt-realtime") as conn:
+        short = session_id_of(conn)
+        await recv_until(conn, "session.created")
+    assert (await server.session(billable)).settlement == "pending"
+    assert (await server.session(short)).settlement == "none"
+    due = await server.store.due_outbox(time.time() + 3600)
+    assert [item.session_id for item in due if item.account_id == account.id] == [billable]
