@@ -32,8 +32,9 @@ run: $(VENV)/.installed
 debian-test-deps:
 	@bash scripts/debian-deps.sh chromium:chromium turnserver:coturn
 
-## test: install test dependencies and run the whole suite
+## test: install test dependencies, start Redis if it is down, run the whole suite
 test: $(VENV)/.installed-test debian-test-deps
+	@bash scripts/test-services.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## bench: the benchmark suite (by hand, not in CI); writes docs/benchmarks.md
