@@ -175,46 +175,56 @@ def catalog_path(tmp_path) -> Path:
     return path
 
 
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` on top, one level of tables merged."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+async def start_server(settings_data: dict, plan: str, *, plugins: tuple[str, ...] | None = None,
+                       cls: type[Server] = Server) -> Server:
+    """Start voxgate on loopback (``settings_data["port"]`` or a free port)
+    with a fresh account on ``plan``, its project and API key."""
+    from voxgate.config import load_settings
+    from voxgate.proxy.app import GATEWAY, create_app
+
+    port = settings_data.get("port") or free_port()
+    settings = load_settings(None, **{**settings_data, "port": port})
+    app = create_app(settings, **({} if plugins is None else {"plugins": plugins}))
+    runner = web.AppRunner(app, shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    store = app[GATEWAY].store
+    account = await store.create_account(f"{plan}-{time.monotonic_ns()}@test", plan)
+    project = await store.create_project(account.id, "test")
+    _, key = await store.create_api_key(project.id, "test")
+    return cls(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id)
+
+
 @pytest_asyncio.fixture
 async def make_server(tmp_path, voice_url, catalog_path):
-    """Factory: ``await make_server(plan="tiny", **settings overrides)``."""
-    from voxgate.config import load_settings
-    from voxgate.proxy.app import create_app
-
-    runners: list[web.AppRunner] = []
+    """Factory: ``await make_server(plan="tiny", upstream_url=None, **settings overrides)``."""
+    servers: list[Server] = []
 
     async def factory(plan: str = "tiny", upstream_url: str | None = None, **overrides) -> Server:
-        data_dir = tmp_path / f"data{len(runners)}"
         base = {
-            "data_dir": str(data_dir),
+            "data_dir": str(tmp_path / f"data{len(servers)}"),
             "catalog": str(catalog_path),
             "upstream": {"provider": "local", "url": upstream_url or voice_url,
                          "connect_timeout_s": 5.0},
         }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        settings = load_settings(None, **base)
-        app = create_app(settings)
-        runner = web.AppRunner(app, shutdown_timeout=2)
-        await runner.setup()
-        port = free_port()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        runners.append(runner)
-        from voxgate.proxy.app import GATEWAY
-
-        store = app[GATEWAY].store
-        account = await store.create_account(f"{plan}@test", plan)
-        project = await store.create_project(account.id, "test")
-        _, key = await store.create_api_key(project.id, "test")
-        return Server(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id)
+        server = await start_server(merge_settings(base, overrides), plan)
+        servers.append(server)
+        return server
 
     yield factory
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.runner.cleanup()
 
 
 @pytest_asyncio.fixture

@@ -22,9 +22,8 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
-from tests.conftest import SLOW, Server, free_port, wait_port
+from tests.conftest import SLOW, Server, free_port, merge_settings, start_server, wait_port
 from voxgate.metering.store import period_of
 from voxgate.models import Measurements, SessionRecord, Verdict, new_id
 
@@ -253,18 +252,14 @@ class BillingServer(Server):
 @pytest_asyncio.fixture
 async def make_billing_server(tmp_path, billing_catalog):
     """Factory: ``await make_billing_server(api_base=..., plan="free", **overrides)``."""
-    from voxgate.config import load_settings
-    from voxgate.proxy.app import GATEWAY, create_app
-
-    runners: list[web.AppRunner] = []
+    servers: list[BillingServer] = []
 
     async def factory(api_base: str = "", plan: str = "free", billing: dict | None = None,
                       **overrides: Any) -> BillingServer:
-        port = free_port()
         base: dict[str, Any] = {
-            "data_dir": str(tmp_path / f"data{len(runners)}"),
+            "data_dir": str(tmp_path / f"data{len(servers)}"),
             "catalog": str(billing_catalog),
-            "port": port,
+            "port": free_port(),
             "upstream": {"provider": "local", "url": "ws://127.0.0.1:9/v1/realtime"},
             "billing": {
                 "stripe_secret_key": SECRET_KEY,
@@ -278,27 +273,14 @@ async def make_billing_server(tmp_path, billing_catalog):
             },
             "smtp": {"send_interval_s": 0.1},
         }
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        settings = load_settings(None, **base)
-        app = create_app(settings, plugins=("voxgate.billing.service",))
-        runner = web.AppRunner(app, shutdown_timeout=2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        runners.append(runner)
-        store = app[GATEWAY].store
-        account = await store.create_account(f"{plan}-{time.monotonic_ns()}@test", plan)
-        project = await store.create_project(account.id, "test")
-        _, key = await store.create_api_key(project.id, "test")
-        return BillingServer(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id)
+        server = await start_server(merge_settings(base, overrides), plan,
+                                    plugins=("voxgate.billing.service",), cls=BillingServer)
+        servers.append(server)
+        return server
 
     yield factory
-    for runner in runners:
-        await runner.cleanup()
+    for server in servers:
+        await server.runner.cleanup()
 
 
 @pytest_asyncio.fixture
