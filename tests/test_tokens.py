@@ -144,3 +144,23 @@ async def test_sessions_api_isolated_between_accounts(server, http):
     async with http.get(server.url + f"/v1/sessions/{sid}",
                         headers={"Authorization": f"Bearer {key}"}) as resp:
         assert resp.status == 200 and (await resp.json())["id"] == sid
+
+
+async def test_openai_sdk_mints_and_uses_an_ephemeral_key(server):
+    """A backend mints with the official SDK (only base_url changed), the
+    browser-side client connects with the minted key."""
+    backend = AsyncOpenAI(api_key=server.key, base_url=server.url + "/v1", max_retries=0)
+    secret = await backend.realtime.client_secrets.create(
+        expires_after={"anchor": "created_at", "seconds": 300},
+        session={"type": "realtime", "model": "gpt-realtime", "instructions": "Be brief."},
+    )
+    assert secret.value.startswith("ek_")
+    assert secret.expires_at > time.time() + 290
+    assert secret.session.type == "realtime"
+    browser = AsyncOpenAI(api_key=secret.value, base_url=server.url + "/v1", max_retries=0)
+    async with browser.realtime.connect(model="gpt-realtime") as conn:
+        sid = session_id_of(conn)
+        updated, _ = await recv_until(conn, "session.updated")
+        assert updated.session.instructions == "Be brief."
+    record = await server.session(sid)
+    assert record.ephemeral_key_id is not None
