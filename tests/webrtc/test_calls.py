@@ -274,3 +274,33 @@ async def test_voice_page_and_demo_key_routes(make_server, http):
     off = await make_server(web={"demo_page": False})
     r = await http.post(off.url + "/voice/demo-key")
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_openai_sdk_calls_create_and_hangup(make_server, rtc_settings):
+    """A server app places and ends a call with the official SDK's
+    ``realtime.calls`` (the unified interface), only base_url changed."""
+    from aiortc import RTCSessionDescription
+    from openai import AsyncOpenAI
+
+    server = await make_server(**rtc_settings)
+    sdk = AsyncOpenAI(api_key=server.key, base_url=server.url + "/v1", max_retries=0)
+    client = Client(server.url, b"")
+    try:
+        offer = await client.offer()
+        raw = await sdk.realtime.calls.with_raw_response.create(
+            sdp=offer, session={"type": "realtime", "instructions": "Be brief."})
+        assert raw.http_response.status_code == 201
+        call_id = raw.headers["Location"].rsplit("/", 1)[1]
+        client.session_id = raw.headers["X-Voxgate-Session-Id"]
+        answer = raw.http_response.text
+        assert answer.startswith("v=0")
+        await client.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        updated = await client.wait_event("session.updated", 10)
+        assert updated["session"]["instructions"] == "Be brief."
+        await sdk.realtime.calls.hangup(call_id)
+        await asyncio.wait_for(client.closed.wait(), 5 * SLOW)
+    finally:
+        await client.close()
+    record = await server.session(client.session_id)
+    assert record.transport == "webrtc" and record.measurements.close_reason == "hangup"
+    await assert_nothing_left(server)
