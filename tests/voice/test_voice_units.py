@@ -187,6 +187,15 @@ def test_assistant_reply():
     assert long.endswith("... I heard 20 words.")
 
 
+def test_first_piece_is_short_for_a_fast_first_audio():
+    text = "You said: and all my fellow america and not like your kind brain. I heard 12 words."
+    assert split_sentences(text) == [
+        "You said:", "and all my fellow america and not like your kind brain.", "I heard 12 words."]
+    assert " ".join(split_sentences(text)) == text
+    no_break = "A first sentence with no clause break in its first forty characters, then more."
+    assert split_sentences(no_break) == [no_break]
+
+
 def test_split_sentences():
     assert split_sentences("Hi there. How are you? Fine!") == ["Hi there.", "How are you?", "Fine!"]
     assert split_sentences("  ") == []

@@ -20,13 +20,16 @@ from typing import Any
 
 __all__ = ["Synthesizer", "shared_synthesizer", "split_sentences"]
 
+_CLAUSE_BREAK = re.compile(r"[:;,]\s+(?=\S)")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def split_sentences(text: str, max_chars: int = 200) -> list[str]:
+def split_sentences(text: str, max_chars: int = 200, first_max_chars: int = 40) -> list[str]:
     """Split ``text`` after ``.``, ``!`` or ``?`` followed by white space;
     sentences longer than ``max_chars`` are cut further at commas or spaces.
-    Empty pieces are dropped."""
+    A first sentence longer than ``first_max_chars`` is cut at its first
+    clause break (``:``, ``;`` or ``,``), so the first audio is synthesised
+    from a few words and reaches the listener sooner. Empty pieces are dropped."""
     out: list[str] = []
     for sentence in _SENTENCE_END.split(text.strip()):
         sentence = sentence.strip()
@@ -37,6 +40,10 @@ def split_sentences(text: str, max_chars: int = 200) -> list[str]:
             sentence = sentence[cut:].strip()
         if sentence:
             out.append(sentence)
+    if out and len(out[0]) > first_max_chars:
+        m = _CLAUSE_BREAK.search(out[0], 0, first_max_chars)
+        if m is not None:
+            out[0:1] = [out[0][:m.start() + 1], out[0][m.end():]]
     return out
 
 
