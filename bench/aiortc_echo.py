@@ -16,7 +16,7 @@ import uuid
 import av
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 PCS: dict[str, RTCPeerConnection] = {}
 
