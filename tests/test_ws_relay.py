@@ -457,3 +457,19 @@ async def test_pay_as_you_go_session_goes_to_the_settlement_outbox(server, jfk_p
     assert (await server.session(short)).settlement == "none"
     due = await server.store.due_outbox(time.time() + 3600)
     assert [item.session_id for item in due if item.account_id == account.id] == [billable]
+
+
+async def test_bytes_are_counted_as_utf8_on_the_wire(server):
+    update = ('{"type": "session.update", "session": {"type": "realtime", '
+              '"instructions": "Réponds en français — merci ✓"}}')
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.ws_url + "?model=gpt-realtime",
+                                   headers={"Authorization": f"Bearer {server.key}"})
+        sid = ws._response.headers[SESSION_ID_HEADER]
+        assert (await ws.receive_json())["type"] == "session.created"
+        await ws.send_str(update)
+        while (await ws.receive_json(timeout=5 * SLOW))["type"] != "session.updated":
+            pass
+        await ws.close()
+    record = await server.session(sid)
+    assert record.measurements.bytes_in == len(update.encode()) > len(update)

@@ -18,7 +18,7 @@ import orjson
 from voxgate.errors import MalformedEvent, MessageTooLarge
 from voxgate.models.realtime import CLIENT_EVENTS
 
-__all__ = ["parse_client_event", "valid_base64", "b64_padding", "AUDIO_APPEND"]
+__all__ = ["parse_client_event", "valid_base64", "b64_padding", "utf8_len", "AUDIO_APPEND"]
 
 AUDIO_APPEND = "input_audio_buffer.append"
 
@@ -32,6 +32,14 @@ def valid_base64(s: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     return True
+
+
+def utf8_len(text: str | bytes) -> int:
+    """Size in bytes of a message as sent on the wire (UTF-8). O(1) for the
+    usual all-ASCII JSON (``str.isascii`` reads a flag); encodes otherwise."""
+    if isinstance(text, bytes) or text.isascii():
+        return len(text)
+    return len(text.encode())
 
 
 def b64_padding(s: str) -> int:

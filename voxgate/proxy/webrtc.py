@@ -49,7 +49,7 @@ from voxgate.errors import (
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy import rtc_ice, tokens
 from voxgate.proxy.auth import authenticate
-from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event
+from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
@@ -597,7 +597,7 @@ class Call:
             data = await self._client_queue.get()
             if data is None:
                 return
-            n = len(data)
+            n = utf8_len(data)
             try:
                 event, etype, b64_len, padding = parse_client_event(data, self.max_bytes)
             except VoxgateError as err:
@@ -634,14 +634,14 @@ class Call:
                 event = orjson.loads(data)
                 etype = event["type"]
             except (orjson.JSONDecodeError, TypeError, KeyError):
-                meter.upstream_event("unknown", len(data), monotonic_ms())
+                meter.upstream_event("unknown", utf8_len(data), monotonic_ms())
                 self._send_event(data)
                 continue
             if etype in _OUT_AUDIO:
                 delta = event.get("delta")
                 b64_len = len(delta) if isinstance(delta, str) else 0
                 padding = delta.count("=", b64_len - 2) if b64_len >= 2 else 0
-                meter.upstream_event(etype, len(data), 0.0, audio_b64_len=b64_len,
+                meter.upstream_event(etype, utf8_len(data), 0.0, audio_b64_len=b64_len,
                                      padding=padding)
                 rid = event.get("response_id")
                 if b64_len and rid not in self._dropped:
@@ -653,7 +653,7 @@ class Call:
             now = monotonic_ms()
             if etype == "session.created":
                 meter.upstream_ready(now)
-            meter.upstream_event(etype, len(data), now, event=event)
+            meter.upstream_event(etype, utf8_len(data), now, event=event)
             if etype == "input_audio_buffer.speech_started":
                 self._drop_output()
             elif etype == "response.created":

@@ -34,7 +34,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy.auth import authenticate
-from voxgate.proxy.events import b64_padding, parse_client_event
+from voxgate.proxy.events import b64_padding, parse_client_event, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
@@ -206,7 +206,7 @@ class Relay:
             msg = await client.receive()
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
-                n = len(data)
+                n = utf8_len(data)
                 self.last_activity = time.monotonic()
                 try:
                     _, etype, b64_len, padding = parse_client_event(data, max_bytes)
@@ -241,16 +241,16 @@ class Relay:
                     etype = event["type"]
                 except (orjson.JSONDecodeError, TypeError, KeyError):
                     await client.send_str(data)  # not ours to judge; relay as is
-                    meter.upstream_event("unknown", len(data), monotonic_ms())
+                    meter.upstream_event("unknown", utf8_len(data), monotonic_ms())
                     continue
                 if etype in _OUT_AUDIO:
                     delta = event.get("delta")
                     b64_len = len(delta) if isinstance(delta, str) else 0
                     padding = b64_padding(delta) if b64_len else 0
-                    meter.upstream_event(etype, len(data), 0.0, audio_b64_len=b64_len,
+                    meter.upstream_event(etype, utf8_len(data), 0.0, audio_b64_len=b64_len,
                                          padding=padding)
                 else:
-                    meter.upstream_event(etype, len(data), monotonic_ms(), event=event)
+                    meter.upstream_event(etype, utf8_len(data), monotonic_ms(), event=event)
                 await client.send_str(data)
             elif msg.type is WSMsgType.BINARY:
                 self.last_activity = time.monotonic()
