@@ -473,3 +473,32 @@ async def test_bytes_are_counted_as_utf8_on_the_wire(server):
         await ws.close()
     record = await server.session(sid)
     assert record.measurements.bytes_in == len(update.encode()) > len(update)
+
+
+async def test_keepalive_ends_a_session_whose_client_stops_answering(make_server):
+    """A client that keeps its TCP connection but answers no ping is gone
+    after two quiet ping intervals; a quiet client that answers pings stays."""
+    server = await make_server(relay={"ping_interval_s": 0.2})
+    headers = {"Authorization": f"Bearer {server.key}"}
+    async with aiohttp.ClientSession() as http:
+        alive = await http.ws_connect(server.ws_url + "?model=gpt-realtime", headers=headers)
+        alive_id = alive._response.headers[SESSION_ID_HEADER]
+        async def read_all():  # aiohttp answers pings while reading
+            async for _ in alive:
+                pass
+
+        reader = asyncio.create_task(read_all())
+        mute = await http.ws_connect(server.ws_url + "?model=gpt-realtime", headers=headers,
+                                     autoping=False)
+        mute_id = mute._response.headers[SESSION_ID_HEADER]
+        record = await server.session(mute_id)  # never reads: never pongs
+        m = record.measurements
+        assert (m.closed_by, m.close_code) == ("client", 1006)
+        assert m.close_reason.startswith("keepalive timeout")
+        assert record.reason == "too_short" and m.provider_errors == 0
+        assert m.duration_ms < 2000 * SLOW
+        await asyncio.sleep(0.6)
+        assert (await server.store.get_session(alive_id)).status == "active"
+        reader.cancel()
+        await alive.close()
+        await mute.close()

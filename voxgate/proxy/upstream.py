@@ -72,9 +72,12 @@ class UpstreamConnector:
         return f"{self.url}?{urlencode(params)}"
 
     async def connect(
-        self, model: str, query: dict[str, str] | None = None
+        self, model: str, query: dict[str, str] | None = None, *, keepalive: bool = True
     ) -> aiohttp.ClientWebSocketResponse:
         """Open the upstream WebSocket for ``model``.
+
+        ``keepalive=False`` leaves pings and pongs to the caller (aiohttp's
+        heartbeat and automatic pong off; PING/PONG messages are returned).
 
         Raises:
             UpstreamRefused: the provider answered the handshake with a 4xx
@@ -92,8 +95,8 @@ class UpstreamConnector:
                     headers=headers,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                     max_msg_size=self.max_message_bytes,
-                    heartbeat=self.heartbeat_s,
-                    autoping=True,
+                    heartbeat=self.heartbeat_s if keepalive else None,
+                    autoping=keepalive,
                     compress=0,
                 )
         except aiohttp.WSServerHandshakeError as exc:

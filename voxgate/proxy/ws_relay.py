@@ -111,6 +111,10 @@ class Relay:
         self.max_session_s = relay.max_session_s
         self.ping_s = relay.ping_interval_s or None
         self.last_activity = time.monotonic()
+        # When each side last sent anything (events, pings, pongs): keepalive
+        # pings go only to a side that has been quiet for ping_s.
+        self.client_rx = self.upstream_rx = self.last_activity
+        self._ping_sent: dict[str, float] = {}
         self.client: web.WebSocketResponse | None = None
         self.upstream: aiohttp.ClientWebSocketResponse | None = None
         self._closing_by: str | None = None
@@ -119,11 +123,15 @@ class Relay:
 
     async def run(self) -> web.StreamResponse:
         upstream_task = asyncio.create_task(
-            self.connector.connect(self.model, dict(self.request.query))
+            self.connector.connect(self.model, dict(self.request.query), keepalive=False)
         )
         client = web.WebSocketResponse(
             protocols=("realtime",),
-            heartbeat=self.ping_s,
+            # Keepalive is the watchdog's (see _keepalive): aiohttp's heartbeat
+            # would reschedule a timer for every message received.
+            heartbeat=None,
+            autoping=False,
+            timeout=5.0,
             # Accept up to twice the limit so an oversized event can be
             # answered with an error event instead of a 1009 close.
             max_msg_size=self.max_bytes * 2,
@@ -171,12 +179,12 @@ class Relay:
         c2u = asyncio.create_task(self._client_to_upstream(), name="client->upstream")
         u2c = asyncio.create_task(self._upstream_to_client(), name="upstream->client")
         started = time.monotonic()
+        next_ping = started + (self.ping_s or float("inf"))
         try:
             while True:
                 now = time.monotonic()
-                deadline = min(
-                    started + self.max_session_s, self.last_activity + self.idle_timeout_s
-                )
+                deadline = min(started + self.max_session_s,
+                               self.last_activity + self.idle_timeout_s, next_ping)
                 done, _ = await asyncio.wait(
                     (c2u, u2c), timeout=max(0.05, deadline - now),
                     return_when=asyncio.FIRST_COMPLETED,
@@ -190,12 +198,39 @@ class Relay:
                 if now >= self.last_activity + self.idle_timeout_s:
                     await self._server_close(1000, "idle timeout")
                     break
+                if now >= next_ping:
+                    assert self.ping_s is not None
+                    next_ping = now + self.ping_s
+                    if not await self._keepalive(now):
+                        break
         finally:
             for task in (c2u, u2c):
                 if not task.done():
                     task.cancel()
             await asyncio.gather(c2u, u2c, return_exceptions=True)
             await self._close_both()
+
+    async def _keepalive(self, now: float) -> bool:
+        """Ping each side that has sent nothing for ``ping_s``; a side that has
+        sent nothing, not even a pong, since a ping at least ``ping_s`` old is
+        gone (RFC 6455 §5.5.2: a Ping may serve to verify that the peer is
+        still responsive). Returns False when a side is gone (the session
+        then ends with close code 1006 on that side)."""
+        assert self.client is not None and self.upstream is not None and self.ping_s
+        for side, ws, rx in ((CLIENT, self.client, self.client_rx),
+                             (UPSTREAM, self.upstream, self.upstream_rx)):
+            sent = self._ping_sent.get(side)
+            if sent is not None and rx < sent:  # a ping is unanswered
+                if now - sent >= self.ping_s:
+                    self._end(side, 1006, f"keepalive timeout: no pong in {now - sent:.1f} s")
+                    return False
+            elif now - rx >= self.ping_s:
+                self._ping_sent[side] = now
+                try:
+                    await ws.ping()
+                except (ConnectionError, RuntimeError):
+                    pass  # the reader sees the connection end
+        return True
 
     async def _client_to_upstream(self) -> None:
         client, upstream, meter = self.client, self.upstream, self.meter
@@ -204,10 +239,11 @@ class Relay:
         code: int | None = None
         while True:
             msg = await client.receive()
+            self.client_rx = now = time.monotonic()
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 n = utf8_len(data)
-                self.last_activity = time.monotonic()
+                self.last_activity = now
                 try:
                     _, etype, b64_len, padding = parse_client_event(data, max_bytes)
                 except VoxgateError as err:
@@ -215,8 +251,12 @@ class Relay:
                     continue
                 await upstream.send_str(data)
                 meter.client_event(etype, n, b64_len, padding)
+            elif msg.type is WSMsgType.PING:
+                await client.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                pass
             elif msg.type is WSMsgType.BINARY:
-                self.last_activity = time.monotonic()
+                self.last_activity = now
                 await self._reject(MalformedEvent(
                     "binary messages are not supported; send JSON text events",
                     code="invalid_event"), len(msg.data))
@@ -233,9 +273,10 @@ class Relay:
         reason: str | None = None
         while True:
             msg = await upstream.receive()
+            self.upstream_rx = now = time.monotonic()
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
-                self.last_activity = time.monotonic()
+                self.last_activity = now
                 try:
                     event = orjson.loads(data)
                     etype = event["type"]
@@ -252,8 +293,12 @@ class Relay:
                 else:
                     meter.upstream_event(etype, utf8_len(data), monotonic_ms(), event=event)
                 await client.send_str(data)
+            elif msg.type is WSMsgType.PING:
+                await upstream.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                pass
             elif msg.type is WSMsgType.BINARY:
-                self.last_activity = time.monotonic()
+                self.last_activity = now
                 meter.upstream_event("binary", len(msg.data), monotonic_ms())
                 await client.send_bytes(msg.data)
             elif msg.type is WSMsgType.CLOSE:
