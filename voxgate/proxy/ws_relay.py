@@ -13,6 +13,12 @@ Closes propagate: a client close closes the upstream with the same code (if
 sendable) and vice versa; an abnormal upstream close reaches the client as
 1011 with an ``error`` event first. voxgate itself ends a session on idle
 timeout and maximum duration (1000, with the reason), and on shutdown (1001).
+The session is finished (verdict written, concurrency slot freed) before the
+client's close handshake completes.
+
+Keepalive: one watchdog per session pings a side that has been quiet for
+``relay.ping_interval_s`` and ends the session (1006 on that side) when such a
+ping stays unanswered for another interval; busy sessions send no pings.
 """
 
 from __future__ import annotations
