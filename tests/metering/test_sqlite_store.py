@@ -458,3 +458,14 @@ async def test_settle_from_decided_inside_the_transaction(store: SQLiteStore, pr
     assert sorted(settled[:10]) == ["included"] * 3 + ["pending"] * 7
     assert settled[10] == "none"
     assert len(await store.due_outbox(T0 + 10_000, limit=100)) == 7
+
+
+async def test_concurrent_ephemeral_keys(store: SQLiteStore, project):
+    minted = await asyncio.gather(*(
+        store.create_ephemeral_key(project.id, {"n": i}, T0 + 600) for i in range(100)))
+    for i, (key, plaintext) in enumerate(minted):
+        found = await store.find_ephemeral_key(plaintext)
+        assert found is not None and found[0].id == key.id and found[0].session == {"n": i}
+    rows = await store.db.execute_fetchall("SELECT COUNT(*) FROM ephemeral_keys")
+    assert rows[0][0] == 100
+
