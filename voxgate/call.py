@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from voxgate.config import load_settings
+from voxgate.config import Settings, load_settings
 from voxgate.proxy.app import DEMO_KEY_FILE
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
@@ -149,8 +149,8 @@ async def fetch_session(base_url: str, key: str, session_id: str, wait_s: float 
             await asyncio.sleep(0.1)
 
 
-def default_key(config: str | None) -> str | None:
-    settings = load_settings(config)
+def default_key(settings: Settings) -> str | None:
+    """The demo project's API key kept in the data directory, if any."""
     path = Path(settings.data_dir) / DEMO_KEY_FILE
     return path.read_text().strip() if path.is_file() else None
 
@@ -160,7 +160,7 @@ async def run_call(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     base_url = args.url or f"http://{settings.host}:{settings.port}"
-    key = args.key or default_key(args.config)
+    key = args.key or default_key(settings)
     if not key:
         print("voxgate call: no --key given and no demo key in the data directory "
               f"({settings.data_dir}/{DEMO_KEY_FILE}); start `voxgate serve` first",

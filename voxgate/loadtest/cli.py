@@ -57,6 +57,7 @@ def _main(args: argparse.Namespace) -> int:
 
 async def run_cli(args: argparse.Namespace) -> int:
     from voxgate.call import default_key
+    from voxgate.proxy.app import DEMO_KEY_FILE
     from voxgate.config import load_settings
     from voxgate.loadtest.plan import KINDS, WS_KINDS, parse_mix
     from voxgate.loadtest.report import LiveDisplay, render_report
@@ -64,10 +65,10 @@ async def run_cli(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     url = args.url or f"http://{settings.host}:{settings.port}"
-    key = args.key or default_key(args.config) or ("none" if args.direct else None)
+    key = args.key or default_key(settings) or ("none" if args.direct else None)
     if not key:
         print("voxgate loadtest: no --key given and no demo key in the data directory "
-              f"({settings.data_dir}/demo_api_key); start `voxgate serve` first", file=sys.stderr)
+              f"({settings.data_dir}/{DEMO_KEY_FILE}); start `voxgate serve` first", file=sys.stderr)
         return 2
     try:
         mix = parse_mix(args.faults, kinds=KINDS if args.transport == "webrtc" else WS_KINDS)

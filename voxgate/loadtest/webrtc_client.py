@@ -38,7 +38,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
-from voxgate.loadtest.ws_client import REFUSAL_STATUSES, SESSION_ID_HEADER
+from voxgate.loadtest.ws_client import REFUSAL_STATUSES
+from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 from voxgate.proxy.media import pcm16_frame
 
 __all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType
 from voxgate.loadtest.audio import Clip, tag_of
 from voxgate.loadtest.plan import CHUNK_MS, SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
+from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["run_ws_session", "REFUSAL_STATUSES", "ECHO_WAIT_S"]
 
@@ -29,7 +30,6 @@ REFUSAL_STATUSES = frozenset({401, 403, 429})
 """HTTP statuses that mean voxgate refused the session."""
 ECHO_WAIT_S = 10.0
 """How long to wait, after the last chunk, for the echoes (and error event), in s."""
-SESSION_ID_HEADER = "X-Voxgate-Session-Id"
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
 _CHUNK_S = CHUNK_MS / 1000
 _BYTES_PER_MS = 48  # 24 kHz PCM16

@@ -24,12 +24,17 @@ from aiohttp import web
 
 from voxgate.errors import InvalidRequest
 from voxgate.proxy.auth import authenticate
+from voxgate.models import Principal
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
 
-__all__ = ["client_secrets", "beta_sessions", "parse_client_secret_request", "session_object"]
+__all__ = ["client_secrets", "beta_sessions", "mint", "parse_client_secret_request", "session_object",
+           "ICE_SERVERS_HOOK"]
 
 SESSION_TYPES = ("realtime", "transcription")
+
+# Set by the WebRTC module: (app, project_id) -> list of RTCIceServer dicts.
+ICE_SERVERS_HOOK = web.AppKey("ice_servers_hook", object)
 
 
 def parse_client_secret_request(
@@ -121,39 +126,59 @@ def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any
     }
 
 
-async def _mint(request: web.Request) -> tuple[dict[str, Any], str, int, str]:
+async def mint(app: web.Application, principal: Principal, session: dict[str, Any],
+               ttl_s: int) -> dict[str, Any]:
+    """Count the request against the key's rate limit, check the quota, and
+    mint an ephemeral key for ``principal``'s project carrying ``session``.
+
+    Returns:
+        The GA response body ``{"value", "expires_at", "session"}``, plus
+        ``ice_servers`` when the WebRTC room hands out TURN credentials.
+
+    Raises:
+        RateLimited, QuotaExceeded.
+    """
     from voxgate.proxy.app import GATEWAY
 
-    gw: Gateway = request.app[GATEWAY]
-    principal = await authenticate(request, gw.store, allow_ephemeral=False)
-    body = await read_json(request, allow_empty=True)
-    tokens = gw.settings.tokens
-    ttl, session = parse_client_secret_request(
-        body, default_ttl_s=tokens.default_ttl_s, min_ttl_s=tokens.min_ttl_s,
-        max_ttl_s=tokens.max_ttl_s,
-    )
+    gw: Gateway = app[GATEWAY]
     plan = await gw.check_rate(principal)
     usage = await gw.usage(principal.account.id)
     await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)
-    expires_at = int(time.time()) + ttl
+    expires_at = int(time.time()) + ttl_s
     _, value = await gw.store.create_ephemeral_key(
         principal.project.id, session, float(expires_at),
         api_key_id=principal.api_key.id if principal.api_key else None,
     )
-    return (session_object(session, gw.settings.upstream.default_model), value, expires_at,
-            principal.project.id)
+    body: dict[str, Any] = {
+        "value": value,
+        "expires_at": expires_at,
+        "session": session_object(session, gw.settings.upstream.default_model),
+    }
+    hook = app.get(ICE_SERVERS_HOOK)
+    if hook is not None:
+        ice = hook(app, principal.project.id)
+        if ice:
+            body["ice_servers"] = ice
+    return body
+
+
+async def _requested(request: web.Request) -> tuple[Principal, dict[str, Any], int]:
+    """The caller (a project API key), its validated session and lifetime."""
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    principal = await authenticate(request, gw.store, allow_ephemeral=False)
+    tokens = gw.settings.tokens
+    ttl, session = parse_client_secret_request(
+        await read_json(request, allow_empty=True), default_ttl_s=tokens.default_ttl_s,
+        min_ttl_s=tokens.min_ttl_s, max_ttl_s=tokens.max_ttl_s,
+    )
+    return principal, session, ttl
 
 
 async def client_secrets(request: web.Request) -> web.Response:
     """``POST /v1/realtime/client_secrets`` (GA)."""
-    session, value, expires_at, project_id = await _mint(request)
-    body: dict[str, Any] = {"value": value, "expires_at": expires_at, "session": session}
-    extra = request.app.get(ICE_SERVERS_HOOK)
-    if extra is not None:
-        ice = extra(request.app, project_id)
-        if ice:
-            body["ice_servers"] = ice
-    return json_response(body)
+    return json_response(await mint(request.app, *await _requested(request)))
 
 
 async def beta_sessions(request: web.Request) -> web.Response:
@@ -162,9 +187,7 @@ async def beta_sessions(request: web.Request) -> web.Response:
     if isinstance(body, dict) and "session" not in body and "expires_after" not in body:
         # beta bodies are the session object itself
         request = with_body(request, {"session": {"type": "realtime", **body}})
-    session, value, expires_at, _ = await _mint(request)
-    return json_response({**session, "client_secret": {"value": value, "expires_at": expires_at}})
-
-
-# Set by the WebRTC module: (app, project_id) -> list of RTCIceServer dicts.
-ICE_SERVERS_HOOK = web.AppKey("ice_servers_hook", object)
+    minted = await mint(request.app, *await _requested(request))
+    return json_response({**minted["session"],
+                          "client_secret": {"value": minted["value"],
+                                            "expires_at": minted["expires_at"]}})

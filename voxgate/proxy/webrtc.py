@@ -56,6 +56,7 @@ from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
+from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX"]
 
@@ -149,7 +150,7 @@ async def create_call(request: web.Request) -> web.Response:
     return web.Response(
         status=201, text=answer, content_type="application/sdp",
         headers={"Location": f"/v1/realtime/calls/{call.id}",
-                 "X-Voxgate-Session-Id": active.record.id},
+                 SESSION_ID_HEADER: active.record.id},
     )
 
 

@@ -13,7 +13,6 @@ Routes:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from aiohttp import web
 from voxgate.errors import NotFound
 from voxgate.proxy.auth import resolve
 from voxgate.proxy.http import json_response
-from voxgate.proxy.tokens import ICE_SERVERS_HOOK, session_object
+from voxgate.proxy.tokens import mint
 
 __all__ = ["setup", "STATIC_DIR"]
 
@@ -64,20 +63,5 @@ async def demo_key(request: web.Request) -> web.Response:
     except OSError as exc:
         raise NotFound("there is no demo project on this server") from exc
     principal = await resolve(gw.store, api_key, allow_ephemeral=False)
-    plan = await gw.check_rate(principal)
-    usage = await gw.usage(principal.account.id)
-    await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)
-    expires_at = int(time.time()) + settings.tokens.default_ttl_s
-    _, value = await gw.store.create_ephemeral_key(
-        principal.project.id, DEMO_SESSION, float(expires_at),
-        api_key_id=principal.api_key.id if principal.api_key else None,
-    )
-    body: dict[str, Any] = {
-        "value": value,
-        "expires_at": expires_at,
-        "session": session_object(DEMO_SESSION, settings.upstream.default_model),
-    }
-    hook = request.app.get(ICE_SERVERS_HOOK)
-    if hook is not None:
-        body["ice_servers"] = hook(request.app, principal.project.id)
+    body = await mint(request.app, principal, DEMO_SESSION, settings.tokens.default_ttl_s)
     return json_response(body, headers={"Cache-Control": "no-store"})
