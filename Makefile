@@ -30,11 +30,12 @@ run: $(VENV)/.installed
 
 ## debian-test-deps: Debian packages the tests drive (Chromium, coturn), installed when missing
 debian-test-deps:
-	@bash scripts/debian-deps.sh chromium:chromium turnserver:coturn
+	@bash scripts/debian-deps.sh chromium:chromium turnserver:coturn node:nodejs npm:npm
 
 ## test: install test dependencies, start Redis if it is down, run the whole suite
 test: $(VENV)/.installed-test debian-test-deps
 	@bash scripts/test-services.sh
+	@bash scripts/js-bundle.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## bench: the benchmark suite (by hand, not in CI); writes docs/benchmarks.md

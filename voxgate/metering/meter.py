@@ -6,7 +6,9 @@ the relays feed it and read ``measurements()`` at the end.
 What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/realtime):
 
 - connect latency: client accepted → upstream ``session.created`` (WebSocket);
-  offer received → media flowing (WebRTC, via ``media_flowing``).
+  offer received → ready to carry media both ways (WebRTC, via ``media_ready``:
+  ICE and DTLS connected, the data channel open when offered, upstream
+  ``session.created``), whether or not the client has sent audio yet.
 - audio in: the decoded length of each ``input_audio_buffer.append`` ``audio``
   payload in the session's input format; audio out: the same for
   ``response.output_audio.delta`` (and beta ``response.audio.delta``) ``delta``
@@ -79,9 +81,11 @@ class SessionMeter:
         """The provider refused the client's request at the handshake (4xx)."""
         self._m.close_reason = detail[:200]
 
-    def media_flowing(self, now_ms: float) -> None:
-        """WebRTC: first audio bridged after ICE/DTLS connected; sets the
-        connect latency (offer received → media flowing) if not yet set."""
+    def media_ready(self, now_ms: float) -> None:
+        """WebRTC: the call can carry media both ways (ICE and DTLS connected,
+        data channel open when offered, upstream ``session.created``); sets
+        the connect latency (offer received → ready) if not yet set. The
+        client's first audio plays no part, so it cannot move the latency."""
         if self._m.connect_ms is None and self._m.connected:
             self._m.connect_ms = now_ms - self._t0
 

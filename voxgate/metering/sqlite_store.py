@@ -127,7 +127,7 @@ def _has_code(sql: str) -> bool:
 
 _ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
                  "stripe_subscription_id, past_due_since, name")
-_PROJECT_COLS = "id, account_id, name, created_at"
+_PROJECT_COLS = "id, account_id, name, created_at, allowed_origins"
 _API_KEY_COLS = "id, project_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 _EPHEMERAL_COLS = "id, project_id, key_hash, created_at, expires_at, api_key_id, session"
 _SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_key_id, "
@@ -143,7 +143,7 @@ def _account(row: Any) -> Account:
 
 
 def _project(row: Any) -> Project:
-    return Project(*row)
+    return Project(*row[:4], allowed_origins=tuple(orjson.loads(row[4])))
 
 
 def _api_key(row: Any) -> ApiKey:
@@ -451,7 +451,7 @@ class SQLiteStore:
         project = Project(id=new_id("proj"), account_id=account_id, name=name,
                           created_at=time.time())
         await self._write(
-            f"INSERT INTO projects ({_PROJECT_COLS}) VALUES (?, ?, ?, ?)",
+            f"INSERT INTO projects ({_PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]')",
             (project.id, project.account_id, project.name, project.created_at),
         )
         return project
@@ -467,6 +467,22 @@ class SQLiteStore:
             f"SELECT {_PROJECT_COLS} FROM projects WHERE account_id = ? AND deleted_at IS NULL"
             " ORDER BY created_at, id", (account_id,))
         return [_project(r) for r in rows]
+
+    async def set_allowed_origins(self, project_id: str, origins: tuple[str, ...]) -> Project:
+        """Replace the project's allowed web origins (already normalized).
+
+        Raises:
+            KeyError: no such (undeleted) project.
+        """
+        self._invalidate_keys()
+        changed = await self._write(
+            "UPDATE projects SET allowed_origins = ? WHERE id = ? AND deleted_at IS NULL",
+            (orjson.dumps(list(origins)).decode(), project_id))
+        self._invalidate_keys()
+        project = await self.get_project(project_id) if changed else None
+        if project is None:
+            raise KeyError(project_id)
+        return project
 
     async def delete_project(self, project_id: str) -> None:
         """Delete the project (soft: its row stays for sessions and keys) and
@@ -535,7 +551,7 @@ class SQLiteStore:
                 (key_hash,))
             if row is None:
                 return None
-            key, project, account = _api_key(row[:8]), _project(row[8:12]), _account(row[12:])
+            key, project, account = _api_key(row[:8]), _project(row[8:13]), _account(row[13:])
             if generation == self._key_generation:
                 self._key_cache[key_hash] = (replace(key), replace(project), replace(account),
                                              time.monotonic())
@@ -580,7 +596,7 @@ class SQLiteStore:
             (hash_secret(plaintext),))
         if row is None:
             return None
-        return _ephemeral(row[:7]), _project(row[7:11]), _account(row[11:])
+        return _ephemeral(row[:7]), _project(row[7:12]), _account(row[12:])
 
     # ------------------------------------------------------------ sessions
 

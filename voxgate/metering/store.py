@@ -103,6 +103,11 @@ class Store(Protocol):
     async def delete_project(self, project_id: str) -> None:
         """Delete the project and revoke its keys (sessions stay)."""
 
+    async def set_allowed_origins(self, project_id: str, origins: tuple[str, ...]) -> Project:
+        """Replace the web origins the project's ephemeral keys may be used
+        from (normalized, see ``voxgate.models.origins``; empty = any).
+        Raises KeyError if the project is unknown or deleted."""
+
     async def create_api_key(self, project_id: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key for the project: (stored record, the plaintext key shown once)."""
 

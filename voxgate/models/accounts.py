@@ -73,10 +73,19 @@ class Account:
 
 @dataclass(slots=True)
 class Project:
+    """A project of an account.
+
+    Attributes:
+        allowed_origins: web origins (``https://app.example.com``, as browsers
+            send them in ``Origin``) from which the project's ephemeral keys
+            may be used; empty means any origin (as with OpenAI).
+    """
+
     id: str
     account_id: str
     name: str
     created_at: float
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -37,7 +37,8 @@ class Measurements:
     Attributes:
         connected: upstream ``session.created`` was received.
         connect_ms: client accepted → upstream ``session.created`` (WebSocket),
-            or offer received → media flowing (WebRTC); None if never connected.
+            or offer received → ICE, DTLS, data channel and upstream all ready
+            (WebRTC); None if never connected.
         duration_ms: client accepted → session end.
         audio_in_ms / audio_out_ms: audio sent to / received from the provider.
         bytes_in / bytes_out: message bytes client → provider / provider → client.

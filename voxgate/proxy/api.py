@@ -8,6 +8,8 @@
   account's sessions, newest first, as an OpenAI-style list
   ``{"object": "list", "data": [...], "first_id", "last_id", "has_more"}``.
 - ``GET /v1/sessions/{id}`` → one session of the caller's account.
+- ``GET /v1/projects/{id}``, ``PUT /v1/projects/{id}/allowed_origins`` → the
+  project and the web origins its ephemeral keys may be used from.
 
 Both accept a project API key (``Authorization: Bearer vg_live_…``); the
 dashboard's signed-in users reach them through their session cookie (the web
@@ -20,15 +22,16 @@ from typing import Any
 
 from aiohttp import web
 
-from voxgate.errors import InvalidRequest, NotFound
+from voxgate.errors import InvalidRequest, NotFound, PermissionDenied
 from voxgate.metering.store import MonthlyUsage, SessionFilter
-from voxgate.models import Account, Plan, PlanCatalog
+from voxgate.models import Account, Plan, PlanCatalog, Project
+from voxgate.models.origins import parse_origins
 from voxgate.proxy.auth import authenticate
 from voxgate.proxy.gateway import Gateway
-from voxgate.proxy.http import json_response
+from voxgate.proxy.http import json_response, read_json
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
-           "ACCOUNT_KEY"]
+           "ACCOUNT_KEY", "project_handler", "allowed_origins_handler", "project_body"]
 
 ACCOUNT_KEY = web.RequestKey("voxgate.account", object)  # set by the dashboard cookie middleware
 
@@ -133,3 +136,59 @@ async def session_handler(request: web.Request) -> web.Response:
     if record is None or record.account_id != account.id:
         raise NotFound(f"no session {request.match_info['session_id']!r}")
     return json_response(record.to_api())
+
+
+def project_body(project: Project) -> dict[str, Any]:
+    return {"object": "organization.project", "id": project.id, "name": project.name,
+            "created_at": int(project.created_at),
+            "allowed_origins": list(project.allowed_origins)}
+
+
+async def _own_project(request: web.Request) -> tuple[Gateway, Project]:
+    """The project named in the path, for a key of that project or a
+    signed-in user of its account."""
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    project_id = request.match_info["project_id"]
+    account = request.get(ACCOUNT_KEY)
+    if account is None:
+        principal = await authenticate(request, gw.store, allow_ephemeral=False)
+        if principal.project.id != project_id:
+            raise PermissionDenied("this key belongs to another project", param="project_id")
+        return gw, principal.project
+    project = await gw.store.get_project(project_id)
+    if project is None or project.account_id != account.id:  # type: ignore[attr-defined]
+        raise NotFound(f"no project {project_id!r}", param="project_id")
+    return gw, project
+
+
+async def project_handler(request: web.Request) -> web.Response:
+    """``GET /v1/projects/{project_id}`` → ``{"object", "id", "name",
+    "created_at", "allowed_origins"}``."""
+    _, project = await _own_project(request)
+    return json_response(project_body(project))
+
+
+async def allowed_origins_handler(request: web.Request) -> web.Response:
+    """``PUT /v1/projects/{project_id}/allowed_origins``
+    ``{"allowed_origins": ["https://app.example.com", …]}`` (``[]`` = any
+    origin) → the project. Origins are normalized (lowercase, default port
+    dropped); ephemeral keys of the project are then refused from other
+    ``Origin``s with 403 ``origin_not_allowed``.
+
+    Raises:
+        InvalidRequest (400): not a list of at most ``MAX_ORIGINS`` http(s) origins.
+    """
+    gw, project = await _own_project(request)
+    body = await read_json(request)
+    origins = body.get("allowed_origins") if isinstance(body, dict) else None
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise InvalidRequest("'allowed_origins' must be a list of origin strings",
+                             param="allowed_origins")
+    try:
+        normalized = parse_origins(origins)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="allowed_origins") from exc
+    project = await gw.store.set_allowed_origins(project.id, normalized)
+    return json_response(project_body(project))

@@ -28,7 +28,7 @@ from voxgate.errors import ConfigError
 from voxgate.metering.admission import Admission, InProcessAdmission
 from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
-from voxgate.proxy import api, tokens, ws_relay
+from voxgate.proxy import api, cors, tokens, ws_relay
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import error_middleware, json_response
 from voxgate.proxy.metrics import METRICS, metrics_handler
@@ -100,9 +100,12 @@ def create_app(
     app.router.add_get("/v1/sessions", api.sessions_handler)
     app.router.add_get("/v1/sessions/{session_id}", api.session_handler)
     app.router.add_get("/billing/usage", api.usage_handler)
+    app.router.add_get("/v1/projects/{project_id}", api.project_handler)
+    app.router.add_put("/v1/projects/{project_id}/allowed_origins", api.allowed_origins_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_lifecycle)
+    cors.setup(app)
     for name in plugins:
         if _module_exists(name):
             module = importlib.import_module(name)

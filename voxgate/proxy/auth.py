@@ -13,6 +13,7 @@ from aiohttp import web
 from voxgate.errors import AuthenticationError, EphemeralKeyExpired, PermissionDenied
 from voxgate.metering.store import Store
 from voxgate.models import API_KEY_PREFIX, EPHEMERAL_KEY_PREFIX, Principal
+from voxgate.models.origins import origin_allowed
 
 __all__ = ["bearer_key", "resolve", "authenticate", "INSECURE_KEY_PROTOCOL"]
 
@@ -95,10 +96,25 @@ async def resolve(
 
 
 async def authenticate(request: web.Request, store: Store, **kw) -> Principal:
-    """``resolve`` the request's key, honouring an ``OpenAI-Project`` header."""
-    return await resolve(
+    """``resolve`` the request's key, honouring an ``OpenAI-Project`` header
+    and, for an ephemeral key, its project's allowed web origins.
+
+    Raises:
+        PermissionDenied: (besides ``resolve``'s) an ephemeral key of a
+            project with an origin allowlist, sent from a page of another
+            origin (``Origin`` header; code ``origin_not_allowed``).
+    """
+    principal = await resolve(
         store, bearer_key(request), project_id=request.headers.get("OpenAI-Project") or None, **kw
     )
+    if principal.ephemeral is not None:
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, principal.project.allowed_origins):
+            raise PermissionDenied(
+                f"this ephemeral key's project does not allow requests from origin {origin!r}; "
+                "add it to the project's allowed origins", code="origin_not_allowed",
+                param="Origin")
+    return principal
 
 
 def _redact(key: str) -> str:

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from voxgate.errors import (
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     UpstreamError,
     VoxgateError,
     error_event,
@@ -56,9 +58,9 @@ from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
-from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.proxy.ws_relay import CALL_ATTACH, SESSION_ID_HEADER
 
-__all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX"]
+__all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX", "sideband"]
 
 log = logging.getLogger("voxgate.webrtc")
 
@@ -91,6 +93,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/realtime/calls/{call_id}/hangup", hangup_call)
     app.router.add_delete("/v1/realtime/calls/{call_id}", hangup_call)
     app.router.add_get("/v1/realtime/ice_servers", ice_servers)
+    app[CALL_ATTACH] = sideband
     app.on_shutdown.append(_close_calls)
 
 
@@ -152,6 +155,36 @@ async def create_call(request: web.Request) -> web.Response:
         headers={"Location": f"/v1/realtime/calls/{call.id}",
                  SESSION_ID_HEADER: active.record.id},
     )
+
+
+async def sideband(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/realtime?call_id=rtc_…`` (WebSocket): attach the app's
+    server to an active call, as OpenAI's server-side controls
+    (https://platform.openai.com/docs/guides/realtime-server-controls).
+    Needs a project API key of the call's project. No admission and no new
+    session: the socket's events are metered as the call's. The socket is
+    closed with 1000 and a reason when the call ends.
+
+    Raises (before the upgrade, as JSON):
+        AuthenticationError (401: no key, an ephemeral key), PermissionDenied
+        (403: a key of another project), NotFound (404: unknown or ended call).
+    """
+    from voxgate.proxy.app import GATEWAY
+
+    gw: Gateway = request.app[GATEWAY]
+    principal = await authenticate(request, gw.store, allow_ephemeral=False)
+    call_id = request.query.get("call_id", "")
+    call: Call | None = request.app[CALLS].get(call_id)
+    if call is None or call.done:
+        raise NotFound(f"no active call {call_id!r}", param="call_id")
+    if call.active.record.project_id != principal.project.id:
+        raise PermissionDenied(f"call {call_id!r} belongs to another project", param="call_id")
+    ws = web.WebSocketResponse(protocols=("realtime",), heartbeat=20.0,
+                               max_msg_size=gw.settings.relay.max_message_bytes)
+    ws.headers[SESSION_ID_HEADER] = call.active.record.id
+    await ws.prepare(request)
+    await call.attach(ws)
+    return ws
 
 
 async def hangup_call(request: web.Request) -> web.Response:
@@ -281,7 +314,13 @@ class Call:
         self._done = asyncio.Event()
         self._ended_by: str | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._client_queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        # client events from the data channel or an attached sideband socket,
+        # each with where its own error events go back to
+        self._client_queue: asyncio.Queue[tuple[str | bytes, Callable[[str], None]] | None] = (
+            asyncio.Queue())
+        self._sidebands: dict[web.WebSocketResponse, asyncio.Queue[str | None]] = {}
+        self._last_seen_ms: float | None = None  # the client's last datagram
+        self._ready = False  # connect latency taken
         self._pending: list[str] = []
         self._response_id: str | None = None  # response in progress upstream
         self._dropped: set[str | None] = set()  # responses whose audio was cleared
@@ -304,12 +343,17 @@ class Call:
         self._upstream_task = asyncio.create_task(
             self.connector.connect(self.model, self.query), name=f"{self.id} upstream connect")
         await pc.setRemoteDescription(RTCSessionDescription(self.offer.sdp, "offer"))
-        # No trickle ICE (as OpenAI): the offer holds every candidate there is,
-        # so ICE can fail as soon as its checks do instead of waiting for more.
-        for transceiver in pc.getTransceivers():
-            await transceiver.receiver.transport.transport.addRemoteCandidate(None)
-        if pc.sctp is not None:
-            await pc.sctp.transport.transport.addRemoteCandidate(None)
+        if self.offer.candidate_types:
+            # No trickle ICE (as OpenAI): an offer with candidates holds every
+            # one there is, so ICE can fail as soon as its checks do.
+            for transceiver in pc.getTransceivers():
+                await transceiver.receiver.transport.transport.addRemoteCandidate(None)
+            if pc.sctp is not None:
+                await pc.sctp.transport.transport.addRemoteCandidate(None)
+        # An offer without candidates (OpenAI's guide posts ``offer.sdp``
+        # before gathering) is the usual browser flow: the client's addresses
+        # are learnt from its connectivity checks as peer-reflexive
+        # candidates (RFC 8445 §7.3.1.3), and ``ice_timeout_s`` bounds it.
         pc.addTrack(self.track)
         answer = await pc.createAnswer()
         with rtc_ice.host_addresses(self.settings.host_addresses):
@@ -339,13 +383,21 @@ class Call:
         if self._runner is not None:
             await asyncio.shield(self._runner)
 
+    @property
+    def done(self) -> bool:
+        """The call has ended (it may still be tearing down)."""
+        return self._done.is_set()
+
     async def _close_from_outside(self, code: int, reason: str) -> None:
         self._end(SERVER, code, reason)
 
-    def _end(self, by: str, code: int | None, reason: str | None) -> None:
+    def _end(self, by: str, code: int | None, reason: str | None,
+             at_ms: float | None = None) -> None:
+        """End the call (first caller wins); ``at_ms`` is when it really
+        ended, if earlier than now (the client's last sign of life)."""
         if self._ended_by is None:
             self._ended_by = by
-            self.meter.closed(by, code, reason, monotonic_ms())
+            self.meter.closed(by, code, reason, monotonic_ms() if at_ms is None else at_ms)
         self._done.set()
 
     # -- lifecycle ---------------------------------------------------------
@@ -398,6 +450,9 @@ class Call:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        reason = ("call ended: " + (self.meter.measurements().close_reason or ""))[:120]
+        await asyncio.gather(*(ws.close(code=1000, message=reason.encode())
+                               for ws in list(self._sidebands)), return_exceptions=True)
         try:
             if self.upstream is not None and not self.upstream.closed:
                 await self.upstream.close(code=1000, message=b"call ended")
@@ -416,6 +471,42 @@ class Call:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    # -- sideband control ------------------------------------------------
+
+    async def attach(self, ws: web.WebSocketResponse) -> None:
+        """Run an attached (prepared) sideband WebSocket until it or the call
+        closes: it receives every server event the data channel does, and
+        its client events go upstream as the browser's do, metered as part
+        of this session; errors about its own events come back to it only."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._sidebands[ws] = queue
+        writer = self._spawn(self._sideband_writer(ws, queue), "sideband writer")
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._client_queue.put_nowait((msg.data, queue.put_nowait))
+                elif msg.type is WSMsgType.BINARY:
+                    self.meter.client_rejected(len(msg.data))
+                    queue.put_nowait(error_event(InvalidRequest(
+                        "binary frames are not supported: send JSON events as text",
+                        code="invalid_event")))
+                else:
+                    break
+        finally:
+            self._sidebands.pop(ws, None)
+            queue.put_nowait(None)
+            writer.cancel()
+
+    async def _sideband_writer(self, ws: web.WebSocketResponse,
+                               queue: asyncio.Queue[str | None]) -> None:
+        while (data := await queue.get()) is not None:
+            if ws.closed:
+                return
+            try:
+                await ws.send_str(data)
+            except ConnectionError:
+                return
+
     # -- ICE / DTLS ----------------------------------------------------------
 
     def _on_ice_state(self) -> None:
@@ -430,6 +521,8 @@ class Call:
                 self._ice_connected.set()
                 self._record_pair()
                 self._watch_consent()
+                self._watch_liveness()
+                self._check_ready()
         elif state in ("failed", "disconnected") or (state == "closed" and self._consent_lost):
             if not self._ice_connected.is_set():
                 self._ice_failed(f"iceConnectionState {state}")
@@ -457,10 +550,62 @@ class Call:
 
         conn.close = closing
 
+    def _watch_liveness(self) -> None:
+        """Note the time of every datagram the client sends on the call's
+        ICE connection (its connectivity and consent checks, answers to
+        voxgate's, DTLS, SRTP/SRTCP, SCTP; relayed ones through TURN too) and
+        end the call ``consent_grace_s`` after the last one. A browser keeps
+        sending while it lives, silent or not (RTP or Opus DTX frames, RTCP
+        reports, STUN checks every few seconds); a closed tab, a crashed
+        browser or a dropped network sends nothing. aioice only notices
+        after its 30 s consent expiry (RFC 7675 §5.1), so voxgate wraps each
+        of the connection's ``StunProtocol.datagram_received``."""
+        conn = self._ice_connection()
+        protocols = getattr(conn, "_protocols", None)
+        if not protocols:
+            return
+        self._last_seen_ms = monotonic_ms()
+
+        def wrap(received: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+            def seen(data: Any, addr: Any) -> None:
+                self._last_seen_ms = monotonic_ms()
+                received(data, addr)
+            return seen
+
+        for protocol in protocols:
+            protocol.datagram_received = wrap(protocol.datagram_received)
+        self._spawn(self._liveness_watchdog(), "liveness")
+
+    async def _liveness_watchdog(self) -> None:
+        grace_ms = self.settings.consent_grace_s * 1000
+        interval_s = min(0.5, self.settings.consent_grace_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)
+            last = self._last_seen_ms
+            if last is not None and monotonic_ms() - last > grace_ms:
+                self._end(CLIENT, None, f"client gone: nothing received for "
+                          f"{self.settings.consent_grace_s:g} s", at_ms=last)
+                return
+
+    def _check_ready(self) -> None:
+        """Take the connect latency once the call can carry media both ways:
+        ICE and DTLS connected, the data channel open (when offered) and the
+        upstream's ``session.created`` in; the client's audio plays no part."""
+        if self._ready or not self._ice_connected.is_set() or not self.meter.connected:
+            return
+        if self.meter.measurements().dtls_connected_ms is None:
+            return
+        if self.offer.has_data_channel and (
+                self.channel is None or self.channel.readyState != "open"):
+            return
+        self._ready = True
+        self.meter.media_ready(monotonic_ms())
+
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
             self.meter.dtls_connected(monotonic_ms())
+            self._check_ready()
         elif state in ("failed", "closed") and self._ice_connected.is_set():
             if self.pc.iceConnectionState in ("failed", "disconnected"):
                 return  # the grace timer decides
@@ -496,8 +641,10 @@ class Call:
         types = self.offer.candidate_types
         if types and all(t == "relay" for t in types):
             return True, "the client offered only relay candidates"
-        if not types and self.settings.turn_urls:
-            return True, "the client offered no candidates (its TURN allocation failed)"
+        if not types and self.settings.turn_urls and not self._remote_candidate_types():
+            # Nothing offered and no check ever arrived: with TURN handed out,
+            # the relay was the only way left (a client whose allocation failed).
+            return True, "no client candidate offered or learnt (its TURN allocation failed)"
         return False, ""
 
     def _ice_connection(self):
@@ -510,6 +657,13 @@ class Call:
         try:
             conn = self._ice_connection()
             return {c.type for c in conn.local_candidates} if conn is not None else set()
+        except AttributeError:
+            return set()
+
+    def _remote_candidate_types(self) -> set[str]:
+        try:
+            conn = self._ice_connection()
+            return {c.type for c in conn.remote_candidates} if conn is not None else set()
         except AttributeError:
             return set()
 
@@ -553,8 +707,6 @@ class Call:
         data = orjson.dumps({"type": AUDIO_APPEND, "audio": b64}).decode()
         await upstream.send_str(data)
         self.meter.client_event(AUDIO_APPEND, len(data), len(b64), b64_padding(b64))
-        if self._ice_connected.is_set():
-            self.meter.media_flowing(monotonic_ms())
 
     def _drop_output(self) -> None:
         """Barge-in, ``response.cancel``, ``output_audio_buffer.clear``: drop
@@ -572,13 +724,23 @@ class Call:
         if channel.label != DATA_CHANNEL or self.channel is not None:
             return
         self.channel = channel
-        channel.on("message", self._client_queue.put_nowait)
+        channel.on("message", lambda data: self._client_queue.put_nowait(
+            (data, self._send_channel)))
         channel.on("close", lambda: self._peer_gone("data channel closed"))
+        channel.on("open", self._check_ready)
         pending, self._pending = self._pending, []
         for data in pending:
-            self._send_event(data)
+            self._send_channel(data)
+        self._check_ready()
 
     def _send_event(self, data: str) -> None:
+        """A server event to the client's data channel and every attached
+        sideband socket."""
+        self._send_channel(data)
+        for queue in self._sidebands.values():
+            queue.put_nowait(data)
+
+    def _send_channel(self, data: str) -> None:
         channel = self.channel
         if channel is None:
             if len(self._pending) < _MAX_PENDING_EVENTS:
@@ -595,15 +757,16 @@ class Call:
         upstream, meter = self.upstream, self.meter
         assert upstream is not None
         while True:
-            data = await self._client_queue.get()
-            if data is None:
+            item = await self._client_queue.get()
+            if item is None:
                 return
+            data, reply = item
             n = utf8_len(data)
             try:
                 event, etype, b64_len, padding = parse_client_event(data, self.max_bytes)
             except VoxgateError as err:
                 meter.client_rejected(n)
-                self._send_event(error_event(err))
+                reply(error_event(err))
                 continue
             if etype == "output_audio_buffer.clear":
                 # WebRTC-only (the provider's WebSocket does not know it):
@@ -654,6 +817,7 @@ class Call:
             now = monotonic_ms()
             if etype == "session.created":
                 meter.upstream_ready(now)
+                self._check_ready()
             meter.upstream_event(etype, utf8_len(data), now, event=event)
             if etype == "input_audio_buffer.speech_started":
                 self._drop_output()

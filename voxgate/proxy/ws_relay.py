@@ -34,6 +34,7 @@ from aiohttp import WSMsgType, web
 
 from voxgate.errors import (
     MalformedEvent,
+    NotFound,
     UpstreamError,
     VoxgateError,
     error_event,
@@ -44,11 +45,14 @@ from voxgate.proxy.events import b64_padding, parse_client_event, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
-__all__ = ["realtime_websocket", "SESSION_ID_HEADER"]
+__all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH"]
 
 log = logging.getLogger("voxgate.relay")
 
 SESSION_ID_HEADER = "X-Voxgate-Session-Id"
+# ``GET /v1/realtime?call_id=…``: the handler that attaches a socket to a
+# WebRTC call (set by ``voxgate.proxy.webrtc.setup``).
+CALL_ATTACH = web.AppKey("call_attach", object)
 _OUT_AUDIO = ("response.output_audio.delta", "response.audio.delta")
 # RFC 6455 §7.4: codes an endpoint may send in a Close frame.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -77,6 +81,11 @@ async def realtime_websocket(request: web.Request) -> web.StreamResponse:
         raise MalformedEvent(
             "GET /v1/realtime expects a WebSocket upgrade", code="websocket_upgrade_required"
         )
+    if "call_id" in request.query:
+        attach = request.app.get(CALL_ATTACH)
+        if attach is None:
+            raise NotFound("WebRTC calls are not served here", param="call_id")
+        return await attach(request)  # type: ignore[operator]
     principal = await authenticate(request, gw.store)
     ek_session: dict[str, Any] = principal.ephemeral.session if principal.ephemeral else {}
     model = (
