@@ -95,3 +95,12 @@ def test_admin_commands(tmp_path):
     assert usage["sessionsUsed"] == 0 and usage["estimatedMinutes"] == 10000
     bad = voxgate("admin", "set-plan", account["id"], "platinum", cwd=tmp_path, env=env)
     assert bad.returncode == 1 and "platinum" in bad.stdout
+    origins = voxgate("admin", "set-origins", project["id"], "HTTPS://App.example.com:443",
+                      "http://127.0.0.1:3000", cwd=tmp_path, env=env)
+    assert json.loads(origins.stdout)["allowed_origins"] == [
+        "https://app.example.com", "http://127.0.0.1:3000"]
+    bad = voxgate("admin", "set-origins", project["id"], "https://app.example.com/path",
+                  cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "not an origin" in bad.stdout
+    cleared = voxgate("admin", "set-origins", project["id"], cwd=tmp_path, env=env)
+    assert json.loads(cleared.stdout)["allowed_origins"] == []

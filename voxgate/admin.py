@@ -8,6 +8,7 @@ import json
 from voxgate.config import load_settings
 from voxgate.metering.store import period_of
 from voxgate.models import load_catalog
+from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.proxy.app import open_store
 
@@ -44,6 +45,14 @@ async def run_admin(args: argparse.Namespace) -> int:
             key, plaintext = await store.create_api_key(args.project_id, args.name)
             print(json.dumps({"id": key.id, "prefix": key.prefix, "key": plaintext}))
             print("(the key is shown once: store it now)")
+        elif cmd == "set-origins":
+            try:
+                origins = parse_origins(args.origins)
+            except ValueError as exc:
+                print(f"voxgate: {exc}")
+                return 2
+            project = await store.set_allowed_origins(args.project_id, origins)
+            print(json.dumps({"id": project.id, "allowed_origins": list(project.allowed_origins)}))
         elif cmd == "revoke-key":
             await store.revoke_api_key(args.key_id)
             print(f"revoked {args.key_id}")

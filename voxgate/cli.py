@@ -3,7 +3,7 @@
 - ``voxgate serve [--host] [--port] [--config FILE]``
 - ``voxgate call --audio FILE [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
-- ``voxgate admin create-account|create-project|create-key|revoke-key|usage|accounts``
+- ``voxgate admin create-account|create-project|create-key|revoke-key|set-origins|usage|accounts``
 
 Other rooms add their own subcommands with a ``register(subparsers)`` in
 ``voxgate.billing.cli``, ``voxgate.web.cli`` and ``voxgate.loadtest.cli``.
@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("create-key")
     a.add_argument("project_id")
     a.add_argument("--name", default="")
+    a = asub.add_parser("set-origins",
+                        help="web origins the project's ephemeral keys may be used from "
+                             "(none = any origin)")
+    a.add_argument("project_id")
+    a.add_argument("origins", nargs="*", metavar="ORIGIN", help="e.g. https://app.example.com")
     a = asub.add_parser("revoke-key")
     a.add_argument("key_id")
     a = asub.add_parser("set-plan")

@@ -216,13 +216,24 @@ async def test_projects_and_keys(make_server, clients):
     key_id = found[0].id
     assert (await c.post(f"/projects/{projects[0].id}/keys/{key_id}/revoke"))[0] == 303
     assert not (await server.store.list_api_keys(projects[0].id))[0].active
+    # allowed web origins of the project's ephemeral keys
+    status, _, _ = await c.post(f"/projects/{projects[0].id}/origins",
+                                {"origins": "https://App.example.com\nhttp://127.0.0.1:3000"})
+    assert status == 303
+    project = await server.store.get_project(projects[0].id)
+    assert project.allowed_origins == ("https://app.example.com", "http://127.0.0.1:3000")
+    status, text, _ = await c.get("/projects")
+    assert "https://app.example.com\nhttp://127.0.0.1:3000</textarea>" in text
+    status, text, _ = await c.post(f"/projects/{projects[0].id}/origins",
+                                   {"origins": "app.example.com"})
+    assert status == 400 and "is not an origin" in text
     assert (await c.post(f"/projects/{projects[1].id}/delete"))[0] == 303
     assert [p.name for p in await server.store.list_projects(account.id)] == ["one"]
     # audit log records the actions
     state = server.app[WEB]
     actions = [e.action for e in await state.db.audit_entries()]
     assert {"user.signup", "project.created", "key.created", "key.revoked",
-            "project.deleted"} <= set(actions)
+            "project.origins_set", "project.deleted"} <= set(actions)
 
 
 async def test_demo_account_gets_a_dashboard_user(make_server, clients, tmp_path):

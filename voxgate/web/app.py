@@ -8,7 +8,8 @@ Routes (HTML unless noted; POSTs are CSRF-checked forms):
 - ``/sessions`` (filters, pagination), ``/sessions/{id}`` (receipt),
   ``/sessions.csv``, ``/usage.csv``
 - ``/projects`` (GET, POST create), ``/projects/{id}/delete``,
-  ``/projects/{id}/keys``, ``/projects/{id}/keys/{key_id}/revoke``
+  ``/projects/{id}/keys``, ``/projects/{id}/keys/{key_id}/revoke``,
+  ``/projects/{id}/origins`` (allowed web origins of its ephemeral keys)
 - ``/billing`` (GET; POST ``action=upgrade|manage`` → Stripe via
   ``app[BILLING]``), ``/pricing`` (signed out too), ``/simulator``
 - ``/admin`` (operator page), ``/admin/analytics`` (JSON), ``/admin/audit``
@@ -144,6 +145,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/projects", views.create_project)
     r.add_post("/projects/{project_id}/delete", views.delete_project)
     r.add_post("/projects/{project_id}/keys", views.create_key)
+    r.add_post("/projects/{project_id}/origins", views.set_origins)
     r.add_post("/projects/{project_id}/keys/{key_id}/revoke", views.revoke_key)
     r.add_get("/billing", views.billing_page)
     r.add_post("/billing", views.billing_action)

@@ -22,6 +22,7 @@ from multidict import MultiDictProxy
 
 from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Account, Plan, Reason, SessionRecord
+from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import ACCOUNT_KEY, usage_body
 from voxgate.web import charts, figures
 from voxgate.web.auth import (
@@ -48,6 +49,7 @@ NOTICES = {
     "project-created": "Project created.",
     "project-deleted": "Project deleted; its keys are revoked.",
     "key-revoked": "Key revoked.",
+    "origins-saved": "Allowed origins saved.",
     "welcome": "Welcome to voxgate! Create a project and an API key to start.",
 }
 
@@ -437,6 +439,23 @@ async def delete_project(request: web.Request, form: MultiDictProxy) -> web.Resp
     await _state(request).store.delete_project(project.id)
     await _audit(request, "project.deleted", project_id=project.id, name=project.name)
     raise web.HTTPSeeOther("/projects?notice=project-deleted")
+
+
+@member
+@form_post
+async def set_origins(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """The web origins the project's ephemeral keys may be used from: one
+    per line or comma-separated; empty = any origin."""
+    project = await _own_project(request)
+    text = str(form.get("origins", ""))
+    try:
+        origins = parse_origins([o for o in text.replace(",", "\n").split() if o])
+    except ValueError as exc:
+        return await _projects_view(request, 400, error=f"{project.name}: {exc}")
+    await _state(request).store.set_allowed_origins(project.id, origins)
+    await _audit(request, "project.origins_set", project_id=project.id,
+                 allowed_origins=list(origins))
+    raise web.HTTPSeeOther("/projects?notice=origins-saved")
 
 
 @member
