@@ -102,8 +102,9 @@ class WebRTCSettings(BaseModel):
     host address behind 1:1 NAT. ``stun_url``: optional. ``turn_*``: a TURN
     server (coturn ``static-auth-secret``) used by voxgate and handed to clients.
     ``ice_transport_policy``: ``relay`` makes voxgate's own connections use
-    only its TURN allocation. ``consent_grace_s``: how long ICE may stay
-    failed/disconnected after having connected before the call is ended.
+    only its TURN allocation. ``consent_grace_s``: how long a connected client
+    may send nothing at all (no STUN, DTLS, RTP/RTCP or SCTP datagram), or ICE
+    stay failed/disconnected, before the call is ended.
     Times in seconds.
     """
 
