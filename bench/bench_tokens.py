@@ -68,14 +68,14 @@ def run_tokens(n: int = REQUESTS, concurrency: int = CONCURRENCY) -> list[dict]:
 
 
 async def _admit_finish(n: int, concurrency: int) -> dict:
+    from pathlib import Path
+
+    from bench.common import BENCH_CATALOG
     from voxgate.config import load_settings
     from voxgate.metering.admission import InProcessAdmission
     from voxgate.metering.sqlite_store import SQLiteStore
     from voxgate.models import PlanCatalog, load_catalog
     from voxgate.proxy.gateway import Gateway, monotonic_ms
-    from pathlib import Path
-
-    from bench.common import BENCH_CATALOG
 
     d = Path(tempfile.mkdtemp(prefix="voxgate-bench-admit-"))
     (d / "catalog.toml").write_text(BENCH_CATALOG)

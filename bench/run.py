@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(r: dict, total_s: float) -> str:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     s = [f"# voxgate benchmarks\n\nMeasured {now} on {machine()}; all traffic on 127.0.0.1; "
          f"the whole run took {total_s:.0f} s.\n\nReproduce: `make bench` "
          "(or `.venv/bin/python -m bench.run [--only ws,latency,tokens,admit,voice,webrtc]`). "

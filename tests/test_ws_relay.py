@@ -5,8 +5,8 @@ every verdict reason from a real session."""
 from __future__ import annotations
 
 import asyncio
-import time
 import base64
+import time
 
 import aiohttp
 from openai import AsyncOpenAI
@@ -320,9 +320,8 @@ async def test_upstream_close_reaches_client(server):
         ws = await http.ws_connect(server.ws_url + "?model=gpt-realtime&voxgate_fault=close:4321",
                                    headers={"Authorization": f"Bearer {server.key}"})
         sid = ws._response.headers[SESSION_ID_HEADER]
-        msg = None
         async with asyncio.timeout(10 * SLOW):
-            async for msg in ws:
+            async for _msg in ws:
                 pass
         assert ws.close_code == 4321
     record = await server.session(sid)

@@ -15,8 +15,8 @@ from tests.billing.conftest import (
     stripe_event,
 )
 from voxgate.billing.catalog_sync import sync_catalog
-from voxgate.models import Principal
 from voxgate.errors import ConcurrencyLimited
+from voxgate.models import Principal
 
 
 async def _usage_plan(http, server) -> str:

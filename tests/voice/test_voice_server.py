@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 from tests.conftest import SLOW, SPEECH
 from voxgate.config import VoiceSettings
 from voxgate.voice import VoiceProvider, load_pcm16
-from voxgate.voice.audio import ulaw_encode, resample_pcm16
+from voxgate.voice.audio import resample_pcm16, ulaw_encode
 
 TIMEOUT_S = 20.0 * SLOW
 CHUNK = 24000 * 2 // 10  # 100 ms of 24 kHz PCM16
@@ -110,10 +110,12 @@ async def test_voice_turn_with_server_vad(http, provider):
     ws = await connect(http, provider)
     created = (await recv_until(ws, "session.created"))[0]
     session = created["session"]
-    assert session["object"] == "realtime.session" and session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert session["object"] == "realtime.session"
+    assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
     # jfk pauses for ~0.7 s mid-sentence: a longer silence keeps it one turn.
     await send(ws, type="session.update", event_id="evt_upd", session={
-        "type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1000}}}})
+        "type": "realtime",
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1000}}}})
     await recv_until(ws, "session.updated")
     pcm = load_pcm16(SPEECH / "jfk.flac") + bytes(48000 * 3 // 2)  # + 1.5 s of silence
     streaming = asyncio.ensure_future(stream(ws, pcm, speed=8.0))

@@ -18,7 +18,6 @@ from voxgate.voice.session import SessionConfig, usage
 from voxgate.voice.tts import split_sentences
 from voxgate.voice.vad import SpeechStarted, SpeechStopped, TurnDetector, aggressiveness
 
-
 # -- audio ---------------------------------------------------------------------
 
 def test_load_pcm16_flac_wav_raw():

@@ -83,6 +83,8 @@ def quota_alert_email(plan: Plan, alert: QuotaAlert, period: str,
             consequence = ("New sessions are refused until next month unless you upgrade "
                            "your plan.")
         else:
+            # An exhausted allowance that is not a hard cap has an overage price.
+            assert plan.overage_cents is not None
             consequence = (f"Further billable sessions cost {plan.overage_cents / 100:.2f} each "
                            "this month.")
     else:

@@ -57,11 +57,11 @@ def _main(args: argparse.Namespace) -> int:
 
 async def run_cli(args: argparse.Namespace) -> int:
     from voxgate.call import default_key
-    from voxgate.proxy.app import DEMO_KEY_FILE
     from voxgate.config import load_settings
     from voxgate.loadtest.plan import KINDS, WS_KINDS, parse_mix
     from voxgate.loadtest.report import LiveDisplay, render_report
     from voxgate.loadtest.runner import LoadtestConfig, run_loadtest
+    from voxgate.proxy.app import DEMO_KEY_FILE
 
     settings = load_settings(args.config)
     url = args.url or f"http://{settings.host}:{settings.port}"

@@ -29,8 +29,8 @@ def pid_listening_on(port: int, host: str = "127.0.0.1") -> int | None:
     me = psutil.Process()
     for proc in [me, *me.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            for c in proc.net_connections(kind="tcp"):
-                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+            for pc in proc.net_connections(kind="tcp"):
+                if pc.status == psutil.CONN_LISTEN and pc.laddr and pc.laddr.port == port:
                     return proc.pid
     return None
 

@@ -39,8 +39,8 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
-from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 from voxgate.proxy.media import pcm16_frame
+from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
 
@@ -229,7 +229,7 @@ async def run_webrtc_session(
                     res.error = f"hangup HTTP {r.status}"
                     return res
         res.outcome = ADMITTED
-    except asyncio.TimeoutError:
+    except TimeoutError:
         res.error = ("no session.created" if not created.is_set() else
                      "no error event" if plan.kind == "provider_error" and track.finished.is_set()
                      else "timed out")

@@ -76,14 +76,14 @@ async def run_ws_session(
             res.error += f" (Retry-After {exc.headers['Retry-After']} s)"
         res.ended_s = clock()
         return res
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         res.error = f"connect: {type(exc).__name__}: {exc}"[:200]
         res.ended_s = clock()
         return res
     res.session_id = _response_headers(ws).get(SESSION_ID_HEADER)
     try:
         await _drive(ws, res, plan, clip, t0, connect_timeout_s, clock)
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ConnectionError) as exc:
         res.outcome = FAILED
         res.error = res.error or f"{type(exc).__name__}: {exc}"[:200]
     finally:

@@ -64,7 +64,7 @@ class TokenBucket:
     updated_s: float
 
     @classmethod
-    def full(cls, per_minute: int, now_s: float) -> "TokenBucket":
+    def full(cls, per_minute: int, now_s: float) -> TokenBucket:
         return cls(float(per_minute), float(per_minute), now_s)
 
     def take(self, now_s: float, per_minute: int) -> float:

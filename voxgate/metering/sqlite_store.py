@@ -143,7 +143,8 @@ def _account(row: Any) -> Account:
 
 
 def _project(row: Any) -> Project:
-    return Project(*row[:4], allowed_origins=tuple(orjson.loads(row[4])))
+    return Project(id=row[0], account_id=row[1], name=row[2], created_at=row[3],
+                   allowed_origins=tuple(orjson.loads(row[4])))
 
 
 def _api_key(row: Any) -> ApiKey:
@@ -151,12 +152,15 @@ def _api_key(row: Any) -> ApiKey:
 
 
 def _ephemeral(row: Any) -> EphemeralKey:
-    return EphemeralKey(*row[:6], session=orjson.loads(row[6]))
+    return EphemeralKey(id=row[0], project_id=row[1], key_hash=row[2], created_at=row[3],
+                        expires_at=row[4], api_key_id=row[5], session=orjson.loads(row[6]))
 
 
 def _session(row: Any) -> SessionRecord:
     return SessionRecord(
-        *row[:11],
+        id=row[0], account_id=row[1], project_id=row[2], transport=row[3], started_at=row[4],
+        model=row[5], api_key_id=row[6], ephemeral_key_id=row[7], status=row[8], ended_at=row[9],
+        period=row[10],
         measurements=Measurements.from_dict(orjson.loads(row[11])),
         billable=None if row[12] is None else bool(row[12]),
         reason=row[13], rule=row[14], settlement=row[15], settlement_ref=row[16],
@@ -334,7 +338,7 @@ class SQLiteStore:
             db, self._db = self._db, None
             await db.close()
 
-    async def __aenter__(self) -> "SQLiteStore":
+    async def __aenter__(self) -> SQLiteStore:
         await self.open()
         return self
 
@@ -392,7 +396,7 @@ class SQLiteStore:
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         rows = await self.db.execute_fetchall(sql, params)
-        return rows[0] if rows else None
+        return next(iter(rows), None)
 
     # ------------------------------------------------------------ accounts
 
@@ -640,7 +644,8 @@ class SQLiteStore:
 
     @staticmethod
     def _where(account_id: str, filters: SessionFilter | None) -> tuple[list[str], list[Any]]:
-        clauses, params = ["account_id = ?"], [account_id]
+        clauses: list[str] = ["account_id = ?"]
+        params: list[Any] = [account_id]
         f = filters or SessionFilter()
         if f.project_id is not None:
             clauses.append("project_id = ?")

@@ -95,7 +95,7 @@ class Measurements:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Measurements":
+    def from_dict(cls, data: dict[str, Any]) -> Measurements:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

@@ -72,10 +72,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400 or not _wants_json(request):
             raise
-        err = VoxgateError(exc.reason or "error", code=_code_for(exc.status))
-        err.status = exc.status
-        err.type = "invalid_request_error"
-        return error_response(err)
+        wrapped = VoxgateError(exc.reason or "error", code=_code_for(exc.status))
+        wrapped.status = exc.status
+        wrapped.type = "invalid_request_error"
+        return error_response(wrapped)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(VoxgateError("internal server error", code="internal_error"))

@@ -23,8 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from voxgate.errors import InvalidRequest
-from voxgate.proxy.auth import authenticate
 from voxgate.models import Principal
+from voxgate.proxy.auth import authenticate
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
 

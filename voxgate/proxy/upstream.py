@@ -109,7 +109,7 @@ class UpstreamConnector:
             raise UpstreamError(
                 f"the provider answered the handshake with HTTP {exc.status}"
             ) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"cannot reach the provider: {type(exc).__name__}: {exc}") from exc
 
     async def _refusal_detail(self, url: str, headers: dict[str, str]) -> str | None:

@@ -11,6 +11,14 @@ Routes (https://platform.openai.com/docs/guides/realtime-webrtc):
 - ``GET  /v1/realtime/calls/{call_id}`` — the call's session record.
 - ``GET  /v1/realtime/ice_servers`` — STUN/TURN servers with fresh TURN
   credentials (also added to minted client secrets as ``ice_servers``).
+- ``GET  /v1/realtime?call_id=rtc_…`` (WebSocket, via ``ws_relay``) — sideband
+  control of an active call with a key of its project
+  (https://platform.openai.com/docs/guides/realtime-server-controls).
+
+Browsers post the offer as OpenAI's guide does, before ICE gathering: an
+offer without candidates is answered with voxgate's own, and the client's
+addresses are learnt from its checks (peer-reflexive). CORS for these routes
+is ``voxgate.proxy.cors``.
 
 A call is a thin shell around the same pieces as a WebSocket session: the
 offer is validated first, then ``Gateway.admit`` (transport ``webrtc``);
@@ -19,8 +27,11 @@ WebSocket with ``UpstreamConnector``. The ``oai-events`` data channel carries
 JSON events both ways; the browser's Opus audio is bridged to
 ``input_audio_buffer.append`` and the provider's audio deltas to the outgoing
 track (they are not sent on the channel). Hang-up, peer close, data channel
-close, upstream close, ICE failure or timeout and lost consent end the call;
-``Gateway.finish`` runs once, on every path.
+close, upstream close, ICE failure or timeout, lost consent and a client that
+has sent nothing for ``consent_grace_s`` (closed tab, crash, network gone)
+end the call; ``Gateway.finish`` runs once, on every path. Connect latency
+runs from the offer to the call being ready both ways (ICE, DTLS, data
+channel, upstream ``session.created``), not to the client's first audio.
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -274,9 +275,9 @@ class RealtimeSession:
             await self.send_error(err)
         except Exception as exc:  # never let one event kill the session
             log.exception("voice session: error handling %s", etype)
-            err = _ServerError(f"The server had an error while processing your request: {exc}")
-            err.event_id = event_id
-            await self.send_error(err)
+            server_err = _ServerError(f"The server had an error while processing your request: {exc}")
+            server_err.event_id = event_id
+            await self.send_error(server_err)
 
     # -- session -------------------------------------------------------------
 
@@ -328,8 +329,8 @@ class RealtimeSession:
         return raw[: len(raw) - len(raw) % 2]
 
     async def _append(self, event: dict[str, Any]) -> None:
-        b64 = event.get("audio")
-        raw = self._decode_audio(b64)
+        b64: Any = event.get("audio")
+        raw = self._decode_audio(b64)  # a base64 string, or MalformedEvent
         if self.echo:
             await self._echo_chunk(b64, len(raw))
             return
@@ -403,8 +404,9 @@ class RealtimeSession:
         self.buffer_start_ms = self.audio_ms
         self._reset_vad()
         previous = self._last_item_id()
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
-                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
+        item: dict[str, Any] = {"id": item_id, "object": "realtime.item", "type": "message",
+                                "status": "completed", "role": "user",
+                                "content": [{"type": "input_audio", "transcript": None}]}
         self.items[item_id] = item
         await self.send({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id})
         await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
@@ -491,7 +493,8 @@ class RealtimeSession:
         if kind != "message" or role not in ("user", "assistant", "system") or not isinstance(content, list):
             raise MalformedEvent("Invalid 'item': expected a message with role user, assistant or system and "
                                  "a content array.", code="invalid_value", param="item")
-        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
+        given_id = item.get("id")
+        item_id: str = given_id if isinstance(given_id, str) else new_id("item")
         if item_id in self.items:
             raise MalformedEvent(f"Item with id '{item_id}' already exists.", code="item_id_exists",
                                  param="item.id")

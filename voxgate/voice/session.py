@@ -183,7 +183,8 @@ class SessionConfig:
             if key in session:
                 mods = session[key]
                 if not isinstance(mods, list) or not mods or any(m not in ("text", "audio") for m in mods):
-                    raise _invalid(f"Invalid value for 'session.{key}': expected ['text'] or ['audio'].", f"session.{key}")
+                    raise _invalid(f"Invalid value for 'session.{key}': expected ['text'] or ['audio'].",
+                                   f"session.{key}")
                 new.output_modalities = ["audio"] if "audio" in mods else ["text"]
         if "format" in ain:
             new.input_format = _format(ain["format"], "session.audio.input.format")
@@ -214,7 +215,8 @@ class SessionConfig:
         if "speed" in aout:
             speed = aout["speed"]
             if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 1.5:
-                raise _invalid("Invalid value for 'session.audio.output.speed': expected 0.25 to 1.5.", "session.audio.output.speed")
+                raise _invalid("Invalid value for 'session.audio.output.speed': expected 0.25 to 1.5.",
+                               "session.audio.output.speed")
             new.speed = float(speed)
         if "tools" in session:
             if not isinstance(session["tools"], list):

@@ -35,7 +35,10 @@ def split_sentences(text: str, max_chars: int = 200, first_max_chars: int = 40) 
         sentence = sentence.strip()
         while len(sentence) > max_chars:
             cut = sentence.rfind(", ", 0, max_chars)
-            cut = cut + 1 if cut > 0 else (sentence.rfind(" ", 0, max_chars) if " " in sentence[:max_chars] else max_chars)
+            if cut > 0:
+                cut += 1
+            else:
+                cut = sentence.rfind(" ", 0, max_chars) if " " in sentence[:max_chars] else max_chars
             out.append(sentence[:cut].strip())
             sentence = sentence[cut:].strip()
         if sentence:
