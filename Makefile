@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install install-test debian-test-deps clean
+.PHONY: run test lint bench install install-test debian-test-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(VENV)/.installed-test debian-test-deps
 	@bash scripts/test-services.sh
 	@bash scripts/js-bundle.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## lint: ruff (style, imports, likely bugs) and mypy (types) over the code; CI runs it before the tests
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check voxgate tests bench
+	$(PY) -m mypy voxgate
 
 ## bench: the benchmark suite (by hand, not in CI); writes docs/benchmarks.md
 bench: $(VENV)/.installed-test

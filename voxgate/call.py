@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -25,10 +25,13 @@ from voxgate.config import Settings, load_settings
 from voxgate.proxy.app import DEMO_KEY_FILE
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
+if TYPE_CHECKING:
+    from openai.types.realtime import RealtimeAudioInputTurnDetectionParam
+
 __all__ = ["run_call", "stream_call", "CallResult"]
 
 CHUNK_MS = 20
-RATE = 24000
+RATE: Final = 24000
 BYTES_PER_MS = RATE * 2 // 1000
 
 
@@ -65,7 +68,8 @@ async def stream_call(
     counts: dict[str, int] = {}
     async with client.realtime.connect(model=model, extra_query=extra_query or {}) as conn:
         session_id = _session_id(conn)
-        turn_detection = {"type": "server_vad", "silence_duration_ms": 800} if vad else None
+        turn_detection: RealtimeAudioInputTurnDetectionParam | None = (
+            {"type": "server_vad", "silence_duration_ms": 800} if vad else None)
         await conn.session.update(session={
             "type": "realtime",
             "output_modalities": ["audio"],

@@ -157,7 +157,7 @@ class BillingService:
                         limit: int = 100) -> list[dict[str, Any]]:
         return await self.db.list_audit(account_id, limit)
 
-    async def set_alerts_webhook(self, account: Account, url: str) -> str:
+    async def set_alerts_webhook(self, account: Account, url: object) -> str:
         """Set the account's alert webhook; returns its new signing secret."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise InvalidRequest("'url' must be an http(s) URL", param="url")

@@ -225,7 +225,9 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
     by_kind: dict[str, dict[str, int]] = {}
     refusals: dict[str, int] = {}
     failures = []
-    connect, connect_slow, rtt = [], [], []
+    connect: list[float] = []
+    connect_slow: list[float] = []
+    rtt: list[float] = []
     events_sent = events_received = underruns = 0
     audio_s = 0.0
     for r in results:

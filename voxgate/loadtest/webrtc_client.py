@@ -184,7 +184,7 @@ async def run_webrtc_session(
 
     channel.on("message", on_message)
     pc.on("track", lambda remote: readers.append(asyncio.ensure_future(read(remote))))
-    location = None
+    location: str | None = None
     try:
         with rtc_ice.host_addresses(["127.0.0.1"]):
             await pc.setLocalDescription(await pc.createOffer())
@@ -223,6 +223,7 @@ async def run_webrtc_session(
             await asyncio.wait_for(error_seen.wait(), 5.0)
         res.underruns += track.late
         if plan.kind != "vanish":
+            assert location is not None  # sent with every 201 answer
             async with http.post(base_url + location + "/hangup",
                                  headers={"Authorization": f"Bearer {ek}"}) as r:
                 if r.status != 200:

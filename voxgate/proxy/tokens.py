@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +35,7 @@ __all__ = ["client_secrets", "beta_sessions", "mint", "parse_client_secret_reque
 SESSION_TYPES = ("realtime", "transcription")
 
 # Set by the WebRTC module: (app, project_id) -> list of RTCIceServer dicts.
-ICE_SERVERS_HOOK = web.AppKey("ice_servers_hook", object)
+ICE_SERVERS_HOOK = web.AppKey[Callable[[web.Application, str], list[dict[str, Any]]]]("ice_servers_hook")
 
 
 def parse_client_secret_request(
@@ -90,7 +91,7 @@ def parse_client_secret_request(
 def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any]:
     """The session object returned with a client secret: the request's
     config over OpenAI's GA defaults."""
-    audio_defaults = {
+    audio_defaults: dict[str, dict[str, Any]] = {
         "input": {
             "format": {"type": "audio/pcm", "rate": 24000},
             "transcription": None,
@@ -103,7 +104,8 @@ def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any
         },
         "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0},
     }
-    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    given_audio = session.get("audio")
+    audio: dict[str, Any] = given_audio if isinstance(given_audio, dict) else {}
     merged_audio = {
         side: {**audio_defaults[side], **(audio.get(side) or {})} for side in ("input", "output")
     }
