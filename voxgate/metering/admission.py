@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
 from voxgate.models.plans import Plan
 
 __all__ = [
     "Lease",
+    "RateLimitState",
     "Admission",
     "InProcessAdmission",
     "TokenBucket",
@@ -54,6 +55,22 @@ def check_concurrency(plan: Plan, in_flight: int) -> None:
         )
 
 
+class RateLimitState(NamedTuple):
+    """A key's request budget right after one request was counted, as the
+    ``x-ratelimit-*-requests`` response headers carry it (OpenAI's rate-limit
+    headers, https://platform.openai.com/docs/guides/rate-limits).
+
+    Attributes:
+        limit: requests per minute of the plan.
+        remaining: whole requests that could be made now (0 when refused).
+        reset_s: seconds until the bucket is full again.
+    """
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
 @dataclass(slots=True)
 class TokenBucket:
     """Requests-per-minute limiter: a bucket of ``capacity`` tokens refilled
@@ -80,6 +97,12 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / rate if rate > 0 else 60.0
 
+    def state(self, per_minute: int) -> RateLimitState:
+        """The budget left as of the last ``take``."""
+        rate = per_minute / 60.0
+        reset = (self.capacity - self.tokens) / rate if rate > 0 else 60.0
+        return RateLimitState(per_minute, max(0, int(self.tokens)), max(0.0, reset))
+
 
 @dataclass(slots=True)
 class Lease:
@@ -99,8 +122,9 @@ class Lease:
 class Admission(Protocol):
     """The admission interface. ``now`` is monotonic seconds."""
 
-    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> None:
-        """Count one request for ``rate_key``. Raises ``RateLimited``."""
+    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
+        """Count one request for ``rate_key``; the budget left after it.
+        Raises ``RateLimited``."""
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         """Raise ``QuotaExceeded`` if no session could start now."""
@@ -136,7 +160,7 @@ class InProcessAdmission:
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> None:
+    async def check_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
         bucket = self._buckets.get(rate_key)
         if bucket is None:
             bucket = self._buckets[rate_key] = TokenBucket.full(plan.requests_per_minute, now)
@@ -147,6 +171,7 @@ class InProcessAdmission:
                 f"for this API key; retry in {wait:.1f} s",
                 retry_after_s=wait,
             )
+        return bucket.state(plan.requests_per_minute)
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         check_quota(plan, billable_used, len(self._leases.get(account_id, ())))

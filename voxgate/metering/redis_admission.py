@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from voxgate.errors import RateLimited
-from voxgate.metering.admission import Lease, check_concurrency, check_quota
+from voxgate.metering.admission import Lease, RateLimitState, check_concurrency, check_quota
 from voxgate.models.plans import Plan
 
 __all__ = ["RedisAdmission"]
@@ -66,7 +66,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS[1] bucket; ARGV per_minute → seconds to wait (0 = allowed), as a string
+# KEYS[1] bucket; ARGV per_minute → {seconds to wait (0 = allowed), tokens left},
+# as strings
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -80,7 +81,7 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 elseif rate > 0 then wait = (1 - tokens) / rate else wait = 60 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], 120000)
-return tostring(wait)
+return {tostring(wait), tostring(tokens)}
 """
 
 
@@ -116,16 +117,20 @@ class RedisAdmission:
     def _leases_key(self, account_id: str) -> str:
         return f"{self.prefix}leases:{account_id}"
 
-    async def check_rate(self, rate_key: str, plan: Plan, now: float = 0.0) -> None:
+    async def check_rate(self, rate_key: str, plan: Plan, now: float = 0.0) -> RateLimitState:
         _ = self.redis
-        wait = float(await self._take(keys=[f"{self.prefix}rate:{rate_key}"],
-                                      args=[plan.requests_per_minute]))
+        wait_s, tokens_s = await self._take(keys=[f"{self.prefix}rate:{rate_key}"],
+                                            args=[plan.requests_per_minute])
+        wait, tokens = float(wait_s), float(tokens_s)
         if wait:
             raise RateLimited(
                 f"rate limit of {plan.requests_per_minute} requests per minute reached "
                 f"for this API key; retry in {wait:.1f} s",
                 retry_after_s=wait,
             )
+        limit = plan.requests_per_minute
+        reset = (limit - tokens) * 60.0 / limit if limit > 0 else 60.0
+        return RateLimitState(limit, max(0, int(tokens)), max(0.0, reset))
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         check_quota(plan, billable_used, await self.in_flight(account_id))

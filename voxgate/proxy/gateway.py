@@ -11,23 +11,31 @@ including cancellation, exactly once per session.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxgate import logs
 from voxgate.config import Settings
-from voxgate.errors import VoxgateError
-from voxgate.metering.admission import Admission, InProcessAdmission, Lease
+from voxgate.errors import RateLimited, VoxgateError
+from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, period_of
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import Plan, PlanCatalog, Principal, Reason, SessionRecord, Verdict, new_id
 
-__all__ = ["Gateway", "ActiveSession", "monotonic_ms"]
+__all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT"]
 
 log = logging.getLogger("voxgate.gateway")
+
+# The caller's request budget after the last ``Gateway.check_rate`` in this
+# request's context (aiohttp runs each request in its own task), for the
+# ``x-ratelimit-*-requests`` response headers (voxgate.proxy.http).
+RATE_LIMIT: contextvars.ContextVar[RateLimitState | None] = contextvars.ContextVar(
+    "voxgate_rate_limit", default=None)
 
 SessionHook = Callable[["ActiveSession", Verdict, MonthlyUsage], Awaitable[None]]
 
@@ -96,9 +104,20 @@ class Gateway:
             return self.catalog.default
 
     async def check_rate(self, principal: Principal) -> Plan:
-        """Count one request against the key's rate limit. Raises ``RateLimited``."""
+        """Count one request against the key's rate limit and record the
+        budget left in ``RATE_LIMIT`` (and the caller's account and project
+        in the log context). Raises ``RateLimited``."""
+        logs.bind(account_id=principal.account.id, project_id=principal.project.id)
         plan = self.plan_of(principal)
-        await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
+        limit = plan.requests_per_minute
+        try:
+            state = await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
+        except RateLimited as err:
+            # less than one token left: full again after the wait plus (limit - 1) refills
+            refill_s = 60.0 / limit if limit > 0 else 60.0
+            RATE_LIMIT.set(RateLimitState(limit, 0, err.retry_after_s + (limit - 1) * refill_s))
+            raise
+        RATE_LIMIT.set(state)
         return plan
 
     async def usage(self, account_id: str, period: str | None = None) -> MonthlyUsage:
@@ -138,6 +157,7 @@ class Gateway:
         now = time.time()
         usage = await self.usage(account.id, period_of(now))
         session_id = new_id("sess")
+        logs.bind(session_id=session_id)
         lease = await self.admission.acquire(
             account.id, session_id, plan, usage.billable_sessions, time.monotonic()
         )

@@ -57,7 +57,7 @@ def check_offer(text: str) -> Offer:
     """
     if not text or not text.strip():
         raise InvalidSdp("the SDP offer is empty", param="sdp")
-    if len(text) > MAX_SDP_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SDP_BYTES:
         raise InvalidSdp(f"the SDP offer exceeds {MAX_SDP_BYTES} bytes", param="sdp")
     lines = [line.strip() for line in text.strip().splitlines()]
     if lines[0] != "v=0":
@@ -76,13 +76,12 @@ def check_offer(text: str) -> Offer:
     for m in desc.media:
         if m.port == 0:
             continue
-        assert m.ice is not None  # SessionDescription.parse sets it on every m-line
-        if not m.ice.usernameFragment or not m.ice.password:
+        if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
             raise InvalidSdp(f"the SDP offer's {m.kind} section has no ICE ufrag/pwd",
                              param="sdp")
-        # FIXME: m.dtls is None when the offer has no a=setup, and this raises
-        # AttributeError (a 500) rather than InvalidSdp; kept as is for now.
-        if not m.dtls.fingerprints:  # type: ignore[union-attr]
+        # aiortc leaves ``dtls`` None when the section has no a=setup /
+        # a=fingerprint at all (RFC 8842 section 5 requires both)
+        if m.dtls is None or not m.dtls.fingerprints:
             raise InvalidSdp(f"the SDP offer's {m.kind} section has no DTLS fingerprint",
                              param="sdp")
     types = tuple(c.type for m in desc.media for c in m.ice_candidates)
