@@ -181,6 +181,7 @@ class Settings(BaseSettings):
     admission_url: str = ""
     lease_ttl_s: float = 90.0  # a concurrency lease not renewed for this long is freed
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # "json": one object per line (voxgate.logs)
 
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)

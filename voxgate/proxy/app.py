@@ -30,7 +30,7 @@ from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
 from voxgate.proxy import api, cors, tokens, ws_relay
 from voxgate.proxy.gateway import Gateway
-from voxgate.proxy.http import error_middleware, json_response
+from voxgate.proxy.http import SERVER_LIMITS, error_middleware, json_response, setup_http
 from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
 
@@ -89,7 +89,7 @@ def create_app(
     """
     catalog = catalog or load_catalog(settings.catalog)
     store = store or open_store(settings)
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024, handler_args=SERVER_LIMITS)
     gateway = Gateway(settings, store, open_admission(settings), catalog)
     app[SETTINGS] = settings
     app[GATEWAY] = gateway
@@ -106,6 +106,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_lifecycle)
     cors.setup(app)
+    setup_http(app)  # x-request-id, x-should-retry, x-ratelimit-*, logs, GET /openapi.json
     for name in plugins:
         if _module_exists(name):
             module = importlib.import_module(name)
