@@ -223,11 +223,11 @@ ROUTES: tuple[Op, ...] = (
        response="Usage"),
     Op("POST", "/billing/checkout", "Stripe Checkout URL for a plan", "billing",
        (PROJECT_KEY, ADMIN_KEY, DASHBOARD), request="CheckoutRequest", response="Url",
-       errors=(400, 401, 403, 429, 502)),
+       errors=(400, 401, 403, 429, 502, 503)),
     Op("POST", "/billing/portal", "Stripe Customer Portal URL", "billing",
-       (PROJECT_KEY, ADMIN_KEY, DASHBOARD), response="Url", errors=(400, 401, 403, 429, 502)),
+       (PROJECT_KEY, ADMIN_KEY, DASHBOARD), response="Url", errors=(400, 401, 403, 429, 502, 503)),
     Op("GET", "/billing/invoices", "The account's invoices", "billing", (PROJECT_KEY, ADMIN_KEY, DASHBOARD),
-       response="InvoiceList", errors=(401, 403, 429, 502)),
+       response="InvoiceList", errors=(401, 403, 429, 502, 503)),
     Op("GET", "/billing/alerts-webhook", "The quota alerts webhook URL", "billing",
        (PROJECT_KEY, ADMIN_KEY, DASHBOARD), response="AlertsWebhook"),
     Op("PUT", "/billing/alerts-webhook", "Set the quota alerts webhook URL", "billing",
@@ -236,7 +236,7 @@ ROUTES: tuple[Op, ...] = (
     Op("DELETE", "/billing/alerts-webhook", "Remove the quota alerts webhook", "billing",
        (PROJECT_KEY, ADMIN_KEY, DASHBOARD), response="Deleted"),
     Op("POST", "/webhooks/stripe", "Stripe webhook events", "billing", (STRIPE,), request="Form",
-       response="WebhookReceipt", errors=(400,)),
+       response="WebhookReceipt", errors=(400, 503)),
     # operations
     Op("GET", "/healthz", "Health", "operations", (), response="Health", errors=()),
     Op("GET", "/metrics", "Prometheus metrics", "operations", (), response_type="text/plain", errors=()),
@@ -302,7 +302,8 @@ _HEADERS = {
 _REASONS = {101: "Switching Protocols", 200: "OK", 201: "Created", 303: "See Other", 400: "Bad request",
             401: "Missing or invalid key", 403: "Permission denied", 404: "Not found",
             413: "Too large", 414: "URI too long", 429: "Quota, concurrency or rate limit",
-            431: "Header fields too large", 500: "Internal error", 502: "Provider unavailable"}
+            431: "Header fields too large", 500: "Internal error", 502: "Provider unavailable",
+            503: "Not configured or not ready (billing without Stripe, ...)"}
 
 
 def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
