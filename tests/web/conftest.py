@@ -1,14 +1,17 @@
 """Dashboard fixtures: a catalog with priced plans, and ``WebClient``, an
 aiohttp client that signs up or in through the real forms (cookies and
-CSRF tokens included)."""
+CSRF tokens included), enrolls two-factor sign-in and computes its codes
+with ``pyotp`` like an authenticator app."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from pathlib import Path
 
 import aiohttp
+import pyotp
 import pytest
 import pytest_asyncio
 
@@ -55,6 +58,23 @@ overage_cents = 10
 """
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]*)"')
+SECRET_RE = re.compile(r'id="totp-secret" class="mono" readonly value="([A-Z2-7]+)"')
+RECOVERY_RE = re.compile(r"\b[0-9a-f]{5}-[0-9a-f]{5}\b")
+_LAST_STEP: dict[str, int] = {}  # secret → last time step a code was made for
+
+
+async def totp_code(secret: str) -> str:
+    """A code the server has not seen yet (a step is accepted once): the
+    current step, or the next one (± 1 step is accepted), waiting when
+    both were used."""
+    totp = pyotp.TOTP(secret)
+    while True:
+        now_step = int(time.time()) // totp.interval
+        step = max(now_step, _LAST_STEP.get(secret, 0) + 1)
+        if step <= now_step + 1:
+            _LAST_STEP[secret] = step
+            return totp.generate_otp(step)
+        await asyncio.sleep(1)
 
 
 @pytest.fixture
@@ -103,12 +123,29 @@ class WebClient:
         assert status == 303, text
         await self.get("/dashboard")  # the signed-in session's CSRF token
 
-    async def signin(self, email: str, password: str) -> int:
+    async def signin(self, email: str, password: str, totp_secret: str | None = None) -> int:
+        """Sign in through the forms; with ``totp_secret``, answer the code
+        form too. Returns the status of the last POST."""
         await self.get("/signin")
-        status, _, _ = await self.post("/signin", {"email": email, "password": password})
+        status, _, resp = await self.post("/signin", {"email": email, "password": password})
+        if status == 303 and resp.headers["Location"] == "/signin/2fa" and totp_secret:
+            await self.get("/signin/2fa")
+            status, _, resp = await self.post("/signin/2fa",
+                                              {"code": await totp_code(totp_secret)})
         if status == 303:
             await self.get("/dashboard")
         return status
+
+    async def enroll_2fa(self) -> tuple[str, list[str]]:
+        """Turn on two-factor sign-in from ``/account/2fa``: (secret,
+        recovery codes)."""
+        status, text, _ = await self.get("/account/2fa")
+        assert status == 200, text
+        secret = SECRET_RE.search(text).group(1)
+        status, text, _ = await self.post("/account/2fa", {"action": "confirm",
+                                                           "code": await totp_code(secret)})
+        assert status == 200 and "shown only once" in text, text
+        return secret, RECOVERY_RE.findall(text)
 
 
 @pytest_asyncio.fixture

@@ -39,15 +39,23 @@ async def test_operator_pages_refuse_members(make_server, clients):
     for path in OPERATOR_PAGES:
         assert (await member.get(path))[0] == 403, path
     state = server.app[WEB]
-    await create_operator(server.store, state.db, state.catalog, "ops@example.com", "op-password")
+    await create_operator(server.store, state.db, state.catalog, "ops@example.com",
+                          "operator password")
     ops = clients(server)
-    assert await ops.signin("ops@example.com", "op-password") == 303
+    assert await ops.signin("ops@example.com", "operator password") == 303
+    # an operator without two-factor sign-in enrolls first
+    for path in OPERATOR_PAGES:
+        status, _, resp = await ops.get(path)
+        assert status == 303 and resp.headers["Location"].startswith("/account/2fa?next="), path
+    await ops.enroll_2fa()
     for path in OPERATOR_PAGES:
         assert (await ops.get(path))[0] == 200, path
     # promoting an existing member keeps their password
     await create_operator(server.store, state.db, state.catalog, "member@example.com", None)
     again = clients(server)
     assert await again.signin("member@example.com", "correct horse") == 303
+    assert (await again.get("/admin/analytics"))[0] == 303
+    await again.enroll_2fa()
     assert (await again.get("/admin/analytics"))[0] == 200
 
 
@@ -59,7 +67,7 @@ async def test_sign_in_out_and_cookie_flags(make_server, clients):
     assert "vg_csrf=" in csrf_cookie and "Secure" in csrf_cookie and "HttpOnly" in csrf_cookie
     # Secure cookies are not sent back over http: send it by hand
     status, _, resp = await c.post("/signup", {"email": "Flags@Example.com",
-                                                "password": "long enough"},
+                                                "password": "long enough, and odd"},
                                    cookies={"vg_csrf": resp.cookies["vg_csrf"].value})
     assert status == 303
     cookie = resp.headers["Set-Cookie"]
@@ -83,14 +91,14 @@ async def test_sign_in_out_and_cookie_flags(make_server, clients):
     assert await bad.signin("who@example.com", "wrong password") == 401
     assert await bad.signin("nobody@example.com", "correct horse") == 401
     assert await bad.signin("WHO@example.com", "correct horse") == 303
-    # duplicate sign-up and short passwords are refused
+    # duplicate sign-up (in words that do not say so) and short passwords are refused
     dup = clients(server2)
     await dup.get("/signup")
     status, text, _ = await dup.post("/signup", {"email": "who@example.com",
                                                   "password": "correct horse"})
-    assert status == 400 and "already exists" in text
+    assert status == 400 and "could not create an account" in text
     status, text, _ = await dup.post("/signup", {"email": "new@example.com", "password": "short"})
-    assert status == 400 and "at least 8" in text
+    assert status == 400 and "at least 12" in text
 
 
 async def test_signed_out_session_token_is_revoked(make_server, clients):

@@ -95,7 +95,7 @@ async def test_analytics_endpoint_on_a_known_store(make_server, clients):
     server = await make_server()
     store = server.store
     state = server.app[WEB]
-    await create_operator(store, state.db, state.catalog, "ops@example.com", "op-password")
+    await create_operator(store, state.db, state.catalog, "ops@example.com", "operator password")
     now = time.time()
     start, _ = figures.period_bounds(period_of(now))
     made = {}
@@ -126,7 +126,8 @@ async def test_analytics_endpoint_on_a_known_store(make_server, clients):
     await add_session(store, made["g2"].id, proj["g2"].id, started_at=now - 40 * DAY)
 
     ops = clients(server)
-    assert await ops.signin("ops@example.com", "op-password") == 303
+    assert await ops.signin("ops@example.com", "operator password") == 303
+    await ops.enroll_2fa()
     async with ops.http.get(server.url + "/admin/analytics") as resp:
         assert resp.status == 200
         figs = await resp.json()

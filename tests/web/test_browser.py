@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, SLOW
 from tests.test_ws_relay import billable_quick_session
+from tests.web.conftest import totp_code
 from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
 
@@ -40,6 +42,9 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
         context.set_default_timeout(timeout_ms)
         try:
             page = await context.new_page()
+            csp_violations: list[str] = []
+            page.on("console", lambda m: csp_violations.append(m.text)
+                    if "Content Security Policy" in m.text else None)
 
             async def shot(name: str) -> None:
                 await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -69,6 +74,9 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
             key = await page.input_value("#new-key")
             assert key.startswith("vg_live_")
             assert "shown only once" in await page.inner_text(".newkey")
+            # the page's script (a static file: the CSP allows no inline script) runs
+            await page.click(".newkey button:has-text('Copy')")
+            await page.wait_for_selector(".newkey button:has-text('Copied')")
             await shot("projects-new-key")
 
             # a real session with that key
@@ -146,6 +154,34 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
             await page.fill("input[name=email]", "ops@example.com")
             await page.fill("input[name=password]", "operator password")
             await page.click("button:has-text('Sign in')")
+            await page.wait_for_url("**/dashboard")
+            # an operator enrolls two-factor sign-in before reaching /admin
+            await page.click("nav >> text=Admin")
+            await page.wait_for_url(re.compile(r"/account/2fa\?next=(%2F|/)admin$"))
+            assert "Operators must turn on two-factor sign-in" in await page.inner_text("main")
+            secret = await page.input_value("#totp-secret")
+            uri = await page.get_attribute("#otpauth-uri", "href")
+            assert uri.startswith("otpauth://totp/voxgate:ops%40example.com?secret=" + secret)
+            await shot("enroll-2fa")
+            await page.fill("input[name=code]", await totp_code(secret))
+            await page.click("button:has-text('Turn on')")
+            codes = (await page.input_value("#recovery-codes")).split()
+            assert len(codes) == 10 and "shown only once" in await page.inner_text("main")
+            await shot("recovery-codes")
+            await page.click("#continue")
+            await page.wait_for_url("**/admin")
+            assert await page.locator("svg.chart").count() == 4
+            # signing in again asks for the code after the password
+            await page.click("button:has-text('Sign out')")
+            await page.wait_for_url("**/signin")
+            await page.fill("input[name=email]", "ops@example.com")
+            await page.fill("input[name=password]", "operator password")
+            await page.click("button:has-text('Sign in')")
+            await page.wait_for_url("**/signin/2fa")
+            await shot("signin-2fa")
+            await page.fill("input[name=code]", await totp_code(secret))
+            await page.click("button:has-text('Verify')")
+            await page.wait_for_url("**/dashboard")
             await page.click("nav >> text=Admin")
             assert await page.locator("svg.chart").count() == 4
             assert "Operator analytics" in await page.inner_text("h1")
@@ -153,5 +189,6 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
             await page.click("text=Audit log")
             assert "key.created" in await page.inner_text("table")
             await shot("audit")
+            assert csp_violations == []
         finally:
             await context.close()

@@ -23,8 +23,11 @@ def test_create_operator_commands(tmp_path):
     made = json.loads(out.stdout.splitlines()[0])
     assert made["email"] == "ops@example.com" and made["role"] == "operator"
     assert len(made["password"]) >= 12 and "shown once" in out.stdout
-    again = voxgate("web", "create-operator", "ops@example.com", "--password", "new password",
-                    cwd=tmp_path)
+    weak = voxgate("web", "create-operator", "ops@example.com", "--password", "12345678",
+                   cwd=tmp_path)
+    assert weak.returncode == 2 and "password refused" in weak.stderr
+    again = voxgate("web", "create-operator", "ops@example.com", "--password",
+                    "a new operator password", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     second = json.loads(again.stdout.splitlines()[0])
     assert second["id"] == made["id"] and "password" not in second

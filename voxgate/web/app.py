@@ -3,7 +3,9 @@
 Routes (HTML unless noted; POSTs are CSRF-checked forms):
 
 - ``/`` → ``/dashboard`` or ``/signin``; ``/signup``, ``/signin`` (GET, POST),
-  ``/signout`` (POST)
+  ``/signin/2fa`` (GET, POST: the second factor), ``/signout`` (POST)
+- ``/account/2fa`` (GET; POST ``action=enroll|confirm|disable``): two-factor
+  sign-in (TOTP), mandatory for operators
 - ``/dashboard``: quota card, upgrade banner, charts, free-tier badge
 - ``/sessions`` (filters, pagination), ``/sessions/{id}`` (receipt),
   ``/sessions.csv``, ``/usage.csv``
@@ -14,6 +16,11 @@ Routes (HTML unless noted; POSTs are CSRF-checked forms):
   ``app[BILLING]``), ``/pricing`` (signed out too), ``/simulator``
 - ``/admin`` (operator page), ``/admin/analytics`` (JSON), ``/admin/audit``
 - ``/static/…``
+
+Every response of these routes (and of ``/voice``) carries
+``security.SECURITY_HEADERS`` (CSP without inline script, no framing,
+nosniff, same-origin referrers). Unauthenticated forms are rate limited per
+IP and failed sign-ins throttled per IP and account (``DashboardLimits``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +36,21 @@ import jinja2
 from aiohttp import web
 
 from voxgate.models import PlanCatalog
-from voxgate.web import admin_views, views
-from voxgate.web.auth import CSRF, USER, hash_password, load_secret, web_middleware
+from voxgate.web import account_views, admin_views, views
+from voxgate.web.auth import (
+    CSRF,
+    USER,
+    hash_password,
+    load_secret,
+    secure_cookies,
+    verify_or_dummy,
+    web_middleware,
+)
 from voxgate.web.db import WebDB
+from voxgate.web.security import SECURITY_HEADERS, DashboardLimits
 
-__all__ = ["setup", "WEB", "WebState", "render", "billing_service", "DEMO_PASSWORD_FILE"]
+__all__ = ["setup", "WEB", "WebState", "render", "billing_service", "DEMO_PASSWORD_FILE",
+           "DASHBOARD_PREFIXES", "add_security_headers"]
 
 log = logging.getLogger("voxgate.web")
 
@@ -52,6 +69,7 @@ class WebState:
     secure_cookies: bool
     base_url: str
     db: WebDB | None = None  # set when the store is open
+    limits: DashboardLimits = field(default_factory=DashboardLimits)
 
 
 WEB = web.AppKey("voxgate.web", WebState)
@@ -112,10 +130,28 @@ async def render(request: web.Request, template: str, status: int = 200,
         request=request, user=user, account=request.get(ACCOUNT_KEY) if user else None,
         csrf_token=request.get(CSRF, ""), path=request.path, **context)
     response = web.Response(text=html, status=status, content_type="text/html")
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+# Paths of the dashboard's own pages, forms, exports and static files (the
+# JSON APIs under /v1, /billing/usage, webhooks and metrics are not).
+DASHBOARD_PREFIXES = ("/signup", "/signin", "/signout", "/dashboard", "/sessions", "/usage.csv",
+                      "/projects", "/pricing", "/simulator", "/admin", "/account", "/static/",
+                      "/voice")
+_DASHBOARD_EXACT = ("/", "/billing")
+
+
+def is_dashboard_path(path: str) -> bool:
+    return path in _DASHBOARD_EXACT or path.startswith(DASHBOARD_PREFIXES)
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: ``SECURITY_HEADERS`` on every dashboard
+    response (pages, redirects, errors, CSV, static files)."""
+    if is_dashboard_path(request.path):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
 
 
 def setup(app: web.Application) -> None:
@@ -126,15 +162,21 @@ def setup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     app[WEB] = WebState(store=gateway.store, catalog=gateway.catalog,
                         templates=_environment(),
-                        secure_cookies=settings.web.secure_cookies,
+                        secure_cookies=secure_cookies(settings.web.secure_cookies,
+                                                      settings.public_url),
                         base_url=settings.base_url)
     app.middlewares.append(web_middleware)
+    app.on_response_prepare.append(add_security_headers)
     r = app.router
     r.add_get("/", views.index)
     r.add_get("/signup", views.signup_page)
     r.add_post("/signup", views.signup)
     r.add_get("/signin", views.signin_page)
     r.add_post("/signin", views.signin)
+    r.add_get("/signin/2fa", account_views.challenge_page)
+    r.add_post("/signin/2fa", account_views.challenge)
+    r.add_get("/account/2fa", account_views.twofactor_page)
+    r.add_post("/account/2fa", account_views.twofactor_action)
     r.add_post("/signout", views.signout)
     r.add_get("/dashboard", views.dashboard)
     r.add_get("/sessions", views.sessions_page)
@@ -168,7 +210,9 @@ async def _lifecycle(app: web.Application):
     secret = settings.web.session_secret
     state.db = WebDB(state.store, load_secret(secret.get_secret_value() if secret else None,
                                               settings.data_dir))
-    await ensure_demo_user(state, Path(settings.data_dir))
+    if getattr(settings, "demo_enabled", True):  # no demo login off loopback
+        await ensure_demo_user(state, Path(settings.data_dir))
+    await verify_or_dummy(None, "")  # make the dummy hash before the first sign-in
     yield
 
 

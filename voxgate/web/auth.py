@@ -4,7 +4,15 @@ CSRF tokens and the guards of the pages.
 - The session cookie (``vg_session``) holds a random token; the server keeps
   its HMAC in ``web_sessions`` with the user and the session's CSRF token.
   It is HttpOnly, SameSite=Lax, Path=/ and Secure when
-  ``settings.web.secure_cookies``.
+  ``settings.web.secure_cookies`` or when ``settings.public_url`` is https.
+- Two-factor sign-in (TOTP, ``twofactor``): a user with it enrolled gets,
+  after the right password, a ``vg_2fa`` cookie for a pending sign-in
+  (``signin_challenges``) and the code form; the session starts only with a
+  right code or recovery code and is marked as having passed it
+  (``request[MFA]``). Operators must have it: the ``operator`` guard sends
+  one without it to ``/account/2fa`` to enroll first.
+- Passwords are checked against a dummy argon2 hash when the email is
+  unknown, so that both answers take as long.
 - Every form carries ``csrf_token``: the session's token when signed in, or
   (sign-in and sign-up forms) the value of the ``vg_csrf`` cookie (a
   double-submit token). A POST to a form handler without the right token is
@@ -31,10 +39,12 @@ from urllib.parse import quote
 from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from multidict import MultiDictProxy
 
 from voxgate.models import Account, PlanCatalog
 from voxgate.proxy.api import ACCOUNT_KEY
-from voxgate.web.db import SESSION_TTL_S, User, WebDB
+from voxgate.web.db import CHALLENGE_TTL_S, SESSION_TTL_S, User, WebDB
+from voxgate.web.security import MIN_PASSWORD_LEN, password_problem, safe_next
 
 __all__ = [
     "SESSION_COOKIE",
@@ -53,22 +63,36 @@ __all__ = [
     "load_secret",
     "safe_next",
     "MIN_PASSWORD_LEN",
+    "MFA",
+    "CHALLENGE_COOKIE",
+    "verify_or_dummy",
+    "read_form",
+    "client_ip",
+    "secure_cookies",
+    "PasswordRefused",
 ]
 
 SESSION_COOKIE = "vg_session"
 CSRF_COOKIE = "vg_csrf"
+CHALLENGE_COOKIE = "vg_2fa"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-MIN_PASSWORD_LEN = 8
 USER = web.RequestKey("voxgate.web.user", object)
 CSRF = web.RequestKey("voxgate.web.csrf", str)
+MFA = web.RequestKey("voxgate.web.mfa", bool)  # the session passed the second factor
 _TOKEN = web.RequestKey("voxgate.web.token", str)
 _NEW_CSRF_COOKIE = web.RequestKey("voxgate.web.new_csrf", str)
 _SAFE = ("GET", "HEAD", "OPTIONS")
 
 _hasher = PasswordHasher()
+_dummy_hash: str | None = None
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+
+class PasswordRefused(ValueError):
+    """A password that the policy refuses (``password_problem``); the
+    message says why."""
 
 
 async def hash_password(password: str) -> str:
@@ -84,6 +108,45 @@ async def verify_password(password_hash: str, password: str) -> bool:
             return False
 
     return await asyncio.to_thread(check)
+
+
+async def verify_or_dummy(user: User | None, password: str) -> bool:
+    """``verify_password`` for ``user``; for no user, the same work against
+    a dummy hash (made once per process), and False: an unknown email
+    answers as slowly as a wrong password."""
+    global _dummy_hash
+    if user is not None:
+        return await verify_password(user.password_hash, password)
+    if _dummy_hash is None:
+        _dummy_hash = await hash_password(secrets.token_urlsafe(24))
+    await verify_password(_dummy_hash, password)
+    return False
+
+
+def secure_cookies(configured: bool, public_url: str) -> bool:
+    """Whether cookies get ``Secure``: configured so, or served over https."""
+    return configured or public_url.strip().lower().startswith("https://")
+
+
+def client_ip(request: web.Request) -> str:
+    """The peer address of the connection (forwarding headers are not
+    trusted)."""
+    return request.remote or "unknown"
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The parsed form body.
+
+    Raises:
+        HTTPBadRequest: not a form aiohttp can parse (multipart without or
+            with a wrong boundary, bytes that are not UTF-8).
+    """
+    try:
+        return await request.post()
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise web.HTTPBadRequest(
+            text="could not read the form: send application/x-www-form-urlencoded or "
+                 "multipart/form-data (with its boundary) in UTF-8") from exc
 
 
 def load_secret(configured: str | None, data_dir: Path) -> bytes:
@@ -112,15 +175,17 @@ def _web(request: web.Request) -> Any:
 async def web_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = _web(request)
     request[USER] = None
+    request[MFA] = False
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         found = await state.db.session_user(token)
         if found is not None:
-            user, csrf = found
+            user, csrf, mfa_at = found
             account = await state.store.get_account(user.account_id)
             if account is not None:
                 request[USER] = user
                 request[CSRF] = csrf
+                request[MFA] = mfa_at is not None
                 request[_TOKEN] = token
                 own_form = getattr(request.match_info.handler, "web_form", False)
                 if request.method in _SAFE or own_form or hmac.compare_digest(
@@ -144,20 +209,13 @@ def _signin_redirect(request: web.Request) -> web.HTTPSeeOther:
     return web.HTTPSeeOther("/signin?next=" + quote(request.path_qs, safe=""))
 
 
-def safe_next(value: str | None, default: str = "/dashboard") -> str:
-    """A local path to go to after sign-in (never another host)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
-
-
 def form_post(fn: Handler) -> Handler:
     """A POST form handler: the CSRF token is checked (403 without the
     right one) and the parsed form is passed as second argument."""
 
     @functools.wraps(fn)
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await read_form(request)
         sent = form.get(CSRF_FIELD)
         expected = request.get(CSRF)
         if not isinstance(sent, str) or not expected or (
@@ -184,7 +242,9 @@ def member(fn: Handler) -> Handler:
 
 
 def operator(fn: Handler) -> Handler:
-    """Operator pages: signed-out → ``/signin``, other users → 403."""
+    """Operator pages: signed-out → ``/signin``, other users → 403; an
+    operator without two-factor sign-in → ``/account/2fa`` to enroll; a
+    session that did not pass the second factor → ended, ``/signin``."""
 
     @functools.wraps(fn)
     async def wrapper(request: web.Request, *args: Any) -> web.StreamResponse:
@@ -193,6 +253,15 @@ def operator(fn: Handler) -> Handler:
             raise _signin_redirect(request)
         if not user.is_operator:
             raise web.HTTPForbidden(text="operators only")
+        if not user.has_2fa:
+            raise web.HTTPSeeOther("/account/2fa?next=" + quote(request.path_qs, safe=""))
+        if not request.get(MFA):
+            token = session_token(request)
+            if token:
+                await _web(request).db.end_session(token)
+            response = _signin_redirect(request)
+            clear_session_cookie(response)
+            raise response
         return await fn(request, *args)
 
     wrapper.web_form = getattr(fn, "web_form", False)  # type: ignore[attr-defined]
@@ -208,6 +277,15 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
     response.del_cookie(SESSION_COOKIE, path="/")
 
 
+def set_challenge_cookie(response: web.StreamResponse, token: str, secure: bool) -> None:
+    response.set_cookie(CHALLENGE_COOKIE, token, httponly=True, samesite="Strict", path="/signin",
+                        secure=secure, max_age=int(CHALLENGE_TTL_S))
+
+
+def clear_challenge_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(CHALLENGE_COOKIE, path="/signin")
+
+
 def session_token(request: web.Request) -> str | None:
     return request.get(_TOKEN)
 
@@ -218,9 +296,17 @@ async def create_operator(store: Any, db: WebDB, catalog: PlanCatalog, email: st
     the account with that email, else on a new account on the default plan).
 
     Returns (user, generated password or None when one was given or the
-    existing password is kept).
+    existing password is kept). The operator must enroll two-factor
+    sign-in (``/account/2fa``) before reaching ``/admin``.
+
+    Raises:
+        PasswordRefused: ``password`` fails the password policy.
     """
     email = email.strip().lower()
+    if password:
+        problem = password_problem(password, [email])
+        if problem:
+            raise PasswordRefused(problem)
     generated = None
     user = await db.user_by_email(email)
     if user is not None:

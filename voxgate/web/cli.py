@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 __all__ = ["register", "create_operator_command"]
@@ -13,11 +14,14 @@ __all__ = ["register", "create_operator_command"]
 
 async def create_operator_command(config: str | None, email: str, password: str | None) -> int:
     """Open the store, make ``email`` an operator and print the result (with
-    the generated password when none was given for a new user)."""
+    the generated password when none was given for a new user). Returns
+    the exit status: 0, or 2 when ``password`` fails the password policy
+    (the reason goes to stderr). The operator enrolls two-factor sign-in
+    at ``/account/2fa`` on first sign-in."""
     from voxgate.config import load_settings
     from voxgate.models import load_catalog
     from voxgate.proxy.app import open_store
-    from voxgate.web.auth import create_operator, load_secret
+    from voxgate.web.auth import PasswordRefused, create_operator, load_secret
     from voxgate.web.db import WebDB
 
     settings = load_settings(config)
@@ -27,8 +31,12 @@ async def create_operator_command(config: str | None, email: str, password: str 
         secret = settings.web.session_secret
         db = WebDB(store, load_secret(secret.get_secret_value() if secret else None,
                                       settings.data_dir))
-        user, generated = await create_operator(store, db, load_catalog(settings.catalog),
-                                                email, password)
+        try:
+            user, generated = await create_operator(store, db, load_catalog(settings.catalog),
+                                                    email, password)
+        except PasswordRefused as exc:
+            print(f"password refused: {exc}", file=sys.stderr)
+            return 2
         await db.audit("cli", "operator.created", user.account_id, {"email": user.email})
         out: dict[str, Any] = {"id": user.id, "email": user.email, "account_id": user.account_id,
                                "role": user.role}

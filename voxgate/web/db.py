@@ -19,7 +19,8 @@ import orjson
 
 from voxgate.models import new_id
 
-__all__ = ["User", "WebDB", "PlanChange", "DayRow", "AuditEntry", "SESSION_TTL_S"]
+__all__ = ["User", "WebDB", "PlanChange", "DayRow", "AuditEntry", "Challenge", "SESSION_TTL_S",
+           "CHALLENGE_TTL_S", "CHALLENGE_ATTEMPTS"]
 
 SESSION_TTL_S = 14 * 24 * 3600.0
 
@@ -35,10 +36,30 @@ class User:
     role: str
     created_at: float
     last_signin_at: float | None = None
+    totp_secret: str | None = None  # base32; None = no two-factor sign-in
+    totp_pending: str | None = None  # being enrolled, not yet confirmed
+    totp_last_counter: int = 0  # RFC 6238 time step of the last accepted code
 
     @property
     def is_operator(self) -> bool:
         return self.role == "operator"
+
+    @property
+    def has_2fa(self) -> bool:
+        return self.totp_secret is not None
+
+    def __repr__(self) -> str:  # never the password hash or the TOTP secrets
+        return f"User(id={self.id!r}, email={self.email!r}, role={self.role!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A sign-in past its password, waiting for the second factor."""
+
+    user_id: str
+    next: str
+    attempts: int
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +92,11 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-_USER_COLS = "id, account_id, email, password_hash, role, created_at, last_signin_at"
+_USER_COLS = ("id, account_id, email, password_hash, role, created_at, last_signin_at,"
+              " totp_secret, totp_pending, totp_last_counter")
+_N_USER_COLS = len(_USER_COLS.split(","))
+CHALLENGE_TTL_S = 300.0
+CHALLENGE_ATTEMPTS = 5
 
 
 class WebDB:
@@ -101,7 +126,7 @@ class WebDB:
                     time.time())
         async with self.store.transaction() as db:
             await db.execute(
-                f"INSERT INTO users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
+                f"INSERT INTO users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL, 0)",
                 (user.id, user.account_id, user.email, user.password_hash, user.role,
                  user.created_at))
         return user
@@ -128,34 +153,140 @@ class WebDB:
 
     # ------------------------------------------------------------ cookie sessions
 
-    async def start_session(self, user: User, now: float | None = None) -> tuple[str, str]:
-        """A new server-side session: (cookie token, CSRF token)."""
+    async def start_session(self, user: User, now: float | None = None,
+                            mfa: bool = False) -> tuple[str, str]:
+        """A new server-side session: (cookie token, CSRF token). ``mfa``:
+        the sign-in passed the second factor."""
         now = time.time() if now is None else now
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         async with self.store.transaction() as db:
             await db.execute(
                 "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?)",
-                (self._token_hash(token), user.id, csrf, now, now + SESSION_TTL_S))
+                " expires_at, mfa_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (self._token_hash(token), user.id, csrf, now, now + SESSION_TTL_S,
+                 now if mfa else None))
             await db.execute("UPDATE users SET last_signin_at = ? WHERE id = ?", (now, user.id))
             await db.execute("DELETE FROM web_sessions WHERE expires_at < ?", (now,))
         return token, csrf
 
-    async def session_user(self, token: str, now: float | None = None) -> tuple[User, str] | None:
-        """The user and CSRF token of a live session cookie; None if unknown
-        or expired."""
+    async def session_user(self, token: str,
+                           now: float | None = None) -> tuple[User, str, float | None] | None:
+        """(user, CSRF token, when the session passed the second factor or
+        None) of a live session cookie; None if unknown or expired."""
         now = time.time() if now is None else now
         row = await self._one(
             f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLS.split(','))},"
-            " s.csrf_token FROM web_sessions s JOIN users u ON u.id = s.user_id"
+            " s.csrf_token, s.mfa_at FROM web_sessions s JOIN users u ON u.id = s.user_id"
             " WHERE s.token_hash = ? AND s.expires_at > ?", (self._token_hash(token), now))
         if row is None:
             return None
-        return User(*row[:7]), row[7]
+        return User(*row[:_N_USER_COLS]), row[_N_USER_COLS], row[_N_USER_COLS + 1]
+
+    async def mark_session_mfa(self, token: str, now: float | None = None) -> None:
+        """Record that this session passed the second factor (enrolment)."""
+        async with self.store.transaction() as db:
+            await db.execute("UPDATE web_sessions SET mfa_at = ? WHERE token_hash = ?",
+                             (time.time() if now is None else now, self._token_hash(token)))
+
+    async def end_other_sessions(self, user_id: str, keep_token: str | None) -> None:
+        """End every session of the user but ``keep_token``'s."""
+        keep = self._token_hash(keep_token) if keep_token else ""
+        async with self.store.transaction() as db:
+            await db.execute("DELETE FROM web_sessions WHERE user_id = ? AND token_hash != ?",
+                             (user_id, keep))
 
     async def end_session(self, token: str) -> None:
         async with self.store.transaction() as db:
             await db.execute("DELETE FROM web_sessions WHERE token_hash = ?",
+                             (self._token_hash(token),))
+
+    # ------------------------------------------------------------ two-factor sign-in
+
+    async def user_by_id(self, user_id: str) -> User | None:
+        row = await self._one(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (user_id,))
+        return User(*row) if row else None
+
+    async def set_totp_pending(self, user_id: str, secret: str | None) -> None:
+        async with self.store.transaction() as db:
+            await db.execute("UPDATE users SET totp_pending = ? WHERE id = ?", (secret, user_id))
+
+    async def enable_totp(self, user_id: str, secret: str, step: int,
+                          recovery_codes: list[str], now: float | None = None) -> None:
+        """Turn two-factor sign-in on with ``secret`` (its code for ``step``
+        was just accepted) and replace the recovery codes (stored hashed)."""
+        now = time.time() if now is None else now
+        async with self.store.transaction() as db:
+            await db.execute(
+                "UPDATE users SET totp_secret = ?, totp_pending = NULL, totp_last_counter = ?"
+                " WHERE id = ?", (secret, step, user_id))
+            await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+            await db.executemany(
+                "INSERT INTO recovery_codes (user_id, code_hash, created_at) VALUES (?, ?, ?)",
+                [(user_id, self._token_hash(c.replace("-", "")), now) for c in recovery_codes])
+
+    async def disable_totp(self, user_id: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute(
+                "UPDATE users SET totp_secret = NULL, totp_pending = NULL WHERE id = ?",
+                (user_id,))
+            await db.execute("DELETE FROM recovery_codes WHERE user_id = ?", (user_id,))
+
+    async def accept_totp_step(self, user_id: str, step: int) -> bool:
+        """Record ``step`` as used; False when it (or a later one) already was
+        (two requests racing with the same code)."""
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE users SET totp_last_counter = ? WHERE id = ? AND totp_last_counter < ?",
+                (step, user_id, step))
+            return cursor.rowcount == 1
+
+    async def use_recovery_code(self, user_id: str, code: str,
+                                now: float | None = None) -> bool:
+        """Spend a recovery code (10 hex digits): True once, then False."""
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE recovery_codes SET used_at = ? WHERE user_id = ? AND code_hash = ?"
+                " AND used_at IS NULL",
+                (time.time() if now is None else now, user_id, self._token_hash(code)))
+            return cursor.rowcount == 1
+
+    async def recovery_codes_left(self, user_id: str) -> int:
+        row = await self._one(
+            "SELECT COUNT(*) FROM recovery_codes WHERE user_id = ? AND used_at IS NULL",
+            (user_id,))
+        return int(row[0]) if row else 0
+
+    async def start_challenge(self, user: User, next_path: str,
+                              now: float | None = None) -> str:
+        """A pending sign-in for the second factor; returns its cookie token."""
+        now = time.time() if now is None else now
+        token = secrets.token_urlsafe(32)
+        async with self.store.transaction() as db:
+            await db.execute("DELETE FROM signin_challenges WHERE expires_at < ?", (now,))
+            await db.execute(
+                "INSERT INTO signin_challenges (token_hash, user_id, next, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?)",
+                (self._token_hash(token), user.id, next_path, now, now + CHALLENGE_TTL_S))
+        return token
+
+    async def challenge(self, token: str, now: float | None = None) -> Challenge | None:
+        """The live challenge of a ``vg_2fa`` cookie, or None."""
+        now = time.time() if now is None else now
+        row = await self._one(
+            "SELECT user_id, next, attempts, expires_at FROM signin_challenges"
+            " WHERE token_hash = ? AND expires_at > ? AND attempts < ?",
+            (self._token_hash(token), now, CHALLENGE_ATTEMPTS))
+        return Challenge(row[0], row[1], int(row[2]), float(row[3])) if row else None
+
+    async def challenge_failed(self, token: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute(
+                "UPDATE signin_challenges SET attempts = attempts + 1 WHERE token_hash = ?",
+                (self._token_hash(token),))
+
+    async def end_challenge(self, token: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute("DELETE FROM signin_challenges WHERE token_hash = ?",
                              (self._token_hash(token),))
 
     # ------------------------------------------------------------ plan history, audit

@@ -26,19 +26,27 @@ from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import ACCOUNT_KEY, usage_body
 from voxgate.web import charts, figures
 from voxgate.web.auth import (
-    MIN_PASSWORD_LEN,
     USER,
+    clear_challenge_cookie,
     clear_session_cookie,
+    client_ip,
     form_post,
     hash_password,
     member,
-    safe_next,
     session_token,
+    set_challenge_cookie,
     set_session_cookie,
-    verify_password,
+    verify_or_dummy,
+)
+from voxgate.web.security import (
+    MIN_PASSWORD_LEN,
+    csv_cell,
+    password_problem,
+    retry_after_header,
+    safe_next,
 )
 
-__all__ = ["fmt_time", "fmt_ms", "PAGE_SIZE"]
+__all__ = ["fmt_time", "fmt_ms", "PAGE_SIZE", "SIGNUP_REFUSED"]
 
 PAGE_SIZE = 25
 ALERT_PERCENT = 80.0
@@ -51,7 +59,12 @@ NOTICES = {
     "key-revoked": "Key revoked.",
     "origins-saved": "Allowed origins saved.",
     "welcome": "Welcome to voxgate! Create a project and an API key to start.",
+    "2fa-enabled": "Two-factor sign-in is on.",
+    "2fa-disabled": "Two-factor sign-in is off.",
 }
+# The same words whether or not the email is registered (no enumeration).
+SIGNUP_REFUSED = ("We could not create an account with these details. If you already have "
+                  "an account, sign in instead, or use another email address.")
 
 
 def fmt_time(ts: float | None) -> str:
@@ -112,62 +125,143 @@ def _wanted_plan(state: Any, value: Any) -> str | None:
 
 async def signup_page(request: web.Request) -> web.Response:
     return await _render(request, "signup.html", email="", name="", error=None,
-                         plan=_wanted_plan(_state(request), request.query.get("plan")))
+                         plan=_wanted_plan(_state(request), request.query.get("plan")),
+                         min_password_len=MIN_PASSWORD_LEN)
+
+
+async def too_many(request: web.Request, wait_s: float, template: str,
+                   **context: Any) -> web.Response:
+    """429 on the page of the form, with ``Retry-After`` (whole seconds)."""
+    seconds = retry_after_header(wait_s)
+    response = await _render(request, template, status=429,
+                             error=f"Too many attempts: try again in {seconds} s.", **context)
+    response.headers["Retry-After"] = seconds
+    return response
 
 
 async def signin_page(request: web.Request) -> web.Response:
+    """The sign-in form; ``next`` is kept only as a same-site path
+    (``safe_next``)."""
     if request.get(USER) is not None:
         raise web.HTTPSeeOther(safe_next(request.query.get("next")))
     return await _render(request, "signin.html", email="", error=None,
                          next=safe_next(request.query.get("next")))
 
 
-async def _signed_in(request: web.Request, user: Any, to: str) -> web.Response:
+async def signed_in(request: web.Request, user: Any, to: str,
+                    mfa: bool = False) -> web.HTTPSeeOther:
+    """A fresh session for ``user`` (the old one ended): a 303 to ``to``
+    setting its cookie. ``mfa``: the second factor was passed."""
     state = _state(request)
     old = session_token(request)
     if old:
         await state.db.end_session(old)
-    token, _ = await state.db.start_session(user)
+    token, _ = await state.db.start_session(user, mfa=mfa)
     response = web.HTTPSeeOther(to)
     set_session_cookie(response, token, state.secure_cookies)
+    clear_challenge_cookie(response)
     return response
+
+
+async def signin_failed(request: web.Request, email: str, account_id: str | None,
+                        now: float) -> None:
+    """Count a failed password or code for the client's IP and ``email``;
+    the failure that fills a window is audited (``signin.throttled``)."""
+    state = _state(request)
+    ip = client_ip(request)
+    limits = state.limits
+    if limits.failed_account.record(email, now) == limits.failed_account.limit:
+        await state.db.audit(email or "anonymous", "signin.throttled", account_id,
+                             {"scope": "account", "email": email, "ip": ip,
+                              "failures": limits.failed_account.limit,
+                              "window_s": limits.failed_account.window_s})
+    if limits.failed_ip.record(ip, now) == limits.failed_ip.limit:
+        await state.db.audit("anonymous", "signin.throttled", None,
+                             {"scope": "ip", "ip": ip, "failures": limits.failed_ip.limit,
+                              "window_s": limits.failed_ip.window_s})
+
+
+def signin_wait(request: web.Request, email: str, now: float) -> float:
+    """Seconds before this client may try a password or code for ``email``
+    again (0.0: now)."""
+    limits = _state(request).limits
+    ip = client_ip(request)
+    return max(limits.failed_ip.retry_after(ip, now),
+               limits.failed_account.retry_after(email, now))
+
+
+def _text(form: MultiDictProxy, name: str) -> str:
+    value = form.get(name, "")
+    return value if isinstance(value, str) else ""
 
 
 @form_post
 async def signup(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """Create an account and its user, and sign in.
+
+    400 for an invalid email, a password the policy refuses
+    (``password_problem``) or an email that cannot be used: the last with
+    ``SIGNUP_REFUSED``, the same words and the same argon2 work whether or
+    not the email is registered. 429 (``Retry-After``) past
+    ``DashboardLimits.SIGNUP_PER_10_MIN`` per IP.
+    """
     state = _state(request)
-    email = str(form.get("email", "")).strip().lower()
-    name = str(form.get("name", "")).strip()[:100]
-    password = str(form.get("password", ""))
-    error = None
-    if not _EMAIL.match(email):
-        error = "Enter a valid email address."
-    elif len(password) < MIN_PASSWORD_LEN:
-        error = f"The password needs at least {MIN_PASSWORD_LEN} characters."
-    elif (await state.db.user_by_email(email) is not None
-          or await state.store.get_account_by_email(email) is not None):
-        error = "An account with this email already exists: sign in instead."
+    email = _text(form, "email").strip().lower()
+    name = _text(form, "name").strip()[:100]
+    password = _text(form, "password")
     wanted = _wanted_plan(state, form.get("plan"))
+    page = {"email": email, "name": name, "plan": wanted, "min_password_len": MIN_PASSWORD_LEN}
+    wait = state.limits.signup_ip.hit(client_ip(request), time.time())
+    if wait:
+        return await too_many(request, wait, "signup.html", **page)
+    error = None
+    if not _EMAIL.match(email) or len(email) > 254:
+        error = "Enter a valid email address."
+    else:
+        error = password_problem(password, [email, name])
     if error:
-        return await _render(request, "signup.html", status=400, email=email, name=name,
-                             error=error, plan=wanted)
+        return await _render(request, "signup.html", status=400, error=error, **page)
+    password_hash = await hash_password(password)
+    if (await state.db.user_by_email(email) is not None
+            or await state.store.get_account_by_email(email) is not None):
+        return await _render(request, "signup.html", status=400, error=SIGNUP_REFUSED, **page)
     account = await state.store.create_account(email, state.catalog.default_plan, name=name)
-    user = await state.db.create_user(account.id, email, await hash_password(password))
+    user = await state.db.create_user(account.id, email, password_hash)
     await state.db.audit(email, "user.signup", account.id, {"plan": account.plan_id})
-    raise await _signed_in(request, user, "/billing" if wanted else "/dashboard?notice=welcome")
+    raise await signed_in(request, user, "/billing" if wanted else "/dashboard?notice=welcome")
 
 
 @form_post
 async def signin(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """Check the password; then sign in, or (two-factor users) set the
+    ``vg_2fa`` cookie and go to ``/signin/2fa``.
+
+    401 for a wrong email or password (as slow for an unknown email: a
+    dummy hash is verified). 429 (``Retry-After``) past
+    ``DashboardLimits.SIGNIN_PER_MIN`` requests per IP, or when the IP or
+    the email has too many recent failures.
+    """
     state = _state(request)
-    email = str(form.get("email", "")).strip().lower()
-    password = str(form.get("password", ""))
-    to = safe_next(str(form.get("next", "")))
-    user = await state.db.user_by_email(email)
-    if user is None or not await verify_password(user.password_hash, password):
+    email = _text(form, "email").strip().lower()[:320]
+    password = _text(form, "password")
+    to = safe_next(_text(form, "next"))
+    now = time.time()
+    wait = state.limits.signin_ip.hit(client_ip(request), now) or signin_wait(request, email, now)
+    if wait:
+        return await too_many(request, wait, "signin.html", email=email, next=to)
+    user = await state.db.user_by_email(email) if email else None
+    if not await verify_or_dummy(user, password):
+        await signin_failed(request, email, user.account_id if user else None, now)
         return await _render(request, "signin.html", status=401, email=email, next=to,
                              error="Wrong email or password.")
-    raise await _signed_in(request, user, to)
+    assert user is not None
+    state.limits.failed_account.clear(email)
+    if user.has_2fa:
+        token = await state.db.start_challenge(user, to, now)
+        response = web.HTTPSeeOther("/signin/2fa")
+        set_challenge_cookie(response, token, state.secure_cookies)
+        raise response
+    raise await signed_in(request, user, to)
 
 
 @form_post
@@ -329,13 +423,16 @@ CSV_COLUMNS = ("id", "started_at", "ended_at", "project_id", "project", "transpo
 
 
 def _csv_row(s: SessionRecord, names: dict[str, str]) -> list[Any]:
+    """One CSV row; text cells that a spreadsheet would run as a formula
+    (a client picks ``model``; a user names projects) are neutralised."""
     m = s.measurements
-    return [s.id, fmt_time(s.started_at), fmt_time(s.ended_at), s.project_id,
-            names.get(s.project_id, ""), s.transport, s.model, s.status, round(m.duration_ms),
-            round(m.audio_in_ms), round(m.audio_out_ms),
-            "" if m.connect_ms is None else round(m.connect_ms, 1), m.ice_pair_type or "",
-            "" if s.billable is None else str(bool(s.billable)).lower(), s.reason or "",
-            s.settlement, s.rule or ""]
+    return [csv_cell(v) for v in (
+        s.id, fmt_time(s.started_at), fmt_time(s.ended_at), s.project_id,
+        names.get(s.project_id, ""), s.transport, s.model, s.status, round(m.duration_ms),
+        round(m.audio_in_ms), round(m.audio_out_ms),
+        "" if m.connect_ms is None else round(m.connect_ms, 1), m.ice_pair_type or "",
+        "" if s.billable is None else str(bool(s.billable)).lower(), s.reason or "",
+        s.settlement, s.rule or "")]
 
 
 @member
@@ -379,9 +476,10 @@ async def usage_csv(request: web.Request) -> web.Response:
                      "minutes_used", "audio_seconds", "bytes"))
     plan = plan_of(request, account)
     for u in await state.store.list_usage(account.id):
-        writer.writerow((u.period, plan.id, u.sessions, u.billable_sessions,
-                         state.catalog.estimated_minutes(u.billable_sessions),
-                         round(u.minutes_used, 2), round(u.audio_seconds, 1), u.bytes))
+        writer.writerow([csv_cell(v) for v in (
+            u.period, plan.id, u.sessions, u.billable_sessions,
+            state.catalog.estimated_minutes(u.billable_sessions),
+            round(u.minutes_used, 2), round(u.audio_seconds, 1), u.bytes)])
     return web.Response(body=buf.getvalue().encode(), headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": 'attachment; filename="voxgate-usage.csv"'})
@@ -452,7 +550,7 @@ async def set_origins(request: web.Request, form: MultiDictProxy) -> web.Respons
         origins = parse_origins([o for o in text.replace(",", "\n").split() if o])
     except ValueError as exc:
         return await _projects_view(request, 400, error=f"{project.name}: {exc}")
-    await _state(request).store.set_allowed_origins(project.id, origins)
+    await _state(request).store.update_project(project.id, allowed_origins=origins)
     await _audit(request, "project.origins_set", project_id=project.id,
                  allowed_origins=list(origins))
     raise web.HTTPSeeOther("/projects?notice=origins-saved")
@@ -486,8 +584,12 @@ async def revoke_key(request: web.Request, form: MultiDictProxy) -> web.Response
 # ---------------------------------------------------------------- billing, pricing, simulator
 
 @member
-async def billing_page(request: web.Request, error: str | None = None,
-                       status: int = 200) -> web.Response:
+async def billing_page(request: web.Request) -> web.Response:
+    return await _billing_view(request)
+
+
+async def _billing_view(request: web.Request, error: str | None = None,
+                        status: int = 200) -> web.Response:
     from voxgate.web.app import billing_service
 
     state = _state(request)
@@ -521,20 +623,20 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
     billing = billing_service(request.app)
     account = _account(request)
     if billing is None:
-        return await billing_page.__wrapped__(request, "Billing is not configured.", 503)
+        return await _billing_view(request, "Billing is not configured.", 503)
     action = form.get("action")
     try:
         if action == "upgrade":
             plan_id = str(form.get("plan", ""))
             if plan_id not in _state(request).catalog.plans:
-                return await billing_page.__wrapped__(request, "Unknown plan.", 400)
+                return await _billing_view(request, "Unknown plan.", 400)
             url = await billing.checkout_url(account, plan_id)
         elif action == "manage":
             url = await billing.portal_url(account)
         else:
-            return await billing_page.__wrapped__(request, "Unknown action.", 400)
+            return await _billing_view(request, "Unknown action.", 400)
     except Exception as exc:  # noqa: BLE001 - Stripe trouble is shown, not a 500
-        return await billing_page.__wrapped__(request, f"Billing error: {exc}", 502)
+        return await _billing_view(request, f"Billing error: {exc}", 502)
     raise web.HTTPSeeOther(url)
 
 

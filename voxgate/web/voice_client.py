@@ -7,23 +7,32 @@ Routes:
 - ``POST /voice/demo-key`` — mints an ephemeral key for the demo project
   (its API key is ``<data_dir>/demo_api_key``, written by ``ensure_demo``),
   with ``ice_servers``, in the ``POST /v1/realtime/client_secrets`` shape.
-  Served only when ``web.demo_page`` is true (local use: anyone who can reach
-  the route can spend the demo project's sessions).
+  It needs no credentials, so anyone who can reach it can spend the demo
+  project's sessions: it exists only when the demo is on (voxgate listens
+  on loopback, ``settings.host`` ``127.0.0.1``, ``::1`` or ``localhost``,
+  or the operator set ``demo = true``) and ``web.demo_page`` is not false
+  (``demo_page_enabled``). At most
+  ``DashboardLimits.DEMO_KEYS_PER_MIN`` keys per client IP per minute
+  (429 with ``Retry-After`` beyond).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from voxgate.errors import NotFound
+from voxgate.errors import NotFound, RateLimited
 from voxgate.proxy.auth import resolve
 from voxgate.proxy.http import json_response
 from voxgate.proxy.tokens import mint
+from voxgate.web.security import DashboardLimits, SlidingWindow, is_loopback
 
-__all__ = ["setup", "STATIC_DIR"]
+__all__ = ["setup", "STATIC_DIR", "demo_page_enabled", "DEMO_KEY_LIMIT"]
+
+DEMO_KEY_LIMIT = web.AppKey("voxgate.web.demo_key_limit", SlidingWindow)
 
 STATIC_DIR = Path(__file__).parent / "voice"
 DEMO_SESSION: dict[str, Any] = {
@@ -34,7 +43,30 @@ DEMO_SESSION: dict[str, Any] = {
 }
 
 
+def demo_page_enabled(settings: Any) -> bool:
+    """Whether ``POST /voice/demo-key`` exists, from the ``Settings``.
+
+    ``web.demo_page = false``: never. Left at its default: only when the
+    demo is on (``settings.demo_enabled``: ``demo`` unset means voxgate
+    listens on loopback, ``host`` ``127.0.0.1``, ``::1`` or ``localhost``).
+    Set to true while its default is not true (``None`` or ``"auto"``):
+    always. The setting's default is read from ``WebSettings`` itself, so a
+    ``True`` default means "automatic", not "everywhere".
+    """
+    web_settings = settings.web
+    value = web_settings.demo_page
+    if value is False:
+        return False
+    field = type(web_settings).model_fields.get("demo_page")
+    default = field.default if field is not None else True
+    if value is True and default is not True:
+        return True
+    demo = getattr(settings, "demo_enabled", None)
+    return demo if isinstance(demo, bool) else is_loopback(str(settings.host))
+
+
 def setup(app: web.Application) -> None:
+    app[DEMO_KEY_LIMIT] = SlidingWindow(DashboardLimits.DEMO_KEYS_PER_MIN, 60.0)
     app.router.add_get("/voice", voice_page)
     app.router.add_static("/voice/static/", STATIC_DIR, append_version=False)
     app.router.add_post("/voice/demo-key", demo_key)
@@ -49,15 +81,23 @@ async def demo_key(request: web.Request) -> web.Response:
     """Mint an ephemeral key for the demo project.
 
     Raises:
-        NotFound: ``web.demo_page`` is off, or there is no demo project.
-        RateLimited, QuotaExceeded (429): as ``client_secrets``.
+        NotFound: the demo page is off (``demo_page_enabled``), or there is
+            no demo project.
+        RateLimited (429, ``Retry-After``): too many keys for this client IP,
+            or as ``client_secrets``.
+        QuotaExceeded (429): as ``client_secrets``.
     """
     from voxgate.proxy.app import DEMO_KEY_FILE, GATEWAY
 
     gw = request.app[GATEWAY]
     settings = gw.settings
-    if not settings.web.demo_page:
-        raise NotFound("the demo page is disabled (web.demo_page = false)")
+    if not demo_page_enabled(settings):
+        raise NotFound("the demo page is disabled (web.demo_page, or voxgate does not listen "
+                       "on loopback only)")
+    wait = request.app[DEMO_KEY_LIMIT].hit(request.remote or "unknown", time.time())
+    if wait:
+        raise RateLimited(f"too many demo keys from this address: retry in {wait:.0f} s",
+                          retry_after_s=wait)
     try:
         api_key = (Path(settings.data_dir) / DEMO_KEY_FILE).read_text().strip()
     except OSError as exc:
