@@ -27,5 +27,7 @@ EXPOSE 8080
 # WebRTC media uses UDP on ephemeral ports: run with --network host, or set
 # [webrtc] host_addresses / public_address and publish a TURN server.
 HEALTHCHECK CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)" || exit 1
+# Production-safe defaults: listening on 0.0.0.0 turns the demo account, its
+# login and the browser demo-key route off (VOXGATE_DEMO=true forces them on).
 ENTRYPOINT ["voxgate"]
 CMD ["serve"]

@@ -124,7 +124,8 @@ def voice_url(tmp_path_factory) -> str:
 @dataclass
 class Server:
     """A running voxgate app: ``url`` (http base), its store, gateway, and
-    the account/project/key made for the test."""
+    the account/project/key made for the test (``key`` the project key,
+    ``admin_key`` the account's admin key)."""
 
     url: str
     app: web.Application
@@ -132,6 +133,7 @@ class Server:
     key: str
     account_id: str
     project_id: str
+    admin_key: str = ""
 
     @property
     def gateway(self):
@@ -146,6 +148,10 @@ class Server:
     @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "/v1/realtime"
+
+    async def admin_key_of(self, account_id: str) -> str:
+        """A new admin key of the account (account-wide reads, billing)."""
+        return (await self.store.create_admin_key(account_id, "test"))[1]
 
     async def new_account(self, plan: str = "tiny", email: str | None = None):
         """(account, project, key) for a fresh account on ``plan``."""
@@ -203,7 +209,8 @@ async def start_server(settings_data: dict, plan: str, *, plugins: tuple[str, ..
     account = await store.create_account(f"{plan}-{time.monotonic_ns()}@test", plan)
     project = await store.create_project(account.id, "test")
     _, key = await store.create_api_key(project.id, "test")
-    return cls(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id)
+    _, admin_key = await store.create_admin_key(account.id, "test")
+    return cls(f"http://127.0.0.1:{port}", app, runner, key, account.id, project.id, admin_key)
 
 
 @pytest_asyncio.fixture

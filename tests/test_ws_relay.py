@@ -175,7 +175,7 @@ async def test_quota_refuses_session_after_limit(server, jfk_pcm, http):
         assert (await resp.json())["error"]["type"] == "insufficient_quota"
     # non-billable sessions did not use quota: usage says exactly 2
     async with http.get(server.url + "/billing/usage",
-                        headers={"Authorization": f"Bearer {server.key}"}) as resp:
+                        headers={"Authorization": f"Bearer {server.admin_key}"}) as resp:
         usage = await resp.json()
     assert usage["sessionsUsed"] == 2 and usage["sessionsRemaining"] == 0
     assert usage["percentUsed"] == 100.0
@@ -247,7 +247,7 @@ async def test_rate_limit_per_key(server, http):
     headers = {"Authorization": f"Bearer {key}"}
     statuses = []
     for _ in range(4):
-        async with http.get(server.url + "/billing/usage", headers=headers) as resp:
+        async with http.get(server.url + "/v1/sessions", headers=headers) as resp:
             statuses.append(resp.status)
             body = await resp.json()
     assert statuses == [200, 200, 200, 429]
@@ -256,7 +256,7 @@ async def test_rate_limit_per_key(server, http):
     assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
     # another key of the same account has its own budget
     _, key2 = await server.store.create_api_key(project.id, "second")
-    async with http.get(server.url + "/billing/usage",
+    async with http.get(server.url + "/v1/sessions",
                         headers={"Authorization": f"Bearer {key2}"}) as resp:
         assert resp.status == 200
 
@@ -392,7 +392,8 @@ async def test_usage_equals_sessions_run(server, jfk_pcm, http):
     await server.session(short)
     records = [await server.session(s) for s in billable]
     headers = {"Authorization": f"Bearer {key}"}
-    async with http.get(server.url + "/billing/usage", headers=headers) as resp:
+    admin = {"Authorization": f"Bearer {await server.admin_key_of(account.id)}"}
+    async with http.get(server.url + "/billing/usage", headers=admin) as resp:
         usage = await resp.json()
     assert usage["plan"] == "roomy"
     assert usage["sessionsUsed"] == 3

@@ -1,21 +1,34 @@
-"""``voxgate admin …``: accounts, projects, keys and usage, straight on the store."""
+"""``voxgate admin …``: accounts, projects, keys and usage, straight on the
+store. Every command that changes something writes the audit log (actor
+``cli:<user>``), like the dashboard's actions."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+from typing import Any
 
 from voxgate.config import load_settings
 from voxgate.metering.store import period_of
 from voxgate.models import load_catalog
-from voxgate.models.origins import parse_origins
+from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.proxy.app import open_store
 
-__all__ = ["run_admin"]
+__all__ = ["run_admin", "PIN_COMMANDS"]
+
+# command → (argument, the project field it sets, its parser)
+PIN_COMMANDS = {
+    "set-origins": ("origins", "allowed_origins", parse_origins),
+    "set-models": ("models", "allowed_models", parse_models),
+    "set-ips": ("networks", "allowed_ips", parse_networks),
+}
 
 
 async def run_admin(args: argparse.Namespace) -> int:
+    """Run one ``voxgate admin`` command; returns the exit status (1: unknown
+    id, 2: invalid argument)."""
     settings = load_settings(args.config)
     if args.admin_command == "create-operator":
         from voxgate.web.cli import create_operator_command
@@ -24,49 +37,78 @@ async def run_admin(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.catalog)
     store = open_store(settings)
     await store.open()
+    actor = f"cli:{_user()}"
+
+    async def audit(action: str, account_id: str | None, **detail: Any) -> None:
+        await store.audit(actor, action, account_id, detail)
+
     try:
         cmd = args.admin_command
         if cmd == "create-account":
             plan = args.plan or catalog.default_plan
             catalog.get(plan)
             account = await store.create_account(args.email, plan, name=args.name)
+            await audit("account.created", account.id, email=account.email, plan=plan)
             print(json.dumps({"id": account.id, "email": account.email, "plan": account.plan_id}))
         elif cmd == "create-project":
             if await store.get_account(args.account_id) is None:
                 print(f"no account {args.account_id}")
                 return 1
             project = await store.create_project(args.account_id, args.name)
+            await audit("project.created", project.account_id, project_id=project.id,
+                        name=project.name)
             print(json.dumps({"id": project.id, "account_id": project.account_id,
                               "name": project.name}))
         elif cmd == "create-key":
-            if await store.get_project(args.project_id) is None:
+            found_project = await store.get_project(args.project_id)
+            if found_project is None:
                 print(f"no project {args.project_id}")
                 return 1
             key, plaintext = await store.create_api_key(args.project_id, args.name)
+            await audit("key.created", found_project.account_id, project_id=key.project_id,
+                        key_id=key.id, prefix=key.prefix)
             print(json.dumps({"id": key.id, "prefix": key.prefix, "key": plaintext}))
             print("(the key is shown once: store it now)")
-        elif cmd == "set-origins":
+        elif cmd == "create-admin-key":
+            if await store.get_account(args.account_id) is None:
+                print(f"no account {args.account_id}")
+                return 1
+            admin, plaintext = await store.create_admin_key(args.account_id, args.name)
+            await audit("admin_key.created", admin.account_id, key_id=admin.id,
+                        prefix=admin.prefix)
+            print(json.dumps({"id": admin.id, "prefix": admin.prefix, "key": plaintext}))
+            print("(the key is shown once: store it now)")
+        elif cmd == "revoke-admin-key":
+            await store.revoke_admin_key(args.key_id)
+            await audit("admin_key.revoked", None, key_id=args.key_id)
+            print(f"revoked {args.key_id}")
+        elif cmd in PIN_COMMANDS:
+            arg, field, parse = PIN_COMMANDS[cmd]
             try:
-                origins = parse_origins(args.origins)
+                values = parse(getattr(args, arg))
             except ValueError as exc:
                 print(f"voxgate: {exc}")
                 return 2
-            project = await store.set_allowed_origins(args.project_id, origins)
-            print(json.dumps({"id": project.id, "allowed_origins": list(project.allowed_origins)}))
+            project = await store.update_project(args.project_id, **{field: values})
+            await audit("project.pins_set", project.account_id, project_id=project.id,
+                        **{field: list(values)})
+            print(json.dumps({"id": project.id, field: list(values)}))
         elif cmd == "revoke-key":
             await store.revoke_api_key(args.key_id)
+            await audit("key.revoked", None, key_id=args.key_id)
             print(f"revoked {args.key_id}")
         elif cmd == "set-plan":
             catalog.get(args.plan)
             account = await store.update_account(args.account_id, plan_id=args.plan)
+            await audit("account.plan_set", account.id, plan=args.plan)
             print(json.dumps({"id": account.id, "plan": account.plan_id}))
         elif cmd == "usage":
-            account = await store.get_account(args.account_id)
-            if account is None:
+            found = await store.get_account(args.account_id)
+            if found is None:
                 print(f"no account {args.account_id}")
                 return 1
-            usage = await store.get_usage(account.id, period_of())
-            print(json.dumps(usage_body(catalog.get(account.plan_id), usage, catalog), indent=2))
+            usage = await store.get_usage(found.id, period_of())
+            print(json.dumps(usage_body(catalog.get(found.plan_id), usage, catalog), indent=2))
         elif cmd == "accounts":
             for account in await store.list_accounts():
                 print(f"{account.id}\t{account.email}\t{account.plan_id}\t{account.status}")
@@ -76,3 +118,11 @@ async def run_admin(args: argparse.Namespace) -> int:
         return 1
     finally:
         await store.close()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+

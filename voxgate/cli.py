@@ -3,7 +3,8 @@
 - ``voxgate serve [--host] [--port] [--config FILE]``
 - ``voxgate call --audio FILE [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
-- ``voxgate admin create-account|create-project|create-key|revoke-key|set-origins|usage|accounts``
+- ``voxgate admin create-account|create-project|create-key|revoke-key|create-admin-key|
+  revoke-admin-key|set-origins|set-models|set-ips|set-plan|usage|accounts``
 
 Other rooms add their own subcommands with a ``register(subparsers)`` in
 ``voxgate.billing.cli``, ``voxgate.web.cli`` and ``voxgate.loadtest.cli``.
@@ -150,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "(none = any origin)")
     a.add_argument("project_id")
     a.add_argument("origins", nargs="*", metavar="ORIGIN", help="e.g. https://app.example.com")
+    a = asub.add_parser("set-models", help="models the project may use (none = any)")
+    a.add_argument("project_id")
+    a.add_argument("models", nargs="*", metavar="MODEL", help="e.g. gpt-realtime")
+    a = asub.add_parser("set-ips", help="client networks the project's API keys may be used "
+                                        "from (none = any)")
+    a.add_argument("project_id")
+    a.add_argument("networks", nargs="*", metavar="CIDR", help="e.g. 203.0.113.0/24")
+    a = asub.add_parser("create-admin-key",
+                        help="an account admin key: account-wide reads and billing actions")
+    a.add_argument("account_id")
+    a.add_argument("--name", default="")
+    a = asub.add_parser("revoke-admin-key")
+    a.add_argument("key_id")
     a = asub.add_parser("revoke-key")
     a.add_argument("key_id")
     a = asub.add_parser("set-plan")

@@ -41,11 +41,14 @@ class UpstreamSettings(BaseModel):
     ``provider``: ``local`` (the embedded voice provider) or ``openai``.
     ``url``: the provider's realtime WebSocket URL without query
     (default: the embedded provider, or ``wss://api.openai.com/v1/realtime``).
+    ``allowed_models``: the only models any session may use (empty = any; a
+    project may narrow it further).
     """
 
     provider: Literal["local", "openai"] = "local"
     url: str = ""
     default_model: str = "gpt-realtime"
+    allowed_models: list[str] = Field(default_factory=list)
     openai_api_key: SecretStr | None = None
     connect_timeout_s: float = 10.0
 
@@ -181,6 +184,12 @@ class Settings(BaseSettings):
     admission_url: str = ""
     lease_ttl_s: float = 90.0  # a concurrency lease not renewed for this long is freed
     log_level: str = "INFO"
+    # Development mode: customer webhook URLs may be http and may point at
+    # loopback or private addresses. Never in production.
+    dev_mode: bool = False
+    # The demo account, its dashboard login and the browser demo-key route:
+    # None = only when voxgate listens on loopback (``host``); true/false forces.
+    demo: bool | None = None
     log_format: Literal["text", "json"] = "text"  # "json": one object per line (voxgate.logs)
 
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
@@ -204,6 +213,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the TOML file, which is passed as init kwargs.
         return (env_settings, init_settings)
+
+    @property
+    def demo_enabled(self) -> bool:
+        """Whether the demo account, login and demo-key route exist."""
+        if self.demo is not None:
+            return self.demo
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
 
     @property
     def sqlite_path(self) -> Path:

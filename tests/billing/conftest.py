@@ -246,7 +246,8 @@ class BillingServer(Server):
         return self.gateway.catalog
 
     def headers(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
+        """Authorization for the billing routes (the account's admin key by default)."""
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
 
 
 @pytest_asyncio.fixture

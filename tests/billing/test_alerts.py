@@ -30,6 +30,7 @@ from voxgate.models import (
     load_catalog,
     new_id,
 )
+from voxgate.proxy.app import SETTINGS
 from voxgate.proxy.gateway import ActiveSession
 
 
@@ -153,7 +154,7 @@ async def test_quota_alerts_once_each_queued_while_smtp_is_down(make_billing_ser
                                                                  receiver):
     smtp_port = free_port()  # nothing listens yet
     server = await make_billing_server(
-        plan="starter", public_url="https://vox.example",
+        plan="starter", public_url="https://vox.example", dev_mode=True,  # a loopback receiver
         smtp={"host": "127.0.0.1", "port": smtp_port, "timeout_s": 2.0})
     url, got = receiver
     async with http.put(server.url + "/billing/alerts-webhook", json={"url": url},
@@ -229,3 +230,60 @@ async def test_empty_smtp_host_keeps_mail_queued(make_billing_server):
     assert await server.billing.outbox.run_once() == {"emails": 0, "webhooks": 0}
     emails = await db.list_emails(server.account_id)
     assert [(e.kind, e.attempts, e.sent_at) for e in emails] == [("welcome", 0, None)]
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:{port}/hook",            # http, loopback
+    "https://127.0.0.1:{port}/hook",           # loopback
+    "https://localhost:{port}/hook",           # a name that resolves to loopback
+    "https://10.1.2.3/internal/admin",         # private
+    "https://169.254.169.254/latest/meta-data",  # cloud metadata (link-local)
+    "https://[::1]:{port}/hook",               # IPv6 loopback
+    "https://[::ffff:127.0.0.1]:{port}/hook",  # IPv4-mapped loopback
+    "https://user@example.com/hook",           # user info
+    "ftp://example.com/hook",
+])
+async def test_ssrf_alerts_webhook_to_internal_addresses_refused(make_billing_server, http,
+                                                                 receiver, url):
+    """The customer's webhook URL cannot point voxgate at its own network."""
+    hook_url, got = receiver
+    port = hook_url.split(":")[2].split("/")[0]
+    server = await make_billing_server(plan="starter")
+    async with http.put(server.url + "/billing/alerts-webhook",
+                        json={"url": url.format(port=port)}, headers=server.headers()) as resp:
+        body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "unsafe_url", body
+    assert await server.billing.db.account_webhook(server.account_id) is None
+    assert got == []
+
+
+async def test_ssrf_checked_again_at_delivery(make_billing_server, receiver):
+    """A URL stored earlier (here: written straight to the store, as one set
+    in development mode would be) is checked again when delivering: nothing
+    reaches the loopback receiver, and the delivery is recorded as failed."""
+    url, got = receiver
+    server = await make_billing_server(plan="starter")
+    db = server.billing.db
+    await db.set_account_webhook(server.account_id, url, "whsec_test")
+    await server.billing.notifier.webhook(server.account_id, "quota_warning", {"percent": 80})
+    from voxgate.billing.notify import OutboxWorker
+
+    worker = OutboxWorker(server.app[SETTINGS], db)  # what the server's own worker runs
+    try:
+        assert (await worker.run_once())["webhooks"] == 0
+    finally:
+        await worker.close()
+    assert got == []
+    (pending,) = await db.due_webhooks(time.time() + 3600)  # kept, to retry
+    assert pending.attempts >= 1
+
+
+async def test_alerts_webhook_needs_the_account_owner(make_billing_server, http):
+    """A project key (or a browser's ephemeral key) cannot set the account's
+    webhook and read its signing secret."""
+    server = await make_billing_server(plan="starter")
+    async with http.put(server.url + "/billing/alerts-webhook",
+                        json={"url": "https://example.com/hook"},
+                        headers=server.headers(server.key)) as resp:
+        assert resp.status == 403
+        assert "secret" not in await resp.text()

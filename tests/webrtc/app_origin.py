@@ -32,7 +32,7 @@ class AppOrigin:
         self.runner: web.AppRunner | None = None
         self.url = ""
 
-    async def start(self) -> "AppOrigin":
+    async def start(self) -> AppOrigin:
         app = web.Application()
         app.router.add_get("/token", self._token)
         app.router.add_get("/agents-realtime.js", self._bundle)

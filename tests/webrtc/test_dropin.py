@@ -225,9 +225,9 @@ async def test_origin_allowlist(make_server, tmp_path, speech_file, http):
     server = await make_server(webrtc={"host_addresses": ["127.0.0.1"]})
     async with app_origin(server) as allowed, app_origin(server) as other, \
             browser(tmp_path, speech_file) as context:
-        r = await http.put(server.url + f"/v1/projects/{server.project_id}/allowed_origins",
-                           json={"allowed_origins": [allowed.url.upper() + "/"]},
-                           headers={"Authorization": f"Bearer {server.key}"})
+        r = await http.patch(server.url + f"/v1/projects/{server.project_id}",
+                             json={"allowed_origins": [allowed.url.upper() + "/"]},
+                             headers={"Authorization": f"Bearer {server.admin_key}"})
         body = await r.json()
         assert r.status == 200, body
         assert body["allowed_origins"] == [allowed.url]

@@ -99,7 +99,7 @@ async def test_lost_consent_ends_the_call(make_server, http, monkeypatch):
 
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
     monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
-    server = await make_server(webrtc={"host_addresses": ["127.0.0.1"], "consent_grace_s": 0.3})
+    server = await make_server(webrtc={"host_addresses": ["127.0.0.1"], "consent_grace_s": 2.0})
     ek = await mint(http, server)
     client = Client(server.url, b"")
     try:

@@ -25,6 +25,7 @@ import aiohttp
 import aiosmtplib
 
 from voxgate.billing.db import BillingDB, backoff_s
+from voxgate.billing.outbound import UnsafeUrl, check_url, client_session
 from voxgate.config import Settings
 from voxgate.metering.store import MonthlyUsage
 from voxgate.models import Account, Plan
@@ -252,15 +253,19 @@ class OutboxWorker:
             body = item.payload.encode()
             headers = {"Content-Type": "application/json",
                        SIGNATURE_HEADER: sign_payload(secret, body, int(time.time()))}
+            dev_mode = self.settings.dev_mode
             if self._http is None:
-                self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+                self._http = client_session(dev_mode=dev_mode,
+                                            timeout=aiohttp.ClientTimeout(total=10))
             try:
-                async with self._http.post(url, data=body, headers=headers) as resp:
+                await check_url(url, dev_mode=dev_mode)  # again: the address, not the name
+                async with self._http.post(url, data=body, headers=headers,
+                                           allow_redirects=False) as resp:
                     if not 200 <= resp.status < 300:
                         raise aiohttp.ClientResponseError(
                             resp.request_info, (), status=resp.status,
                             message=f"endpoint answered HTTP {resp.status}")
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, UnsafeUrl) as exc:
                 await self.bdb.webhook_failed(item.id, now + self._delay(item.attempts),
                                               f"{type(exc).__name__}: {exc}")
                 continue

@@ -36,6 +36,7 @@ from aiohttp import web
 from voxgate.billing.db import BillingDB
 from voxgate.billing.events import HANDLED, EventProcessor
 from voxgate.billing.notify import Notifier, OutboxWorker
+from voxgate.billing.outbound import check_url
 from voxgate.billing.settlement import SettlementWorker
 from voxgate.billing.stripe_api import BillingError, BillingNotConfigured, StripeApi
 from voxgate.config import Settings
@@ -158,9 +159,13 @@ class BillingService:
         return await self.db.list_audit(account_id, limit)
 
     async def set_alerts_webhook(self, account: Account, url: object) -> str:
-        """Set the account's alert webhook; returns its new signing secret."""
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise InvalidRequest("'url' must be an http(s) URL", param="url")
+        """Set the account's alert webhook; returns its new signing secret.
+
+        Raises:
+            UnsafeUrl (400): not https, or a host that resolves to a
+                non-public address (see ``voxgate.billing.outbound``).
+        """
+        url = await check_url(url, dev_mode=self.settings.dev_mode)
         secret = "whsec_" + secrets.token_urlsafe(24)
         await self.db.set_account_webhook(account.id, url, secret)
         await self.db.audit("account", account.id, "alerts_webhook_set", {"url": url})

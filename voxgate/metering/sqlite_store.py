@@ -37,6 +37,7 @@ import orjson
 from voxgate.metering.store import MonthlyUsage, OutboxItem, SessionFilter, period_of
 from voxgate.models import (
     Account,
+    AdminKey,
     ApiKey,
     EphemeralKey,
     Measurements,
@@ -44,6 +45,7 @@ from voxgate.models import (
     SessionRecord,
     Verdict,
     hash_secret,
+    new_admin_key,
     new_api_key,
     new_ephemeral_key,
     new_id,
@@ -54,6 +56,7 @@ __all__ = ["SQLiteStore", "Migration", "load_migrations", "split_sql", "MIGRATIO
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 5000
 API_KEY_PREFIX_LEN = 12  # "vg_live_AbCd"
+ADMIN_KEY_PREFIX_LEN = 13  # "vg_admin_AbCd"
 LAST_USED_INTERVAL_S = 60.0  # write api_keys.last_used_at at most this often per key
 KEY_CACHE_TTL_S = 5.0  # bound on how long another process's key change may go unseen
 
@@ -127,7 +130,8 @@ def _has_code(sql: str) -> bool:
 
 _ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
                  "stripe_subscription_id, past_due_since, name")
-_PROJECT_COLS = "id, account_id, name, created_at, allowed_origins"
+_PROJECT_COLS = "id, account_id, name, created_at, allowed_origins, allowed_models, allowed_ips"
+_ADMIN_KEY_COLS = "id, account_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 _API_KEY_COLS = "id, project_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 _EPHEMERAL_COLS = "id, project_id, key_hash, created_at, expires_at, api_key_id, session"
 _SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_key_id, "
@@ -144,7 +148,9 @@ def _account(row: Any) -> Account:
 
 def _project(row: Any) -> Project:
     return Project(id=row[0], account_id=row[1], name=row[2], created_at=row[3],
-                   allowed_origins=tuple(orjson.loads(row[4])))
+                   allowed_origins=tuple(orjson.loads(row[4])),
+                   allowed_models=tuple(orjson.loads(row[5])),
+                   allowed_ips=tuple(orjson.loads(row[6])))
 
 
 def _api_key(row: Any) -> ApiKey:
@@ -455,7 +461,7 @@ class SQLiteStore:
         project = Project(id=new_id("proj"), account_id=account_id, name=name,
                           created_at=time.time())
         await self._write(
-            f"INSERT INTO projects ({_PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]')",
+            f"INSERT INTO projects ({_PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]', '[]', '[]')",
             (project.id, project.account_id, project.name, project.created_at),
         )
         return project
@@ -472,18 +478,32 @@ class SQLiteStore:
             " ORDER BY created_at, id", (account_id,))
         return [_project(r) for r in rows]
 
-    async def set_allowed_origins(self, project_id: str, origins: tuple[str, ...]) -> Project:
-        """Replace the project's allowed web origins (already normalized).
+    async def update_project(
+        self,
+        project_id: str,
+        *,
+        allowed_origins: tuple[str, ...] | None = None,
+        allowed_models: tuple[str, ...] | None = None,
+        allowed_ips: tuple[str, ...] | None = None,
+    ) -> Project:
+        """Replace the project's pins that are given (already normalized).
 
         Raises:
             KeyError: no such (undeleted) project.
         """
-        self._invalidate_keys()
-        changed = await self._write(
-            "UPDATE projects SET allowed_origins = ? WHERE id = ? AND deleted_at IS NULL",
-            (orjson.dumps(list(origins)).decode(), project_id))
-        self._invalidate_keys()
-        project = await self.get_project(project_id) if changed else None
+        fields = {name: value for name, value in (
+            ("allowed_origins", allowed_origins), ("allowed_models", allowed_models),
+            ("allowed_ips", allowed_ips)) if value is not None}
+        if fields:
+            self._invalidate_keys()
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            changed = await self._write(
+                f"UPDATE projects SET {assignments} WHERE id = ? AND deleted_at IS NULL",
+                (*(orjson.dumps(list(v)).decode() for v in fields.values()), project_id))
+            self._invalidate_keys()
+            if not changed:
+                raise KeyError(project_id)
+        project = await self.get_project(project_id)
         if project is None:
             raise KeyError(project_id)
         return project
@@ -528,6 +548,51 @@ class SQLiteStore:
             (time.time(), key_id))
         self._invalidate_keys()
 
+    async def audit(self, actor: str, action: str, account_id: str | None,
+                    detail: dict[str, Any] | None = None) -> None:
+        await self._write(
+            "INSERT INTO audit_log (at, actor, account_id, action, detail) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), actor, account_id, action, orjson.dumps(detail or {}).decode()))
+
+    # ------------------------------------------------------------ admin keys
+
+    async def create_admin_key(self, account_id: str, name: str = "") -> tuple[AdminKey, str]:
+        plaintext = new_admin_key()
+        key = AdminKey(id=new_id("adminkey"), account_id=account_id,
+                       prefix=plaintext[:ADMIN_KEY_PREFIX_LEN], key_hash=hash_secret(plaintext),
+                       created_at=time.time(), name=name)
+        await self._write(
+            f"INSERT INTO admin_keys ({_ADMIN_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (key.id, key.account_id, key.prefix, key.key_hash, key.created_at, key.name))
+        return key, plaintext
+
+    async def list_admin_keys(self, account_id: str) -> list[AdminKey]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_ADMIN_KEY_COLS} FROM admin_keys WHERE account_id = ?"
+            " ORDER BY created_at, id", (account_id,))
+        return [AdminKey(*r) for r in rows]
+
+    async def revoke_admin_key(self, key_id: str) -> None:
+        await self._write(
+            "UPDATE admin_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id))
+
+    async def find_admin_key(self, plaintext: str) -> tuple[AdminKey, Account] | None:
+        """The admin key with that plaintext and its account (revoked ones
+        too: ``AdminKey.active`` tells); None if unknown. Not cached, and
+        ``last_used_at`` is written on every use (admin keys are rare)."""
+        row = await self._one(
+            f"SELECT {_prefixed(_ADMIN_KEY_COLS, 'k')}, {_prefixed(_ACCOUNT_COLS, 'a')}"
+            " FROM admin_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = ?",
+            (hash_secret(plaintext),))
+        if row is None:
+            return None
+        key, account = AdminKey(*row[:8]), _account(row[8:])
+        key.last_used_at = time.time()
+        await self._write("UPDATE admin_keys SET last_used_at = ? WHERE id = ?",
+                          (key.last_used_at, key.id))
+        return key, account
+
     def _invalidate_keys(self) -> None:
         """Forget cached key lookups (before and after a change, so a lookup
         racing the write cannot cache what it read before)."""
@@ -555,7 +620,7 @@ class SQLiteStore:
                 (key_hash,))
             if row is None:
                 return None
-            key, project, account = _api_key(row[:8]), _project(row[8:13]), _account(row[13:])
+            key, project, account = _api_key(row[:8]), _project(row[8:15]), _account(row[15:])
             if generation == self._key_generation:
                 self._key_cache[key_hash] = (replace(key), replace(project), replace(account),
                                              time.monotonic())
@@ -591,16 +656,22 @@ class SQLiteStore:
         self, plaintext: str
     ) -> tuple[EphemeralKey, Project, Account] | None:
         """The ephemeral key, its project and account; None if unknown.
-        Expired keys are returned (``EphemeralKey.expired(now)`` tells)."""
+        Expired keys are returned (``EphemeralKey.expired(now)`` tells), and
+        so are revoked ones: ``EphemeralKey.revoked`` is set when the API key
+        that minted it is revoked or its project deleted."""
         row = await self._one(
             f"SELECT {_prefixed(_EPHEMERAL_COLS, 'e')}, {_prefixed(_PROJECT_COLS, 'p')},"
-            f" {_prefixed(_ACCOUNT_COLS, 'a')}"
+            f" {_prefixed(_ACCOUNT_COLS, 'a')},"
+            " (p.deleted_at IS NOT NULL OR k.revoked_at IS NOT NULL)"
             " FROM ephemeral_keys e JOIN projects p ON p.id = e.project_id"
-            " JOIN accounts a ON a.id = p.account_id WHERE e.key_hash = ?",
+            " JOIN accounts a ON a.id = p.account_id"
+            " LEFT JOIN api_keys k ON k.id = e.api_key_id WHERE e.key_hash = ?",
             (hash_secret(plaintext),))
         if row is None:
             return None
-        return _ephemeral(row[:7]), _project(row[7:12]), _account(row[12:])
+        ek = _ephemeral(row[:7])
+        ek.revoked = bool(row[-1])
+        return ek, _project(row[7:14]), _account(row[14:-1])
 
     # ------------------------------------------------------------ sessions
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from voxgate.models import (
     Account,
+    AdminKey,
     ApiKey,
     EphemeralKey,
     Project,
@@ -103,10 +104,31 @@ class Store(Protocol):
     async def delete_project(self, project_id: str) -> None:
         """Delete the project and revoke its keys (sessions stay)."""
 
-    async def set_allowed_origins(self, project_id: str, origins: tuple[str, ...]) -> Project:
-        """Replace the web origins the project's ephemeral keys may be used
-        from (normalized, see ``voxgate.models.origins``; empty = any).
+    async def update_project(
+        self,
+        project_id: str,
+        *,
+        allowed_origins: tuple[str, ...] | None = None,
+        allowed_models: tuple[str, ...] | None = None,
+        allowed_ips: tuple[str, ...] | None = None,
+    ) -> Project:
+        """Replace the project's pins that are given: the web origins its
+        ephemeral keys may be used from (normalized, see
+        ``voxgate.models.origins``), the models its sessions may use, the
+        client networks (CIDR) its API keys may be used from; empty = any.
         Raises KeyError if the project is unknown or deleted."""
+
+    async def audit(self, actor: str, action: str, account_id: str | None,
+                    detail: dict[str, Any] | None = None) -> None:
+        """Append to the audit log (``actor`` e.g. ``cli:root``)."""
+
+    async def create_admin_key(self, account_id: str, name: str = "") -> tuple[AdminKey, str]:
+        """A new account admin key: (stored record, the plaintext shown once)."""
+
+    async def list_admin_keys(self, account_id: str) -> list[AdminKey]: ...
+    async def revoke_admin_key(self, key_id: str) -> None: ...
+    async def find_admin_key(self, plaintext: str) -> tuple[AdminKey, Account] | None:
+        """The admin key and its account; revoked ones too (``active`` tells)."""
 
     async def create_api_key(self, project_id: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key for the project: (stored record, the plaintext key shown once)."""

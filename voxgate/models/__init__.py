@@ -2,14 +2,17 @@
 OpenAI Realtime vocabulary. No I/O beyond reading a catalog file."""
 
 from voxgate.models.accounts import (
+    ADMIN_KEY_PREFIX,
     API_KEY_PREFIX,
     EPHEMERAL_KEY_PREFIX,
     Account,
+    AdminKey,
     ApiKey,
     EphemeralKey,
     Principal,
     Project,
     hash_secret,
+    new_admin_key,
     new_api_key,
     new_ephemeral_key,
     new_id,
@@ -19,9 +22,11 @@ from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_sessi
 from voxgate.models.sessions import Measurements, Reason, SessionRecord, Verdict
 
 __all__ = [
+    "ADMIN_KEY_PREFIX",
     "API_KEY_PREFIX",
     "EPHEMERAL_KEY_PREFIX",
     "Account",
+    "AdminKey",
     "ApiKey",
     "AudioFormat",
     "EphemeralKey",
@@ -38,6 +43,7 @@ __all__ = [
     "default_catalog_path",
     "hash_secret",
     "load_catalog",
+    "new_admin_key",
     "new_api_key",
     "new_ephemeral_key",
     "new_id",

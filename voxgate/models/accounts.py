@@ -1,7 +1,13 @@
 """Accounts, projects, API keys and ephemeral client secrets.
 
-Secrets are never stored: an API key (``vg_live_…``) and an ephemeral key
-(``ek_…``) are kept as SHA-256 hex digests; only a short prefix stays visible.
+Secrets are never stored: a project API key (``vg_live_…``), an account admin
+key (``vg_admin_…``) and an ephemeral key (``ek_…``) are kept as SHA-256 hex
+digests; only a short prefix stays visible.
+
+Scopes: an ephemeral key opens realtime sessions of its project only; a
+project key works for its own project (sessions, ephemeral keys, its own
+session records); an admin key, created by the account owner, reads the
+whole account and acts on its billing (as OpenAI's admin keys).
 Times are Unix seconds (float) unless a name says otherwise.
 """
 
@@ -17,17 +23,21 @@ __all__ = [
     "Account",
     "Project",
     "ApiKey",
+    "AdminKey",
     "EphemeralKey",
     "Principal",
     "new_id",
     "new_api_key",
     "new_ephemeral_key",
+    "new_admin_key",
     "hash_secret",
     "API_KEY_PREFIX",
+    "ADMIN_KEY_PREFIX",
     "EPHEMERAL_KEY_PREFIX",
 ]
 
 API_KEY_PREFIX = "vg_live_"
+ADMIN_KEY_PREFIX = "vg_admin_"
 EPHEMERAL_KEY_PREFIX = "ek_"
 
 
@@ -44,6 +54,11 @@ def hash_secret(secret: str) -> str:
 def new_api_key() -> str:
     """A fresh project API key: ``vg_live_`` + 40 url-safe characters."""
     return API_KEY_PREFIX + secrets.token_urlsafe(30)
+
+
+def new_admin_key() -> str:
+    """A fresh account admin key: ``vg_admin_`` + 40 url-safe characters."""
+    return ADMIN_KEY_PREFIX + secrets.token_urlsafe(30)
 
 
 def new_ephemeral_key() -> str:
@@ -79,6 +94,10 @@ class Project:
         allowed_origins: web origins (``https://app.example.com``, as browsers
             send them in ``Origin``) from which the project's ephemeral keys
             may be used; empty means any origin (as with OpenAI).
+        allowed_models: the models the project's sessions and ephemeral keys
+            may use; empty means any.
+        allowed_ips: client networks (CIDR, ``203.0.113.0/24``) its API keys
+            may be used from; empty means any.
     """
 
     id: str
@@ -86,6 +105,8 @@ class Project:
     name: str
     created_at: float
     allowed_origins: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()
+    allowed_ips: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -123,9 +144,31 @@ class EphemeralKey:
     expires_at: float
     api_key_id: str | None = None
     session: dict[str, Any] = field(default_factory=dict)
+    # Derived at lookup, not stored: the API key that minted it is revoked
+    # (or its project deleted), so it is revoked too.
+    revoked: bool = False
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
+
+
+@dataclass(slots=True)
+class AdminKey:
+    """An account admin key as stored (``prefix`` visible, ``key_hash`` its
+    SHA-256): account-wide reads and billing actions, no sessions."""
+
+    id: str
+    account_id: str
+    prefix: str
+    key_hash: str
+    created_at: float
+    name: str = ""
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
 
 
 @dataclass(slots=True)

@@ -1,12 +1,15 @@
-"""Web origins (RFC 6454) as browsers send them in the ``Origin`` header:
-``scheme://host[:port]``, lowercase, without the scheme's default port. Pure
-functions, no I/O."""
+"""A project's pins, parsed and normalized: web origins (RFC 6454) as
+browsers send them in the ``Origin`` header (``scheme://host[:port]``,
+lowercase, without the scheme's default port), model names, and client
+networks (CIDR). Pure functions, no I/O."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
-__all__ = ["normalize_origin", "parse_origins", "origin_allowed", "MAX_ORIGINS"]
+__all__ = ["normalize_origin", "parse_origins", "parse_models", "parse_networks", "origin_allowed",
+           "MAX_ORIGINS"]
 
 MAX_ORIGINS = 50
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -53,6 +56,46 @@ def parse_origins(texts: list[str]) -> tuple[str, ...]:
             out.append(origin)
     if len(out) > MAX_ORIGINS:
         raise ValueError(f"at most {MAX_ORIGINS} allowed origins, got {len(out)}")
+    return tuple(out)
+
+
+def parse_models(texts: list[str]) -> tuple[str, ...]:
+    """Model names, stripped, duplicates dropped.
+
+    Raises:
+        ValueError: an empty or over-long (> 100 characters) name, or more
+            than ``MAX_ORIGINS``.
+    """
+    out: list[str] = []
+    for text in texts:
+        name = text.strip()
+        if not name or len(name) > 100 or any(c.isspace() for c in name):
+            raise ValueError(f"{text!r} is not a model name")
+        if name not in out:
+            out.append(name)
+    if len(out) > MAX_ORIGINS:
+        raise ValueError(f"at most {MAX_ORIGINS} allowed models, got {len(out)}")
+    return tuple(out)
+
+
+def parse_networks(texts: list[str]) -> tuple[str, ...]:
+    """Client networks as CIDRs (``203.0.113.7`` → ``203.0.113.7/32``; host
+    bits are dropped: ``10.1.2.3/8`` → ``10.0.0.0/8``).
+
+    Raises:
+        ValueError: not an IPv4/IPv6 address or network, or more than
+            ``MAX_ORIGINS``.
+    """
+    out: list[str] = []
+    for text in texts:
+        try:
+            network = str(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not an IP address or CIDR network") from exc
+        if network not in out:
+            out.append(network)
+    if len(out) > MAX_ORIGINS:
+        raise ValueError(f"at most {MAX_ORIGINS} allowed networks, got {len(out)}")
     return tuple(out)
 
 

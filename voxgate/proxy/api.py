@@ -18,22 +18,26 @@ middleware sets ``request["voxgate.account"]``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
 
 from voxgate.errors import InvalidRequest, NotFound, PermissionDenied
 from voxgate.metering.store import MonthlyUsage, SessionFilter
-from voxgate.models import Account, Plan, PlanCatalog, Project
-from voxgate.models.origins import parse_origins
-from voxgate.proxy.auth import authenticate
+from voxgate.models import ADMIN_KEY_PREFIX, API_KEY_PREFIX, Account, Plan, PlanCatalog, Project
+from voxgate.models.origins import parse_models, parse_networks, parse_origins
+from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
-           "ACCOUNT_KEY", "project_handler", "allowed_origins_handler", "project_body"]
+           "ACCOUNT_KEY", "project_handler", "update_project_handler", "project_body", "admin_caller",
+           "session_scope"]
 
-ACCOUNT_KEY = web.RequestKey("voxgate.account", object)  # set by the dashboard cookie middleware
+ACCOUNT_KEY = web.RequestKey("voxgate.account", Account)  # set by the dashboard cookie middleware
+PINS = {"allowed_origins": parse_origins, "allowed_models": parse_models,
+        "allowed_ips": parse_networks}
 
 
 def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog) -> dict[str, Any]:
@@ -55,17 +59,24 @@ def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog) -> dict[st
 
 
 async def caller_account(request: web.Request) -> Account:
-    """The account of a signed-in dashboard user, or of the API key used.
-    Counts the request against the key's rate limit."""
+    """The account of an account-wide caller (``admin_caller``): usage and
+    billing actions are the account owner's, not a project key's."""
+    return (await admin_caller(request)).account
+
+
+async def session_scope(request: web.Request) -> tuple[Account, str | None]:
+    """Who reads session records: ``(account, project_id)``, where a
+    project key sees its own project only and the dashboard or an admin key
+    the whole account (``project_id`` None). Counts against the rate limit."""
     from voxgate.proxy.app import GATEWAY
 
-    account = request.get(ACCOUNT_KEY)
-    if account is not None:
-        return account
+    key = bearer_key(request)
+    if request.get(ACCOUNT_KEY) is not None or (key and key.startswith(ADMIN_KEY_PREFIX)):
+        return (await admin_caller(request)).account, None
     gw: Gateway = request.app[GATEWAY]
     principal = await authenticate(request, gw.store)
     await gw.check_rate(principal)
-    return principal.account
+    return principal.account, principal.project.id
 
 
 async def usage_handler(request: web.Request) -> web.Response:
@@ -101,7 +112,13 @@ async def sessions_handler(request: web.Request) -> web.Response:
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = request.app[GATEWAY]
-    account = await caller_account(request)
+    account, project_id = await session_scope(request)
+    filters = _filters(request.query)
+    if project_id is not None:
+        if filters.project_id not in (None, project_id):
+            raise PermissionDenied("a project key reads its own project's sessions only",
+                                   param="project_id")
+        filters.project_id = project_id
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError as exc:
@@ -111,10 +128,11 @@ async def sessions_handler(request: web.Request) -> web.Response:
     after = request.query.get("after") or None
     if after is not None:
         anchor = await gw.store.get_session(after)
-        if anchor is None or anchor.account_id != account.id:
+        if anchor is None or anchor.account_id != account.id or (
+                project_id is not None and anchor.project_id != project_id):
             raise NotFound(f"no session {after!r}", param="after")
     rows = await gw.store.list_sessions(account.id, limit=limit + 1, after=after,
-                                        filters=_filters(request.query))
+                                        filters=filters)
     has_more = len(rows) > limit
     rows = rows[:limit]
     data = [r.to_api() for r in rows]
@@ -131,9 +149,10 @@ async def session_handler(request: web.Request) -> web.Response:
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = request.app[GATEWAY]
-    account = await caller_account(request)
+    account, project_id = await session_scope(request)
     record = await gw.store.get_session(request.match_info["session_id"])
-    if record is None or record.account_id != account.id:
+    if record is None or record.account_id != account.id or (
+            project_id is not None and record.project_id != project_id):
         raise NotFound(f"no session {request.match_info['session_id']!r}")
     return json_response(record.to_api())
 
@@ -141,54 +160,89 @@ async def session_handler(request: web.Request) -> web.Response:
 def project_body(project: Project) -> dict[str, Any]:
     return {"object": "organization.project", "id": project.id, "name": project.name,
             "created_at": int(project.created_at),
-            "allowed_origins": list(project.allowed_origins)}
+            "allowed_origins": list(project.allowed_origins),
+            "allowed_models": list(project.allowed_models),
+            "allowed_ips": list(project.allowed_ips)}
 
 
-async def _own_project(request: web.Request) -> tuple[Gateway, Project]:
-    """The project named in the path, for a key of that project or a
-    signed-in user of its account."""
+async def admin_caller(request: web.Request) -> AdminCaller:
+    """The account-wide caller: a signed-in dashboard user or an admin key
+    (``vg_admin_…``); counts the request against the key's rate limit.
+
+    Raises:
+        AuthenticationError (401): no key, an unknown or ephemeral key.
+        PermissionDenied (403): a project key (it acts for its project only).
+        RateLimited (429).
+    """
+    from voxgate.proxy.app import GATEWAY
+
+    account = request.get(ACCOUNT_KEY)
+    if account is not None:
+        return AdminCaller(account)
+    gw: Gateway = request.app[GATEWAY]
+    caller = await resolve_admin(gw.store, bearer_key(request))
+    assert caller.key is not None
+    plan = gw.catalog.plans.get(caller.account.plan_id, gw.catalog.default)
+    await gw.admission.check_rate(caller.key.id, plan, time.monotonic())
+    return caller
+
+
+async def _project_of(request: web.Request, *, change: bool) -> tuple[Gateway, Project]:
+    """The project named in the path: readable with its own project key,
+    changeable by the account owner only (dashboard or admin key)."""
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = request.app[GATEWAY]
     project_id = request.match_info["project_id"]
-    account = request.get(ACCOUNT_KEY)
-    if account is None:
-        principal = await authenticate(request, gw.store, allow_ephemeral=False)
+    key = bearer_key(request)
+    if not change and request.get(ACCOUNT_KEY) is None and key and key.startswith(API_KEY_PREFIX):
+        principal = await authenticate(request, gw.store)
         if principal.project.id != project_id:
             raise PermissionDenied("this key belongs to another project", param="project_id")
         return gw, principal.project
+    caller = await admin_caller(request)
     project = await gw.store.get_project(project_id)
-    if project is None or project.account_id != account.id:  # type: ignore[attr-defined]
+    if project is None or project.account_id != caller.account.id:
         raise NotFound(f"no project {project_id!r}", param="project_id")
     return gw, project
 
 
 async def project_handler(request: web.Request) -> web.Response:
-    """``GET /v1/projects/{project_id}`` → ``{"object", "id", "name",
-    "created_at", "allowed_origins"}``."""
-    _, project = await _own_project(request)
+    """``GET /v1/projects/{project_id}`` (its project key, an admin key or
+    the dashboard) → ``{"object", "id", "name", "created_at",
+    "allowed_origins", "allowed_models", "allowed_ips"}``."""
+    _, project = await _project_of(request, change=False)
     return json_response(project_body(project))
 
 
-async def allowed_origins_handler(request: web.Request) -> web.Response:
-    """``PUT /v1/projects/{project_id}/allowed_origins``
-    ``{"allowed_origins": ["https://app.example.com", …]}`` (``[]`` = any
-    origin) → the project. Origins are normalized (lowercase, default port
-    dropped); ephemeral keys of the project are then refused from other
-    ``Origin``s with 403 ``origin_not_allowed``.
+async def update_project_handler(request: web.Request) -> web.Response:
+    """``PATCH /v1/projects/{project_id}`` (admin key or dashboard) with any
+    of ``{"allowed_origins": ["https://app.example.com"], "allowed_models":
+    ["gpt-realtime"], "allowed_ips": ["203.0.113.0/24"]}`` (``[]`` = any) →
+    the project. Origins and networks are normalized. Then the project's
+    ephemeral keys are refused from other ``Origin``s (403
+    ``origin_not_allowed``), its sessions and mints may use only those models
+    (400 ``model_not_allowed``), and its API keys work only from those
+    networks (403 ``ip_not_allowed``).
 
     Raises:
-        InvalidRequest (400): not a list of at most ``MAX_ORIGINS`` http(s) origins.
+        InvalidRequest (400): no known field, or a field that is not a list of
+            origins / model names / CIDRs (at most 50 each).
     """
-    gw, project = await _own_project(request)
+    gw, project = await _project_of(request, change=True)
     body = await read_json(request)
-    origins = body.get("allowed_origins") if isinstance(body, dict) else None
-    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-        raise InvalidRequest("'allowed_origins' must be a list of origin strings",
-                             param="allowed_origins")
-    try:
-        normalized = parse_origins(origins)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="allowed_origins") from exc
-    project = await gw.store.set_allowed_origins(project.id, normalized)
+    if not isinstance(body, dict) or not body.keys() & set(PINS):
+        raise InvalidRequest(f"send one or more of {', '.join(PINS)}")
+    pins: dict[str, tuple[str, ...]] = {}
+    for name, parse in PINS.items():
+        if name not in body:
+            continue
+        value = body[name]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InvalidRequest(f"{name!r} must be a list of strings", param=name)
+        try:
+            pins[name] = parse(value)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=name) from exc
+    project = await gw.store.update_project(project.id, **pins)
     return json_response(project_body(project))

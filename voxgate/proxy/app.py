@@ -101,7 +101,7 @@ def create_app(
     app.router.add_get("/v1/sessions/{session_id}", api.session_handler)
     app.router.add_get("/billing/usage", api.usage_handler)
     app.router.add_get("/v1/projects/{project_id}", api.project_handler)
-    app.router.add_put("/v1/projects/{project_id}/allowed_origins", api.allowed_origins_handler)
+    app.router.add_patch("/v1/projects/{project_id}", api.update_project_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_lifecycle)
@@ -159,7 +159,8 @@ async def _lifecycle(app: web.Application):
     app[CONNECTOR] = connector
     app[PROVIDER] = provider
     await gw.start()
-    await ensure_demo(gw, settings)
+    if settings.demo_enabled:  # loopback only, unless `demo` says otherwise
+        await ensure_demo(gw, settings)
     try:
         yield
     finally:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from voxgate.errors import InvalidRequest
 from voxgate.models import Principal
-from voxgate.proxy.auth import authenticate
+from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
 
@@ -143,6 +143,11 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = app[GATEWAY]
+    upstream = gw.settings.upstream
+    requested = session.get("model")
+    model = session_model(principal, requested if isinstance(requested, str) else None,
+                          upstream.default_model, upstream.allowed_models)
+    session = {**session, "model": model}
     plan = await gw.check_rate(principal)
     usage = await gw.usage(principal.account.id)
     await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)

@@ -61,7 +61,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy import rtc_ice, tokens
-from voxgate.proxy.auth import authenticate
+from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
@@ -117,7 +117,8 @@ async def create_call(request: web.Request) -> web.Response:
     Raises (rendered as JSON):
         AuthenticationError, EphemeralKeyExpired, PermissionDenied (401/403);
         InvalidSdp (400: not SDP, no audio m-line, no Opus), InvalidRequest
-        (400: other content types, a bad ``session`` part); RateLimited,
+        (400: other content types, a bad ``session`` part, ``model_mismatch``
+        / ``model_not_allowed``); RateLimited,
         QuotaExceeded, ConcurrencyLimited (429).
     """
     from voxgate.proxy.app import CONNECTOR, GATEWAY
@@ -129,18 +130,21 @@ async def create_call(request: web.Request) -> web.Response:
         principal = await authenticate(request, gw.store, allow_ephemeral=False)
         text, session = await _read_multipart(request)
     elif ctype == "application/sdp":
-        principal = await authenticate(request, gw.store)
+        principal = await authenticate(request, gw.store, allow_ephemeral=True)
         text = await request.text()
         session = dict(principal.ephemeral.session) if principal.ephemeral else {}
     else:
-        await authenticate(request, gw.store)
+        await authenticate(request, gw.store, allow_ephemeral=True)
         raise InvalidRequest(
             f"unsupported Content-Type {ctype!r}: send the SDP offer as application/sdp "
             "or multipart/form-data with an 'sdp' part", code="unsupported_content_type")
+    part_model = session.get("model") if ctype == "multipart/form-data" else None
+    upstream = gw.settings.upstream
+    model = session_model(principal,
+                          request.query.get("model") or (
+                              part_model if isinstance(part_model, str) else None),
+                          upstream.default_model, upstream.allowed_models)
     offer = check_offer(text)
-    model = request.query.get("model") or (
-        session.get("model") if isinstance(session.get("model"), str) else None
-    ) or gw.settings.upstream.default_model
     active = await gw.admit(principal, "webrtc", model)
     active.meter.accepted(offer_ms)
     try:
@@ -228,7 +232,7 @@ async def ice_servers(request: web.Request) -> web.Response:
     from voxgate.proxy.app import GATEWAY
 
     gw: Gateway = request.app[GATEWAY]
-    principal = await authenticate(request, gw.store, allow_api_key=False)
+    principal = await authenticate(request, gw.store, allow_ephemeral=True, allow_api_key=False)
     return json_response({"ice_servers": client_ice_servers(gw.settings.webrtc,
                                                             principal.project.id)})
 
@@ -242,7 +246,7 @@ def _ice_servers_hook(app: web.Application, project_id: str) -> list[dict[str, A
 async def _call_principal(request: web.Request):
     from voxgate.proxy.app import GATEWAY
 
-    principal = await authenticate(request, request.app[GATEWAY].store)
+    principal = await authenticate(request, request.app[GATEWAY].store, allow_ephemeral=True)
     return request.match_info["call_id"], principal
 
 
@@ -422,7 +426,7 @@ class Call:
                 self._spawn(self._ice_watchdog(), "ice watchdog")
                 try:
                     await asyncio.wait_for(self._done.wait(), self.gw.settings.relay.max_session_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self._end(SERVER, 1000, "maximum session duration reached")
         except Exception:  # noqa: BLE001 - the call must still be finished
             log.exception("call %s failed", self.id)
@@ -633,7 +637,7 @@ class Call:
         try:
             await asyncio.wait_for(self._ice_connected.wait(),
                                    max(0.0, self.settings.ice_timeout_s - elapsed_s))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._ice_failed(f"ICE not connected within {self.settings.ice_timeout_s:g} s "
                              f"(state {self.pc.iceConnectionState})")
 

@@ -40,7 +40,7 @@ from voxgate.errors import (
     error_event,
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
-from voxgate.proxy.auth import authenticate
+from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import b64_padding, parse_client_event, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
@@ -86,13 +86,11 @@ async def realtime_websocket(request: web.Request) -> web.StreamResponse:
         if attach is None:
             raise NotFound("WebRTC calls are not served here", param="call_id")
         return await attach(request)  # type: ignore[operator]
-    principal = await authenticate(request, gw.store)
+    principal = await authenticate(request, gw.store, allow_ephemeral=True)
     ek_session: dict[str, Any] = principal.ephemeral.session if principal.ephemeral else {}
-    model = (
-        request.query.get("model")
-        or (ek_session.get("model") if isinstance(ek_session.get("model"), str) else None)
-        or gw.settings.upstream.default_model
-    )
+    upstream = gw.settings.upstream
+    model = session_model(principal, request.query.get("model") or None, upstream.default_model,
+                          upstream.allowed_models)
     active = await gw.admit(principal, "websocket", model)
     try:
         relay = Relay(gw, connector, active, request, model, ek_session)
