@@ -248,3 +248,45 @@ async def test_refused_upgrade_is_not_an_upgrade(make_server, http):
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await http.ws_connect(server.ws_url, headers={"Authorization": "Bearer ek_nope"})
     assert err.value.status == 401
+
+
+async def test_model_override_through_session_update(make_server, http):
+    """``session.update`` with another model does not reach the provider
+    (a recording provider on loopback): the session keeps the model it was
+    admitted with; the rest of the update goes through."""
+    from aiohttp import web
+
+    received: list[dict] = []
+
+    async def provider(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("realtime",))
+        await ws.prepare(request)
+        await ws.send_json({"type": "session.created", "event_id": "event_1",
+                            "session": {"type": "realtime", "model": request.query["model"]}})
+        async for msg in ws:
+            received.append(msg.json())
+            await ws.send_json({"type": "session.updated", "event_id": "event_2",
+                                "session": {"type": "realtime"}})
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", provider)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    from tests.conftest import free_port
+
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        server = await make_server(upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+                                   upstream={"allowed_models": ["gpt-realtime"]})
+        async with sdk(server).realtime.connect(model="gpt-realtime") as conn:
+            await recv_until(conn, "session.created")
+            await conn.session.update(session={"type": "realtime", "instructions": "Be brief.",
+                                               "model": "gpt-4o-realtime-preview"})
+            await recv_until(conn, "session.updated")
+    finally:
+        await runner.cleanup()
+    (update,) = received
+    assert update["type"] == "session.update"
+    assert update["session"] == {"type": "realtime", "instructions": "Be brief."}

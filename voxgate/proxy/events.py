@@ -18,7 +18,8 @@ import orjson
 from voxgate.errors import MalformedEvent, MessageTooLarge
 from voxgate.models.realtime import CLIENT_EVENTS
 
-__all__ = ["parse_client_event", "valid_base64", "b64_padding", "utf8_len", "AUDIO_APPEND"]
+__all__ = ["parse_client_event", "valid_base64", "b64_padding", "utf8_len", "AUDIO_APPEND",
+           "pin_session_model"]
 
 AUDIO_APPEND = "input_audio_buffer.append"
 
@@ -85,3 +86,18 @@ def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any
         raise MalformedEvent(f"unknown event type {etype!r}", code="unknown_event",
                              param="type", event_id=event_id)
     return event, etype, b64_len, padding
+
+
+def pin_session_model(event: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """A client ``session.update`` that names another model than the
+    session's (pinned at admission: the key's, the project's or the
+    operator's choice) → the same event without ``session.model``, so the
+    pin cannot be bypassed mid-session (clients such as the Agents SDK send
+    their own default model in every update). None when there is nothing to
+    change."""
+    if event.get("type") != "session.update":
+        return None
+    session = event.get("session")
+    if not isinstance(session, dict) or "model" not in session or session["model"] == model:
+        return None
+    return {**event, "session": {k: v for k, v in session.items() if k != "model"}}

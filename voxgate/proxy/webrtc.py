@@ -62,7 +62,13 @@ from voxgate.errors import (
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy import rtc_ice, tokens
 from voxgate.proxy.auth import authenticate, session_model
-from voxgate.proxy.events import AUDIO_APPEND, b64_padding, parse_client_event, utf8_len
+from voxgate.proxy.events import (
+    AUDIO_APPEND,
+    b64_padding,
+    parse_client_event,
+    pin_session_model,
+    utf8_len,
+)
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
@@ -794,6 +800,7 @@ class Call:
             if etype == "response.cancel":
                 self._drop_output()
             elif etype == "session.update" and isinstance(event.get("session"), dict):
+                event = pin_session_model(event, self.model) or event
                 event["session"] = _media_session(event["session"])
                 data = orjson.dumps(event).decode()
             await upstream.send_str(data if isinstance(data, str) else data.decode())

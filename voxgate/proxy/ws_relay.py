@@ -41,7 +41,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy.auth import authenticate, session_model
-from voxgate.proxy.events import b64_padding, parse_client_event, utf8_len
+from voxgate.proxy.events import b64_padding, parse_client_event, pin_session_model, utf8_len
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
@@ -258,10 +258,13 @@ class Relay:
                 n = utf8_len(data)
                 self.last_activity = now
                 try:
-                    _, etype, b64_len, padding = parse_client_event(data, max_bytes)
+                    event, etype, b64_len, padding = parse_client_event(data, max_bytes)
                 except VoxgateError as err:
                     await self._reject(err, n)
                     continue
+                if etype == "session.update" and (
+                        pinned := pin_session_model(event, self.model)) is not None:
+                    data = orjson.dumps(pinned).decode()
                 await upstream.send_str(data)
                 meter.client_event(etype, n, b64_len, padding)
             elif msg.type is WSMsgType.PING:
