@@ -139,6 +139,9 @@ class BillingSettings(BaseModel):
     retry_base_s: float = 5.0  # first retry delay of the outboxes; doubles per attempt
     retry_max_s: float = 3600.0  # longest delay between two attempts
     grace_check_interval_s: float = 600.0  # how often past-due accounts are checked
+    # POST /webhooks/stripe is unauthenticated until its signature is checked:
+    # at most this many requests per minute from one address (Stripe sends far fewer).
+    webhook_ip_limit_per_min: int = 600
 
 
 class SmtpSettings(BaseModel):

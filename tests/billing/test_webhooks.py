@@ -173,3 +173,17 @@ def test_subscription_state():
 def test_event_payload_helper_roundtrip():
     payload = stripe_event("x.y", {"id": "o"}, "evt_1")
     assert orjson.loads(payload)["id"] == "evt_1"
+
+
+async def test_webhook_flood_from_one_address_is_throttled(make_billing_server, http):
+    """The unauthenticated webhook route: a flood of unsigned requests from
+    one address gets 429 with Retry-After before any signature work."""
+    server = await make_billing_server(billing={"webhook_ip_limit_per_min": 5})
+    statuses = []
+    for _ in range(7):
+        async with http.post(server.url + "/webhooks/stripe", data=b"{}",
+                             headers={"Stripe-Signature": "t=1,v1=00"}) as resp:
+            statuses.append(resp.status)
+            retry_after = resp.headers.get("Retry-After")
+    assert statuses[:5] == [400] * 5 and statuses[5:] == [429, 429], statuses
+    assert retry_after is not None and int(retry_after) >= 1

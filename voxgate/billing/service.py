@@ -40,9 +40,10 @@ from voxgate.billing.outbound import check_url
 from voxgate.billing.settlement import SettlementWorker
 from voxgate.billing.stripe_api import BillingError, BillingNotConfigured, StripeApi
 from voxgate.config import Settings
-from voxgate.errors import InvalidRequest
+from voxgate.errors import InvalidRequest, RateLimited
 from voxgate.models import Account, PlanCatalog
 from voxgate.proxy.http import json_response, read_json
+from voxgate.web.security import SlidingWindow
 
 __all__ = ["BillingService", "BILLING", "setup"]
 
@@ -312,6 +313,7 @@ class BillingService:
 
 
 BILLING = web.AppKey("billing", BillingService)
+WEBHOOK_LIMIT = web.AppKey("billing_webhook_limit", SlidingWindow)
 
 
 # -- HTTP handlers -------------------------------------------------------------
@@ -364,6 +366,16 @@ async def alerts_webhook_handler(request: web.Request) -> web.Response:
 
 
 async def stripe_webhook_handler(request: web.Request) -> web.Response:
+    """``POST /webhooks/stripe``: verify and record a Stripe event.
+
+    Raises:
+        RateLimited (429): more than ``billing.webhook_ip_limit_per_min``
+            requests a minute from the client's address (checked before the
+            body is read or the signature verified).
+    """
+    wait = request.app[WEBHOOK_LIMIT].hit(request.remote or "?", time.monotonic())
+    if wait > 0:
+        raise RateLimited("too many webhook requests from this address", retry_after_s=wait)
     payload = await request.read()
     signature = request.headers.get("Stripe-Signature", "")
     body = await request.app[BILLING].receive_webhook(payload, signature)
@@ -386,6 +398,7 @@ def setup(app: web.Application) -> None:
     gateway = app[GATEWAY]
     svc = BillingService(app[SETTINGS], gateway.store, gateway.catalog)
     app[BILLING] = svc
+    app[WEBHOOK_LIMIT] = SlidingWindow(app[SETTINGS].billing.webhook_ip_limit_per_min, 60.0)
     gateway.on_completed.append(svc.on_session_completed)
     app.router.add_post("/billing/checkout", checkout_handler)
     app.router.add_post("/billing/portal", portal_handler)
