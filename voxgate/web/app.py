@@ -50,7 +50,7 @@ from voxgate.web.db import WebDB
 from voxgate.web.security import SECURITY_HEADERS, DashboardLimits
 
 __all__ = ["setup", "WEB", "WebState", "render", "billing_service", "DEMO_PASSWORD_FILE",
-           "DASHBOARD_PREFIXES", "add_security_headers"]
+           "DASHBOARD_PREFIXES", "add_security_headers", "is_dashboard_path"]
 
 log = logging.getLogger("voxgate.web")
 

@@ -27,6 +27,7 @@ __all__ = [
     "new_recovery_codes",
     "normalise_code",
     "is_totp_code",
+    "recovery_code_shape",
 ]
 
 ISSUER = "voxgate"
