@@ -236,6 +236,7 @@ async def test_operator_without_2fa_cannot_reach_admin(make_server, clients):
     assert "Operators must turn on two-factor sign-in" in text
     secret = SECRET_RE.search(text).group(1)
     assert f"otpauth://totp/voxgate:ops%40example.com?secret={secret}&amp;issuer=voxgate" in text
+    assert '<svg class="qr" role="img"' in text  # the same URI as a QR code
     # a wrong code does not turn it on
     status, _, _ = await ops.post("/account/2fa", {"action": "confirm", "code": "000000"})
     assert status == 400 and (await ops.get("/admin"))[0] == 303

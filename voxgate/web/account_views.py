@@ -152,6 +152,7 @@ async def _enrol_view(request: web.Request, user: User, status: int = 200,
     return await _render(
         request, "twofactor.html", status=status, error=error, stage="enrol", secret=secret,
         uri=twofactor.provisioning_uri(secret, user.email),
+        qr=twofactor.qr_svg(twofactor.provisioning_uri(secret, user.email)),
         next=safe_next(request.query.get("next"), ""), required=user.is_operator)
 
 

@@ -45,6 +45,8 @@ async def create_operator_command(config: str | None, email: str, password: str 
         print(json.dumps(out))
         if generated:
             print("(the password is shown once: store it now)")
+        if not user.has_2fa:
+            print("(operators enroll two-factor sign-in at /account/2fa on first sign-in)")
         return 0
     finally:
         await store.close()
