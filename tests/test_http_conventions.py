@@ -292,3 +292,34 @@ async def test_metrics_operators_expect(make_server, catalog, http):
                  'voxgate_http_requests_total{method="GET",route="/v1/realtime",status="101"} 1.0',
                  "voxgate_http_request_duration_seconds_bucket"):
         assert name in text, name
+
+
+async def test_ice_outcome_of_a_webrtc_call_is_counted(make_server, catalog, http):
+    from aiortc import RTCSessionDescription
+
+    from tests.webrtc.client import Client
+
+    server = await make_server(plan="tiny", catalog=catalog,
+                               webrtc={"host_addresses": ["127.0.0.1"], "ice_timeout_s": 5.0 * SLOW})
+    async with http.post(server.url + "/v1/realtime/client_secrets",
+                         headers={"Authorization": f"Bearer {server.key}"}) as resp:
+        ek = {"Authorization": f"Bearer {(await resp.json())['value']}"}
+    client = Client(server.url, b"")
+    try:
+        async with http.post(server.url + "/v1/realtime/calls", data=await client.offer(),
+                             headers={**ek, "Content-Type": "application/sdp"}) as resp:
+            assert resp.status == 201
+            assert REQUEST_ID.match(resp.headers["x-request-id"])
+            assert resp.headers["x-ratelimit-limit-requests"] == "1000"
+            answer, location = await resp.text(), resp.headers["Location"]
+            session_id = resp.headers["X-Voxgate-Session-Id"]
+        await client.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await client.wait_event("session.created", 10)
+        async with http.delete(server.url + location, headers=ek) as resp:
+            assert resp.status == 200
+        await server.session(session_id)
+    finally:
+        await client.close()
+    value = server.app[METRICS].registry.get_sample_value(
+        "voxgate_ice_outcomes_total", {"outcome": "connected", "pair_type": "host"})
+    assert value == 1.0
