@@ -265,6 +265,7 @@ async def test_json_logs_carry_request_and_session_context(make_server, catalog,
         logs.configure("text")
     lines = [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["time"]) for line in lines)
     ours = [line for line in lines if line.get("session_id") == session_id]
     assert ours, lines
     assert all(line["request_id"] == rid and line["account_id"] == server.account_id

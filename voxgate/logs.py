@@ -14,8 +14,9 @@ never written, one JSON object per line when ``log_format = "json"``.
   the formatted line (tracebacks). ``redact`` is the rule.
 - **Format.** ``configure(fmt, level)`` sets the formatter of the root
   handlers: ``text`` (``%(asctime)s %(levelname)s %(name)s: %(message)s``)
-  or ``json`` (python-json-logger: ``time``, ``level``, ``logger``,
-  ``message`` and the context fields that are known).
+  or ``json`` (python-json-logger: ``time`` in ISO 8601 UTC, ``level``,
+  ``logger``, ``message``, the context fields that are known and any
+  ``extra``, such as aiohttp's access-log fields).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -108,6 +110,10 @@ class VoxgateJsonFormatter(JsonFormatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s",
                          rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """ISO 8601 in UTC, to the millisecond: ``2026-12-01T22:20:46.113+00:00``."""
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
