@@ -256,6 +256,16 @@ async def test_operator_without_2fa_cannot_reach_admin(make_server, clients):
     status, text, _ = await ops.get("/account/2fa")
     assert "10 recovery codes left" in text and not RECOVERY_RE.search(text)
     assert secret not in text
+    # new recovery codes (with a code from the app) void the old ones
+    status, text, _ = await ops.post("/account/2fa", {"action": "recovery", "code": codes[0]})
+    assert status == 400  # a recovery code does not renew recovery codes
+    status, text, _ = await ops.post("/account/2fa", {"action": "recovery",
+                                                      "code": await totp_code(secret)})
+    renewed = RECOVERY_RE.findall(text)
+    assert status == 200 and len(renewed) == 10 and not set(renewed) & set(codes)
+    ops_id = (await state.db.user_by_email("ops@example.com")).id
+    assert not await state.db.use_recovery_code(ops_id, codes[1].replace("-", ""))
+    assert await state.db.use_recovery_code(ops_id, renewed[1].replace("-", ""))
     # an operator session that skipped the second factor (made before the
     # role was given) does not reach /admin
     user = await state.db.user_by_email("ops@example.com")
@@ -356,10 +366,12 @@ async def test_session_cookie_sent_over_http_when_public_url_is_https(make_serve
     assert status == 303
     cookie = resp.headers.getall("Set-Cookie")
     assert any("vg_session=" in h and "Secure" in h for h in cookie)
+    assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
     plain = await make_server()
     c = clients(plain)
     _, _, resp = await c.get("/signup")
     assert "Secure" not in resp.headers["Set-Cookie"]
+    assert "Strict-Transport-Security" not in resp.headers
 
 
 async def test_clickjacking_sniffing_and_inline_script_on_every_dashboard_page(make_server,

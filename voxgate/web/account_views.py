@@ -9,8 +9,8 @@
   confirmed: its ``otpauth://`` URI and the secret to type in) or, once on,
   its status. ``POST /account/2fa`` with ``action=confirm`` and a code from
   the app: turn it on and show the recovery codes (once; stored hashed);
-  ``action=disable`` with a code: turn it off (members only: operators
-  must keep it).
+  ``action=recovery`` with a code: new recovery codes; ``action=disable``
+  with a code: turn it off (members only: operators must keep it).
 """
 
 from __future__ import annotations
@@ -169,7 +169,10 @@ async def twofactor_page(request: web.Request) -> web.Response:
 @member
 @form_post
 async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Response:
-    """``action=confirm`` (``code``) or ``action=disable`` (``code``)."""
+    """``action=confirm`` (``code``: turn on, show the recovery codes),
+    ``action=recovery`` (``code``: new recovery codes, the old ones void) or
+    ``action=disable`` (``code``; members only, 403 for operators). A wrong
+    code is a 400 and counts as a failed sign-in; 429 when throttled."""
     state = _state(request)
     user = _user(request)
     action = form.get("action")
@@ -198,6 +201,21 @@ async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Re
         nxt = safe_next(str(form.get("next", "")), "/account/2fa")
         return await _render(request, "twofactor.html", stage="codes", codes=codes, next=nxt,
                              required=user.is_operator)
+    if action == "recovery" and user.has_2fa and user.totp_secret is not None:
+        if wait:
+            return await too_many(request, wait, "twofactor.html", stage="wait")
+        checked = await _check_code(request, user, code, now=now)
+        if checked is None or checked[0] != "totp":
+            await signin_failed(request, user.email, user.account_id, now)
+            return await _render(request, "twofactor.html", status=400, stage="on",
+                                 left=await state.db.recovery_codes_left(user.id),
+                                 required=user.is_operator,
+                                 error="Wrong code: enter the 6 digits your app shows now.")
+        codes = twofactor.new_recovery_codes()
+        await state.db.enable_totp(user.id, user.totp_secret, checked[1], codes, now)
+        await state.db.audit(user.email, "user.recovery_codes_renewed", user.account_id, {})
+        return await _render(request, "twofactor.html", stage="codes", codes=codes,
+                             next="/account/2fa", required=user.is_operator)
     if action == "disable" and user.has_2fa:
         if user.is_operator:
             raise web.HTTPForbidden(text="operators must keep two-factor sign-in")
@@ -211,4 +229,5 @@ async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Re
         await state.db.disable_totp(user.id)
         await state.db.audit(user.email, "user.2fa_disabled", user.account_id, {})
         raise web.HTTPSeeOther("/dashboard?notice=2fa-disabled")
-    raise web.HTTPBadRequest(text="unknown action: send action=confirm or action=disable")
+    raise web.HTTPBadRequest(
+        text="unknown action: send action=confirm (2FA off), recovery or disable (2FA on)")

@@ -148,10 +148,13 @@ def is_dashboard_path(path: str) -> bool:
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: ``SECURITY_HEADERS`` on every dashboard
-    response (pages, redirects, errors, CSV, static files)."""
+    response (pages, redirects, errors, CSV, static files), and HSTS (one
+    year) when ``public_url`` is https."""
     if is_dashboard_path(request.path):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if request.app[WEB].base_url.startswith("https://"):  # RFC 6797: served over TLS
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
 def setup(app: web.Application) -> None:
