@@ -143,7 +143,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ProjectUpdate": _obj(allowed_origins={"type": "array", "items": STR},
                           allowed_models={"type": "array", "items": STR},
                           allowed_ips={"type": "array", "items": STR}),
-    "AllowedOrigins": _obj(("allowed_origins",), allowed_origins={"type": "array", "items": STR}),
     "Health": _obj(("status", "active_sessions"), status={"const": "ok"}, active_sessions=INT),
     "Url": _obj(("url",), url=NSTR),
     "CheckoutRequest": _obj(("plan",), plan=STR),
@@ -211,9 +210,6 @@ ROUTES: tuple[Op, ...] = (
     Op("PATCH", "/v1/projects/{project_id}", "Change a project's pins", "projects",
        (PROJECT_KEY, ADMIN_KEY, DASHBOARD), request="ProjectUpdate", response="Project",
        errors=(400, 401, 403, 404, 429)),
-    Op("PUT", "/v1/projects/{project_id}/allowed_origins", "Set the web origins of a project's "
-       "ephemeral keys ([] = any)", "projects", (PROJECT_KEY, ADMIN_KEY, DASHBOARD),
-       request="AllowedOrigins", response="Project", errors=(400, 401, 403, 404, 429)),
     Op("GET", "/v1/sessions", "Sessions, newest first", "sessions", (PROJECT_KEY, ADMIN_KEY, DASHBOARD),
        response="SessionList", errors=(400, 401, 403, 404, 429), query=_SESSIONS_QUERY),
     Op("GET", "/v1/sessions/{session_id}", "One session record", "sessions",
