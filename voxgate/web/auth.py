@@ -70,6 +70,9 @@ __all__ = [
     "client_ip",
     "secure_cookies",
     "PasswordRefused",
+    "set_challenge_cookie",
+    "clear_challenge_cookie",
+    "session_token",
 ]
 
 SESSION_COOKIE = "vg_session"
