@@ -290,3 +290,14 @@ async def test_model_override_through_session_update(make_server, http):
     (update,) = received
     assert update["type"] == "session.update"
     assert update["session"] == {"type": "realtime", "instructions": "Be brief."}
+
+
+async def test_admin_and_project_routes_carry_rate_limit_headers(make_server, http):
+    server = await make_server()
+    for key, path in ((server.admin_key, "/billing/usage"),
+                      (server.key, f"/v1/projects/{server.project_id}")):
+        async with http.get(server.url + path,
+                            headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200
+            assert int(resp.headers["x-ratelimit-limit-requests"]) == 1000
+            assert int(resp.headers["x-ratelimit-remaining-requests"]) < 1000

@@ -161,12 +161,14 @@ class SmtpSettings(BaseModel):
 
 class WebSettings(BaseModel):
     """Dashboard. ``session_secret`` signs cookies (generated into the data
-    directory when empty). ``demo_page``: serve the demo-key route for the
-    browser voice client (local use only)."""
+    directory when empty). ``secure_cookies``: mark cookies ``Secure`` (also
+    on whenever ``public_url`` is https). ``demo_page``: serve the demo-key
+    route for the browser voice client: None follows ``demo`` (loopback
+    only by default), true forces it on, false off."""
 
     session_secret: SecretStr | None = None
     secure_cookies: bool = False
-    demo_page: bool = True
+    demo_page: bool | None = None
 
 
 class Settings(BaseSettings):

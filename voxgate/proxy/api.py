@@ -28,7 +28,7 @@ from voxgate.metering.store import MonthlyUsage, SessionFilter
 from voxgate.models import ADMIN_KEY_PREFIX, API_KEY_PREFIX, Account, Plan, PlanCatalog, Project
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
-from voxgate.proxy.gateway import Gateway
+from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
@@ -183,7 +183,7 @@ async def admin_caller(request: web.Request) -> AdminCaller:
     caller = await resolve_admin(gw.store, bearer_key(request))
     assert caller.key is not None
     plan = gw.catalog.plans.get(caller.account.plan_id, gw.catalog.default)
-    await gw.admission.check_rate(caller.key.id, plan, time.monotonic())
+    RATE_LIMIT.set(await gw.admission.check_rate(caller.key.id, plan, time.monotonic()))
     return caller
 
 
@@ -199,6 +199,7 @@ async def _project_of(request: web.Request, *, change: bool) -> tuple[Gateway, P
         principal = await authenticate(request, gw.store)
         if principal.project.id != project_id:
             raise PermissionDenied("this key belongs to another project", param="project_id")
+        await gw.check_rate(principal)
         return gw, principal.project
     caller = await admin_caller(request)
     project = await gw.store.get_project(project_id)
