@@ -235,13 +235,25 @@ async def test_projects_and_keys(make_server, clients):
     status, text, _ = await c.post(f"/projects/{projects[0].id}/origins",
                                    {"origins": "app.example.com"})
     assert status == 400 and "is not an origin" in text
+    # admin keys: created by the owner, shown once, hashed, revocable
+    status, text, _ = await c.post("/admin-keys", {"name": "billing bot"})
+    assert status == 200 and "shown only once" in text
+    admin_plain = text.split('id="new-admin-key" class="mono" readonly value="')[1].split('"')[0]
+    assert admin_plain.startswith("vg_admin_")
+    found_admin = await server.store.find_admin_key(admin_plain)
+    assert found_admin is not None and found_admin[1].id == account.id
+    assert admin_plain not in (await c.get("/projects"))[1]
+    assert (await c.post(f"/admin-keys/{found_admin[0].id}/revoke"))[0] == 303
+    assert not (await server.store.list_admin_keys(account.id))[0].active
+    assert (await c.post("/admin-keys/adminkey_nope/revoke"))[0] == 404
     assert (await c.post(f"/projects/{projects[1].id}/delete"))[0] == 303
     assert [p.name for p in await server.store.list_projects(account.id)] == ["one"]
     # audit log records the actions
     state = server.app[WEB]
     actions = [e.action for e in await state.db.audit_entries()]
     assert {"user.signup", "project.created", "key.created", "key.revoked",
-            "project.origins_set", "project.deleted"} <= set(actions)
+            "project.origins_set", "admin_key.created", "admin_key.revoked",
+            "project.deleted"} <= set(actions)
 
 
 async def test_demo_account_gets_a_dashboard_user(make_server, clients, tmp_path):

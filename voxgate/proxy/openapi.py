@@ -261,6 +261,8 @@ ROUTES: tuple[Op, ...] = (
     form("/projects/{project_id}/keys", "Create a key (shown once)", status=200),
     form("/projects/{project_id}/origins", "Set allowed origins"),
     form("/projects/{project_id}/keys/{key_id}/revoke", "Revoke a key"),
+    form("/admin-keys", "Create an account admin key (shown once)", status=200),
+    form("/admin-keys/{key_id}/revoke", "Revoke an admin key"),
     page("/billing", "Billing page"),
     form("/billing", "Billing actions (upgrade, portal)"),
     page("/pricing", "Pricing page", ()),

@@ -191,6 +191,8 @@ def setup(app: web.Application) -> None:
     r.add_post("/projects/{project_id}/delete", views.delete_project)
     r.add_post("/projects/{project_id}/keys", views.create_key)
     r.add_post("/projects/{project_id}/origins", views.set_origins)
+    r.add_post("/admin-keys", views.create_admin_key)
+    r.add_post("/admin-keys/{key_id}/revoke", views.revoke_admin_key)
     r.add_post("/projects/{project_id}/keys/{key_id}/revoke", views.revoke_key)
     r.add_get("/billing", views.billing_page)
     r.add_post("/billing", views.billing_action)

@@ -493,8 +493,10 @@ async def _projects_view(request: web.Request, status: int = 200, **extra: Any) 
     plan = plan_of(request, account)
     projects = await state.store.list_projects(account.id)
     keys = {p.id: await state.store.list_api_keys(p.id) for p in projects}
+    admin_keys = await state.store.list_admin_keys(account.id)
     return await _render(
         request, "projects.html", status=status, plan=plan, projects=projects, keys=keys,
+        admin_keys=admin_keys,
         at_limit=plan.projects is not None and len(projects) >= plan.projects,
         notice=NOTICES.get(request.query.get("notice", "")), **extra)
 
@@ -566,6 +568,30 @@ async def create_key(request: web.Request, form: MultiDictProxy) -> web.Response
     await _audit(request, "key.created", project_id=project.id, key_id=key.id,
                  prefix=key.prefix)
     return await _projects_view(request, new_key=plaintext, new_key_project=project)
+
+
+@member
+@form_post
+async def create_admin_key(request: web.Request, form: MultiDictProxy) -> web.Response:
+    """The account owner creates an admin key (account-wide reads, billing);
+    its plaintext is on this response only."""
+    account = _account(request)
+    name = str(form.get("name", "")).strip()[:80]
+    key, plaintext = await _state(request).store.create_admin_key(account.id, name)
+    await _audit(request, "admin_key.created", key_id=key.id, prefix=key.prefix)
+    return await _projects_view(request, new_admin_key=plaintext)
+
+
+@member
+@form_post
+async def revoke_admin_key(request: web.Request, form: MultiDictProxy) -> web.Response:
+    state = _state(request)
+    key_id = request.match_info["key_id"]
+    if key_id not in {k.id for k in await state.store.list_admin_keys(_account(request).id)}:
+        raise web.HTTPNotFound(text="no such key")
+    await state.store.revoke_admin_key(key_id)
+    await _audit(request, "admin_key.revoked", key_id=key_id)
+    raise web.HTTPSeeOther("/projects?notice=key-revoked")
 
 
 @member
