@@ -230,6 +230,7 @@ async def test_admin_key_from_the_cli_and_cli_actions_audited(tmp_path):
     ips = voxgate("admin", "set-ips", project["id"], "192.0.2.1", cwd=tmp_path, env=env)
     assert json.loads(ips.stdout)["allowed_ips"] == ["192.0.2.1/32"]
     voxgate("admin", "set-plan", account["id"], "starter", cwd=tmp_path, env=env)
+    assert voxgate("billing", "settle", cwd=tmp_path, env=env).returncode == 0
 
     import sqlite3
 
@@ -237,8 +238,10 @@ async def test_admin_key_from_the_cli_and_cli_actions_audited(tmp_path):
     rows = db.execute("SELECT actor, action, account_id FROM audit_log ORDER BY id").fetchall()
     actions = [r[1] for r in rows]
     assert actions == ["account.created", "admin_key.created", "project.created",
-                       "project.pins_set", "project.pins_set", "account.plan_set"]
-    assert all(r[0].startswith("cli:") and r[2] == account["id"] for r in rows)
+                       "project.pins_set", "project.pins_set", "account.plan_set",
+                       "billing.settled"]
+    assert all(r[0].startswith("cli:") for r in rows)
+    assert all(r[2] == account["id"] for r in rows[:-1])
     assert made["key"] not in str(db.execute("SELECT * FROM audit_log").fetchall())
 
 

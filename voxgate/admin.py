@@ -16,7 +16,7 @@ from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.proxy.app import open_store
 
-__all__ = ["run_admin", "PIN_COMMANDS"]
+__all__ = ["run_admin", "PIN_COMMANDS", "cli_actor"]
 
 # command → (argument, the project field it sets, its parser)
 PIN_COMMANDS = {
@@ -37,7 +37,7 @@ async def run_admin(args: argparse.Namespace) -> int:
     catalog = load_catalog(settings.catalog)
     store = open_store(settings)
     await store.open()
-    actor = f"cli:{_user()}"
+    actor = cli_actor()
 
     async def audit(action: str, account_id: str | None, **detail: Any) -> None:
         await store.audit(actor, action, account_id, detail)
@@ -120,9 +120,10 @@ async def run_admin(args: argparse.Namespace) -> int:
         await store.close()
 
 
-def _user() -> str:
+def cli_actor() -> str:
+    """The audit log's actor for a command run by hand: ``cli:<user>``."""
     try:
-        return getpass.getuser()
+        return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
-        return "unknown"
+        return "cli:unknown"
 

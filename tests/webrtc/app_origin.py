@@ -38,6 +38,7 @@ class AppOrigin:
         app.router.add_get("/agents-realtime.js", self._bundle)
         app.router.add_get("/agents-page.js", self._agents_page)
         app.router.add_get("/{page}.html", self._page)
+        app.router.add_get("/helpers.js", self._helpers)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         port = free_port()
@@ -57,6 +58,10 @@ class AppOrigin:
         for name, value in self.values.items():
             text = text.replace("{{" + name + "}}", str(value))
         return web.Response(text=text, content_type="text/html")
+
+    async def _helpers(self, request: web.Request) -> web.Response:
+        return web.Response(body=(PAGES / "helpers.js").read_bytes(),
+                            content_type="text/javascript")
 
     async def _bundle(self, request: web.Request) -> web.Response:
         return web.Response(body=AGENTS_BUNDLE.read_bytes(), content_type="text/javascript")

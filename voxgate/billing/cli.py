@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from voxgate.admin import cli_actor
     from voxgate.billing.service import BillingService
     from voxgate.config import load_settings
     from voxgate.models import load_catalog
@@ -50,13 +51,20 @@ async def _main(args: argparse.Namespace) -> int:
 
         api = StripeApi(settings.billing)
         try:
-            for line in await sync_catalog(api, catalog, settings.billing):
+            lines = await sync_catalog(api, catalog, settings.billing)
+            for line in lines:
                 print(line)
         except BillingError as err:
             print(f"voxgate billing sync: {err.message}")
             return 1
         finally:
             await api.close()
+        store = open_store(settings)
+        await store.open()
+        try:
+            await store.audit(cli_actor(), "billing.synced", None, {"changes": lines})
+        finally:
+            await store.close()
         return 0
     store = open_store(settings)
     await store.open()
@@ -72,13 +80,15 @@ async def _main(args: argparse.Namespace) -> int:
             for m in migrations:
                 print(("migrate " if args.apply else "would migrate ") + str(m))
             if args.apply:
-                n = await apply_migrations(store, svc.db, svc.notifier, catalog, migrations)
+                n = await apply_migrations(store, svc.db, svc.notifier, catalog, migrations,
+                                           actor=cli_actor())
                 print(f"migrated {n} account(s); notice emails queued")
             else:
                 print(f"{len(migrations)} account(s); dry run: nothing changed (use --apply)")
             return 0
         if cmd == "settle":
             counts = await svc.settlement.run_once()
+            await store.audit(cli_actor(), "billing.settled", None, dict(counts))
             print(f"settled {counts['settled']}, failed {counts['failed']}")
             return 0
     finally:
