@@ -292,7 +292,11 @@ async def test_malformed_events_get_errors_and_session_goes_on(server, jfk_pcm):
                     return event
 
         await expect_error("{not json", "invalid_json")
-        await expect_error('{"type": "no.such.event", "event_id": "evt_1"}', "unknown_event")
+        # a well-formed type voxgate does not know goes to the provider, which answers
+        unknown = await expect_error('{"type": "no.such.event", "event_id": "evt_1"}',
+                                     "invalid_value")
+        assert unknown["error"]["param"] == "type" and unknown["error"]["event_id"] == "evt_1"
+        await expect_error('{"type": "Not An Event!", "event_id": "evt_2"}', "invalid_event")
         await expect_error('["a list"]', "invalid_event")
         bad = await expect_error(
             '{"type": "input_audio_buffer.append", "audio": "%%%not-base64", "event_id": "e2"}',
@@ -311,6 +315,7 @@ async def test_malformed_events_get_errors_and_session_goes_on(server, jfk_pcm):
     record = await server.session(sid)
     m = record.measurements
     assert m.client_errors == 5
+    assert m.event_counts.get("other") == 1  # relayed, the provider answered
     assert 1990 <= m.audio_in_ms <= 2010  # the rejected audio was not counted
     assert m.provider_errors == 0
 

@@ -5,7 +5,7 @@ The tree::
 
     VoxgateError                      (type, code, param, status, permanent)
     ├── InvalidRequest                invalid_request_error, 400
-    │   ├── MalformedEvent            invalid_json / unknown_event / invalid_base64 / ...
+    │   ├── MalformedEvent            invalid_json / invalid_event / invalid_base64 / ...
     │   └── MessageTooLarge           message_too_large
     ├── AuthenticationError           invalid_api_key, 401
     │   └── EphemeralKeyExpired       expired_ephemeral_key, 401

@@ -201,9 +201,9 @@ async def test_data_channel_close_ends_the_call(make_server, rtc_settings, http)
     try:
         await client.connect(http, ek["value"])
         await client.wait_event("session.created", 10)
-        client.send({"type": "not.an.event", "event_id": "evt_1"})
+        client.send({"type": "not an event", "event_id": "evt_1"})
         err = await client.wait_event("error", 5)
-        assert err["error"]["code"] == "unknown_event" and err["error"]["event_id"] == "evt_1"
+        assert err["error"]["code"] == "invalid_event" and err["error"]["event_id"] == "evt_1"
         client.channel.send("{not json")
         client.channel.close()
         record = await server.session(client.session_id)

@@ -1,16 +1,20 @@
 """Client events on their way upstream: the one check both relays apply.
 
-A client event is relayed only when it is a JSON object with a known GA
-``type`` (``voxgate.models.realtime.CLIENT_EVENTS``), within the size limit,
-and, for ``input_audio_buffer.append``, with valid base64 ``audio``; anything
-else is answered with an ``error`` event
+A client event is relayed when it is a JSON object with a well-formed
+``type`` (dotted lowercase words, as OpenAI names them), within the size
+limit, and, for ``input_audio_buffer.append``, with valid base64 ``audio``;
+anything else is answered with an ``error`` event
 (https://platform.openai.com/docs/api-reference/realtime-server-events/error)
-and not relayed, so the meter counts only real audio.
+and not relayed, so the meter counts only real audio. A well-formed type
+voxgate does not know (``voxgate.models.realtime.CLIENT_EVENTS``), such as
+one OpenAI adds tomorrow, is relayed for the provider to answer and counted
+as ``other``.
 """
 
 from __future__ import annotations
 
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -19,9 +23,11 @@ from voxgate.errors import MalformedEvent, MessageTooLarge
 from voxgate.models.realtime import CLIENT_EVENTS
 
 __all__ = ["parse_client_event", "valid_base64", "b64_padding", "utf8_len", "AUDIO_APPEND",
-           "pin_session_model"]
+           "OTHER", "pin_session_model"]
 
 AUDIO_APPEND = "input_audio_buffer.append"
+OTHER = "other"  # what the meter counts a relayed event of an unknown type as
+_WELL_FORMED_TYPE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
 
 def valid_base64(s: str) -> bool:
@@ -53,11 +59,13 @@ def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any
     relay and the WebRTC ``oai-events`` data channel alike).
 
     Returns:
-        (event, type, base64 audio length, its ``=`` padding).
+        (event, type, base64 audio length, its ``=`` padding); the type is
+        ``OTHER`` for a well-formed type voxgate does not know.
 
     Raises:
-        MessageTooLarge, MalformedEvent (binary, bad JSON, no ``type``,
-        unknown type, invalid base64 audio).
+        MessageTooLarge, MalformedEvent (binary, bad JSON, no ``type``, a
+        ``type`` that is not dotted lowercase words (``invalid_event``),
+        invalid base64 audio).
     """
     n = len(data)
     if n > max_bytes:
@@ -83,8 +91,11 @@ def parse_client_event(data: str | bytes, max_bytes: int) -> tuple[dict[str, Any
         b64_len = len(audio)
         padding = b64_padding(audio)
     elif etype not in CLIENT_EVENTS:
-        raise MalformedEvent(f"unknown event type {etype!r}", code="unknown_event",
-                             param="type", event_id=event_id)
+        if len(etype) > 64 or not _WELL_FORMED_TYPE.fullmatch(etype):
+            raise MalformedEvent(f"invalid event type {etype[:64]!r}: expected dotted lowercase "
+                                 "words such as 'response.create'", code="invalid_event",
+                                 param="type", event_id=event_id)
+        return event, OTHER, 0, 0
     return event, etype, b64_len, padding
 
 
