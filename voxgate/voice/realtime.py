@@ -42,6 +42,14 @@ from voxgate.models.realtime import AudioFormat
 from voxgate.voice import audio as A
 from voxgate.voice import responder
 from voxgate.voice.faults import Faults, parse_faults
+from voxgate.voice.items import (
+    ResponseParams,
+    item_text,
+    parse_item,
+    parse_response_params,
+    public,
+    truncate_segments,
+)
 from voxgate.voice.session import (
     SessionConfig,
     input_audio_tokens,
@@ -50,6 +58,7 @@ from voxgate.voice.session import (
     text_tokens,
     usage,
 )
+from voxgate.voice.tools import choose_tool, function_tools, output_reply
 from voxgate.voice.tts import split_sentences
 from voxgate.voice.vad import SpeechStarted, SpeechStopped, TurnDetector
 
@@ -64,6 +73,8 @@ CHUNK_MS = 100
 """Output audio per ``response.output_audio.delta``, in ms."""
 MIN_COMMIT_MS = 100
 """OpenAI refuses to commit less than 100 ms of audio."""
+ARGUMENT_CHUNK = 16
+"""Characters of function call arguments per ``response.function_call_arguments.delta``."""
 
 
 class _ServerError(VoxgateError):
@@ -73,34 +84,53 @@ class _ServerError(VoxgateError):
 
 @dataclass
 class _Response:
+    """One response in progress: its parameters and what has been sent."""
+
     id: str
-    modalities: list[str]
-    instructions: str
-    conversation: bool
+    params: ResponseParams
     item_id: str = field(default_factory=lambda: new_id("item"))
     task: asyncio.Task[None] | None = None
-    text: str = ""
+    context: list[dict[str, Any]] = field(default_factory=list)  # items the reply is computed from
+    item: dict[str, Any] | None = None  # the output item, once response.output_item.added is sent
+    part_open: bool = False  # response.content_part.added sent, .done not yet
+    finished: bool = False  # response.done sent
+    text: str = ""  # text or transcript sent
+    arguments: str = ""  # function call arguments sent
+    segments: list[tuple[float, float, str]] = field(default_factory=list)  # (start_ms, duration_ms, text)
     audio_out_ms: float = 0.0
     in_text_tokens: int = 0
     in_audio_tokens: int = 0
-    started: bool = False  # output_item.added sent
 
-    def obj(self, status: str, output: list[dict[str, Any]], out_fmt: AudioFormat, voice: str,
+    @property
+    def audio(self) -> bool:
+        return "audio" in self.params.modalities
+
+    @property
+    def conversation(self) -> bool:
+        return self.params.conversation
+
+    @property
+    def max_tokens(self) -> int | None:
+        limit = self.params.max_output_tokens
+        return limit if isinstance(limit, int) else None
+
+    def obj(self, status: str, out_fmt: AudioFormat, voice: str, output: list[dict[str, Any]] | None = None,
             status_details: dict[str, Any] | None = None) -> dict[str, Any]:
-        out_audio = output_audio_tokens(self.audio_out_ms) if "audio" in self.modalities else 0
-        out_text = text_tokens(self.text)
+        """The ``realtime.response`` object (usage only once done)."""
+        out_audio = output_audio_tokens(self.audio_out_ms) if self.audio else 0
+        out_text = text_tokens(self.text) + text_tokens(self.arguments)
         done = status != "in_progress"
         return {
             "object": "realtime.response",
             "id": self.id,
             "status": status,
             "status_details": status_details,
-            "output": output,
+            "output": output or [],
             "conversation_id": "conv_" + self.id[5:] if self.conversation else None,
-            "output_modalities": self.modalities,
-            "max_output_tokens": "inf",
+            "output_modalities": list(self.params.modalities),
+            "max_output_tokens": self.params.max_output_tokens,
             "audio": {"output": {"format": out_fmt.to_session(), "voice": voice}},
-            "metadata": None,
+            "metadata": self.params.metadata,
             "usage": usage(in_text=self.in_text_tokens, in_audio=self.in_audio_tokens,
                            out_text=out_text, out_audio=out_audio) if done else None,
         }
@@ -380,7 +410,7 @@ class RealtimeSession:
         await self._commit(item_id, stt_from=start)
         td = self.config.turn_detection or {}
         if td.get("create_response", True) and self.response is None:
-            await self._start_response({}, conversation=True)
+            await self._start_response(self._default_params({}))
 
     async def _commit_event(self, event: dict[str, Any]) -> None:
         if self.echo:
@@ -457,11 +487,10 @@ class RealtimeSession:
 
     async def _echo_chunk(self, b64: str, n_bytes: int) -> None:
         if self._echo is None:
-            resp = self._echo = _Response(id=new_id("resp"), modalities=["audio"], instructions="",
-                                          conversation=True)
+            resp = self._echo = _Response(id=new_id("resp"), params=self._default_params({}))
             fmt, voice = self.config.output_format, self.config.voice
-            await self.send({"type": "response.created", "response": resp.obj("in_progress", [], fmt, voice)})
-            await self._send_item_added(resp, audio=True)
+            await self.send({"type": "response.created", "response": resp.obj("in_progress", fmt, voice)})
+            await self._open_message(resp)
             self._echo_prefix = ('{"type":"response.output_audio.delta","response_id":"' + resp.id
                                  + '","item_id":"' + resp.item_id
                                  + '","output_index":0,"content_index":0,"event_id":"')
@@ -475,52 +504,27 @@ class RealtimeSession:
             return
         fmt = self.config.input_format
         resp.audio_out_ms = fmt.ms_from_bytes(self._echo_bytes)
-        await self._send_item_done(resp, audio=True, status="completed")
+        await self._finish(resp, "completed")
 
     # -- conversation items --------------------------------------------------
 
     def _last_item_id(self) -> str | None:
         return next(reversed(self.items), None)
 
+    def _audio_part(self, b64: Any, param: str) -> bytes:
+        return self._to_pcm(self._decode_audio(b64, param))
+
     async def _item_create(self, event: dict[str, Any]) -> None:
-        item = event.get("item")
-        if not isinstance(item, dict):
-            raise MalformedEvent("Missing required parameter: 'item'.", code="missing_required_parameter",
-                                 param="item")
-        kind = item.get("type", "message")
-        role = item.get("role")
-        content = item.get("content", [])
-        if kind != "message" or role not in ("user", "assistant", "system") or not isinstance(content, list):
-            raise MalformedEvent("Invalid 'item': expected a message with role user, assistant or system and "
-                                 "a content array.", code="invalid_value", param="item")
-        given_id = item.get("id")
-        item_id: str = given_id if isinstance(given_id, str) else new_id("item")
+        new, pcm = parse_item(event.get("item"), "item", self._audio_part)
+        item_id = new["id"]
         if item_id in self.items:
             raise MalformedEvent(f"Item with id '{item_id}' already exists.", code="item_id_exists",
                                  param="item.id")
-        parts: list[dict[str, Any]] = []
-        audio_parts: list[bytes] = []
-        for i, part in enumerate(content):
-            ptype = part.get("type") if isinstance(part, dict) else None
-            if ptype in ("input_text", "text", "output_text"):
-                if not isinstance(part.get("text"), str):
-                    raise MalformedEvent("Invalid type for 'text': expected a string.", code="invalid_value",
-                                         param=f"item.content[{i}].text")
-                parts.append({"type": ptype, "text": part["text"]})
-            elif ptype == "input_audio":
-                audio_parts.append(self._to_pcm(self._decode_audio(part.get("audio"), f"item.content[{i}].audio")))
-                parts.append({"type": "input_audio", "transcript": None})
-            else:
-                raise MalformedEvent(f"Invalid value: {ptype!r} for content type.", code="invalid_value",
-                                     param=f"item.content[{i}].type")
         previous = event.get("previous_item_id") or self._last_item_id()
-        new = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
-               "role": role, "content": parts}
         self.items[item_id] = new
-        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": new})
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": new})
-        if audio_parts:
-            pcm = b"".join(audio_parts)
+        await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": public(new)})
+        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": public(new)})
+        if pcm is not None:
             new["_audio_ms"] = A.pcm16_ms(len(pcm), self.config.input_format.rate)
             self.transcriptions[item_id] = self.spawn(
                 self._transcribe(item_id, pcm, self.config.input_format.rate))
@@ -542,51 +546,53 @@ class RealtimeSession:
 
     async def _item_retrieve(self, event: dict[str, Any]) -> None:
         _, item = self._item(event)
-        await self.send({"type": "conversation.item.retrieved", "item": _public(item)})
+        await self.send({"type": "conversation.item.retrieved", "item": public(item)})
 
     async def _item_truncate(self, event: dict[str, Any]) -> None:
+        """``conversation.item.truncate``: drop an assistant item's audio after
+        ``audio_end_ms`` and its transcript beyond what was heard
+        (:func:`voxgate.voice.items.truncate_segments`)."""
         item_id, item = self._item(event)
         ci, end_ms = event.get("content_index", 0), event.get("audio_end_ms")
-        if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < len(item["content"]):
+        content = item.get("content", [])
+        if not isinstance(ci, int) or isinstance(ci, bool) or not 0 <= ci < len(content):
             raise MalformedEvent("Invalid value for 'content_index'.", code="invalid_value", param="content_index")
         if not isinstance(end_ms, int) or isinstance(end_ms, bool) or end_ms < 0:
             raise MalformedEvent("Invalid value for 'audio_end_ms': expected a non-negative integer.",
                                  code="invalid_value", param="audio_end_ms")
-        if item.get("role") != "assistant":
-            raise MalformedEvent("Only assistant messages can be truncated.", code="invalid_value", param="item_id")
+        if item.get("role") != "assistant" or content[ci].get("type") != "output_audio":
+            raise MalformedEvent("Only assistant messages with audio can be truncated.", code="invalid_value",
+                                 param="item_id")
         if end_ms > item.get("_audio_ms", 0) + 1:
             raise MalformedEvent(f"Audio content of {item.get('_audio_ms', 0):.0f}ms is already shorter than "
                                  f"{end_ms}ms", code="invalid_value", param="audio_end_ms")
         item["_audio_ms"] = end_ms
+        segments = item.get("_segments")
+        if segments is not None:
+            content[ci]["transcript"] = truncate_segments(segments, end_ms)
+            item["_segments"] = [s for s in segments if s[0] < end_ms]
         await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": ci,
                          "audio_end_ms": end_ms})
 
     # -- responses -----------------------------------------------------------
 
+    def _default_params(self, params: Any, items: dict[str, dict[str, Any]] | None = None) -> ResponseParams:
+        cfg = self.config
+        return parse_response_params(params, modalities=cfg.output_modalities, instructions=cfg.instructions,
+                                     tools=cfg.tools, tool_choice=cfg.tool_choice,
+                                     max_output_tokens=cfg.max_output_tokens, items=self.items if items is None
+                                     else items, to_pcm=self._audio_part)
+
     async def _response_create(self, event: dict[str, Any]) -> None:
-        params = event.get("response", {}) or {}
-        if not isinstance(params, dict):
-            raise MalformedEvent("Invalid type for 'response': expected an object.", code="invalid_value",
-                                 param="response")
+        params = self._default_params(event.get("response"))
         if self.response is not None:
             raise InvalidRequest(f"Conversation already has an active response in progress: {self.response.id}. "
                                  "Wait until the response is finished before creating a new one.",
                                  code="conversation_already_has_active_response")
-        mods = params.get("output_modalities", params.get("modalities"))
-        if mods is not None and (not isinstance(mods, list) or any(m not in ("text", "audio") for m in mods)):
-            raise MalformedEvent("Invalid value for 'response.output_modalities'.", code="invalid_value",
-                                 param="response.output_modalities")
-        instr = params.get("instructions")
-        if instr is not None and not isinstance(instr, str):
-            raise MalformedEvent("Invalid type for 'response.instructions': expected a string.",
-                                 code="invalid_value", param="response.instructions")
-        await self._start_response(params, conversation=params.get("conversation", "auto") != "none")
+        await self._start_response(params)
 
-    async def _start_response(self, params: dict[str, Any], *, conversation: bool) -> None:
-        mods = params.get("output_modalities", params.get("modalities")) or self.config.output_modalities
-        resp = _Response(id=new_id("resp"), modalities=["audio"] if "audio" in mods else ["text"],
-                         instructions=params.get("instructions") or self.config.instructions,
-                         conversation=conversation)
+    async def _start_response(self, params: ResponseParams) -> None:
+        resp = _Response(id=new_id("resp"), params=params)
         self.response = resp
         resp.task = self.spawn(self._run_response(resp))
 
@@ -599,95 +605,159 @@ class RealtimeSession:
         await self._cancel_response("client_cancelled")
 
     async def _cancel_response(self, reason: str) -> None:
+        """Stop the response in progress; close its open part and item
+        (status ``incomplete``) and send ``response.done`` ``cancelled``."""
         resp, self.response = self.response, None
         if resp is None or resp.task is None:
             return
         resp.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await resp.task
-        output = [self._assistant_item(resp, "incomplete")] if resp.started else []
-        self.responses_done += 1
-        await self.send({"type": "response.done", "response": resp.obj(
-            "cancelled", output, self.config.output_format, self.config.voice,
-            {"type": "cancelled", "reason": reason})})
+        if not resp.finished:
+            await self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason})
 
-    def _assistant_item(self, resp: _Response, status: str) -> dict[str, Any]:
-        if "audio" in resp.modalities:
-            content = [{"type": "output_audio", "transcript": resp.text}]
-        else:
-            content = [{"type": "output_text", "text": resp.text}]
-        return {"id": resp.item_id, "object": "realtime.item", "type": "message", "status": status,
-                "role": "assistant", "content": content}
+    async def _rsend(self, event: dict[str, Any]) -> None:
+        """Send one event of a response task: once begun, a send completes even
+        if the task is cancelled, so the response's bookkeeping (updated
+        before the call) always matches what the client received."""
+        await asyncio.shield(self.send(event))
 
-    async def _send_item_added(self, resp: _Response, *, audio: bool) -> None:
-        item = {"id": resp.item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
-                "role": "assistant", "content": []}
-        previous = self._last_item_id()
-        if resp.conversation:
-            self.items[resp.item_id] = item
-        resp.started = True
-        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0}
-        await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
-                         "item": item})
-        if resp.conversation:
-            await self.send({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+    async def _open_message(self, resp: _Response) -> None:
+        audio = resp.audio
+        item: dict[str, Any] = {"id": resp.item_id, "object": "realtime.item", "type": "message",
+                                "status": "in_progress", "role": "assistant", "content": []}
+        await self._open_item(resp, item)
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        await self.send({"type": "response.content_part.added", **base, "content_index": 0, "part": part})
+        item["content"] = [{"type": "output_audio", "transcript": ""} if audio else {"type": "output_text",
+                                                                                        "text": ""}]
+        resp.part_open = True
+        await self._rsend({"type": "response.content_part.added", "response_id": resp.id, "item_id": resp.item_id,
+                           "output_index": 0, "content_index": 0, "part": part})
 
-    async def _send_item_done(self, resp: _Response, *, audio: bool, status: str) -> None:
-        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
-        if audio:
-            await self.send({"type": "response.output_audio.done", **base})
-            await self.send({"type": "response.output_audio_transcript.done", **base, "transcript": resp.text})
-            part = {"type": "audio", "transcript": resp.text}
-        else:
-            await self.send({"type": "response.output_text.done", **base, "text": resp.text})
-            part = {"type": "text", "text": resp.text}
-        await self.send({"type": "response.content_part.done", **base, "part": part})
-        item = self._assistant_item(resp, "completed")
+    async def _open_item(self, resp: _Response, item: dict[str, Any]) -> None:
+        previous = self._last_item_id()
+        resp.item = item
         if resp.conversation:
-            item["_audio_ms"] = resp.audio_out_ms
             self.items[resp.item_id] = item
-        await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
-                         "item": _public(item)})
+        added = public(item) | {"content": []} if item["type"] == "message" else public(item)
+        await self._rsend({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                           "item": added})
         if resp.conversation:
-            await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": _public(item)})
+            await self._rsend({"type": "conversation.item.added", "previous_item_id": previous, "item": added})
+
+    async def _finish(self, resp: _Response, status: str, details: dict[str, Any] | None = None) -> None:
+        """Close what is open (content part, output item) and send
+        ``response.done``. Items end ``completed`` when the response does,
+        else ``incomplete``."""
+        resp.finished = True
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0}
+        item = resp.item
+        if item is not None and item["type"] == "message":
+            if resp.part_open:
+                resp.part_open = False
+                if resp.audio:
+                    await self.send({"type": "response.output_audio.done", **base, "content_index": 0})
+                    await self.send({"type": "response.output_audio_transcript.done", **base, "content_index": 0,
+                                     "transcript": resp.text})
+                    part = {"type": "audio", "transcript": resp.text}
+                else:
+                    await self.send({"type": "response.output_text.done", **base, "content_index": 0,
+                                     "text": resp.text})
+                    part = {"type": "text", "text": resp.text}
+                await self.send({"type": "response.content_part.done", **base, "content_index": 0, "part": part})
+            if resp.audio:
+                item["content"] = [{"type": "output_audio", "transcript": resp.text}]
+                item["_audio_ms"] = resp.audio_out_ms
+                item["_segments"] = list(resp.segments)
+            else:
+                item["content"] = [{"type": "output_text", "text": resp.text}]
+        elif item is not None and item["type"] == "function_call":
+            item["arguments"] = resp.arguments
+            if status == "completed":
+                await self.send({"type": "response.function_call_arguments.done", **base,
+                                 "call_id": item["call_id"], "name": item["name"], "arguments": resp.arguments})
+        output = []
+        if item is not None:
+            item["status"] = "completed" if status == "completed" else "incomplete"
+            output.append(public(item))
+            await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                             "item": public(item)})
+            if resp.conversation:
+                await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": public(item)})
         self.responses_done += 1
         await self.send({"type": "response.done", "response": resp.obj(
-            status, [_public(item)], self.config.output_format, self.config.voice)})
+            status, self.config.output_format, self.config.voice, output, details)})
         if self.faults.server_error and self.faults.server_error_ms is None and self.responses_done == 1:
             await self._server_error()
 
     async def _run_response(self, resp: _Response) -> None:
         fmt, voice = self.config.output_format, self.config.voice
-        await self.send({"type": "response.created", "response": resp.obj("in_progress", [], fmt, voice)})
+        self._bind_context(resp)
+        await self._rsend({"type": "response.created", "response": resp.obj("in_progress", fmt, voice)})
         pending = list(self.transcriptions.values())
+        if resp.params.input_pcm:
+            pending += [self.spawn(self._transcribe_input(resp, item_id, pcm))
+                        for item_id, pcm in resp.params.input_pcm.items()]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._count_input(resp)
-        resp_text = await self._reply_text(resp)
-        audio = "audio" in resp.modalities
-        await self._send_item_added(resp, audio=audio)
-        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
-        sentences = split_sentences(resp_text) or [resp_text]
-        if not audio:
-            for i, sentence in enumerate(sentences):
-                delta = sentence if i == 0 else " " + sentence
-                resp.text += delta
-                await self.send({"type": "response.output_text.delta", **base, "delta": delta})
+        reply, call = await self._decide(resp)
+        if call is not None:
+            complete = await self._stream_call(resp, *call)
         else:
-            await self._stream_audio(resp, sentences, base)
+            await self._open_message(resp)
+            sentences = split_sentences(reply) or [reply]
+            complete = await (self._stream_audio(resp, sentences) if resp.audio else self._stream_text(resp, sentences))
         if self.response is resp:
             self.response = None
-        await self._send_item_done(resp, audio=audio, status="completed")
+        if complete:
+            await self._finish(resp, "completed")
+        else:
+            await self._finish(resp, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"})
 
-    async def _stream_audio(self, resp: _Response, sentences: list[str], base: dict[str, Any]) -> None:
+    async def _stream_call(self, resp: _Response, name: str, arguments: str, call_id: str) -> bool:
+        item = {"id": resp.item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "name": name, "call_id": call_id, "arguments": ""}
+        await self._open_item(resp, item)
+        budget = resp.max_tokens
+        if budget is not None and text_tokens(arguments) > budget:
+            arguments, complete = arguments[:4 * budget], False
+        else:
+            complete = True
+        for off in range(0, len(arguments), ARGUMENT_CHUNK):
+            delta = arguments[off:off + ARGUMENT_CHUNK]
+            resp.arguments += delta
+            await self._rsend({"type": "response.function_call_arguments.delta", "response_id": resp.id,
+                               "item_id": resp.item_id, "output_index": 0, "call_id": call_id, "delta": delta})
+        return complete
+
+    async def _stream_text(self, resp: _Response, sentences: list[str]) -> bool:
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
+        budget = resp.max_tokens
+        for i, sentence in enumerate(sentences):
+            delta = sentence if i == 0 else " " + sentence
+            complete = True
+            if budget is not None and text_tokens(resp.text + delta) > budget:
+                delta, complete = delta[:4 * budget - len(resp.text)], False
+            if delta:
+                resp.text += delta
+                await self._rsend({"type": "response.output_text.delta", **base, "delta": delta})
+            if not complete:
+                return False
+        return True
+
+    async def _stream_audio(self, resp: _Response, sentences: list[str]) -> bool:
+        """Synthesise and stream ``sentences``; False when
+        ``max_output_tokens`` stopped it (text tokens of the transcript sent
+        plus audio tokens never exceed the budget)."""
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
         fmt = self.config.output_format
         synth = self.provider.synthesizer
         await self.provider.ensure_models()
         chunk_bytes = int(fmt.bytes_per_ms * CHUNK_MS)
         loop = asyncio.get_running_loop()
         length_scale = 1.0 / self.config.speed
+        budget = resp.max_tokens
 
         def render(sentence: str) -> bytes:
             pcm = synth.synthesize_sync(sentence, length_scale=length_scale)
@@ -705,63 +775,106 @@ class RealtimeSession:
                 if i + 1 < len(sentences):  # synthesise the next sentence while this one is sent
                     futures.append(loop.run_in_executor(synth.pool, render, sentences[i + 1]))
                 delta = sentence if i == 0 else " " + sentence
+                if budget is not None and text_tokens(resp.text + delta) > budget:
+                    return False
                 resp.text += delta
-                await self.send({"type": "response.output_audio_transcript.delta", **base, "delta": delta})
+                resp.segments.append((resp.audio_out_ms, fmt.ms_from_bytes(len(data)), delta))
+                await self._rsend({"type": "response.output_audio_transcript.delta", **base, "delta": delta})
                 for off in range(0, len(data), chunk_bytes):
                     chunk = data[off:off + chunk_bytes]
-                    resp.audio_out_ms += fmt.ms_from_bytes(len(chunk))
-                    await self.send({"type": "response.output_audio.delta", **base,
-                                     "delta": base64.b64encode(chunk).decode()})
+                    chunk_ms = fmt.ms_from_bytes(len(chunk))
+                    if budget is not None and (text_tokens(resp.text)
+                                               + output_audio_tokens(resp.audio_out_ms + chunk_ms)) > budget:
+                        return False
+                    resp.audio_out_ms += chunk_ms
+                    await self._rsend({"type": "response.output_audio.delta", **base,
+                                       "delta": base64.b64encode(chunk).decode()})
+            return True
         finally:
             for fut in futures:
                 fut.cancel()
 
+    async def _transcribe_input(self, resp: _Response, item_id: str, pcm: bytes) -> None:
+        """Transcribe an ``input_audio`` part of an out-of-band response's
+        ``input`` (no events: the item is in no conversation)."""
+        await self.provider.ensure_models()
+        transcript = await self.provider.recognizer.transcribe(pcm, self.config.input_format.rate)
+        for item in resp.context:
+            if item.get("id") == item_id:
+                for part in item["content"]:
+                    if part.get("type") == "input_audio" and part.get("transcript") is None:
+                        part["transcript"] = transcript
+
     def _count_input(self, resp: _Response) -> None:
-        """Input tokens: every conversation item so far (text by characters,
-        audio by duration)."""
-        resp.in_text_tokens = text_tokens(resp.instructions)
-        for item in self.items.values():
+        """Input tokens: every item of the response's context (text by
+        characters, audio by duration)."""
+        resp.in_text_tokens = text_tokens(resp.params.instructions)
+        for item in resp.context:
+            if item.get("type") == "function_call":
+                resp.in_text_tokens += text_tokens(item.get("arguments", ""))
+            elif item.get("type") == "function_call_output":
+                resp.in_text_tokens += text_tokens(item.get("output", ""))
             for part in item.get("content", []):
                 if part.get("type") == "input_audio":
                     continue
                 resp.in_text_tokens += text_tokens(part.get("text") or part.get("transcript") or "")
             if item.get("role") == "user" and "_audio_ms" in item:
                 resp.in_audio_tokens += input_audio_tokens(item["_audio_ms"])
+        pcm_ms = sum(A.pcm16_ms(len(p), self.config.input_format.rate) for p in resp.params.input_pcm.values())
+        resp.in_audio_tokens += input_audio_tokens(pcm_ms) if pcm_ms else 0
 
-    def _history(self) -> list[dict[str, str]]:
-        history = []
-        for item in self.items.values():
-            role = item.get("role")
-            if role not in ("user", "assistant"):
-                continue
-            text = " ".join((p.get("text") or p.get("transcript") or "") for p in item.get("content", [])).strip()
-            if text:
-                history.append({"role": role, "content": text})
-        return history
+    def _bind_context(self, resp: _Response) -> None:
+        resp.context = list(self.items.values()) if resp.params.input is None else list(resp.params.input)
 
-    def _last_user_text(self) -> str | None:
-        for item in reversed(self.items.values()):
-            if item.get("role") == "user":
-                return " ".join((p.get("text") or p.get("transcript") or "") for p in item["content"]).strip()
-        return None
-
-    async def _reply_text(self, resp: _Response) -> str:
-        fallback = responder.assistant_reply(self._last_user_text())
+    async def _decide(self, resp: _Response) -> tuple[str, tuple[str, str, str] | None]:
+        """The reply text, or a function call ``(name, arguments JSON,
+        call_id)``: from the chat upstream when configured (falling back to
+        the deterministic rules on failure), else from
+        :func:`voxgate.voice.tools.choose_tool` and
+        :func:`voxgate.voice.responder.assistant_reply`."""
+        context = resp.context
+        last = context[-1] if context else None
+        after_output = last is not None and last.get("type") == "function_call_output"
+        user_text = _last_user_text(context)
+        call = choose_tool(resp.params.tools, resp.params.tool_choice, user_text, after_tool_output=after_output)
+        if call is not None:
+            fallback: tuple[str, tuple[str, str, str] | None] = (
+                "", (call.name, orjson.dumps(call.arguments).decode(), new_id("call")))
+        elif after_output and last is not None:
+            fallback = (output_reply(_call_name(context, last.get("call_id")), last.get("output", "")), None)
+        else:
+            fallback = (responder.assistant_reply(user_text), None)
         settings = self.provider.settings
         if settings.responder != "chat" or not settings.chat_url or self.provider.http is None:
             return fallback
         key = settings.chat_api_key.get_secret_value() if settings.chat_api_key else None
         try:
-            return await responder.chat_reply(self.provider.http, chat_url=settings.chat_url,
-                                              model=settings.chat_model, instructions=resp.instructions,
-                                              history=self._history(), api_key=key)
+            turn = await responder.chat_turn(self.provider.http, chat_url=settings.chat_url,
+                                             model=settings.chat_model, instructions=resp.params.instructions,
+                                             messages=responder.chat_messages(context),
+                                             tools=function_tools(resp.params.tools),
+                                             tool_choice=resp.params.tool_choice, api_key=key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("chat responder failed, using the assistant reply: %s", exc)
             return fallback
+        if turn.tool_calls:
+            name, arguments, call_id = turn.tool_calls[0]
+            return "", (name, arguments, call_id or new_id("call"))
+        return turn.text or "", None
 
 
-def _public(item: dict[str, Any]) -> dict[str, Any]:
-    """An item without voxgate's private bookkeeping keys (``_audio_ms``)."""
-    return {k: v for k, v in item.items() if not k.startswith("_")}
+def _last_user_text(context: list[dict[str, Any]]) -> str | None:
+    for item in reversed(context):
+        if item.get("role") == "user":
+            return item_text(item)
+    return None
+
+
+def _call_name(context: list[dict[str, Any]], call_id: Any) -> str | None:
+    for item in reversed(context):
+        if item.get("type") == "function_call" and item.get("call_id") == call_id:
+            name = item.get("name")
+            return name if isinstance(name, str) else None
+    return None
