@@ -412,7 +412,8 @@ async def test_usage_equals_sessions_run(server, jfk_pcm, http):
         page = await resp.json()
     assert [s["id"] for s in page["data"]] == [short, billable[2]]
     assert page["has_more"] is True
-    assert page["data"][0]["reason"] == "too_short" and page["data"][0]["billable"] is False
+    # no audio and no response: a text session that did nothing
+    assert page["data"][0]["reason"] == "no_response" and page["data"][0]["billable"] is False
     async with http.get(server.url + f"/v1/sessions?limit=10&after={page['last_id']}",
                         headers=headers) as resp:
         rest = await resp.json()
@@ -432,7 +433,7 @@ async def test_metrics_count_sessions_and_refusals(server, http):
     async with http.get(server.url + "/metrics") as resp:
         text = await resp.text()
     assert 'voxgate_sessions_started_total{transport="websocket"} 1.0' in text
-    assert 'voxgate_sessions_completed_total{reason="too_short",transport="websocket"} 1.0' in text
+    assert 'voxgate_sessions_completed_total{reason="no_response",transport="websocket"} 1.0' in text
     assert "voxgate_active_sessions 0.0" in text
 
 
@@ -448,7 +449,7 @@ async def test_record_is_final_when_close_completes(server):
             assert (await ws.receive_json())["type"] == "session.created"
             await ws.close()
             record = await server.store.get_session(sid)  # no waiting
-            assert record.status == "completed" and record.reason == "too_short"
+            assert record.status == "completed" and record.reason == "no_response"
             assert await server.gateway.admission.in_flight(account.id) == 0
 
 
@@ -500,10 +501,33 @@ async def test_keepalive_ends_a_session_whose_client_stops_answering(make_server
         m = record.measurements
         assert (m.closed_by, m.close_code) == ("client", 1006)
         assert m.close_reason.startswith("keepalive timeout")
-        assert record.reason == "too_short" and m.provider_errors == 0
+        assert record.reason == "no_response" and m.provider_errors == 0
         assert m.duration_ms < 2000 * SLOW
         await asyncio.sleep(0.6)
         assert (await server.store.get_session(alive_id)).status == "active"
         reader.cancel()
         await alive.close()
         await mute.close()
+
+
+async def test_text_session_with_completed_responses_is_billable(server):
+    """The chat client's case: text in, text out, no audio; its completed
+    responses make it billable (with the OpenAI upstream the operator pays
+    for those tokens)."""
+    async with sdk(server).realtime.connect(model="gpt-realtime") as conn:
+        sid = session_id_of(conn)
+        await recv_until(conn, "session.created")
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"]})
+        for i in range(3):
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": f"Question number {i + 1}?"}]})
+            await conn.response.create()
+            done, _ = await recv_until(conn, "response.done")
+            assert done.response.status == "completed"
+    record = await server.session(sid)
+    m = record.measurements
+    assert m.audio_in_ms == 0 and m.audio_out_ms == 0
+    assert m.responses_completed == 3 and m.total_tokens > 0
+    assert (record.billable, record.reason) == (True, "billable"), record.rule
+    assert record.rule.startswith("text session (no audio): 3 completed responses")

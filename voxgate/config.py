@@ -87,6 +87,7 @@ class PolicySettings(BaseModel):
 
     min_audio_s: float = 5.0
     max_connect_ms: float = 2000.0
+    min_text_responses: int = 1  # a session without audio needs this many completed responses
 
 
 class TokenSettings(BaseModel):

@@ -210,3 +210,39 @@ def test_plan_settlement_rules():
     assert not FREE.charges_session(10)
     assert pro.cost_cents(410) == 2900 + 70
     assert PCM24K.ms_from_bytes(48000) == 1000.0
+
+
+def _done(meter: SessionMeter, status: str) -> None:
+    meter.upstream_event("response.done", 100, 2.0, event={
+        "type": "response.done", "response": {"status": status, "usage": {"total_tokens": 10}}})
+
+
+def test_text_session_is_billed_by_its_completed_responses():
+    """No audio either way: billable once ``min_text_responses`` responses
+    completed; cancelled, failed or incomplete ones do not count."""
+    meter = connected_meter(100.0)
+    for status in ("cancelled", "failed", "incomplete"):
+        _done(meter, status)
+    meter.closed("client", 1000, None, 16000.0)
+    v = decide(meter.measurements())
+    assert (v.billable, v.reason) == (False, "no_response")
+    assert "0 completed responses < 1" in v.rule
+    assert meter.measurements().responses == 3
+    meter = connected_meter(100.0)
+    for _ in range(15):
+        _done(meter, "completed")
+    meter.closed("client", 1000, None, 16000.0)
+    v = decide(meter.measurements())
+    assert (v.billable, v.reason) == (True, "billable")
+    assert v.rule.startswith("text session (no audio): 15 completed responses ≥ 1")
+    assert decide(meter.measurements(), VerdictPolicy(min_text_responses=16)).reason == \
+        "no_response"
+
+
+def test_audio_sessions_keep_the_audio_rule():
+    """A little audio and a completed response is still ``too_short``."""
+    meter = connected_meter(100.0)
+    feed_audio_in(meter, 1000)
+    _done(meter, "completed")
+    meter.closed("client", 1000, None, 7000.0)
+    assert decide(meter.measurements()).reason == "too_short"

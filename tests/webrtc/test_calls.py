@@ -118,7 +118,7 @@ async def test_unified_interface_with_project_key_and_delete(make_server, rtc_se
     record = await server.session(client.session_id)
     assert record.transport == "webrtc" and record.api_key_id is not None
     assert record.measurements.close_reason == "hangup"
-    assert record.reason == "too_short"
+    assert record.reason == "no_response"  # no audio, no response
     r = await http.delete(server.url + client.location,
                           headers={"Authorization": f"Bearer {server.key}"})
     assert r.status == 404

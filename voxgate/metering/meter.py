@@ -164,6 +164,8 @@ class SessionMeter:
         elif etype == "response.done":
             m.responses += 1
             response = event.get("response")
+            if isinstance(response, dict) and response.get("status") == "completed":
+                m.responses_completed += 1
             usage = response.get("usage") if isinstance(response, dict) else None
             if isinstance(usage, dict):
                 m.input_tokens += _int(usage.get("input_tokens"))

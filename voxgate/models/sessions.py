@@ -21,12 +21,13 @@ class Reason:
     NOT_CONNECTED = "not_connected"
     CONNECT_TIMEOUT = "connect_timeout"
     TOO_SHORT = "too_short"
+    NO_RESPONSE = "no_response"  # a text session (no audio) whose responses never completed
     PROVIDER_ERROR = "provider_error"
     TURN_FAILURE = "turn_failure"
     ICE_FAILURE = "ice_failure"
     INTERRUPTED = "interrupted"  # voxgate stopped while the session was active
 
-    ALL = (BILLABLE, NOT_CONNECTED, CONNECT_TIMEOUT, TOO_SHORT, PROVIDER_ERROR,
+    ALL = (BILLABLE, NOT_CONNECTED, CONNECT_TIMEOUT, TOO_SHORT, NO_RESPONSE, PROVIDER_ERROR,
            TURN_FAILURE, ICE_FAILURE, INTERRUPTED)
 
 
@@ -51,7 +52,8 @@ class Measurements:
             shutdown, limit); None while active.
         close_code / close_reason: the WebSocket close code and reason that ended it.
         input_tokens / output_tokens / total_tokens: sums over ``response.done`` usage.
-        responses: ``response.done`` count.
+        responses: ``response.done`` count; responses_completed: those whose
+            ``response.status`` is ``completed``.
         ice_*: WebRTC only (None over WebSocket).
     """
 
@@ -75,6 +77,7 @@ class Measurements:
     output_tokens: int = 0
     total_tokens: int = 0
     responses: int = 0
+    responses_completed: int = 0
     # WebRTC / ICE (issue: WebRTC for browser voice clients)
     ice_pair_type: str | None = None  # "host" | "srflx" | "prflx" | "relay"
     ice_state: str | None = None  # last iceConnectionState
