@@ -6,7 +6,7 @@ set headers, the WebSocket subprotocols ``realtime, openai-insecure-api-key.<key
 Scopes: ephemeral keys open realtime sessions only (a route says so with
 ``allow_ephemeral=True``); project keys act for their own project, from the
 networks it allows; account-wide reads and billing actions take an admin key
-(``account_caller``) or the dashboard's sign-in.
+(``voxgate.proxy.api.admin_caller``) or the dashboard's sign-in.
 """
 
 from __future__ import annotations
