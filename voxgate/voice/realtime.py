@@ -57,6 +57,7 @@ from voxgate.voice.session import (
     output_audio_tokens,
     text_tokens,
     usage,
+    vad_parameters,
 )
 from voxgate.voice.tools import choose_tool, function_tools, output_reply
 from voxgate.voice.tts import split_sentences
@@ -330,12 +331,9 @@ class RealtimeSession:
         if td is None or self.echo:
             self.vad = None
             return
-        self.vad = TurnDetector(
-            threshold=float(td.get("threshold", 0.5)),
-            prefix_padding_ms=int(td.get("prefix_padding_ms", 300)),
-            silence_duration_ms=int(td.get("silence_duration_ms", 500)),
-            start_ms=self.audio_ms,
-        )
+        threshold, prefix_padding_ms, silence_duration_ms = vad_parameters(td)
+        self.vad = TurnDetector(threshold=threshold, prefix_padding_ms=prefix_padding_ms,
+                                silence_duration_ms=silence_duration_ms, start_ms=self.audio_ms)
         self._vad_carry = b""
         self.speech_item_id = None
 
@@ -775,7 +773,8 @@ class RealtimeSession:
                 if i + 1 < len(sentences):  # synthesise the next sentence while this one is sent
                     futures.append(loop.run_in_executor(synth.pool, render, sentences[i + 1]))
                 delta = sentence if i == 0 else " " + sentence
-                if budget is not None and text_tokens(resp.text + delta) > budget:
+                if budget is not None and (text_tokens(resp.text + delta)
+                                           + output_audio_tokens(resp.audio_out_ms)) > budget:
                     return False
                 resp.text += delta
                 resp.segments.append((resp.audio_out_ms, fmt.ms_from_bytes(len(data)), delta))
@@ -836,7 +835,8 @@ class RealtimeSession:
         last = context[-1] if context else None
         after_output = last is not None and last.get("type") == "function_call_output"
         user_text = _last_user_text(context)
-        call = choose_tool(resp.params.tools, resp.params.tool_choice, user_text, after_tool_output=after_output)
+        user_turn = last is not None and last.get("role") == "user"
+        call = choose_tool(resp.params.tools, resp.params.tool_choice, user_text, user_turn=user_turn)
         if call is not None:
             fallback: tuple[str, tuple[str, str, str] | None] = (
                 "", (call.name, orjson.dumps(call.arguments).decode(), new_id("call")))

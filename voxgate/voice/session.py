@@ -30,6 +30,9 @@ from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_sessi
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
     "DEFAULT_TURN_DETECTION",
+    "DEFAULT_SEMANTIC_VAD",
+    "SEMANTIC_SILENCE_MS",
+    "vad_parameters",
     "SessionConfig",
     "new_id",
     "text_tokens",
@@ -48,6 +51,15 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "create_response": True,
     "interrupt_response": True,
 }
+DEFAULT_SEMANTIC_VAD: dict[str, Any] = {
+    "type": "semantic_vad",
+    "eagerness": "auto",
+    "create_response": True,
+    "interrupt_response": True,
+}
+SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
+"""``semantic_vad`` approximated by server VAD: the silence (ms) that ends a
+turn, per ``eagerness`` (low waits longest; auto is medium)."""
 VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"})
 
 
@@ -218,12 +230,12 @@ class SessionConfig:
                 raise _invalid("Invalid value for 'session.audio.output.speed': expected 0.25 to 1.5.",
                                "session.audio.output.speed")
             new.speed = float(speed)
+        from voxgate.voice.items import validate_tool_choice, validate_tools  # items imports this module
+
         if "tools" in session:
-            if not isinstance(session["tools"], list):
-                raise _invalid("Invalid type for 'session.tools': expected an array.", "session.tools")
-            new.tools = session["tools"]
+            new.tools = validate_tools(session["tools"], "session.tools")
         if "tool_choice" in session:
-            new.tool_choice = session["tool_choice"]
+            new.tool_choice = validate_tool_choice(session["tool_choice"], new.tools, "session.tool_choice")
         if "max_output_tokens" in session or "max_response_output_tokens" in session:
             new.max_output_tokens = session.get("max_output_tokens", session.get("max_response_output_tokens"))
         if "voxgate_fault" in session:
@@ -234,6 +246,11 @@ class SessionConfig:
 
 
 def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> dict[str, Any] | None:
+    """A ``turn_detection`` object. ``server_vad`` keeps its fields;
+    ``semantic_vad`` keeps only ``type``, ``eagerness``, ``create_response``
+    and ``interrupt_response`` (server-VAD-only fields sent with it are
+    dropped): it is approximated by server VAD with the silence of
+    :data:`SEMANTIC_SILENCE_MS` for its eagerness."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -243,22 +260,43 @@ def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> d
         raise _invalid(
             f"Invalid value: {kind!r}. Supported values are: 'server_vad' and 'semantic_vad'.", param + ".type"
         )
-    base = dict(current) if current and current.get("type") == kind else dict(DEFAULT_TURN_DETECTION)
-    base["type"] = kind
-    for key, kinds in (
+    if current and current.get("type") == kind:
+        base = dict(current)
+    elif kind == "semantic_vad":
+        base = dict(DEFAULT_SEMANTIC_VAD)
+    else:
+        base = dict(DEFAULT_TURN_DETECTION)
+    fields: tuple[tuple[str, tuple[type, ...]], ...] = (
         ("threshold", (int, float)),
         ("prefix_padding_ms", (int,)),
         ("silence_duration_ms", (int,)),
         ("create_response", (bool,)),
         ("interrupt_response", (bool,)),
         ("idle_timeout_ms", (int, type(None))),
-        ("eagerness", (str,)),
-    ):
+    )
+    if kind == "semantic_vad":
+        fields = (("create_response", (bool,)), ("interrupt_response", (bool,)), ("eagerness", (str,)))
+    for key, kinds in fields:
         if key in value:
             v = value[key]
             if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
                 raise _invalid(f"Invalid type for '{param}.{key}'.", f"{param}.{key}")
             base[key] = v
+    if kind == "semantic_vad":
+        if base.get("eagerness") not in SEMANTIC_SILENCE_MS:
+            raise _invalid(f"Invalid value: {base.get('eagerness')!r}. Supported values are: 'low', 'medium', "
+                           "'high' and 'auto'.", f"{param}.eagerness")
+        return base
     if not 0.0 <= float(base.get("threshold", 0.5)) <= 1.0:
         raise _invalid(f"Invalid value for '{param}.threshold': expected 0.0 to 1.0.", f"{param}.threshold")
     return base
+
+
+def vad_parameters(turn_detection: dict[str, Any]) -> tuple[float, int, int]:
+    """``(threshold, prefix_padding_ms, silence_duration_ms)`` for the turn
+    detector: a ``server_vad``'s own, or for ``semantic_vad`` 0.5, 300 ms and
+    :data:`SEMANTIC_SILENCE_MS` of its eagerness."""
+    if turn_detection.get("type") == "semantic_vad":
+        return 0.5, 300, SEMANTIC_SILENCE_MS.get(turn_detection.get("eagerness", "auto"), 800)
+    return (float(turn_detection.get("threshold", 0.5)), int(turn_detection.get("prefix_padding_ms", 300)),
+            int(turn_detection.get("silence_duration_ms", 500)))

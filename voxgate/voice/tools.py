@@ -19,8 +19,9 @@ message's text or transcript, lower-cased, split into ``[\\w']+`` words):
    description with 5 or more letters that is not in :data:`STOP_WORDS`
    ("Look up the weather forecast" → ``weather``, ``forecast``).
 4. ``"required"`` with no tool named: the first tool is called.
-5. ``"auto"`` also calls nothing when the conversation's last item is a
-   ``function_call_output`` (the model now speaks about the result).
+5. ``"auto"`` calls nothing unless the context's last item is a user
+   message: after a ``function_call_output`` the model speaks about the
+   result (:func:`output_reply`), after its own reply it does not call again.
 
 Arguments (:func:`fill_arguments`) are valid against the tool's
 ``parameters`` JSON Schema (object, properties, required, enum, const,
@@ -32,8 +33,10 @@ name with ``_`` as spaces):
 - ``enum``: the first enum value whose text appears in the words, else the
   schema's ``default``, else the first enum value;
 - string: the words after ``P`` when ``P`` appears, else (required only) the
-  words after the last of :data:`LEAD_WORDS` ("weather in *paris*"), else all
-  the words; at most 8 words;
+  schema's ``default``, else the words after the first of :data:`LEAD_WORDS`
+  up to the next one, leading :data:`ARTICLES` dropped ("weather in *paris*
+  for three days", "lights in the *kitchen*"), else all the words; at most 8
+  words;
 - integer / number: the first number (digits, or English number words up to
   ninety-nine: "ten" → 10) after ``P``, else the first number in the words,
   else the default, else ``minimum`` or 0, clamped to minimum/maximum;
@@ -48,7 +51,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["STOP_WORDS", "LEAD_WORDS", "ToolCall", "words", "function_tools", "tool_names",
+__all__ = ["STOP_WORDS", "LEAD_WORDS", "ARTICLES", "ToolCall", "words", "function_tools", "tool_names",
            "choose_tool", "fill_arguments", "output_reply"]
 
 STOP_WORDS = frozenset({
@@ -59,6 +62,8 @@ STOP_WORDS = frozenset({
 """Description words that never name a tool."""
 LEAD_WORDS = ("in", "for", "to", "at", "about", "of", "named", "called", "is")
 """Words after which a required string argument is taken from the user."""
+ARTICLES = ("the", "a", "an", "my", "our", "your")
+"""Dropped from the start of a string argument."""
 MAX_ARG_WORDS = 8
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -117,7 +122,7 @@ def _named(tool: dict[str, Any], said: list[str]) -> bool:
 
 
 def choose_tool(tools: Any, tool_choice: Any, user_text: str | None, *,
-                after_tool_output: bool = False) -> ToolCall | None:
+                user_turn: bool = True) -> ToolCall | None:
     """The call the deterministic responder makes, or None to reply in words
     (the rule is in the module docstring)."""
     candidates = function_tools(tools)
@@ -130,7 +135,7 @@ def choose_tool(tools: Any, tool_choice: Any, user_text: str | None, *,
         if forced is None:
             return None
         return ToolCall(forced["name"], fill_arguments(forced.get("parameters"), said, forced["name"]))
-    if tool_choice == "auto" and after_tool_output:
+    if tool_choice == "auto" and not user_turn:
         return None
     chosen = next((t for t in candidates if _named(t, said)), None)
     if chosen is None and tool_choice == "required":
@@ -155,6 +160,20 @@ def _number_at(said: list[str], start: int) -> float | None:
                 value += _UNITS.index(said[i + 1])
             return float(value)
     return None
+
+
+def _lead_phrase(said: list[str]) -> list[str]:
+    """The words after the first lead word, up to the next one, without
+    leading articles; all the words when there is no lead word."""
+    lead = next((i for i, w in enumerate(said) if w in LEAD_WORDS and i + 1 < len(said)), -1)
+    if lead < 0:
+        return said
+    picked = said[lead + 1:]
+    stop = next((i for i, w in enumerate(picked) if w in LEAD_WORDS), len(picked))
+    picked = picked[:stop] or said[lead + 1:]
+    while len(picked) > 1 and picked[0] in ARTICLES:
+        picked = picked[1:]
+    return picked
 
 
 def _schema_type(schema: dict[str, Any]) -> str | None:
@@ -201,9 +220,7 @@ def _value(schema: Any, said: list[str], prop: str | None, *, required: bool) ->
             return False, None
         if "default" in schema:
             return True, schema["default"]
-        lead = max((i for i, w in enumerate(said) if w in LEAD_WORDS and i + 1 < len(said)), default=-1)
-        picked = said[lead + 1:] if lead >= 0 else said
-        return True, _string(schema, " ".join(picked[:MAX_ARG_WORDS]))
+        return True, _string(schema, " ".join(_lead_phrase(said)[:MAX_ARG_WORDS]))
     if kind in ("integer", "number"):
         num = _number_at(said, after) if after >= 0 else None
         if num is None and (after >= 0 or required):

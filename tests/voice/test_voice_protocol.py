@@ -1,0 +1,407 @@
+"""Protocol fidelity of the local provider against the official ``openai``
+SDK on loopback: function calling, the interruption lifecycle, truncation,
+``response.create`` options and turn detection settings. Every server event
+received is validated with ``openai.types.realtime`` models (no unknown
+fields either) by :func:`validated`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jsonschema
+import orjson
+import pydantic
+import pytest
+import pytest_asyncio
+from openai import AsyncOpenAI
+from openai.types.realtime import RealtimeServerEvent
+
+from tests.conftest import SLOW, SPEECH
+from voxgate.config import VoiceSettings
+from voxgate.voice import VoiceProvider, load_pcm16
+from voxgate.voice.audio import resample_pcm16
+
+TIMEOUT_S = 20.0 * SLOW
+_SERVER_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RealtimeServerEvent)
+
+WEATHER = {
+    "type": "function", "name": "get_weather", "description": "Look up the weather forecast for a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "minLength": 1},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    }, "required": ["city"], "additionalProperties": False},
+}
+LIGHTS = {
+    "type": "function", "name": "set_lights", "description": "Switch the lamps of a room",
+    "parameters": {"type": "object", "properties": {
+        "room": {"type": "string"}, "on": {"type": "boolean"}}, "required": ["room", "on"]},
+}
+
+
+# Fields OpenAI sends that the SDK's session model does not declare.
+KNOWN_EXTRAS = {".session": {"id", "object", "expires_at"}}
+
+
+def _no_extras(model: Any, path: str = "") -> None:
+    if isinstance(model, pydantic.BaseModel):
+        extra = set(model.model_extra or ()) - KNOWN_EXTRAS.get(path, set())
+        assert not extra, f"unknown fields at {path or 'event'}: {sorted(extra)}"
+        for name in type(model).model_fields:
+            _no_extras(getattr(model, name), f"{path}.{name}")
+    elif isinstance(model, list):
+        for i, v in enumerate(model):
+            _no_extras(v, f"{path}[{i}]")
+
+
+def validated(raw: bytes | str) -> dict[str, Any]:
+    """One server event as a dict, after checking it against the SDK's
+    ``RealtimeServerEvent`` union (types, required fields, no extras)."""
+    event = orjson.loads(raw)
+    model = _SERVER_EVENT.validate_python(event)
+    _no_extras(model)
+    return event
+
+
+class Conn:
+    """An SDK connection that keeps every validated server event."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, **event: Any) -> None:
+        await self.conn.send(event)
+
+    async def until(self, etype: str, timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
+        """Events up to and including the next of type ``etype``."""
+        out = []
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = validated(await self.conn.recv_bytes())
+                self.seen.append(event)
+                out.append(event)
+                if event["type"] == etype:
+                    return out
+
+
+@pytest_asyncio.fixture
+async def provider() -> AsyncIterator[VoiceProvider]:
+    p = VoiceProvider(VoiceSettings())
+    await p.start("127.0.0.1", 0)
+    yield p
+    await p.stop()
+
+
+@contextlib.asynccontextmanager
+async def session(provider: VoiceProvider, **update: Any) -> AsyncIterator[Conn]:
+    port = int(provider.url.split(":")[2].split("/")[0])  # type: ignore[union-attr]
+    client = AsyncOpenAI(api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    async with client.realtime.connect(model="gpt-realtime") as raw:
+        conn = Conn(raw)
+        await conn.until("session.created")
+        if update:
+            await conn.send(type="session.update", session={"type": "realtime", **update})
+            await conn.until("session.updated")
+        yield conn
+
+
+async def say(conn: Conn, text: str) -> None:
+    await conn.send(type="conversation.item.create",
+                    item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    await conn.until("conversation.item.done")
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def the(events: list[dict[str, Any]], etype: str) -> dict[str, Any]:
+    return next(e for e in events if e["type"] == etype)
+
+
+def check_call(events: list[dict[str, Any]], tool: dict[str, Any]) -> dict[str, Any]:
+    """The function_call of a completed response, checked event by event;
+    returns the item of response.done."""
+    t = types(events)
+    assert t == ["response.created", "response.output_item.added", "conversation.item.added",
+                 *["response.function_call_arguments.delta"] * t.count("response.function_call_arguments.delta"),
+                 "response.function_call_arguments.done", "response.output_item.done", "conversation.item.done",
+                 "response.done"], t
+    added = the(events, "response.output_item.added")["item"]
+    assert added["type"] == "function_call" and added["status"] == "in_progress" and added["arguments"] == ""
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    done_args = the(events, "response.function_call_arguments.done")
+    assert done_args["arguments"] == deltas and done_args["name"] == tool["name"]
+    assert done_args["call_id"] == added["call_id"] and done_args["item_id"] == added["id"]
+    response = events[-1]["response"]
+    assert response["status"] == "completed" and len(response["output"]) == 1
+    item = response["output"][0]
+    assert item == the(events, "response.output_item.done")["item"] == the(events, "conversation.item.done")["item"]
+    assert item | {"arguments": ""} == added | {"status": "completed"}
+    jsonschema.validate(orjson.loads(item["arguments"]), tool["parameters"])
+    return item
+
+
+# -- function calling ------------------------------------------------------------------
+
+async def test_function_call_then_output_spoken(provider):
+    """A user message naming a tool's description word gets a function_call;
+    its function_call_output then gets a spoken reply (audio + transcript)."""
+    async with session(provider, tools=[LIGHTS, WEATHER], tool_choice="auto") as conn:
+        await say(conn, "What will the weather be in Paris for three days")
+        await conn.send(type="response.create")
+        item = check_call(await conn.until("response.done"), WEATHER)
+        assert orjson.loads(item["arguments"]) == {"city": "paris", "days": 3}
+
+        await conn.send(type="conversation.item.create", item={
+            "type": "function_call_output", "call_id": item["call_id"],
+            "output": '{"forecast": "sunny", "high_celsius": 24}'})
+        added = (await conn.until("conversation.item.done"))[0]
+        assert added["type"] == "conversation.item.added" and added["item"]["type"] == "function_call_output"
+        await conn.send(type="response.create")
+        events = await conn.until("response.done")
+        said = "The get weather result is: forecast sunny, high celsius 24."
+        assert the(events, "response.output_audio_transcript.done")["transcript"] == said
+        assert sum(len(base64.b64decode(e["delta"])) for e in events
+                   if e["type"] == "response.output_audio.delta") > 24000
+        assert events[-1]["response"]["output"][0]["content"][0] == {"type": "output_audio", "transcript": said}
+
+        # out of band, text only: the call and its output as the response's input
+        output = {"type": "function_call_output", "call_id": "call_2", "output": "42"}
+        await conn.send(type="response.create", response={"output_modalities": ["text"], "conversation": "none",
+                                                         "input": [{**item, "call_id": "call_2", "id": "item_c2"},
+                                                                   output]})
+        events = await conn.until("response.done")
+        assert the(events, "response.output_text.done")["text"] == "The get weather result is: 42."
+        # the default conversation ends with the spoken reply: auto calls no tool without a new user turn
+        await conn.send(type="response.create", response={"output_modalities": ["text"]})
+        events = await conn.until("response.done")
+        assert the(events, "response.output_item.added")["item"]["type"] == "message"
+
+
+async def test_tool_choice_rules(provider):
+    async with session(provider, tools=[WEATHER, LIGHTS]) as conn:
+        await say(conn, "please set lights in the kitchen")
+        await conn.send(type="response.create", response={"tool_choice": "none", "output_modalities": ["text"],
+                                                         "conversation": "none"})
+        events = await conn.until("response.done")
+        assert the(events, "response.output_item.added")["item"]["type"] == "message"
+
+        await conn.send(type="response.create")
+        item = check_call(await conn.until("response.done"), LIGHTS)
+        assert orjson.loads(item["arguments"]) == {"room": "kitchen", "on": False}
+
+        await say(conn, "good morning")
+        await conn.send(type="response.create", response={"output_modalities": ["text"]})
+        events = await conn.until("response.done")
+        assert the(events, "response.output_text.done")["text"] == "Hello! How can I help you today?"
+        await conn.send(type="response.create", response={"tool_choice": "required"})
+        item = check_call(await conn.until("response.done"), WEATHER)  # nothing named: the first tool
+        assert orjson.loads(item["arguments"]) == {"city": "good morning"}
+        await conn.send(type="response.create",
+                        response={"tool_choice": {"type": "function", "name": "set_lights"}})
+        check_call(await conn.until("response.done"), LIGHTS)
+
+        only = {**LIGHTS, "name": "dim_lights", "description": "Dim the lamps"}
+        await conn.send(type="response.create", response={"tools": [only], "tool_choice": "required"})
+        assert check_call(await conn.until("response.done"), only)["name"] == "dim_lights"
+
+        await conn.send(type="response.create", event_id="evt_bad",
+                        response={"tool_choice": {"type": "function", "name": "nope"}})
+        err = (await conn.until("error"))[-1]["error"]
+        assert (err["code"], err["param"], err["event_id"]) == \
+            ("invalid_value", "response.tool_choice.name", "evt_bad")
+        await conn.send(type="session.update", session={"type": "realtime", "tools": [{"type": "function"}]})
+        assert (await conn.until("error"))[-1]["error"]["param"] == "session.tools[0].name"
+
+
+async def test_function_call_from_spoken_request(provider):
+    """Piper speaks a sentence naming the tool; PocketSphinx hears it; the
+    committed audio turn gets the function call."""
+    synth = provider.synthesizer
+    pcm = await asyncio.to_thread(synth.synthesize_sync, "What is the weather forecast in London?")
+    pcm = resample_pcm16(pcm, synth.sample_rate, 24000) + bytes(48000 // 2)
+    async with session(provider, tools=[WEATHER], audio={"input": {"turn_detection": None}}) as conn:
+        for i in range(0, len(pcm), 4800):
+            await conn.send(type="input_audio_buffer.append", audio=base64.b64encode(pcm[i:i + 4800]).decode())
+        await conn.send(type="input_audio_buffer.commit")
+        await conn.send(type="response.create")
+        events = await conn.until("response.done")
+        heard = the(events, "conversation.item.input_audio_transcription.completed")["transcript"]
+        assert "weather" in heard
+        response_events = [e for e in events[events.index(the(events, "response.created")):]
+                           if not e["type"].startswith("conversation.item.input_audio_transcription")]
+        call = check_call(response_events, WEATHER)
+        assert orjson.loads(call["arguments"])["city"]
+
+
+# -- interruption ----------------------------------------------------------------------
+
+LONG = " ".join(f"Sentence number {n} is here." for n in range(1, 9))
+
+
+def check_closed(events: list[dict[str, Any]], reason: str) -> dict[str, Any]:
+    """After an interruption: every open part closed, item incomplete,
+    response.done cancelled; returns the item."""
+    t = types(events)
+    tail = ["response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
+            "response.output_item.done", "conversation.item.done", "response.done"]
+    assert [x for x in t if x in tail] == tail, t
+    sent = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
+    assert the(events, "response.output_audio_transcript.done")["transcript"] == sent
+    assert the(events, "response.content_part.done")["part"] == {"type": "audio", "transcript": sent}
+    response = events[-1]["response"]
+    assert response["status"] == "cancelled"
+    assert response["status_details"] == {"type": "cancelled", "reason": reason, "error": None} \
+        or response["status_details"] == {"type": "cancelled", "reason": reason}
+    item = response["output"][0]
+    assert item["status"] == "incomplete" and item == the(events, "response.output_item.done")["item"]
+    assert item["content"] == [{"type": "output_audio", "transcript": sent}]
+    return item
+
+
+async def test_cancel_closes_parts_retrieve_and_truncate(provider):
+    async with session(provider) as conn:
+        await conn.send(type="session.update", session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None}}})
+        await conn.until("session.updated")
+        await say(conn, LONG)
+        await conn.send(type="response.create")
+        events = await conn.until("response.output_audio.delta")
+        await conn.send(type="response.cancel")
+        events += await conn.until("response.done")
+        item = check_closed(events, "client_cancelled")
+        sent_ms = sum(len(base64.b64decode(e["delta"])) for e in conn.seen
+                      if e["type"] == "response.output_audio.delta") / 48
+
+        await conn.send(type="conversation.item.retrieve", item_id=item["id"])
+        got = (await conn.until("conversation.item.retrieved"))[-1]["item"]
+        assert got == item
+
+        await conn.send(type="conversation.item.truncate", item_id=item["id"], content_index=0,
+                        audio_end_ms=int(sent_ms) + 500, event_id="evt_long")
+        assert (await conn.until("error"))[-1]["error"]["param"] == "audio_end_ms"
+        await conn.send(type="conversation.item.truncate", item_id=item["id"], content_index=0, audio_end_ms=0)
+        done = (await conn.until("conversation.item.truncated"))[-1]
+        assert (done["item_id"], done["content_index"], done["audio_end_ms"]) == (item["id"], 0, 0)
+        await conn.send(type="conversation.item.retrieve", item_id=item["id"])
+        got = (await conn.until("conversation.item.retrieved"))[-1]["item"]
+        assert got["content"] == [{"type": "output_audio", "transcript": ""}]
+
+
+async def test_truncate_trims_the_transcript_to_what_was_heard(provider):
+    async with session(provider) as conn:
+        await say(conn, "one two three four five six seven eight")
+        await conn.send(type="response.create")
+        events = await conn.until("response.done")
+        item = events[-1]["response"]["output"][0]
+        full = item["content"][0]["transcript"]
+        first = the(events, "response.output_audio_transcript.delta")["delta"]
+        assert full.startswith(first) and len(full) > len(first)  # two sentences
+        first_ms = 0
+        for e in events:  # audio of the first sentence: deltas before the second transcript delta
+            if e["type"] == "response.output_audio_transcript.delta" and e["delta"] != first:
+                break
+            if e["type"] == "response.output_audio.delta":
+                first_ms += len(base64.b64decode(e["delta"])) / 48
+        await conn.send(type="conversation.item.truncate", item_id=item["id"], content_index=0,
+                        audio_end_ms=math.ceil(first_ms))
+        await conn.until("conversation.item.truncated")
+        await conn.send(type="conversation.item.retrieve", item_id=item["id"])
+        got = (await conn.until("conversation.item.retrieved"))[-1]["item"]
+        assert got["content"][0]["transcript"] == first
+
+
+async def test_barge_in_closes_parts(provider):
+    async with session(provider) as conn:
+        await say(conn, LONG)
+        await conn.send(type="response.create")
+        events = await conn.until("response.output_audio.delta")
+        speech = load_pcm16(SPEECH / "goforward-16k-s16le.raw")
+
+        async def stream() -> None:
+            for i in range(0, len(speech), 4800):
+                await conn.send(type="input_audio_buffer.append",
+                                audio=base64.b64encode(speech[i:i + 4800]).decode())
+                await asyncio.sleep(0.0125)
+
+        streaming = asyncio.ensure_future(stream())
+        events += await conn.until("response.done")
+        await streaming
+        assert "input_audio_buffer.speech_started" in types(events)
+        item = check_closed(events, "turn_detected")
+        await conn.send(type="conversation.item.retrieve", item_id=item["id"])
+        assert (await conn.until("conversation.item.retrieved"))[-1]["item"] == item
+
+
+# -- response.create options ------------------------------------------------------------
+
+async def test_metadata_out_of_band_and_instructions(provider):
+    async with session(provider, output_modalities=["text"]) as conn:
+        await say(conn, "hello")
+        await conn.send(type="response.create", response={
+            "conversation": "none", "metadata": {"topic": "classify"},
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go north"}]}],
+            "output_modalities": ["text"], "instructions": "Be terse."})
+        events = await conn.until("response.done")
+        assert "conversation.item.added" not in types(events) and "conversation.item.done" not in types(events)
+        created, done = the(events, "response.created")["response"], events[-1]["response"]
+        assert created["metadata"] == done["metadata"] == {"topic": "classify"}
+        assert done["conversation_id"] is None and done["output_modalities"] == ["text"]
+        assert the(events, "response.output_text.done")["text"] == "You said: go north. I heard 2 words."
+        await conn.send(type="conversation.item.retrieve", item_id=done["output"][0]["id"])
+        assert (await conn.until("error"))[-1]["error"]["code"] == "item_not_found"
+
+        await conn.send(type="response.create", response={"conversation": "none"})  # context: the conversation
+        events = await conn.until("response.done")
+        assert the(events, "response.output_text.done")["text"] == "Hello! How can I help you today?"
+        assert events[-1]["response"]["metadata"] is None
+
+        await conn.send(type="response.create", response={"metadata": {"a": 1}})
+        assert (await conn.until("error"))[-1]["error"]["param"] == "response.metadata"
+
+
+@pytest.mark.parametrize("modality,limit", [("text", 5), ("audio", 30)])
+async def test_max_output_tokens_incomplete(provider, modality, limit):
+    async with session(provider) as conn:
+        await say(conn, LONG)
+        await conn.send(type="response.create",
+                        response={"max_output_tokens": limit, "output_modalities": [modality]})
+        events = await conn.until("response.done")
+        response = events[-1]["response"]
+        assert response["status"] == "incomplete"
+        assert response["status_details"]["type"] == "incomplete"
+        assert response["status_details"]["reason"] == "max_output_tokens"
+        assert response["max_output_tokens"] == limit
+        assert 0 < response["usage"]["output_tokens"] <= limit
+        assert response["output"][0]["status"] == "incomplete"
+        assert the(events, "response.output_item.done")["item"]["status"] == "incomplete"
+
+
+# -- turn detection ----------------------------------------------------------------------
+
+async def test_semantic_vad_echoed_without_server_vad_fields(provider):
+    async with session(provider) as conn:
+        await conn.send(type="session.update", session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "low", "threshold": 0.9}}}})
+        td = (await conn.until("session.updated"))[-1]["session"]["audio"]["input"]["turn_detection"]
+        assert td == {"type": "semantic_vad", "eagerness": "low", "create_response": True,
+                      "interrupt_response": True}
+        await conn.send(type="session.update", session={"type": "realtime", "audio": {"input": {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}})
+        assert (await conn.until("error"))[-1]["error"]["param"] == \
+            "session.audio.input.turn_detection.eagerness"
+        # a whole turn with semantic VAD (low eagerness waits 1.5 s of silence)
+        pcm = load_pcm16(SPEECH / "goforward-16k-s16le.raw", 16000)
+        pcm = resample_pcm16(pcm, 16000, 24000) + bytes(48000 * 2)
+        for i in range(0, len(pcm), 4800):
+            await conn.send(type="input_audio_buffer.append", audio=base64.b64encode(pcm[i:i + 4800]).decode())
+        events = await conn.until("response.done")
+        assert "input_audio_buffer.speech_stopped" in types(events)
+        assert events[-1]["response"]["status"] == "completed"
