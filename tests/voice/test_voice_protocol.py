@@ -235,6 +235,9 @@ async def test_function_call_from_spoken_request(provider):
         events = await conn.until("response.done")
         heard = the(events, "conversation.item.input_audio_transcription.completed")["transcript"]
         assert "weather" in heard
+        delta = the(events, "conversation.item.input_audio_transcription.delta")
+        assert events.index(delta) < events.index(the(events, "conversation.item.input_audio_transcription.completed"))
+        assert delta["delta"] == heard
         response_events = [e for e in events[events.index(the(events, "response.created")):]
                            if not e["type"].startswith("conversation.item.input_audio_transcription")]
         call = check_call(response_events, WEATHER)
@@ -405,3 +408,66 @@ async def test_semantic_vad_echoed_without_server_vad_fields(provider):
         events = await conn.until("response.done")
         assert "input_audio_buffer.speech_stopped" in types(events)
         assert events[-1]["response"]["status"] == "completed"
+
+
+# -- chat responder -----------------------------------------------------------------------
+
+@pytest_asyncio.fixture
+async def tool_chat() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A chat-completions server that asks for ``get_weather`` until it sees a
+    ``tool`` message, then answers with text. Yields (base_url, requests)."""
+    from aiohttp import web
+
+    requests: list[dict[str, Any]] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        requests.append(body)
+        if body["messages"][-1]["role"] == "tool":
+            message = {"role": "assistant", "content": "It is " + body["messages"][-1]["content"] + "."}
+        else:
+            message = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_up1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}
+        return web.json_response({"choices": [{"message": message}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/v1", requests
+    await runner.cleanup()
+
+
+async def test_chat_responder_passes_tools_and_maps_tool_calls(tool_chat):
+    base, requests = tool_chat
+    p = VoiceProvider(VoiceSettings(responder="chat", chat_url=base, chat_model="tiny"))
+    await p.start("127.0.0.1", 0)
+    try:
+        async with session(p, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},
+                           output_modalities=["text"]) as conn:
+            await say(conn, "how is it up north")
+            await conn.send(type="response.create")
+            item = check_call(await conn.until("response.done"), WEATHER)
+            assert (item["call_id"], item["arguments"]) == ("call_up1", '{"city": "Oslo"}')
+            sent = requests[-1]
+            assert sent["tools"] == [{"type": "function", "function": {
+                k: WEATHER[k] for k in ("name", "description", "parameters")}}]
+            assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+            await conn.send(type="conversation.item.create", item={
+                "type": "function_call_output", "call_id": "call_up1", "output": "snowing"})
+            await conn.until("conversation.item.done")
+            await conn.send(type="response.create", response={"tool_choice": "auto"})
+            events = await conn.until("response.done")
+            assert the(events, "response.output_text.done")["text"] == "It is snowing."
+            assert requests[-1]["messages"][-2:] == [
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_up1", "type": "function",
+                                                                       "function": {"name": "get_weather",
+                                                                                    "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "call_up1", "content": "snowing"}]
+            assert requests[-1]["tool_choice"] == "auto"
+    finally:
+        await p.stop()

@@ -6,9 +6,21 @@ Event shapes follow the OpenAI Realtime GA reference
 .../realtime-server-events) and the ``openai`` SDK's
 ``openai.types.realtime`` models. Deliberate differences:
 
-- ``conversation.item.input_audio_transcription.completed`` is sent for
-  every committed audio item, even when ``audio.input.transcription`` is
-  null (voxgate's clients want the transcript);
+- ``conversation.item.input_audio_transcription.delta`` (one, the whole
+  transcript) and ``.completed`` are sent for every committed audio item,
+  even when ``audio.input.transcription`` is null (voxgate's clients and
+  tests want the transcript);
+- ``semantic_vad`` is approximated by server VAD with the silence of
+  :data:`voxgate.voice.session.SEMANTIC_SILENCE_MS` for its ``eagerness``;
+- the ``assistant`` responder calls tools by the rule of
+  :mod:`voxgate.voice.tools`, one ``function_call`` per response (the
+  ``chat`` responder: the upstream's first ``tool_calls`` entry);
+  ``parallel_tool_calls`` is ignored;
+- ``max_output_tokens`` counts the estimated tokens of
+  :mod:`voxgate.voice.session` (transcript text plus audio) and stops the
+  response between events, ending it ``incomplete``;
+- ``conversation.item.truncate`` keeps the transcript of the sentences heard
+  (:func:`voxgate.voice.items.truncate_segments`);
 - ``output_audio_buffer.clear`` is accepted on WebSockets (it cancels the
   response in progress and answers ``output_audio_buffer.cleared``);
 - echo mode: every ``input_audio_buffer.append`` is answered at once with a
@@ -460,6 +472,10 @@ class RealtimeSession:
         item = self.items.get(item_id)
         if item is not None:
             item["content"][0]["transcript"] = transcript
+        # PocketSphinx decodes the whole turn at once: one delta with all of it, as OpenAI's
+        # non-streaming transcription models send.
+        await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,
+                         "content_index": 0, "delta": transcript})
         await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
                          "content_index": 0, "transcript": transcript,
                          "usage": {"type": "duration", "seconds": round(A.pcm16_ms(len(pcm), rate) / 1000, 3)}})

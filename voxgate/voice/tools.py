@@ -304,4 +304,4 @@ def output_reply(name: str | None, output: str, max_words: int = 30) -> str:
     said = text.split()
     text = " ".join(said[:max_words]).rstrip(".") + ("..." if len(said) > max_words else "")
     label = f"The {name.replace('_', ' ')} result" if name else "The result"
-    return f"{label} is: {text or 'empty'}."
+    return f"{label} is: {text or 'empty'}" + ("" if text.endswith("...") else ".")
