@@ -15,19 +15,17 @@ from typing import Any
 
 import jsonschema
 import orjson
-import pydantic
 import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
-from openai.types.realtime import RealtimeServerEvent
 
 from tests.conftest import SLOW, SPEECH
+from tests.voice.server_events import validated
 from voxgate.config import VoiceSettings
 from voxgate.voice import VoiceProvider, load_pcm16
 from voxgate.voice.audio import resample_pcm16
 
 TIMEOUT_S = 20.0 * SLOW
-_SERVER_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RealtimeServerEvent)
 
 WEATHER = {
     "type": "function", "name": "get_weather", "description": "Look up the weather forecast for a city",
@@ -42,30 +40,6 @@ LIGHTS = {
     "parameters": {"type": "object", "properties": {
         "room": {"type": "string"}, "on": {"type": "boolean"}}, "required": ["room", "on"]},
 }
-
-
-# Fields OpenAI sends that the SDK's session model does not declare.
-KNOWN_EXTRAS = {".session": {"id", "object", "expires_at"}}
-
-
-def _no_extras(model: Any, path: str = "") -> None:
-    if isinstance(model, pydantic.BaseModel):
-        extra = set(model.model_extra or ()) - KNOWN_EXTRAS.get(path, set())
-        assert not extra, f"unknown fields at {path or 'event'}: {sorted(extra)}"
-        for name in type(model).model_fields:
-            _no_extras(getattr(model, name), f"{path}.{name}")
-    elif isinstance(model, list):
-        for i, v in enumerate(model):
-            _no_extras(v, f"{path}[{i}]")
-
-
-def validated(raw: bytes | str) -> dict[str, Any]:
-    """One server event as a dict, after checking it against the SDK's
-    ``RealtimeServerEvent`` union (types, required fields, no extras)."""
-    event = orjson.loads(raw)
-    model = _SERVER_EVENT.validate_python(event)
-    _no_extras(model)
-    return event
 
 
 class Conn:

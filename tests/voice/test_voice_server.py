@@ -16,6 +16,7 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 
 from tests.conftest import SLOW, SPEECH
+from tests.voice.server_events import validated
 from voxgate.config import VoiceSettings
 from voxgate.voice import VoiceProvider, load_pcm16
 from voxgate.voice.audio import resample_pcm16, ulaw_encode
@@ -48,13 +49,14 @@ async def send(ws, **event: Any) -> None:
 
 
 async def recv_until(ws, etype: str, timeout_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
-    """Events up to and including the first of type ``etype``."""
+    """Events up to and including the first of type ``etype``, each
+    validated with the SDK's models."""
     seen = []
     async with asyncio.timeout(timeout_s):
         while True:
             msg = await ws.receive()
             assert msg.type == aiohttp.WSMsgType.TEXT, f"connection ended: {msg}"
-            event = orjson.loads(msg.data)
+            event = validated(msg.data)
             seen.append(event)
             if event["type"] == etype:
                 return seen

@@ -175,6 +175,7 @@ class RealtimeSession:
         self.transcriptions: dict[str, asyncio.Task[str]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.responses_done = 0
+        self.last_response_id: str | None = None
         self._echo: _Response | None = None
         self._echo_prefix = ""
         self._echo_bytes = 0
@@ -495,7 +496,9 @@ class RealtimeSession:
         resp = self.response
         if resp is not None:
             await self._cancel_response("client_cancelled")
-        await self.send({"type": "output_audio_buffer.cleared", "response_id": resp.id if resp else None})
+        # response_id is a string in OpenAI's event: the response whose audio is dropped, else the last one.
+        rid = resp.id if resp else self.last_response_id
+        await self.send({"type": "output_audio_buffer.cleared", "response_id": rid or ""})
 
     # -- echo ----------------------------------------------------------------
 
@@ -608,6 +611,7 @@ class RealtimeSession:
     async def _start_response(self, params: ResponseParams) -> None:
         resp = _Response(id=new_id("resp"), params=params)
         self.response = resp
+        self.last_response_id = resp.id
         resp.task = self.spawn(self._run_response(resp))
 
     async def _response_cancel(self, event: dict[str, Any]) -> None:
