@@ -445,3 +445,34 @@ async def test_chat_responder_passes_tools_and_maps_tool_calls(tool_chat):
             assert requests[-1]["tool_choice"] == "auto"
     finally:
         await p.stop()
+
+
+# -- input transcription ------------------------------------------------------------------
+
+async def _audio_turn(conn: Conn) -> list[dict[str, Any]]:
+    pcm = resample_pcm16(load_pcm16(SPEECH / "goforward-16k-s16le.raw", 16000), 16000, 24000)
+    for i in range(0, len(pcm), 4800):
+        await conn.send(type="input_audio_buffer.append", audio=base64.b64encode(pcm[i:i + 4800]).decode())
+    await conn.send(type="input_audio_buffer.commit")
+    await conn.send(type="response.create", response={"output_modalities": ["text"]})
+    return await conn.until("response.done")
+
+
+async def test_transcription_events_follow_the_session_setting(provider):
+    no_vad = {"input": {"turn_detection": None}}
+    async with session(provider, audio={"input": {"turn_detection": None,
+                                                  "transcription": {"model": "whisper-1"}}}) as conn:
+        events = await _audio_turn(conn)
+        t = types(events)
+        assert t.index("conversation.item.input_audio_transcription.delta") \
+            < t.index("conversation.item.input_audio_transcription.completed")
+        heard = the(events, "conversation.item.input_audio_transcription.completed")["transcript"]
+        assert "forward" in heard
+    async with session(provider, audio={"input": {**no_vad["input"], "transcription": None}}) as conn:
+        events = await _audio_turn(conn)
+        assert not any(e.startswith("conversation.item.input_audio_transcription") for e in types(events))
+        # still transcribed for the responder
+        assert "forward" in the(events, "response.output_text.done")["text"]
+    async with session(provider, audio=no_vad) as conn:  # never set: sent (voxgate's default)
+        events = await _audio_turn(conn)
+        assert "conversation.item.input_audio_transcription.completed" in types(events)

@@ -7,9 +7,11 @@ Event shapes follow the OpenAI Realtime GA reference
 ``openai.types.realtime`` models. Deliberate differences:
 
 - ``conversation.item.input_audio_transcription.delta`` (one, the whole
-  transcript) and ``.completed`` are sent for every committed audio item,
-  even when ``audio.input.transcription`` is null (voxgate's clients and
-  tests want the transcript);
+  transcript) and ``.completed`` are sent for every committed audio item
+  when ``audio.input.transcription`` is configured, and also in a session
+  that never set it (the default shows null; voxgate's clients and tests
+  want the transcript); a ``session.update`` setting it to null turns them
+  off (the audio is still transcribed for the responder);
 - ``semantic_vad`` is approximated by server VAD with the silence of
   :data:`voxgate.voice.session.SEMANTIC_SILENCE_MS` for its ``eagerness``;
 - the ``assistant`` responder calls tools by the rule of
@@ -463,6 +465,8 @@ class RealtimeSession:
             raise
         except Exception as exc:
             log.exception("transcription failed")
+            if not self.config.transcription_events:
+                return ""
             await self.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": item_id,
                              "content_index": 0,
                              "error": {"type": "server_error", "code": "transcription_failed",
@@ -473,6 +477,8 @@ class RealtimeSession:
         item = self.items.get(item_id)
         if item is not None:
             item["content"][0]["transcript"] = transcript
+        if not self.config.transcription_events:
+            return transcript
         # PocketSphinx decodes the whole turn at once: one delta with all of it, as OpenAI's
         # non-streaming transcription models send.
         await self.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": item_id,

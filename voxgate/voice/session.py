@@ -132,6 +132,14 @@ class SessionConfig:
     tool_choice: Any = "auto"
     max_output_tokens: Any = "inf"
     voxgate_fault: str | None = None
+    transcription_set: bool = False  # a session.update named audio.input.transcription (even as null)
+
+    @property
+    def transcription_events(self) -> bool:
+        """Whether ``conversation.item.input_audio_transcription.*`` events are
+        sent: when transcription is configured, and also by default (never
+        set), as voxgate's clients rely on; not after it was set to null."""
+        return self.transcription is not None or not self.transcription_set
 
     def to_dict(self) -> dict[str, Any]:
         """The GA ``realtime.session`` object."""
@@ -217,6 +225,7 @@ class SessionConfig:
                 if src[key] is not None and not isinstance(src[key], dict):
                     raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
                 new.transcription = src[key]
+                new.transcription_set = True
         if "noise_reduction" in ain:
             new.noise_reduction = ain["noise_reduction"]
         for src, param in ((aout, "session.audio.output.voice"), (session, "session.voice")):
