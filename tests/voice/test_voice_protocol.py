@@ -251,9 +251,15 @@ async def test_cancel_closes_parts_retrieve_and_truncate(provider):
         await say(conn, LONG)
         await conn.send(type="response.create")
         events = await conn.until("response.output_audio.delta")
+        item_id = the(events, "response.output_item.added")["item"]["id"]
+        await conn.send(type="conversation.item.retrieve", item_id=item_id)
+        events += await conn.until("conversation.item.retrieved")
+        live = events.pop()["item"]
+        assert live["status"] == "in_progress" and live["content"][0]["type"] == "output_audio"
         await conn.send(type="response.cancel")
         events += await conn.until("response.done")
         item = check_closed(events, "client_cancelled")
+        assert item["content"][0]["transcript"].startswith(live["content"][0]["transcript"])
         sent_ms = sum(len(base64.b64decode(e["delta"])) for e in conn.seen
                       if e["type"] == "response.output_audio.delta") / 48
 

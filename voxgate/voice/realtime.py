@@ -739,6 +739,17 @@ class RealtimeSession:
         else:
             await self._finish(resp, "incomplete", {"type": "incomplete", "reason": "max_output_tokens"})
 
+    def _sync_item(self, resp: _Response) -> None:
+        """Keep the stored item (``conversation.item.retrieve`` mid-response)
+        in step with what was sent."""
+        if resp.item is None:
+            return
+        if resp.audio:
+            resp.item["content"] = [{"type": "output_audio", "transcript": resp.text}]
+            resp.item["_segments"] = list(resp.segments)
+        else:
+            resp.item["content"] = [{"type": "output_text", "text": resp.text}]
+
     async def _stream_call(self, resp: _Response, name: str, arguments: str, call_id: str) -> bool:
         item = {"id": resp.item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
                 "name": name, "call_id": call_id, "arguments": ""}
@@ -765,6 +776,7 @@ class RealtimeSession:
                 delta, complete = delta[:4 * budget - len(resp.text)], False
             if delta:
                 resp.text += delta
+                self._sync_item(resp)
                 await self._rsend({"type": "response.output_text.delta", **base, "delta": delta})
             if not complete:
                 return False
@@ -804,6 +816,7 @@ class RealtimeSession:
                     return False
                 resp.text += delta
                 resp.segments.append((resp.audio_out_ms, fmt.ms_from_bytes(len(data)), delta))
+                self._sync_item(resp)
                 await self._rsend({"type": "response.output_audio_transcript.delta", **base, "delta": delta})
                 for off in range(0, len(data), chunk_bytes):
                     chunk = data[off:off + chunk_bytes]
@@ -812,6 +825,8 @@ class RealtimeSession:
                                                + output_audio_tokens(resp.audio_out_ms + chunk_ms)) > budget:
                         return False
                     resp.audio_out_ms += chunk_ms
+                    if resp.item is not None:
+                        resp.item["_audio_ms"] = resp.audio_out_ms
                     await self._rsend({"type": "response.output_audio.delta", **base,
                                        "delta": base64.b64encode(chunk).decode()})
             return True
