@@ -304,3 +304,15 @@ async def test_admin_and_project_routes_carry_rate_limit_headers(make_server, ht
             assert resp.status == 200
             assert int(resp.headers["x-ratelimit-limit-requests"]) == 1000
             assert int(resp.headers["x-ratelimit-remaining-requests"]) < 1000
+
+
+@pytest.mark.parametrize("host, demo, expected", [("0.0.0.0", None, False),
+                                                  ("127.0.0.1", None, True),
+                                                  ("0.0.0.0", True, True)])
+async def test_demo_account_off_a_loopback_bind(make_server, capsys, host, demo, expected):
+    """The demo account (and its key, printed at first start) exists only
+    when voxgate listens on loopback, unless the operator forces it."""
+    server = await make_server(host=host, **({} if demo is None else {"demo": demo}))
+    emails = [a.email for a in await server.store.list_accounts()]
+    assert ("demo@voxgate.local" in emails) is expected, emails
+    assert ("demo API key: vg_live_" in capsys.readouterr().out) is expected
