@@ -4,6 +4,15 @@ Public API: :class:`VoiceProvider` and :func:`serve_forever` (in
 :mod:`voxgate.voice.server`), the audio helpers :func:`load_pcm16` and
 :func:`pcm16_to_wav` (in :mod:`voxgate.voice.audio`), and fault parsing
 (:mod:`voxgate.voice.faults`). Importing this package loads no models.
+
+Modules: :mod:`~voxgate.voice.server` (HTTP, WebSocket upgrade),
+:mod:`~voxgate.voice.realtime` (one session's events and tasks),
+:mod:`~voxgate.voice.session` (session config, token estimates),
+:mod:`~voxgate.voice.items` (items and ``response.create`` parameters),
+:mod:`~voxgate.voice.tools` (the deterministic function-calling rule),
+:mod:`~voxgate.voice.responder` (reply text, chat-completions upstream),
+:mod:`~voxgate.voice.vad`, :mod:`~voxgate.voice.stt`, :mod:`~voxgate.voice.tts`,
+:mod:`~voxgate.voice.audio`.
 """
 
 from voxgate.voice.audio import load_pcm16, pcm16_to_wav
