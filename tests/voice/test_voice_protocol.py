@@ -195,18 +195,24 @@ async def test_tool_choice_rules(provider):
         assert (await conn.until("error"))[-1]["error"]["param"] == "session.tools[0].name"
 
 
-async def test_function_call_from_spoken_request(provider):
+@pytest.mark.parametrize("vad", [False, True], ids=["manual_commit", "server_vad"])
+async def test_function_call_from_spoken_request(provider, vad):
     """Piper speaks a sentence naming the tool; PocketSphinx hears it; the
-    committed audio turn gets the function call."""
+    audio turn (committed by the client, or by server VAD with its automatic
+    response) gets the function call."""
     synth = provider.synthesizer
     pcm = await asyncio.to_thread(synth.synthesize_sync, "What is the weather forecast in London?")
-    pcm = resample_pcm16(pcm, synth.sample_rate, 24000) + bytes(48000 // 2)
-    async with session(provider, tools=[WEATHER], audio={"input": {"turn_detection": None}}) as conn:
+    pcm = bytes(48000 // 2) + resample_pcm16(pcm, synth.sample_rate, 24000) + bytes(48000)
+    td = {"type": "server_vad", "silence_duration_ms": 600} if vad else None
+    async with session(provider, tools=[WEATHER], audio={"input": {"turn_detection": td}}) as conn:
         for i in range(0, len(pcm), 4800):
             await conn.send(type="input_audio_buffer.append", audio=base64.b64encode(pcm[i:i + 4800]).decode())
-        await conn.send(type="input_audio_buffer.commit")
-        await conn.send(type="response.create")
+        if not vad:
+            await conn.send(type="input_audio_buffer.commit")
+            await conn.send(type="response.create")
         events = await conn.until("response.done")
+        if vad:
+            assert "input_audio_buffer.speech_stopped" in types(events)
         heard = the(events, "conversation.item.input_audio_transcription.completed")["transcript"]
         assert "weather" in heard
         delta = the(events, "conversation.item.input_audio_transcription.delta")
