@@ -510,7 +510,9 @@ class RealtimeSession:
 
     async def _echo_chunk(self, b64: str, n_bytes: int) -> None:
         if self._echo is None:
-            resp = self._echo = _Response(id=new_id("resp"), params=self._default_params({}))
+            params = self._default_params({})
+            params.modalities = ["audio"]  # echo answers audio with audio whatever the session says
+            resp = self._echo = _Response(id=new_id("resp"), params=params)
             fmt, voice = self.config.output_format, self.config.voice
             await self.send({"type": "response.created", "response": resp.obj("in_progress", fmt, voice)})
             await self._open_message(resp)
