@@ -164,3 +164,18 @@ async def test_openai_sdk_mints_and_uses_an_ephemeral_key(server):
         assert updated.session.instructions == "Be brief."
     record = await server.session(sid)
     assert record.ephemeral_key_id is not None
+
+
+async def test_minted_session_matches_the_live_session(server, http):
+    """The session object of a minted key says what its sessions will get:
+    the same turn detection defaults as the provider's, and its expiry."""
+    async with http.post(server.url + "/v1/realtime/client_secrets", json={},
+                         headers={"Authorization": f"Bearer {server.key}"}) as resp:
+        minted = await resp.json()
+    assert minted["session"]["expires_at"] == minted["expires_at"] > time.time()
+    async with http.ws_connect(server.ws_url, protocols=(
+            "realtime", f"openai-insecure-api-key.{minted['value']}")) as ws:
+        created = await ws.receive_json()
+    assert created["type"] == "session.created"
+    assert created["session"]["audio"]["input"]["turn_detection"] == \
+        minted["session"]["audio"]["input"]["turn_detection"]

@@ -19,7 +19,22 @@ __all__ = [
     "PCM24K",
     "audio_format_from_session",
     "b64_decoded_len",
+    "DEFAULT_TURN_DETECTION",
 ]
+
+# The GA default of ``audio.input.turn_detection`` (server VAD), one set for
+# the token endpoint's session object and the local provider's sessions
+# (https://platform.openai.com/docs/api-reference/realtime-client-events/session/update:
+# silence_duration_ms defaults to 500 ms).
+DEFAULT_TURN_DETECTION: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
+    "create_response": True,
+    "interrupt_response": True,
+}
 
 # Client → server events (GA).
 CLIENT_EVENTS = frozenset({

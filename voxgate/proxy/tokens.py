@@ -25,6 +25,7 @@ from aiohttp import web
 
 from voxgate.errors import InvalidRequest
 from voxgate.models import Principal
+from voxgate.models.realtime import DEFAULT_TURN_DETECTION
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
@@ -88,19 +89,18 @@ def parse_client_secret_request(
     return ttl, {**session, "type": stype}
 
 
-def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any]:
+def session_object(session: dict[str, Any], default_model: str,
+                   expires_at: int = 0) -> dict[str, Any]:
     """The session object returned with a client secret: the request's
-    config over OpenAI's GA defaults."""
+    config over OpenAI's GA defaults (the turn detection the provider's
+    sessions start with, ``DEFAULT_TURN_DETECTION``); ``expires_at`` is the
+    key's expiry (Unix s)."""
     audio_defaults: dict[str, dict[str, Any]] = {
         "input": {
             "format": {"type": "audio/pcm", "rate": 24000},
             "transcription": None,
             "noise_reduction": None,
-            "turn_detection": {
-                "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                "silence_duration_ms": 200, "idle_timeout_ms": None,
-                "create_response": True, "interrupt_response": True,
-            },
+            "turn_detection": dict(DEFAULT_TURN_DETECTION),
         },
         "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0},
     }
@@ -122,7 +122,7 @@ def session_object(session: dict[str, Any], default_model: str) -> dict[str, Any
         "tracing": session.get("tracing"),
         "truncation": session.get("truncation", "auto"),
         "prompt": session.get("prompt"),
-        "expires_at": 0,
+        "expires_at": expires_at,
         "include": session.get("include"),
         "audio": merged_audio,
     }
@@ -159,7 +159,7 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
     body: dict[str, Any] = {
         "value": value,
         "expires_at": expires_at,
-        "session": session_object(session, gw.settings.upstream.default_model),
+        "session": session_object(session, gw.settings.upstream.default_model, expires_at),
     }
     hook = app.get(ICE_SERVERS_HOOK)
     if hook is not None:

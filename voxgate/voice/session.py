@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.errors import MalformedEvent
-from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
+from voxgate.models.realtime import DEFAULT_TURN_DETECTION, PCM24K, AudioFormat, audio_format_from_session
 
 __all__ = [
     "DEFAULT_INSTRUCTIONS",
@@ -42,15 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep your answers short."
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad",
-    "threshold": 0.5,
-    "prefix_padding_ms": 300,
-    "silence_duration_ms": 500,
-    "idle_timeout_ms": None,
-    "create_response": True,
-    "interrupt_response": True,
-}
 DEFAULT_SEMANTIC_VAD: dict[str, Any] = {
     "type": "semantic_vad",
     "eagerness": "auto",
