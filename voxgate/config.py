@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from voxgate.errors import ConfigError
+from voxgate.models.origins import is_loopback
 
 __all__ = [
     "Settings",
@@ -225,7 +226,7 @@ class Settings(BaseSettings):
         """Whether the demo account, login and demo-key route exist."""
         if self.demo is not None:
             return self.demo
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        return is_loopback(self.host)
 
     @property
     def sqlite_path(self) -> Path:

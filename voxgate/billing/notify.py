@@ -258,7 +258,8 @@ class OutboxWorker:
                 self._http = client_session(dev_mode=dev_mode,
                                             timeout=aiohttp.ClientTimeout(total=10))
             try:
-                await check_url(url, dev_mode=dev_mode)  # again: the address, not the name
+                # again, on what is connected to: IP literals here, names in PublicResolver
+                await check_url(url, dev_mode=dev_mode, resolve=False)
                 async with self._http.post(url, data=body, headers=headers,
                                            allow_redirects=False) as resp:
                     if not 200 <= resp.status < 300:

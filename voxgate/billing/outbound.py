@@ -16,7 +16,6 @@ both (http and local receivers, for development).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from voxgate.errors import InvalidRequest
+from voxgate.models.origins import parse_ip
 
 __all__ = ["UnsafeUrl", "check_url", "is_public_address", "PublicResolver", "client_session"]
 
@@ -38,17 +38,14 @@ class UnsafeUrl(InvalidRequest):
 def is_public_address(address: str) -> bool:
     """Whether ``address`` (IPv4/IPv6, an IPv4-mapped IPv6 taken as IPv4) is
     globally routable unicast."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    ip = parse_ip(address)
+    return ip is not None and ip.is_global and not ip.is_multicast
 
 
-async def check_url(url: object, *, dev_mode: bool = False) -> str:
-    """Validate a customer's webhook URL; returns it.
+async def check_url(url: object, *, dev_mode: bool = False, resolve: bool = True) -> str:
+    """Validate a customer's webhook URL; returns it. With ``resolve`` false
+    (at delivery, where ``PublicResolver`` checks what a host name resolves
+    to) only an IP-literal host is checked, without a DNS lookup.
 
     Raises:
         UnsafeUrl (400): not an https URL (http allowed in ``dev_mode``), user
@@ -65,6 +62,12 @@ async def check_url(url: object, *, dev_mode: bool = False) -> str:
     if "@" in parts.netloc or not parts.hostname:
         raise UnsafeUrl("'url' must name a host, without user info", param="url")
     if dev_mode:
+        return url
+    if not resolve:
+        literal = parse_ip(parts.hostname)
+        if literal is not None and not is_public_address(str(literal)):
+            raise UnsafeUrl(f"the webhook address {parts.hostname} is not public: voxgate sends "
+                            "webhooks to public addresses only", param="url")
         return url
     try:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)

@@ -9,7 +9,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 __all__ = ["normalize_origin", "parse_origins", "parse_models", "parse_networks", "origin_allowed",
-           "MAX_ORIGINS"]
+           "parse_ip", "is_loopback", "MAX_ORIGINS"]
 
 MAX_ORIGINS = 50
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -111,3 +111,27 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
         return normalize_origin(origin) in allowed
     except ValueError:
         return False
+
+
+def parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address as a peer or a resolver reports it (a zone ``%eth0``
+    dropped; an IPv4-mapped IPv6 address taken as the IPv4 address it
+    maps); None when it is not one."""
+    try:
+        ip = ipaddress.ip_address((text or "").split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_loopback(host: str) -> bool:
+    """True for a listen address that only the local host can reach:
+    ``localhost``, ``127.0.0.0/8``, ``::1``. Not for ``0.0.0.0``, ``::``
+    or ``""`` (every interface)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    ip = parse_ip(host)
+    return ip is not None and ip.is_loopback

@@ -27,7 +27,7 @@ from voxgate.models import (
     AdminKey,
     Principal,
 )
-from voxgate.models.origins import origin_allowed
+from voxgate.models.origins import origin_allowed, parse_ip
 
 __all__ = ["bearer_key", "resolve", "authenticate", "resolve_admin", "ip_allowed", "session_model",
            "INSECURE_KEY_PROTOCOL", "AdminCaller"]
@@ -233,13 +233,9 @@ def ip_allowed(remote: str | None, allowed: tuple[str, ...]) -> bool:
     project whose IP allowlist is ``allowed`` (CIDRs); empty allows any."""
     if not allowed:
         return True
-    try:
-        address = ipaddress.ip_address((remote or "").split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in allowed)
+    address = parse_ip(remote)
+    return address is not None and any(
+        address in ipaddress.ip_network(cidr, strict=False) for cidr in allowed)
 
 
 def _redact(key: str) -> str:

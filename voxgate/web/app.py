@@ -215,7 +215,7 @@ async def _lifecycle(app: web.Application):
     secret = settings.web.session_secret
     state.db = WebDB(state.store, load_secret(secret.get_secret_value() if secret else None,
                                               settings.data_dir))
-    if getattr(settings, "demo_enabled", True):  # no demo login off loopback
+    if settings.demo_enabled:  # no demo login off loopback
         await ensure_demo_user(state, Path(settings.data_dir))
     await verify_or_dummy(None, "")  # make the dummy hash before the first sign-in
     yield

@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections import OrderedDict, deque
 from typing import Any
 from urllib.parse import urlsplit
 
 from zxcvbn import zxcvbn  # type: ignore[import-untyped]
+
+from voxgate.models.origins import is_loopback
 
 __all__ = [
     "safe_next",
@@ -191,19 +192,6 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
-
-
-def is_loopback(host: str) -> bool:
-    """True for a listen address that only the local host can reach:
-    ``localhost``, ``127.0.0.0/8``, ``::1``. Not for ``0.0.0.0``, ``::``
-    or ``""`` (every interface)."""
-    host = host.strip().strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DashboardLimits:

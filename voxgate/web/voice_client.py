@@ -28,7 +28,7 @@ from voxgate.errors import NotFound, RateLimited
 from voxgate.proxy.auth import resolve
 from voxgate.proxy.http import json_response
 from voxgate.proxy.tokens import mint
-from voxgate.web.security import DashboardLimits, SlidingWindow, is_loopback
+from voxgate.web.security import DashboardLimits, SlidingWindow
 
 __all__ = ["setup", "STATIC_DIR", "demo_page_enabled", "DEMO_KEY_LIMIT"]
 
@@ -46,23 +46,13 @@ DEMO_SESSION: dict[str, Any] = {
 def demo_page_enabled(settings: Any) -> bool:
     """Whether ``POST /voice/demo-key`` exists, from the ``Settings``.
 
-    ``web.demo_page = false``: never. Left at its default: only when the
-    demo is on (``settings.demo_enabled``: ``demo`` unset means voxgate
-    listens on loopback, ``host`` ``127.0.0.1``, ``::1`` or ``localhost``).
-    Set to true while its default is not true (``None`` or ``"auto"``):
-    always. The setting's default is read from ``WebSettings`` itself, so a
-    ``True`` default means "automatic", not "everywhere".
+    ``web.demo_page`` true or false forces it; unset (the default), only
+    when the demo is on (``settings.demo_enabled``: ``demo`` unset means
+    voxgate listens on loopback, ``host`` ``127.0.0.1``, ``::1`` or
+    ``localhost``).
     """
-    web_settings = settings.web
-    value = web_settings.demo_page
-    if value is False:
-        return False
-    field = type(web_settings).model_fields.get("demo_page")
-    default = field.default if field is not None else True
-    if value is True and default is not True:
-        return True
-    demo = getattr(settings, "demo_enabled", None)
-    return demo if isinstance(demo, bool) else is_loopback(str(settings.host))
+    value = settings.web.demo_page
+    return bool(settings.demo_enabled) if value is None else bool(value)
 
 
 def setup(app: web.Application) -> None:
