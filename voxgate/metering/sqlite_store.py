@@ -50,6 +50,7 @@ from voxgate.models import (
     new_ephemeral_key,
     new_id,
 )
+from voxgate.models.packs import AccountPack, PackBalance, pack_balance, pack_expiry, pack_to_use
 
 __all__ = ["SQLiteStore", "Migration", "load_migrations", "split_sql", "MIGRATIONS_DIR"]
 
@@ -223,6 +224,21 @@ RETURNING {_USAGE_COLS}
 """
 
 
+_PACK_COLS = ("id, account_id, catalog_pack, sessions, sessions_used, price_cents, source, ref,"
+              " purchased_at, expires_at")
+
+
+def _pack(row: Any) -> AccountPack:
+    return AccountPack(*row)
+
+
+def _live_packs_sync(conn: sqlite3.Connection, account_id: str, now: float) -> list[AccountPack]:
+    rows = conn.execute(
+        f"SELECT {_PACK_COLS} FROM session_packs WHERE account_id = ? AND purchased_at <= ?"
+        " AND expires_at > ?", (account_id, now, now)).fetchall()
+    return [_pack(r) for r in rows]
+
+
 def _transact(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
     """``fn(conn, *args)`` inside BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
     conn.execute("BEGIN IMMEDIATE")
@@ -237,21 +253,27 @@ def _transact(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
 
 def _complete_sync(
     conn: sqlite3.Connection, record: SessionRecord, verdict: Verdict, settle: bool,
-    ended_at: float, settle_from: int | None = None,
+    ended_at: float, settle_from: int | None = None, pack_from: int | None = None,
 ) -> MonthlyUsage:
     """The statements of ``complete_session``; the caller holds the transaction."""
     period = record.period or period_of(record.started_at)
     m = record.measurements
     billable = bool(verdict.billable)
-    if billable and settle_from is not None and not settle:
+    pack: AccountPack | None = None
+    if billable and not settle and (settle_from is not None or pack_from is not None):
         # Decided inside the write transaction, so concurrent completions
         # (in any process) each see the count the one before them left.
         row = conn.execute(
             "SELECT billable_sessions FROM monthly_usage WHERE account_id = ? AND period = ?",
             (record.account_id, period)).fetchone()
-        settle = (row[0] if row else 0) >= settle_from
+        before = row[0] if row else 0
+        if pack_from is not None and before >= pack_from:
+            pack = pack_to_use(_live_packs_sync(conn, record.account_id, ended_at), ended_at)
+        settle = pack is None and settle_from is not None and before >= settle_from
     if settle:
         settlement = "pending"
+    elif pack is not None:
+        settlement = "pack"
     else:
         settlement = "included" if billable else "none"
     cursor = conn.execute(_COMPLETE_SESSION_SQL, (
@@ -273,6 +295,12 @@ def _complete_sync(
         (m.audio_in_ms + m.audio_out_ms) / 1000.0,
         m.bytes_in + m.bytes_out,
     )).fetchone()
+    if pack is not None:
+        conn.execute("UPDATE session_packs SET sessions_used = sessions_used + 1 WHERE id = ?",
+                     (pack.id,))
+        conn.execute("INSERT INTO pack_sessions (session_id, account_pack_id, account_id, period,"
+                     " used_at) VALUES (?, ?, ?, ?, ?)",
+                     (record.id, pack.id, record.account_id, period, ended_at))
     if settle:
         conn.execute(
             f"INSERT OR IGNORE INTO settlement_outbox ({_OUTBOX_COLS})"
@@ -688,7 +716,7 @@ class SQLiteStore:
 
     async def complete_session(
         self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
-        settle_from: int | None = None,
+        settle_from: int | None = None, pack_from: int | None = None,
     ) -> MonthlyUsage:
         """Complete the session in one transaction (see ``Store``).
 
@@ -699,7 +727,8 @@ class SQLiteStore:
         ended_at = record.ended_at or time.time()
         async with self.lock:
             return await self._in_thread(
-                _transact, _complete_sync, record, verdict, settle, ended_at, settle_from)
+                _transact, _complete_sync, record, verdict, settle, ended_at, settle_from,
+                pack_from)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(sqlite3_connection, *args)`` on the connection's thread in
@@ -835,3 +864,84 @@ class SQLiteStore:
         await self._write(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------ add-on packs
+
+    async def grant_pack(self, account_id: str, *, catalog_pack: str, sessions: int,
+                         price_cents: int, source: str, ref: str,
+                         purchased_at: float) -> tuple[AccountPack, bool]:
+        """Credit a pack of ``sessions`` to the account, expiring 30 days after
+        ``purchased_at``; idempotent on ``ref`` (a Checkout Session id or a
+        grant id). Returns (the pack, True when this call credited it).
+
+        Raises:
+            KeyError: unknown account.
+        """
+        if await self.get_account(account_id) is None:
+            raise KeyError(account_id)
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"INSERT INTO session_packs ({_PACK_COLS}) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (ref) DO NOTHING",
+                (new_id("pack"), account_id, catalog_pack, sessions, price_cents, source, ref,
+                 purchased_at, pack_expiry(purchased_at)))
+            created = cursor.rowcount == 1
+        row = await self._one(f"SELECT {_PACK_COLS} FROM session_packs WHERE ref = ?", (ref,))
+        return _pack(row), created
+
+    async def list_packs(self, account_id: str) -> list[AccountPack]:
+        """Every pack the account ever held, newest purchase first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_PACK_COLS} FROM session_packs WHERE account_id = ?"
+            " ORDER BY purchased_at DESC, id DESC", (account_id,))
+        return [_pack(r) for r in rows]
+
+    async def pack_balance(self, account_id: str, period: str, now: float) -> PackBalance:
+        """The account's packs as they count in ``period`` at ``now``
+        (``voxgate.models.packs.pack_balance``)."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_PACK_COLS} FROM session_packs WHERE account_id = ? AND purchased_at <= ?"
+            " AND expires_at > ?", (account_id, now, now))
+        used = await self._one(
+            "SELECT COUNT(*) FROM pack_sessions WHERE account_id = ? AND period = ?",
+            (account_id, period))
+        return pack_balance([_pack(r) for r in rows], int(used[0]), now)
+
+    async def expire_packs(self, now: float) -> list[AccountPack]:
+        """Mark the packs whose 30 days are over at ``now`` as expired; returns
+        those this call marked (each is returned once, by one caller)."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE session_packs SET expired_at = ? WHERE expires_at <= ?"
+                f" AND expired_at IS NULL RETURNING {_PACK_COLS}", (now, now))
+            rows = await cursor.fetchall()
+        return [_pack(r) for r in rows]
+
+    # ------------------------------------------------------------ enterprise plans
+
+    async def set_enterprise_terms(self, account_id: str, terms: dict[str, Any]) -> None:
+        """Store the account's enterprise plan terms (a JSON object, see
+        ``voxgate.models.enterprise``).
+
+        Raises:
+            KeyError: unknown account.
+        """
+        if await self.get_account(account_id) is None:
+            raise KeyError(account_id)
+        now = time.time()
+        await self._write(
+            "INSERT INTO enterprise_plans (account_id, terms, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+            " terms = excluded.terms, updated_at = excluded.updated_at",
+            (account_id, orjson.dumps(terms).decode(), now, now))
+
+    async def get_enterprise_terms(self, account_id: str) -> dict[str, Any] | None:
+        row = await self._one("SELECT terms FROM enterprise_plans WHERE account_id = ?",
+                              (account_id,))
+        return orjson.loads(row[0]) if row else None
+
+    async def list_enterprise_terms(self) -> dict[str, dict[str, Any]]:
+        """account id → enterprise plan terms, for every account that has some."""
+        rows = await self.db.execute_fetchall(
+            "SELECT account_id, terms FROM enterprise_plans ORDER BY account_id")
+        return {r[0]: orjson.loads(r[1]) for r in rows}

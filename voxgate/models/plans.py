@@ -1,8 +1,14 @@
 """Plans and the plan catalog.
 
 A catalog is a TOML file (see ``catalogs/default.toml``): ``minutes_per_session``,
-``default_plan``, a ``[plans.<id>]`` table per plan and an optional ``[legacy]``
-table mapping retired plan ids to current ones.
+``default_plan``, a ``[plans.<id>]`` table per plan, ``[packs.<id>]`` tables
+for add-on packs (``sessions``, ``price_cents``, ``name``) and an optional
+``[legacy]`` table mapping retired plan ids to current ones.
+
+An enterprise plan is one account's own plan (``ENTERPRISE_PLAN_ID``, never in
+a catalog): made by an operator, stored per account, it may price sessions
+beyond the included ones in graduated ``Tier``s as Stripe does
+(https://docs.stripe.com/products-prices/pricing-models#graduated-pricing).
 """
 
 from __future__ import annotations
@@ -15,7 +21,53 @@ from typing import Any
 
 from voxgate.errors import ConfigError
 
-__all__ = ["Plan", "PlanCatalog", "load_catalog", "default_catalog_path"]
+__all__ = ["Plan", "PlanCatalog", "Pack", "Tier", "graduated_cents", "load_catalog",
+           "default_catalog_path", "ENTERPRISE_PLAN_ID"]
+
+ENTERPRISE_PLAN_ID = "enterprise"
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """One graduated price tier (Stripe's ``tiers[]`` with
+    ``tiers_mode=graduated``): the sessions up to ``up_to`` (counted from the
+    first charged session of the month, inclusive; None = ``"inf"``) that
+    the tiers before it did not take cost ``unit_cents`` each."""
+
+    up_to: int | None
+    unit_cents: int
+
+
+def graduated_cents(tiers: tuple[Tier, ...], quantity: int) -> int:
+    """Price of ``quantity`` sessions under graduated ``tiers``, in cents:
+    each session priced by the tier it falls into (pure, exact).
+
+    Raises:
+        ValueError: ``quantity`` is beyond the last tier's ``up_to``.
+    """
+    total = 0
+    floor = 0
+    for tier in tiers:
+        top = quantity if tier.up_to is None else min(quantity, tier.up_to)
+        if top > floor:
+            total += (top - floor) * tier.unit_cents
+            floor = top
+        if floor >= quantity:
+            return total
+    if floor < quantity:
+        raise ValueError(f"{quantity} sessions exceed the last tier (up to {floor})")
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    """An add-on pack on offer: ``sessions`` extra billable sessions for
+    ``price_cents``, bought once (Stripe Checkout ``mode=payment``)."""
+
+    id: str
+    name: str
+    sessions: int
+    price_cents: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +84,13 @@ class Plan:
         concurrency: simultaneous sessions; None = unlimited.
         requests_per_minute: requests per minute per API key.
         projects: projects per account; None = unlimited.
+        tiers: graduated prices of the sessions charged beyond the included
+            ones (enterprise plans); the last tier's ``up_to`` is None.
+            Empty: ``overage_cents`` each.
+        pack_sessions: how many of ``sessions_included`` come from the
+            account's add-on packs (set by ``voxgate.models.packs.with_packs``).
+        account_id: the account an enterprise plan belongs to; None for
+            catalog plans.
     """
 
     id: str
@@ -44,6 +103,16 @@ class Plan:
     projects: int | None = None
     support: str = "Community"
     trial_days: int = 0
+    tiers: tuple[Tier, ...] = ()
+    pack_sessions: int = 0
+    account_id: str | None = None
+
+    @property
+    def plan_sessions_included(self) -> int | None:
+        """The plan's own included sessions, packs left out."""
+        if self.sessions_included is None:
+            return None
+        return self.sessions_included - self.pack_sessions
 
     @property
     def hard_cap(self) -> bool:
@@ -67,14 +136,25 @@ class Plan:
             return False
         return billable_before >= (self.sessions_included or 0)
 
-    def cost_cents(self, billable_sessions: int) -> int:
+    def overage_cost_cents(self, charged_sessions: int) -> int:
+        """Price of ``charged_sessions`` sessions beyond the included ones,
+        in cents: graduated over ``tiers``, else ``overage_cents`` each
+        (0 on plans without overage)."""
+        if self.tiers:
+            return graduated_cents(self.tiers, charged_sessions)
+        return charged_sessions * (self.overage_cents or 0)
+
+    def cost_cents(self, billable_sessions: int, pack_covered: int = 0) -> int:
         """Price of a month with ``billable_sessions`` billable sessions, in
-        cents: the subscription plus overage. Sessions past a hard cap would
-        have been refused, so they cost nothing extra."""
-        extra = 0
-        if self.overage_cents is not None:
-            extra = max(0, billable_sessions - (self.sessions_included or 0)) * self.overage_cents
-        return self.price_cents + extra
+        cents: the subscription plus overage. ``pack_covered`` of them were
+        paid for by add-on packs and cost nothing here; the included count is
+        the plan's own (``plan_sessions_included``). Sessions past a hard cap
+        would have been refused, so they cost nothing extra."""
+        if self.overage_cents is None and not self.tiers:
+            return self.price_cents
+        included = self.plan_sessions_included or 0
+        charged = max(0, billable_sessions - included - pack_covered)
+        return self.price_cents + self.overage_cost_cents(charged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +173,7 @@ class PlanCatalog:
     minutes_per_session: float = 2.0
     legacy: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    packs: dict[str, Pack] = field(default_factory=dict)
 
     def get(self, plan_id: str) -> Plan:
         """The plan with that id; a legacy id resolves to its successor.
@@ -122,6 +203,24 @@ _PLAN_FIELDS = {
 }
 
 
+_PACK_FIELDS = {"name", "sessions", "price_cents"}
+
+
+def _load_packs(raw: dict[str, Any]) -> dict[str, Pack]:
+    packs: dict[str, Pack] = {}
+    for pack_id, spec in (raw.get("packs") or {}).items():
+        unknown = set(spec) - _PACK_FIELDS
+        if unknown:
+            raise ConfigError(f"pack {pack_id!r}: unknown fields {sorted(unknown)}")
+        for name in ("sessions", "price_cents"):
+            value = spec.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"pack {pack_id!r}: {name} must be a whole number ≥ 1")
+        name = spec.get("name") or f"{spec['sessions']:,} extra sessions"
+        packs[pack_id] = Pack(pack_id, str(name), spec["sessions"], spec["price_cents"])
+    return packs
+
+
 def default_catalog_path() -> Path:
     return Path(str(resources.files("voxgate.models") / "catalogs" / "default.toml"))
 
@@ -140,6 +239,8 @@ def load_catalog(path: str | Path | None = None) -> PlanCatalog:
         raise ConfigError(f"cannot read plan catalog {path}: {exc}") from exc
     plans: dict[str, Plan] = {}
     for plan_id, spec in (raw.get("plans") or {}).items():
+        if plan_id == ENTERPRISE_PLAN_ID:
+            raise ConfigError(f"plan id {ENTERPRISE_PLAN_ID!r} is reserved for enterprise plans")
         unknown = set(spec) - _PLAN_FIELDS
         if unknown:
             raise ConfigError(f"plan {plan_id!r}: unknown fields {sorted(unknown)}")
@@ -161,6 +262,7 @@ def load_catalog(path: str | Path | None = None) -> PlanCatalog:
         minutes_per_session=float(raw.get("minutes_per_session", 2.0)),
         legacy=dict(raw.get("legacy") or {}),
         source=str(path),
+        packs=_load_packs(raw),
     )
     if catalog.default_plan not in plans:
         raise ConfigError(f"default_plan {catalog.default_plan!r} is not in the catalog")

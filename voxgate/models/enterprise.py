@@ -1,0 +1,118 @@
+"""Enterprise plans: one account's own plan, set by an operator (pure).
+
+The terms are stored per account as a JSON object (``plan_terms``) and turned
+back into a ``Plan`` (``enterprise_plan``) whose id is
+``ENTERPRISE_PLAN_ID`` and whose ``account_id`` is the account's:
+
+- ``name`` (default ``"Enterprise"``), ``price_cents`` (monthly),
+  ``sessions_included`` (the quota; None = unlimited), ``concurrency``,
+  ``requests_per_minute``, ``projects`` (None = unlimited);
+- ``overage_cents``: the price of each billable session beyond the included
+  ones (None and no tiers = a hard cap);
+- ``tiers``: ``[[up_to, unit_cents], …]`` graduated prices of those sessions
+  (counted from the first charged one), ``up_to`` None (Stripe's ``"inf"``)
+  for the last, whose price is then ``overage_cents``
+  (https://docs.stripe.com/products-prices/pricing-models#graduated-pricing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, Tier
+
+__all__ = ["enterprise_plan", "plan_terms", "parse_tiers"]
+
+_COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
+           "requests_per_minute", "projects")
+_TERMS = {*_COUNTS, "name", "tiers", "support"}
+
+
+def _count(name: str, value: Any, *, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a whole number ≥ 0")
+    return value
+
+
+def parse_tiers(value: Any, overage_cents: int | None) -> tuple[Tier, ...]:
+    """Tiers from ``[[up_to, unit_cents], …]``: ``up_to`` increasing whole
+    numbers ≥ 1, the last None (or the list closed by an ``overage_cents``
+    tier up to ``"inf"``).
+
+    Raises:
+        ValueError: not such a list, ``up_to`` not increasing, no last tier
+            without a limit.
+    """
+    if value in (None, [], ()):
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("tiers must be a list of [up_to, unit_cents]")
+    tiers: list[Tier] = []
+    floor = 0
+    for i, item in enumerate(value):
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise ValueError(f"tier {i + 1} must be [up_to, unit_cents]")
+        up_to, unit = item
+        if tiers and tiers[-1].up_to is None:
+            raise ValueError("only the last tier may have no up_to")
+        if up_to is not None:
+            up_to = _count(f"tier {i + 1} up_to", up_to)
+            if up_to is None or up_to <= floor:
+                raise ValueError(f"tier {i + 1} up_to must be above {floor}")
+            floor = up_to
+        tiers.append(Tier(up_to, _count(f"tier {i + 1} unit_cents", unit, optional=False) or 0))
+    if tiers[-1].up_to is not None:
+        if overage_cents is None:
+            raise ValueError("the last tier needs no up_to (\"inf\"), or give overage_cents "
+                             "for the sessions beyond it")
+        tiers.append(Tier(None, overage_cents))
+    return tuple(tiers)
+
+
+def enterprise_plan(account_id: str, terms: dict[str, Any]) -> Plan:
+    """The ``Plan`` of ``account_id``'s enterprise ``terms`` (see the module
+    docstring).
+
+    Raises:
+        ValueError: an unknown term, a count that is not a whole number ≥ 0,
+            bad tiers.
+    """
+    unknown = set(terms) - _TERMS
+    if unknown:
+        raise ValueError(f"unknown enterprise plan terms {sorted(unknown)}")
+    counts = {name: _count(name, terms.get(name)) for name in _COUNTS}
+    tiers = parse_tiers(terms.get("tiers"), counts["overage_cents"])
+    overage = counts["overage_cents"]
+    if tiers:
+        overage = tiers[-1].unit_cents
+    return Plan(
+        id=ENTERPRISE_PLAN_ID,
+        name=str(terms.get("name") or "Enterprise"),
+        price_cents=counts["price_cents"] or 0,
+        sessions_included=counts["sessions_included"],
+        overage_cents=overage,
+        concurrency=counts["concurrency"],
+        requests_per_minute=100 if counts["requests_per_minute"] is None
+        else counts["requests_per_minute"],
+        projects=counts["projects"],
+        support=str(terms.get("support") or "Dedicated"),
+        tiers=tiers,
+        account_id=account_id,
+    )
+
+
+def plan_terms(plan: Plan) -> dict[str, Any]:
+    """The stored terms of an enterprise ``plan`` (inverse of ``enterprise_plan``)."""
+    return {
+        "name": plan.name,
+        "price_cents": plan.price_cents,
+        "sessions_included": plan.plan_sessions_included,
+        "overage_cents": plan.overage_cents,
+        "concurrency": plan.concurrency,
+        "requests_per_minute": plan.requests_per_minute,
+        "projects": plan.projects,
+        "support": plan.support,
+        "tiers": [[t.up_to, t.unit_cents] for t in plan.tiers],
+    }
