@@ -20,6 +20,7 @@ from voxgate.models import (
     SessionRecord,
     Verdict,
 )
+from voxgate.models.packs import AccountPack, PackBalance
 
 __all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem"]
 
@@ -158,7 +159,7 @@ class Store(Protocol):
 
     async def complete_session(
         self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
-        settle_from: int | None = None,
+        settle_from: int | None = None, pack_from: int | None = None,
     ) -> MonthlyUsage:
         """In one transaction: write the session's measurements and verdict
         (``status="completed"``), add it to its account's monthly usage, and
@@ -168,6 +169,11 @@ class Store(Protocol):
         at least this many billable sessions, decided inside the transaction
         (``Plan.charges_session``: 0 on pay-as-you-go, the included count on
         plans with an overage price; None = never).
+        ``pack_from``: a billable session finding at least this many billable
+        sessions in the period (the plan's own included ones) takes a session
+        from the account's live add-on pack that expires first
+        (``voxgate.models.packs.pack_to_use``), is then not settled, and gets
+        ``settlement="pack"``; None = packs are not used.
         Returns the period's usage after the update."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
@@ -197,6 +203,22 @@ class Store(Protocol):
         """Mark the session settled and remove it from the outbox."""
 
     async def retry_outbox(self, session_id: str, *, next_attempt_at: float, error: str) -> None: ...
+
+    # add-on packs and enterprise plans (voxgate.models.packs, .enterprise)
+    async def grant_pack(self, account_id: str, *, catalog_pack: str, sessions: int,
+                         price_cents: int, source: str, ref: str,
+                         purchased_at: float) -> tuple[AccountPack, bool]:
+        """Credit a pack, once per ``ref``: (the pack, True if this call
+        credited it). Raises KeyError for an unknown account."""
+
+    async def list_packs(self, account_id: str) -> list[AccountPack]: ...
+    async def pack_balance(self, account_id: str, period: str, now: float) -> PackBalance: ...
+    async def expire_packs(self, now: float) -> list[AccountPack]:
+        """Mark packs past their expiry as expired; those this call marked."""
+
+    async def set_enterprise_terms(self, account_id: str, terms: dict[str, Any]) -> None: ...
+    async def get_enterprise_terms(self, account_id: str) -> dict[str, Any] | None: ...
+    async def list_enterprise_terms(self) -> dict[str, dict[str, Any]]: ...
 
     # key/value for small server state (demo key path, secrets, cursors)
     async def get_meta(self, key: str) -> str | None: ...

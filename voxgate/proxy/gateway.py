@@ -25,7 +25,19 @@ from voxgate.metering.admission import Admission, InProcessAdmission, Lease, Rat
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, period_of
 from voxgate.metering.verdict import VerdictPolicy, decide
-from voxgate.models import Plan, PlanCatalog, Principal, Reason, SessionRecord, Verdict, new_id
+from voxgate.models import (
+    Account,
+    Plan,
+    PlanCatalog,
+    Principal,
+    Reason,
+    SessionRecord,
+    Verdict,
+    new_id,
+)
+from voxgate.models.enterprise import enterprise_plan
+from voxgate.models.packs import with_packs
+from voxgate.models.plans import ENTERPRISE_PLAN_ID
 
 __all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT"]
 
@@ -96,20 +108,36 @@ class Gateway:
 
         self.metrics = Metrics()
 
-    def plan_of(self, principal: Principal) -> Plan:
-        try:
-            return self.catalog.get(principal.account.plan_id)
-        except KeyError:
-            log.warning("account %s has unknown plan %r; using the default plan",
-                        principal.account.id, principal.account.plan_id)
-            return self.catalog.default
+    async def account_plan(self, account: Account, now: float | None = None) -> Plan:
+        """The plan the account's sessions are admitted and charged under at
+        ``now`` (Unix s): its enterprise plan when its plan is
+        ``enterprise``, else its catalog plan, with the add-on packs live at
+        ``now`` added to the included sessions (``voxgate.models.packs``)."""
+        now = time.time() if now is None else now
+        plan = None
+        if account.plan_id == ENTERPRISE_PLAN_ID:
+            terms = await self.store.get_enterprise_terms(account.id)
+            try:
+                plan = enterprise_plan(account.id, terms) if terms is not None else None
+            except ValueError as exc:
+                log.warning("account %s: bad enterprise plan terms: %s", account.id, exc)
+        if plan is None:
+            try:
+                plan = self.catalog.get(account.plan_id)
+            except KeyError:
+                log.warning("account %s has unknown plan %r; using the default plan",
+                            account.id, account.plan_id)
+                plan = self.catalog.default
+        if plan.sessions_included is None:
+            return plan
+        return with_packs(plan, await self.store.pack_balance(account.id, period_of(now), now))
 
     async def check_rate(self, principal: Principal) -> Plan:
         """Count one request against the key's rate limit and record the
         budget left in ``RATE_LIMIT`` (and the caller's account and project
         in the log context). Raises ``RateLimited``."""
         logs.bind(account_id=principal.account.id, project_id=principal.project.id)
-        plan = self.plan_of(principal)
+        plan = await self.account_plan(principal.account)
         limit = plan.requests_per_minute
         try:
             state = await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
@@ -209,9 +237,11 @@ class Gateway:
         record.measurements = measurements
         record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
         plan = active.plan
-        settle_from = None if plan.overage_cents is None else (plan.sessions_included or 0)
+        included = plan.plan_sessions_included
+        settle_from = None if plan.overage_cents is None else (included or 0)
         try:
-            usage = await self.store.complete_session(record, verdict, settle_from=settle_from)
+            usage = await self.store.complete_session(record, verdict, settle_from=settle_from,
+                                                      pack_from=included)
             if self._cache_usage:
                 self._usage[(record.account_id, record.period)] = usage
         finally:
