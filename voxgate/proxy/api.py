@@ -24,9 +24,10 @@ from typing import Any
 from aiohttp import web
 
 from voxgate.errors import InvalidRequest, NotFound, PermissionDenied
-from voxgate.metering.store import MonthlyUsage, SessionFilter
+from voxgate.metering.store import MonthlyUsage, SessionFilter, period_of
 from voxgate.models import ADMIN_KEY_PREFIX, API_KEY_PREFIX, Account, Plan, PlanCatalog, Project
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
+from voxgate.models.packs import PackBalance
 from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
 from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
@@ -40,8 +41,14 @@ PINS = {"allowed_origins": parse_origins, "allowed_models": parse_models,
         "allowed_ips": parse_networks}
 
 
-def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog) -> dict[str, Any]:
-    """The ``/billing/usage`` object for one account and period."""
+def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog,
+               packs: PackBalance | None = None) -> dict[str, Any]:
+    """The ``/billing/usage`` object for one account and period. ``plan`` is
+    the account's plan with its add-on packs (``Gateway.account_plan``):
+    ``sessionsIncluded`` counts the packs in, ``planSessionsIncluded`` is the
+    plan's own; ``packs`` the balance behind it (``packExpiresAt``: Unix s
+    when the first live pack with sessions left expires)."""
+    packs = packs or PackBalance()
     included = plan.sessions_included
     used = usage.billable_sessions
     return {
@@ -55,6 +62,15 @@ def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog) -> dict[st
         "percentUsed": (round(100.0 * used / included, 1) if included else (100.0 if included == 0 and used else 0.0)),
         "sessionsTotal": usage.sessions,
         "audioSeconds": round(usage.audio_seconds, 1),
+        "planSessionsIncluded": plan.plan_sessions_included,
+        "packSessionsIncluded": plan.pack_sessions,
+        "packSessionsUsed": packs.used_this_period,
+        "packSessionsRemaining": packs.remaining,
+        "packExpiresAt": None if packs.expires_at is None else int(packs.expires_at),
+        "packs": [{"id": p.id, "pack": p.catalog_pack, "source": p.source,
+                   "sessions": p.sessions, "sessionsRemaining": p.remaining,
+                   "purchasedAt": int(p.purchased_at), "expiresAt": int(p.expires_at)}
+                  for p in packs.live],
     }
 
 
@@ -84,9 +100,11 @@ async def usage_handler(request: web.Request) -> web.Response:
 
     gw: Gateway = request.app[GATEWAY]
     account = await caller_account(request)
-    plan = gw.catalog.get(account.plan_id) if account.plan_id in gw.catalog.plans else gw.catalog.default
-    usage = await gw.usage(account.id)
-    return json_response(usage_body(plan, usage, gw.catalog))
+    now = time.time()
+    plan = await gw.account_plan(account, now)
+    usage = await gw.usage(account.id, period_of(now))
+    packs = await gw.store.pack_balance(account.id, usage.period, now)
+    return json_response(usage_body(plan, usage, gw.catalog, packs))
 
 
 def _filters(query) -> SessionFilter:
