@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, Tier
+from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog, Tier
 
-__all__ = ["enterprise_plan", "plan_terms", "parse_tiers"]
+__all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "plan_for"]
 
 _COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
            "requests_per_minute", "projects")
@@ -116,3 +116,20 @@ def plan_terms(plan: Plan) -> dict[str, Any]:
         "support": plan.support,
         "tiers": [[t.up_to, t.unit_cents] for t in plan.tiers],
     }
+
+
+def plan_for(catalog: PlanCatalog, account_id: str, plan_id: str,
+             terms: dict[str, Any] | None) -> Plan:
+    """The plan an account with ``plan_id`` is on: its enterprise plan
+    (``terms``, as stored) when ``plan_id`` is ``enterprise``, else the
+    catalog's plan (a legacy id resolves to its successor); the catalog's
+    default plan when neither applies (unknown id, missing or bad terms)."""
+    if plan_id == ENTERPRISE_PLAN_ID and terms is not None:
+        try:
+            return enterprise_plan(account_id, terms)
+        except ValueError:
+            return catalog.default
+    try:
+        return catalog.get(plan_id)
+    except KeyError:
+        return catalog.default

@@ -35,7 +35,7 @@ from voxgate.models import (
     Verdict,
     new_id,
 )
-from voxgate.models.enterprise import enterprise_plan
+from voxgate.models.enterprise import plan_for
 from voxgate.models.packs import with_packs
 from voxgate.models.plans import ENTERPRISE_PLAN_ID
 
@@ -114,20 +114,13 @@ class Gateway:
         ``enterprise``, else its catalog plan, with the add-on packs live at
         ``now`` added to the included sessions (``voxgate.models.packs``)."""
         now = time.time() if now is None else now
-        plan = None
+        terms = None
         if account.plan_id == ENTERPRISE_PLAN_ID:
             terms = await self.store.get_enterprise_terms(account.id)
-            try:
-                plan = enterprise_plan(account.id, terms) if terms is not None else None
-            except ValueError as exc:
-                log.warning("account %s: bad enterprise plan terms: %s", account.id, exc)
-        if plan is None:
-            try:
-                plan = self.catalog.get(account.plan_id)
-            except KeyError:
-                log.warning("account %s has unknown plan %r; using the default plan",
-                            account.id, account.plan_id)
-                plan = self.catalog.default
+        plan = plan_for(self.catalog, account.id, account.plan_id, terms)
+        if plan.id != account.plan_id and account.plan_id not in self.catalog.legacy:
+            log.warning("account %s has unknown plan %r (or bad enterprise terms); using the "
+                        "default plan", account.id, account.plan_id)
         if plan.sessions_included is None:
             return plan
         return with_packs(plan, await self.store.pack_balance(account.id, period_of(now), now))
