@@ -3,7 +3,8 @@
 - ``GET /billing/usage`` → ``{"plan", "sessionsIncluded", "sessionsUsed",
   "sessionsRemaining", "estimatedMinutes", "minutesUsed", "percentUsed"}`` for
   the caller's account this period (``sessionsIncluded``/``sessionsRemaining``
-  are null on unlimited plans; minutes are estimates).
+  are null on unlimited plans; ``estimatedMinutes`` is the plan's estimate,
+  ``minutesUsed`` the measured minutes of ``voxgate.web.figures.minutes_used``).
 - ``GET /v1/sessions?limit=&after=&project_id=&billable=&reason=`` → the
   account's sessions, newest first, as an OpenAI-style list
   ``{"object": "list", "data": [...], "first_id", "last_id", "has_more"}``.
@@ -31,6 +32,7 @@ from voxgate.models.packs import PackBalance
 from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
 from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
+from voxgate.web.figures import minutes_used
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
            "ACCOUNT_KEY", "project_handler", "update_project_handler", "project_body", "admin_caller",
@@ -58,7 +60,7 @@ def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog,
         "sessionsUsed": used,
         "sessionsRemaining": None if included is None else max(0, included - used),
         "estimatedMinutes": None if included is None else catalog.estimated_minutes(included),
-        "minutesUsed": round(usage.minutes_used, 1),
+        "minutesUsed": minutes_used(usage.minutes_used),
         "percentUsed": (round(100.0 * used / included, 1) if included else (100.0 if included == 0 and used else 0.0)),
         "sessionsTotal": usage.sessions,
         "audioSeconds": round(usage.audio_seconds, 1),

@@ -42,6 +42,7 @@ async def compute_analytics(state: Any, now: float | None = None) -> figures.Ana
         sessions_per_account=await state.db.sessions_per_account(period),
         period=period,
         now=now,
+        operator_account_ids=await state.db.operator_account_ids(),
     )
 
 
@@ -59,7 +60,8 @@ async def admin_page(request: web.Request) -> web.Response:
     now = time.time()
     figs = await compute_analytics(state, now)
     hist = figures.history(await state.db.plan_changes(until=now + 1), state.catalog,
-                           figs.period, now, HISTORY_MONTHS)
+                           figs.period, now, HISTORY_MONTHS,
+                           operator_account_ids=await state.db.operator_account_ids())
     labels = [h["period"] for h in hist]
     days = await state.db.sessions_per_day_all(now - ACTIVE_DAYS * 86400)
     return await render(
@@ -68,7 +70,7 @@ async def admin_page(request: web.Request) -> web.Response:
             "MRR by month (dollars)", labels,
             [charts.Series("MRR $", [h["mrr"] / 100 for h in hist], "s-ok")], unit="$"),
         users_chart=charts.lines(
-            "Accounts by month", labels,
+            "Customer accounts by month", labels,
             [charts.Series("all", [h["accounts"] for h in hist], "l-prev"),
              charts.Series("paid", [h["paid_users"] for h in hist], "l-cur")], integer=True),
         churn_chart=charts.lines(

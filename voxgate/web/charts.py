@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-__all__ = ["Series", "stacked_bars", "lines", "nice_max", "WIDTH", "WIDE"]
+__all__ = ["Series", "stacked_bars", "lines", "nice_max", "WIDTH", "WIDE", "DOT_R"]
 
 WIDTH, HEIGHT = 600, 220
 WIDE = 1000  # a chart alone on its row
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 40, 10, 12, 34
+DOT_R = 3  # radius of a line chart's dots, in viewBox units
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +116,25 @@ def stacked_bars(title: str, labels: Sequence[str], series: Sequence[Series],
 
 def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str = "", *,
           integer: bool = False, width: int = WIDTH) -> Markup:
-    """One polyline per series over the labels (missing tail values of a
+    """One polyline per series over the labels, and a dot (``<circle>``,
+    radius ``DOT_R``) on every value, titled ``"<label> <series>: <value>"``,
+    so that a series of one value is still seen (missing tail values of a
     shorter series are simply not drawn)."""
     top = nice_max(max((v for s in series for v in s.values), default=0), integer)
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     step = (width - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
     out = _frame(title, labels, top, unit, width)
     for s in series:
-        points = " ".join(
-            f"{PAD_LEFT + step * (i + 0.5):.1f},{PAD_TOP + plot_h - plot_h * v / top:.1f}"
-            for i, v in enumerate(s.values))
-        if points:
+        xy = [(PAD_LEFT + step * (i + 0.5), PAD_TOP + plot_h - plot_h * v / top)
+              for i, v in enumerate(s.values[:len(labels)])]
+        if len(xy) > 1:
+            points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
             out.append(f'<polyline class="{escape(s.css)}" fill="none" points="{points}">'
                        f"<title>{escape(s.name)}</title></polyline>")
+        for (x, y), label, value in zip(xy, labels, s.values, strict=False):
+            out.append(f'<circle class="{escape(s.css)} dot" cx="{x:.1f}" cy="{y:.1f}" '
+                       f'r="{DOT_R}"><title>{escape(label)} {escape(s.name)}: {value:g}'
+                       f"{' ' + escape(unit) if unit else ''}</title></circle>")
     out.append(_legend(series, width))
     out.append("</svg>")
     return Markup("".join(out))

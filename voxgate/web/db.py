@@ -70,6 +70,7 @@ class PlanChange:
     new_plan: str
     old_status: str | None
     new_status: str
+    subscribed: bool = False  # a Stripe subscription after the change
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,10 +295,16 @@ class WebDB:
     async def plan_changes(self, until: float | None = None) -> list[PlanChange]:
         """Every recorded plan/status change (oldest first), before ``until``."""
         rows = await self.store.db.execute_fetchall(
-            "SELECT at, account_id, old_plan, new_plan, old_status, new_status"
+            "SELECT at, account_id, old_plan, new_plan, old_status, new_status, subscribed"
             " FROM plan_changes WHERE at < ? ORDER BY at, id",
             (time.time() + 1 if until is None else until,))
-        return [PlanChange(*r) for r in rows]
+        return [PlanChange(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    async def operator_account_ids(self) -> set[str]:
+        """Accounts with at least one operator user (left out of customer figures)."""
+        rows = await self.store.db.execute_fetchall(
+            "SELECT DISTINCT account_id FROM users WHERE role = 'operator'")
+        return {r[0] for r in rows}
 
     async def audit(self, actor: str, action: str, account_id: str | None = None,
                     detail: dict[str, Any] | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +17,13 @@ from voxgate.models import Account, Plan, PlanCatalog
 
 __all__ = [
     "PAYING_STATUSES",
+    "minutes_used",
     "PlanPrice",
     "simulate",
     "period_bounds",
     "previous_period",
     "is_paying",
+    "standing",
     "states_at",
     "Analytics",
     "analytics",
@@ -29,6 +31,17 @@ __all__ = [
 ]
 
 PAYING_STATUSES = ("active", "past_due")
+
+
+# ---------------------------------------------------------------- minutes
+
+def minutes_used(billable_minutes: float) -> float:
+    """"Minutes used", the one definition every page, API and export shows:
+    the summed duration of the billable sessions, in minutes, to 0.1 min.
+
+    ``billable_minutes`` is that sum unrounded (``MonthlyUsage.minutes_used``
+    for a period, ``DayRow.billable_minutes`` for a day)."""
+    return round(max(0.0, billable_minutes), 1)
 
 
 # ---------------------------------------------------------------- periods
@@ -101,6 +114,16 @@ def is_paying(plan_id: str | None, status: str | None, catalog: PlanCatalog) -> 
         return False
 
 
+def standing(plan_id: str | None, status: str | None, subscribed: bool,
+             catalog: PlanCatalog) -> str:
+    """``"paying"``: on a paid plan, active or past_due, through a Stripe
+    subscription; ``"comped"``: the same without a subscription (a plan an
+    operator set); ``"free"``: anything else."""
+    if not is_paying(plan_id, status, catalog):
+        return "free"
+    return "paying" if subscribed else "comped"
+
+
 def price_of(plan_id: str, catalog: PlanCatalog) -> int:
     try:
         return catalog.get(plan_id).price_cents
@@ -108,30 +131,31 @@ def price_of(plan_id: str, catalog: PlanCatalog) -> int:
         return 0
 
 
-def states_at(changes: Iterable[Any], t: float) -> dict[str, tuple[str, str]]:
-    """Each account's (plan, status) at time ``t``, replaying the plan
-    history (objects with ``at``, ``account_id``, ``new_plan``,
-    ``new_status``) in time order; accounts without a change before ``t``
-    did not exist yet."""
-    state: dict[str, tuple[str, str]] = {}
+def states_at(changes: Iterable[Any], t: float) -> dict[str, tuple[str, str, bool]]:
+    """Each account's (plan, status, subscribed) at time ``t``, replaying
+    the plan history (objects with ``at``, ``account_id``, ``new_plan``,
+    ``new_status``, ``subscribed``) in time order; accounts without a change
+    before ``t`` did not exist yet."""
+    state: dict[str, tuple[str, str, bool]] = {}
     for c in sorted(changes, key=lambda c: c.at):
         if c.at >= t:
             break
-        state[c.account_id] = (c.new_plan, c.new_status)
+        state[c.account_id] = (c.new_plan, c.new_status, bool(c.subscribed))
     return state
 
 
 def churn(changes: list[Any], catalog: PlanCatalog, start: float, end: float) -> tuple[int, int]:
-    """(paying at ``start``, of those: lost paid status in [start, end)).
+    """(paying at ``start``, of those: stopped paying in [start, end)).
 
-    "Lost paid status" is a recorded change to status ``canceled`` (or any
-    status other than active/past_due) or to a plan that is not paid; an
-    account that cancels and subscribes again within the period still
-    counts as churned."""
-    at_start = {a for a, (p, s) in states_at(changes, start).items() if is_paying(p, s, catalog)}
+    "Stopped paying" is a recorded change to any standing but ``"paying"``
+    (status canceled, a plan that is not paid, or the Stripe subscription
+    gone); an account that cancels and subscribes again within the period
+    still counts as churned."""
+    at_start = {a for a, (p, s, sub) in states_at(changes, start).items()
+                if standing(p, s, sub, catalog) == "paying"}
     lost = {c.account_id for c in changes
             if start <= c.at < end and c.account_id in at_start
-            and not is_paying(c.new_plan, c.new_status, catalog)}
+            and standing(c.new_plan, c.new_status, bool(c.subscribed), catalog) != "paying"}
     return len(at_start), len(lost)
 
 
@@ -143,11 +167,13 @@ class Analytics:
     mrr: int
     active_users: int
     paid_users: int
+    comped_users: int
     free_users: int
     conversion_rate: float
     churn_rate: float
     paid_at_period_start: int
     churned: int
+    operator_accounts: int = 0
     sessions_by_plan: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -156,11 +182,13 @@ class Analytics:
             "mrr": self.mrr,
             "active_users": self.active_users,
             "paid_users": self.paid_users,
+            "comped_users": self.comped_users,
             "free_users": self.free_users,
             "conversion_rate": self.conversion_rate,
             "churn_rate": self.churn_rate,
             "paid_at_period_start": self.paid_at_period_start,
             "churned": self.churned,
+            "operator_accounts": self.operator_accounts,
             "sessions_by_plan": self.sessions_by_plan,
         }
 
@@ -173,63 +201,77 @@ def analytics(
     sessions_per_account: dict[str, int],
     period: str,
     now: float,
+    operator_account_ids: Collection[str] = frozenset(),
 ) -> Analytics:
     """The operator figures for ``period`` (normally the current one).
 
-    Definitions (every account counts, operators' own accounts included):
+    Definitions. Customers are the accounts not in ``operator_account_ids``
+    (the accounts of operator users, counted apart in ``operator_accounts``
+    and left out of every other figure):
 
-    - ``mrr``: sum of ``price_cents`` of the current plan of every account on
-      a paid plan (``Plan.is_paid``) whose status is active or past_due, in
-      cents (pay-as-you-go plans add their 0 subscription; overage is not
-      recurring revenue).
-    - ``paid_users``: those accounts; ``free_users``: every other account
-      (free plans, and canceled accounts whatever their plan), so
-      ``paid_users + free_users`` is the number of accounts.
-    - ``active_users``: accounts with at least one session started in the
+    - ``mrr``: sum of ``price_cents`` of the current plan of every paying
+      customer (``standing`` ``"paying"``: a paid plan, status active or
+      past_due, a Stripe subscription), in cents (pay-as-you-go plans add
+      their 0 subscription; overage is not recurring revenue).
+    - ``paid_users``: those customers; ``comped_users``: customers on a paid
+      plan without a Stripe subscription (set by an operator), no MRR;
+      ``free_users``: every other customer (free plans, and canceled
+      accounts whatever their plan), so the three add up to the customers.
+    - ``active_users``: customers with at least one session started in the
       30 days before ``now`` (any verdict).
-    - ``conversion_rate``: ``100 × paid_users / accounts`` (0 without accounts).
+    - ``conversion_rate``: ``100 × paid_users / customers`` (0 without any).
     - ``churn_rate``: ``100 × churned / paid_at_period_start`` where
-      ``paid_at_period_start`` is the number of accounts paying at the first
+      ``paid_at_period_start`` is the number of customers paying at the first
       second of the period and ``churned`` those of them with a recorded
-      change in [period start, now) to a non-paying state (status canceled, or
-      a plan that is not paid). The state at period start is replayed from
-      ``plan_changes``, which triggers on ``accounts`` fill on every plan or
-      status change whoever makes it (billing's webhooks through
-      ``store.update_account`` included); accounts that existed before the
-      dashboard's migration are assumed unchanged since their creation.
-      Accounts that start paying during the period are in neither number.
+      change in [period start, now) to a standing other than paying. The
+      state at period start is replayed from ``plan_changes``, which triggers
+      on ``accounts`` fill on every plan, status or subscription change
+      whoever makes it (billing's webhooks through ``store.update_account``
+      included). Customers that start paying during the period are in
+      neither number.
     - ``sessions_by_plan``: per current plan id, ``total`` completed sessions
-      this period of the accounts on it and ``avg`` = total / accounts on
-      that plan (accounts without sessions count as 0), rounded to 0.01.
+      this period of the customers on it and ``avg`` = total / customers on
+      that plan (customers without sessions count as 0), rounded to 0.01.
     """
-    paying = [a for a in accounts if is_paying(a.plan_id, a.status, catalog)]
-    mrr = sum(price_of(a.plan_id, catalog) for a in paying)
-    total = len(accounts)
+    operators = set(operator_account_ids)
+    customers = [a for a in accounts if a.id not in operators]
+    standings = {a.id: standing(a.plan_id, a.status, a.stripe_subscription_id is not None,
+                                catalog) for a in customers}
+    paying = [a for a in customers if standings[a.id] == "paying"]
+    comped = sum(1 for v in standings.values() if v == "comped")
+    total = len(customers)
     start, end = period_bounds(period)
-    paid_start, churned = churn(changes, catalog, start, min(end, now + 1))
+    paid_start, churned = churn([c for c in changes if c.account_id not in operators],
+                                catalog, start, min(end, now + 1))
     by_plan: dict[str, list[int]] = {}
-    for a in accounts:
+    for a in customers:
         by_plan.setdefault(a.plan_id, []).append(sessions_per_account.get(a.id, 0))
     return Analytics(
         period=period,
-        mrr=mrr,
-        active_users=len({a.id for a in accounts} & active_account_ids),
+        mrr=sum(price_of(a.plan_id, catalog) for a in paying),
+        active_users=len(set(standings) & active_account_ids),
         paid_users=len(paying),
-        free_users=total - len(paying),
+        comped_users=comped,
+        free_users=total - len(paying) - comped,
         conversion_rate=round(100.0 * len(paying) / total, 2) if total else 0.0,
         churn_rate=round(100.0 * churned / paid_start, 2) if paid_start else 0.0,
         paid_at_period_start=paid_start,
         churned=churned,
+        operator_accounts=len(operators & {a.id for a in accounts}),
         sessions_by_plan={plan: {"avg": round(sum(v) / len(v), 2), "total": sum(v)}
                           for plan, v in sorted(by_plan.items())},
     )
 
 
 def history(changes: list[Any], catalog: PlanCatalog, period: str, now: float,
-            months: int = 6) -> list[dict[str, Any]]:
-    """MRR, paid accounts, all accounts (at the end of each period, or now
-    for the current one) and churn rate for the last ``months`` periods,
-    oldest first, replayed from the plan history."""
+            months: int = 6, operator_account_ids: Collection[str] = frozenset(),
+            ) -> list[dict[str, Any]]:
+    """MRR, paying, comped and all customers (at the end of each period, or
+    now for the current one) and churn rate for the last ``months``
+    periods, oldest first, replayed from the plan history; the accounts in
+    ``operator_account_ids`` are left out (definitions as in ``analytics``)."""
+    operators = set(operator_account_ids)
+    changes = [c for c in changes if c.account_id not in operators]
     periods = [period]
     for _ in range(months - 1):
         periods.append(previous_period(periods[-1]))
@@ -238,12 +280,13 @@ def history(changes: list[Any], catalog: PlanCatalog, period: str, now: float,
         start, end = period_bounds(p)
         at = min(end, now + 1)
         state = states_at(changes, at)
-        paying = [(pl, s) for pl, s in state.values() if is_paying(pl, s, catalog)]
+        kinds = [(pl, standing(pl, s, sub, catalog)) for pl, s, sub in state.values()]
         paid_start, churned = churn(changes, catalog, start, at)
         out.append({
             "period": p,
-            "mrr": sum(price_of(pl, catalog) for pl, _ in paying),
-            "paid_users": len(paying),
+            "mrr": sum(price_of(pl, catalog) for pl, k in kinds if k == "paying"),
+            "paid_users": sum(1 for _, k in kinds if k == "paying"),
+            "comped_users": sum(1 for _, k in kinds if k == "comped"),
             "accounts": len(state),
             "churn_rate": round(100.0 * churned / paid_start, 2) if paid_start else 0.0,
         })

@@ -281,7 +281,8 @@ def _day_series(rows: list[Any], period: str) -> tuple[list[str], list[int], lis
     days = figures.days_of(period)
     billable = [by_day[d].billable if d in by_day else 0 for d in days]
     failed = [by_day[d].not_billable if d in by_day else 0 for d in days]
-    minutes = [round(by_day[d].billable_minutes, 2) if d in by_day else 0.0 for d in days]
+    minutes = [figures.minutes_used(by_day[d].billable_minutes) if d in by_day else 0.0
+               for d in days]
     return [d[8:].lstrip("0") for d in days], billable, failed, minutes
 
 
@@ -338,7 +339,7 @@ async def dashboard(request: web.Request) -> web.Response:
         request, "dashboard.html", plan=plan, quota=quota, percent=min(100.0, percent),
         alert=percent >= ALERT_PERCENT, banner=percent >= BANNER_PERCENT and bool(upgrades),
         upgrade=upgrades[0] if upgrades else None,
-        used_minutes=state.catalog.estimated_minutes(quota["sessionsUsed"]),
+        used_minutes=quota["minutesUsed"],
         charts=await usage_charts(state, account.id, now),
         badge=badge_html(state.base_url) if not plan.is_paid else None,
         notice=NOTICES.get(request.query.get("notice", "")),
@@ -479,7 +480,7 @@ async def usage_csv(request: web.Request) -> web.Response:
         writer.writerow([csv_cell(v) for v in (
             u.period, plan.id, u.sessions, u.billable_sessions,
             state.catalog.estimated_minutes(u.billable_sessions),
-            round(u.minutes_used, 2), round(u.audio_seconds, 1), u.bytes)])
+            figures.minutes_used(u.minutes_used), round(u.audio_seconds, 1), u.bytes)])
     return web.Response(body=buf.getvalue().encode(), headers={
         "Content-Type": "text/csv; charset=utf-8",
         "Content-Disposition": 'attachment; filename="voxgate-usage.csv"'})
