@@ -95,6 +95,7 @@ async def test_sign_up_to_session_receipt_in_a_browser(make_server, jfk_pcm, tmp
             # its receipt: every measurement and the deciding rule
             await row.locator("a").click()
             await page.wait_for_url(f"**/sessions/{sid}")
+            await page.click("#raw summary")  # the raw fields are behind a toggle
             receipt = await page.inner_text("main")
             assert record.rule and record.rule in receipt
             for name in ("audio_in_ms", "connect_ms", "duration_ms", "closed_by",

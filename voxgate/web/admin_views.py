@@ -8,6 +8,7 @@ The figures are defined in ``voxgate.web.figures.analytics``.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -16,12 +17,30 @@ from aiohttp import web
 from voxgate.metering.store import period_of
 from voxgate.proxy.http import json_response
 from voxgate.web import charts, figures
-from voxgate.web.auth import operator
+from voxgate.web.auth import USER, operator
 
 __all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page"]
 
 HISTORY_MONTHS = 6
 ACTIVE_DAYS = 30
+
+
+def members_told(fn: Any) -> Any:
+    """An operator HTML page for a signed-in user who is not an operator: a
+    403 page in the app's layout and navigation saying what the page is and
+    where to go instead (the ``operator`` decorator below still guards
+    everyone else)."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        user = request.get(USER)
+        if user is not None and not user.is_operator:
+            from voxgate.web.app import render
+
+            return await render(request, "not_operator.html", status=403)
+        return await fn(request)
+
+    return wrapper
 
 
 def _state(request: web.Request) -> Any:
@@ -52,6 +71,7 @@ async def analytics_json(request: web.Request) -> web.Response:
     return json_response((await compute_analytics(_state(request))).to_json())
 
 
+@members_told
 @operator
 async def admin_page(request: web.Request) -> web.Response:
     from voxgate.web.app import render
@@ -84,6 +104,7 @@ async def admin_page(request: web.Request) -> web.Response:
         accounts=len(await state.store.list_accounts()))
 
 
+@members_told
 @operator
 async def audit_page(request: web.Request) -> web.Response:
     from voxgate.web.app import render

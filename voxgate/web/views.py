@@ -24,7 +24,7 @@ from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Account, Plan, Reason, SessionRecord
 from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import ACCOUNT_KEY, usage_body
-from voxgate.web import charts, figures
+from voxgate.web import charts, figures, receipts
 from voxgate.web.auth import (
     USER,
     clear_challenge_cookie,
@@ -400,11 +400,12 @@ async def sessions_page(request: web.Request) -> web.Response:
         first_page=after is None, next_after=rows[-1].id if rows and has_more else None)
 
 
-RECEIPT_UNITS = {"_ms": "ms", "bytes_": "bytes"}
-
-
 @member
 async def receipt(request: web.Request) -> web.Response:
+    """The session's receipt: the verdict in a sentence, the timeline, the
+    measurements with units, the cost, and the raw fields (``receipts``)."""
+    from voxgate.proxy.app import GATEWAY
+
     state = _state(request)
     account = _account(request)
     record = await state.store.get_session(request.match_info["session_id"])
@@ -415,7 +416,10 @@ async def receipt(request: web.Request) -> web.Response:
     event_counts = measurements.pop("event_counts", {})
     return await _render(request, "receipt.html", s=record, m=record.measurements,
                          measurements=measurements, event_counts=event_counts,
-                         project=names.get(record.project_id, record.project_id))
+                         project=names.get(record.project_id, record.project_id),
+                         sentence=receipts.verdict_sentence(record, request.app[GATEWAY].policy),
+                         steps=receipts.timeline(record), rows=receipts.measurement_rows(record),
+                         cost=receipts.session_cost(record, plan_of(request, account)))
 
 
 CSV_COLUMNS = ("id", "started_at", "ended_at", "project_id", "project", "transport", "model",
@@ -686,5 +690,5 @@ async def simulator(request: web.Request) -> web.Response:
     total = await state.store.count_sessions(
         account.id, SessionFilter(since=since, status="completed"))
     return await _render(request, "simulator.html", billable=billable, total=total,
-                         days=SIMULATOR_DAYS,
+                         days=SIMULATOR_DAYS, since=since,
                          rows=figures.simulate(state.catalog, billable, account.plan_id))
