@@ -57,6 +57,17 @@ def test_arguments_from_words():
     assert fill_arguments(TIMER["parameters"], words("start timer")) == {"minutes": 1}
 
 
+@pytest.mark.parametrize("text,city", [
+    ("What is the weather forecast in London?", "london"),  # "is" is followed only by naming words
+    ("forecast for the weather in rome please", "rome please"),
+    ("the weather is rainy in paris", "rainy"),  # the first lead word that leaves words
+    ("weather forecast", "weather forecast"),  # no lead word: all the words
+])
+def test_string_argument_skips_the_words_that_named_the_tool(text, city):
+    call = choose_tool([WEATHER], "auto", text)
+    assert call is not None and call.arguments == {"city": city}
+
+
 SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"q": {"type": "string", "minLength": 5, "maxLength": 8}}, "required": ["q"]},
     {"type": "object", "properties": {"flag": {"type": "boolean"}, "n": {"type": "number", "minimum": 2.5}},

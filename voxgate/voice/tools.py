@@ -33,9 +33,12 @@ name with ``_`` as spaces):
 - ``enum``: the first enum value whose text appears in the words, else the
   schema's ``default``, else the first enum value;
 - string: the words after ``P`` when ``P`` appears, else (required only) the
-  schema's ``default``, else the words after the first of :data:`LEAD_WORDS`
-  up to the next one, leading :data:`ARTICLES` dropped ("weather in *paris*
-  for three days", "lights in the *kitchen*"), else all the words; at most 8
+  schema's ``default``, else the words after a :data:`LEAD_WORDS` word up to
+  the next one, without the description keywords that named the tool and
+  without leading :data:`ARTICLES`, from the first lead word that leaves
+  some ("weather in *paris* for three days", "lights in the *kitchen*",
+  "what is the weather forecast in *london*": after "is" only "the weather
+  forecast", the naming words and an article), else all the words; at most 8
   words;
 - integer / number: the first number (digits, or English number words up to
   ninety-nine: "ten" → 10) after ``P``, else the first number in the words,
@@ -118,7 +121,17 @@ def _keywords(description: Any) -> set[str]:
 
 
 def _named(tool: dict[str, Any], said: list[str]) -> bool:
-    return _find(said, _phrase(tool["name"])) >= 0 or bool(_keywords(tool.get("description")) & set(said))
+    return _find(said, _phrase(tool["name"])) >= 0 or bool(_naming_keywords(tool, said))
+
+
+def _naming_keywords(tool: dict[str, Any], said: list[str]) -> frozenset[str]:
+    """The keywords of the tool's description among ``said``."""
+    return frozenset(_keywords(tool.get("description")) & set(said))
+
+
+def _call(tool: dict[str, Any], said: list[str]) -> ToolCall:
+    return ToolCall(tool["name"], fill_arguments(tool.get("parameters"), said, tool["name"],
+                                                 naming=_naming_keywords(tool, said)))
 
 
 def choose_tool(tools: Any, tool_choice: Any, user_text: str | None, *,
@@ -134,7 +147,7 @@ def choose_tool(tools: Any, tool_choice: Any, user_text: str | None, *,
         forced = next((t for t in candidates if t["name"] == name), None)
         if forced is None:
             return None
-        return ToolCall(forced["name"], fill_arguments(forced.get("parameters"), said, forced["name"]))
+        return _call(forced, said)
     if tool_choice == "auto" and not user_turn:
         return None
     chosen = next((t for t in candidates if _named(t, said)), None)
@@ -142,7 +155,7 @@ def choose_tool(tools: Any, tool_choice: Any, user_text: str | None, *,
         chosen = candidates[0]
     if chosen is None:
         return None
-    return ToolCall(chosen["name"], fill_arguments(chosen.get("parameters"), said, chosen["name"]))
+    return _call(chosen, said)
 
 
 # -- arguments -----------------------------------------------------------------
@@ -162,18 +175,19 @@ def _number_at(said: list[str], start: int) -> float | None:
     return None
 
 
-def _lead_phrase(said: list[str]) -> list[str]:
-    """The words after the first lead word, up to the next one, without
-    leading articles; all the words when there is no lead word."""
-    lead = next((i for i, w in enumerate(said) if w in LEAD_WORDS and i + 1 < len(said)), -1)
-    if lead < 0:
-        return said
-    picked = said[lead + 1:]
-    stop = next((i for i, w in enumerate(picked) if w in LEAD_WORDS), len(picked))
-    picked = picked[:stop] or said[lead + 1:]
-    while len(picked) > 1 and picked[0] in ARTICLES:
-        picked = picked[1:]
-    return picked
+def _lead_phrase(said: list[str], naming: frozenset[str]) -> list[str]:
+    """The words after a lead word up to the next one, without ``naming``
+    words and leading articles, from the first lead word that leaves some;
+    all the words when none does."""
+    leads = [i for i, w in enumerate(said) if w in LEAD_WORDS]
+    for n, lead in enumerate(leads):
+        stop = leads[n + 1] if n + 1 < len(leads) else len(said)
+        picked = [w for w in said[lead + 1:stop] if w not in naming]
+        while picked and picked[0] in ARTICLES:
+            picked = picked[1:]
+        if picked:
+            return picked
+    return said
 
 
 def _schema_type(schema: dict[str, Any]) -> str | None:
@@ -194,14 +208,16 @@ def _string(schema: dict[str, Any], text: str) -> str:
     return text
 
 
-def _value(schema: Any, said: list[str], prop: str | None, *, required: bool) -> tuple[bool, Any]:
+def _value(schema: Any, said: list[str], prop: str | None, *, required: bool,
+           naming: frozenset[str] = frozenset()) -> tuple[bool, Any]:
     """(found, value): a value for one schema. ``found`` is False when the
-    words gave nothing and the property is optional (leave it out)."""
+    words gave nothing and the property is optional (leave it out).
+    ``naming``: the words that named the tool (see :func:`_lead_phrase`)."""
     if not isinstance(schema, dict):
         return required, ""
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
-            return _value(schema[key][0], said, prop, required=required)
+            return _value(schema[key][0], said, prop, required=required, naming=naming)
     if "const" in schema:
         return True, schema["const"]
     after = _find(said, _phrase(prop)) if prop else -1
@@ -220,7 +236,7 @@ def _value(schema: Any, said: list[str], prop: str | None, *, required: bool) ->
             return False, None
         if "default" in schema:
             return True, schema["default"]
-        return True, _string(schema, " ".join(_lead_phrase(said)[:MAX_ARG_WORDS]))
+        return True, _string(schema, " ".join(_lead_phrase(said, naming)[:MAX_ARG_WORDS]))
     if kind in ("integer", "number"):
         num = _number_at(said, after) if after >= 0 else None
         if num is None and (after >= 0 or required):
@@ -243,20 +259,22 @@ def _value(schema: Any, said: list[str], prop: str | None, *, required: bool) ->
         if not required:
             return False, None
         n = schema.get("minItems", 0) if isinstance(schema.get("minItems"), int) else 0
-        return True, [_value(schema.get("items"), said, None, required=True)[1] for _ in range(n)]
+        return True, [_value(schema.get("items"), said, None, required=True, naming=naming)[1] for _ in range(n)]
     if kind == "object":
         if not required and after < 0:
             return False, None
-        return True, fill_arguments(schema, said, None)
+        return True, fill_arguments(schema, said, None, naming=naming)
     if kind == "null":
         return True, None
     return (True, schema.get("default", "")) if required else (False, None)
 
 
-def fill_arguments(parameters: Any, said: list[str], tool_name: str | None = None) -> dict[str, Any]:
+def fill_arguments(parameters: Any, said: list[str], tool_name: str | None = None, *,
+                   naming: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Arguments for a tool whose ``parameters`` is a JSON Schema object, from
-    the user's ``said`` words (see the module docstring). Never raises on an
-    odd schema: unknown parts are filled with their ``default`` or ``""``."""
+    the user's ``said`` words (see the module docstring); ``naming``: the
+    description keywords by which the words named the tool. Never raises on
+    an odd schema: unknown parts are filled with their ``default`` or ``""``."""
     if not isinstance(parameters, dict):
         return {}
     props = parameters.get("properties")
@@ -270,7 +288,7 @@ def fill_arguments(parameters: Any, said: list[str], tool_name: str | None = Non
             said = said[:end - len(_phrase(tool_name))] + said[end:]
     out: dict[str, Any] = {}
     for name, schema in props.items():
-        found, value = _value(schema, said, name, required=name in required_set)
+        found, value = _value(schema, said, name, required=name in required_set, naming=naming)
         if found:
             out[name] = value
     return out
