@@ -372,3 +372,9 @@ async def openapi_handler(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register ``GET /openapi.json``."""
     app.router.add_get(OPENAPI_PATH, openapi_handler)
+
+
+if __name__ == "__main__":  # python -m voxgate.proxy.openapi [--markdown] > docs/api.md
+    from voxgate.proxy.openapi_markdown import main
+
+    raise SystemExit(main())
