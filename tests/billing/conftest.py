@@ -70,6 +70,15 @@ sessions_included = 0
 overage_cents = 10
 requests_per_minute = 10000
 
+[packs.small]
+name = "+2 sessions"
+sessions = 2
+price_cents = 500
+
+[packs.sessions_1000]
+sessions = 1000
+price_cents = 900
+
 [legacy]
 build = "starter"
 agency = "growth"

@@ -7,6 +7,7 @@ Times are Unix seconds; periods ``"YYYY-MM"`` (UTC).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,14 +285,20 @@ class BillingDB:
         return [(a, p, ids) for (a, p), ids in groups.items()]
 
     async def claim_settlement(self, account_id: str, period: str, session_ids: list[str],
-                               unit_cents: int, now: float) -> InvoiceSettlement | None:
+                               unit_cents: int, now: float,
+                               amount_of: Callable[[int, int], int] | None = None,
+                               ) -> InvoiceSettlement | None:
         """Create the next invoice settlement of (account, period) covering
-        ``session_ids`` (those not claimed meanwhile); None if none was left."""
+        ``session_ids`` (those not claimed meanwhile); None if none was left.
+        ``amount_of(before, quantity)``: the cents of ``quantity`` sessions
+        after ``before`` were settled in earlier settlements of the period
+        (graduated tiers); default ``quantity × unit_cents``."""
         async with self.store.transaction() as db:
             cur = await db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM invoice_settlements"
+                "SELECT COALESCE(MAX(seq), 0), COALESCE(SUM(quantity), 0) FROM invoice_settlements"
                 " WHERE account_id = ? AND period = ?", (account_id, period))
-            seq = int((await cur.fetchone())[0]) + 1
+            last_seq, before = await cur.fetchone()
+            seq = int(last_seq) + 1
             settlement_id = f"voxgate-ii-{account_id}-{period}-{seq}"
             await db.execute(
                 "INSERT INTO invoice_settlements (id, account_id, period, seq, quantity,"
@@ -307,9 +314,11 @@ class BillingDB:
             if claimed == 0:
                 await db.execute("DELETE FROM invoice_settlements WHERE id = ?", (settlement_id,))
                 return None
+            amount = (claimed * unit_cents if amount_of is None
+                      else amount_of(int(before), claimed))
             await db.execute(
                 "UPDATE invoice_settlements SET quantity = ?, amount_cents = ? WHERE id = ?",
-                (claimed, claimed * unit_cents, settlement_id))
+                (claimed, amount, settlement_id))
         rows = await self._rows(
             f"SELECT {_SETTLEMENT_COLS} FROM invoice_settlements WHERE id = ?", (settlement_id,))
         return InvoiceSettlement(*rows[0])

@@ -6,9 +6,12 @@ not trust the order: for subscription and invoice events they re-read the
 subscription from Stripe and apply *its current state* (``subscription_state``,
 a pure function), which converges whatever order the events came in.
 
-Handled: ``checkout.session.completed``, ``customer.subscription.created``,
-``customer.subscription.updated``, ``customer.subscription.deleted``,
-``invoice.payment_succeeded``, ``invoice.payment_failed``. Others are ignored.
+Handled: ``checkout.session.completed`` (and
+``checkout.session.async_payment_succeeded``: a one-time payment for an
+add-on pack that settled later, ``voxgate.billing.addons``),
+``customer.subscription.created``, ``customer.subscription.updated``,
+``customer.subscription.deleted``, ``invoice.payment_succeeded``,
+``invoice.payment_failed``. Others are ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from voxgate.billing.addons import Addons, paid_pack
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
 from voxgate.billing.stripe_api import StripeApi
@@ -33,6 +37,7 @@ LOOKUP_PREFIX = "voxgate_"
 CANCEL_AT_KEY = "billing:cancel_at:"
 HANDLED = frozenset({
     "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
     "customer.subscription.created",
     "customer.subscription.updated",
     "customer.subscription.deleted",
@@ -156,6 +161,7 @@ class EventProcessor:
         self.api = api
         self.catalog = catalog
         self.notifier = notifier
+        self.addons = Addons(store, bdb, catalog)
 
     async def process(self, event: dict[str, Any]) -> str:
         """Apply one event; returns what was done (for logs and tests).
@@ -167,8 +173,12 @@ class EventProcessor:
         obj = (event.get("data") or {}).get("object") or {}
         if etype not in HANDLED:
             return "ignored"
+        if etype.startswith("checkout.session.") and obj.get("mode") == "payment":
+            return await self._pack_paid(obj, event)
         if etype == "checkout.session.completed":
             return await self._checkout_completed(obj, event["id"])
+        if etype.startswith("checkout.session."):
+            return "ignored"
         if etype.startswith("customer.subscription."):
             fresh = await self.api.get_subscription(obj["id"]) if obj.get("id") else None
             return await self._apply_subscription(fresh or obj, event["id"])
@@ -227,6 +237,24 @@ class EventProcessor:
             if sub is not None:
                 return await self._apply_subscription(sub, event_id, account=account)
         return "linked"
+
+    async def _pack_paid(self, session: dict[str, Any], event: dict[str, Any]) -> str:
+        """A one-time Checkout payment: credit the add-on pack it paid for,
+        once per Checkout Session; bought when the event was created."""
+        pack = paid_pack(session, self.catalog)
+        if pack is None:
+            return "not a paid pack"
+        account_id = session.get("client_reference_id")
+        account = await self.store.get_account(account_id) if account_id else None
+        if account is None:
+            account = await self._account_for(session.get("customer"), session.get("metadata"))
+        if account is None:
+            return "no account"
+        created = event.get("created")
+        purchased_at = float(created) if isinstance(created, (int, float)) else time.time()
+        _, credited = await self.addons.credit_checkout(account, pack, session, purchased_at,
+                                                        event["id"])
+        return "pack credited" if credited else "pack already credited"
 
     async def _apply_subscription(self, sub: dict[str, Any], event_id: str, *,
                                   account: Account | None = None,

@@ -4,7 +4,8 @@ Everything goes through durable queues (``email_outbox``, ``webhook_outbox``)
 drained by ``OutboxWorker``: a mail server or customer endpoint that is down
 loses nothing; an empty ``smtp.host`` keeps mail queued.
 
-Quota alerts fire at 80 %, 95 % and 100 % of a plan's included sessions, at
+Quota alerts fire at 80 %, 95 % and 100 % of a plan's included sessions
+(add-on packs counted in: the plan given is ``voxgate.models.packs.with_packs``'s), at
 most once per account, period and threshold (a row in ``quota_alerts``).
 Customer webhooks are signed like Stripe's: header
 ``Voxgate-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
@@ -82,7 +83,7 @@ def quota_alert_email(plan: Plan, alert: QuotaAlert, period: str,
         subject = f"voxgate: you have used all {alert.included} sessions of your {plan.name} plan"
         if plan.hard_cap:
             consequence = ("New sessions are refused until next month unless you upgrade "
-                           "your plan.")
+                           "your plan or buy an add-on pack.")
         else:
             # An exhausted allowance that is not a hard cap has an overage price.
             assert plan.overage_cents is not None
@@ -93,7 +94,8 @@ def quota_alert_email(plan: Plan, alert: QuotaAlert, period: str,
         consequence = "Consider upgrading before you run out."
     body = (
         f"You have used {alert.used} of the {alert.included} billable sessions included in "
-        f"your {plan.name} plan for {period} ({alert.threshold}%).\n\n"
+        f"your {plan.name} plan{' and add-on packs' if plan.pack_sessions else ''} for "
+        f"{period} ({alert.threshold}%).\n\n"
         f"{consequence}\n\n"
         f"Upgrade or manage your plan: {billing_url}\n\n"
         "Only sessions that work count: failed connections, provider errors and very "

@@ -4,7 +4,10 @@ uses (``app[BILLING]``), and the background workers.
 Routes:
 
 - ``POST /billing/checkout`` ``{"plan": "starter"}`` → ``{"url"}``: a Stripe
-  Checkout Session (subscription mode) for the caller's account.
+  Checkout Session (subscription mode) for the caller's account
+  (``"enterprise"``: the account's own enterprise plan);
+  ``{"pack": "sessions_1000"}``: one for an add-on pack (one-time payment
+  mode, ``voxgate.billing.addons``).
 - ``POST /billing/portal`` → ``{"url"}``: a Customer Portal session.
 - ``GET  /billing/invoices`` → ``{"data": [...]}``: the account's invoices.
 - ``GET|PUT|DELETE /billing/alerts-webhook``: the account's own webhook for
@@ -33,6 +36,7 @@ import orjson
 import stripe
 from aiohttp import web
 
+from voxgate.billing.addons import Addons, pack_checkout_params
 from voxgate.billing.db import BillingDB
 from voxgate.billing.events import HANDLED, EventProcessor
 from voxgate.billing.notify import Notifier, OutboxWorker
@@ -41,7 +45,9 @@ from voxgate.billing.settlement import SettlementWorker
 from voxgate.billing.stripe_api import BillingError, BillingNotConfigured, StripeApi
 from voxgate.config import Settings
 from voxgate.errors import InvalidRequest, RateLimited
-from voxgate.models import Account, PlanCatalog
+from voxgate.models import Account, Plan, PlanCatalog
+from voxgate.models.enterprise import plan_for
+from voxgate.models.plans import ENTERPRISE_PLAN_ID
 from voxgate.proxy.http import json_response, read_json
 from voxgate.web.security import SlidingWindow
 
@@ -71,6 +77,7 @@ class BillingService:
         self.events = EventProcessor(store, self.db, self.api, catalog, self.notifier)
         self.settlement = SettlementWorker(settings.billing, store, self.db, self.api, catalog)
         self.outbox = OutboxWorker(settings, self.db)
+        self.addons = Addons(store, self.db, catalog)
         self._tasks: list[asyncio.Task] = []
         self._kicks: dict[str, asyncio.Event] = {}
         self._events_lock = asyncio.Lock()
@@ -95,7 +102,7 @@ class BillingService:
             BillingError: Stripe not configured, unreachable, or the plan not
                 synced (``voxgate billing sync``).
         """
-        plan = self.catalog.plans.get(plan_id) if isinstance(plan_id, str) else None
+        plan = await self._plan_offered(account, plan_id)
         if plan is None:
             raise InvalidRequest(f"unknown plan {plan_id!r}", param="plan", code="unknown_plan")
         if not plan.is_paid:
@@ -134,6 +141,58 @@ class BillingService:
         await self.db.audit("system", account.id, "checkout_started",
                             {"plan": plan.id, "checkout_session": session.get("id")})
         return session["url"]
+
+    async def _plan_offered(self, account: Account, plan_id: object) -> Plan | None:
+        """A catalog plan, or ``enterprise`` for an account that has one."""
+        if plan_id == ENTERPRISE_PLAN_ID:
+            terms = await self.store.get_enterprise_terms(account.id)
+            plan = plan_for(self.catalog, account.id, ENTERPRISE_PLAN_ID, terms)
+            return plan if plan.id == ENTERPRISE_PLAN_ID else None
+        return self.catalog.plans.get(plan_id) if isinstance(plan_id, str) else None
+
+    async def pack_checkout_url(self, account: Account, pack_id: object) -> str:
+        """A Checkout Session URL (one-time payment) buying the catalog pack
+        ``pack_id`` for the account; the ``checkout.session.completed``
+        webhook credits it.
+
+        Raises:
+            InvalidRequest: unknown pack.
+            BillingError: Stripe not configured or unreachable.
+        """
+        pack = self.catalog.packs.get(pack_id) if isinstance(pack_id, str) else None
+        if pack is None:
+            valid = ", ".join(self.catalog.packs) or "none"
+            raise InvalidRequest(f"unknown pack {pack_id!r} (catalog packs: {valid})",
+                                 param="pack", code="unknown_pack")
+        customer = await self.ensure_customer(account)
+        b = self.settings.billing
+        session = await self.api.checkout_session(pack_checkout_params(
+            pack, account, customer, b.currency, b.success_url, b.cancel_url))
+        await self.db.audit("system", account.id, "pack_checkout_started",
+                            {"pack": pack.id, "checkout_session": session.get("id")})
+        return session["url"]
+
+    async def set_enterprise_plan(self, account_id: str, terms: dict[str, Any],
+                                  actor: str) -> tuple[Plan, list[str]]:
+        """Give the account its enterprise plan (``Addons.set_enterprise``)
+        and sync it to Stripe as the account's own prices when Stripe is
+        configured: (the plan, the sync report; a failed sync is one line
+        saying so, the plan is set anyway and ``voxgate billing sync`` retries).
+
+        Raises:
+            InvalidRequest: bad terms. KeyError: unknown account.
+        """
+        from voxgate.billing.catalog_sync import sync_plans
+
+        plan = await self.addons.set_enterprise(account_id, terms, actor)
+        if not self.api.configured:
+            return plan, ["Stripe not configured: not synced"]
+        try:
+            report = await sync_plans(self.api, [plan], self.settings.billing)
+        except BillingError as err:
+            return plan, [f"Stripe sync failed (run `voxgate billing sync` later): {err.message}"]
+        await self.db.audit(actor, account_id, "enterprise_plan_synced", {"changes": report})
+        return plan, report
 
     async def portal_url(self, account: Account) -> str:
         """A Customer Portal session URL for the account (customer created if needed)."""
@@ -323,8 +382,12 @@ async def checkout_handler(request: web.Request) -> web.Response:
 
     account = await caller_account(request)
     body = await read_json(request)
+    if isinstance(body, dict) and "pack" in body:
+        svc = request.app[BILLING]
+        account = await svc.store.get_account(account.id) or account
+        return json_response({"url": await svc.pack_checkout_url(account, body["pack"])})
     if not isinstance(body, dict) or not isinstance(body.get("plan"), str):
-        raise InvalidRequest("'plan' is required", param="plan")
+        raise InvalidRequest("'plan' (or 'pack') is required", param="plan")
     svc = request.app[BILLING]
     account = await svc.store.get_account(account.id) or account
     return json_response({"url": await svc.checkout_url(account, body["plan"])})

@@ -33,7 +33,9 @@ from voxgate.billing.db import BillingDB, InvoiceSettlement, backoff_s
 from voxgate.billing.stripe_api import BillingError, StripeApi, is_duplicate_meter_event
 from voxgate.config import BillingSettings
 from voxgate.metering.store import OutboxItem, period_of
-from voxgate.models import Account, PlanCatalog
+from voxgate.models import Account, Plan, PlanCatalog
+from voxgate.models.enterprise import plan_for
+from voxgate.models.plans import ENTERPRISE_PLAN_ID
 
 __all__ = ["SettlementWorker", "meter_event_params", "invoice_item_params", "period_bounds",
            "NO_CUSTOMER"]
@@ -74,12 +76,16 @@ def invoice_item_params(settlement: InvoiceSettlement, customer_id: str, currenc
     and metadata. The period is in the metadata too: servers differ on the
     ``period`` parameter (localstripe wants ``period_start``/``period_end``)."""
     unit = settlement.unit_cents
+    if settlement.amount_cents == settlement.quantity * unit:
+        priced = f" × {unit / 100:.2f} {currency.upper()}"
+    else:
+        priced = f", graduated tiers: {settlement.amount_cents / 100:.2f} {currency.upper()}"
     return {
         "customer": customer_id,
         "amount": settlement.amount_cents,
         "currency": currency,
         "description": (f"voxgate {plan_name}: {settlement.quantity} billable session(s)"
-                        f" × {unit / 100:.2f} {currency.upper()} ({settlement.period})"),
+                        f"{priced} ({settlement.period})"),
         "metadata": {
             "voxgate_account": settlement.account_id,
             "voxgate_period": settlement.period,
@@ -88,6 +94,14 @@ def invoice_item_params(settlement: InvoiceSettlement, customer_id: str, currenc
             "voxgate_settlement": settlement.id,
         },
     }
+
+
+def _tiered_amount(plan: Plan) -> Any:
+    """``amount_of(before, quantity)`` for ``BillingDB.claim_settlement``: the
+    graduated price of sessions ``before + 1 … before + quantity`` of the period."""
+    def amount_of(before: int, quantity: int) -> int:
+        return plan.overage_cost_cents(before + quantity) - plan.overage_cost_cents(before)
+    return amount_of
 
 
 class SettlementWorker:
@@ -157,13 +171,24 @@ class SettlementWorker:
         counts = {"settled": 0, "failed": 0}
         for account_id, period, session_ids in await self.bdb.unclaimed_closed(period_of(now)):
             account = await self.store.get_account(account_id)
-            plan = self.catalog.get(account.plan_id) if account else self.catalog.default
+            plan = await self._plan(account)
             unit = plan.overage_cents or 0
-            await self.bdb.claim_settlement(account_id, period, session_ids, unit, now)
+            await self.bdb.claim_settlement(
+                account_id, period, session_ids, unit, now,
+                amount_of=_tiered_amount(plan) if plan.tiers else None)
         for settlement in await self.bdb.due_settlements(now):
             ok = await self._send_invoice_item(settlement, now)
             counts["settled" if ok else "failed"] += settlement.quantity
         return counts
+
+    async def _plan(self, account: Account | None) -> Plan:
+        """The account's plan (its enterprise plan when it has one)."""
+        if account is None:
+            return self.catalog.default
+        terms = None
+        if account.plan_id == ENTERPRISE_PLAN_ID:
+            terms = await self.store.get_enterprise_terms(account.id)
+        return plan_for(self.catalog, account.id, account.plan_id, terms)
 
     async def _send_invoice_item(self, settlement: InvoiceSettlement, now: float) -> bool:
         account = await self.store.get_account(settlement.account_id)
@@ -171,10 +196,7 @@ class SettlementWorker:
         if account is None or not account.stripe_customer_id:
             await self.bdb.settlement_failed(settlement.id, now + delay, NO_CUSTOMER)
             return False
-        try:
-            plan_name = self.catalog.get(account.plan_id).name
-        except KeyError:
-            plan_name = account.plan_id
+        plan_name = (await self._plan(account)).name
         params = invoice_item_params(settlement, account.stripe_customer_id,
                                      self.settings.currency, plan_name)
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog, Tier
 
-__all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "plan_for"]
+__all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "parse_tier", "plan_for"]
 
 _COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
            "requests_per_minute", "projects")
@@ -34,6 +34,22 @@ def _count(name: str, value: Any, *, optional: bool = True) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a whole number ≥ 0")
     return value
+
+
+def parse_tier(text: str) -> list[int | None]:
+    """A tier as an operator types it: ``"1000:5"`` → ``[1000, 5]`` (sessions
+    up to 1000 at 5 cents), ``"inf:3"`` → ``[None, 3]``.
+
+    Raises:
+        ValueError: not ``UP_TO:CENTS`` with whole numbers.
+    """
+    up_to, sep, cents = text.strip().partition(":")
+    if not sep:
+        raise ValueError(f"tier {text!r} is not UP_TO:CENTS")
+    try:
+        return [None if up_to.strip() == "inf" else int(up_to), int(cents)]
+    except ValueError as exc:
+        raise ValueError(f"tier {text!r} is not UP_TO:CENTS with whole numbers") from exc
 
 
 def parse_tiers(value: Any, overage_cents: int | None) -> tuple[Tier, ...]:

@@ -36,8 +36,8 @@ class AccountPack:
     """A pack an account holds.
 
     Attributes:
-        pack_id: the catalog pack (``sessions_1000``), or ``operator`` for a
-            grant of an arbitrary size.
+        catalog_pack: the catalog pack (``sessions_1000``), or ``operator``
+            for a grant of an arbitrary size.
         sessions: sessions it adds; ``sessions_used`` of them are used.
         source: ``checkout`` (bought through Stripe Checkout) or ``operator``.
         ref: what credited it: the Checkout Session id (``cs_…``) or the
@@ -47,7 +47,7 @@ class AccountPack:
 
     id: str
     account_id: str
-    pack_id: str
+    catalog_pack: str
     sessions: int
     sessions_used: int
     price_cents: int
