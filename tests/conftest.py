@@ -1,4 +1,4 @@
-"""Shared fixtures: real speech, a local voice provider process, and voxgate
+"""Shared fixtures: real speech (``tests/data``), a local voice provider process, and voxgate
 servers on loopback port 0 with real SQLite files.
 
 Timeouts scale from one constant, ``MS`` (seconds per "unit"), raised with
@@ -21,8 +21,8 @@ import pytest_asyncio
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEECH = (ROOT.parent / "shared" / "speech") if (ROOT.parent / "shared" / "speech").is_dir() \
-    else Path(os.environ.get("VOXGATE_SPEECH_DIR", "/work/shared/speech"))
+SPEECH = ROOT / "tests" / "data"
+"""Real speech the tests stream (``tests/data``, sources and licences in its README)."""
 SLOW = float(os.environ.get("VOXGATE_TEST_SLOW", "1"))
 TEST_CATALOG = """
 minutes_per_session = 2.0

@@ -7,16 +7,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
 from typing import Any
 
 from voxgate.config import load_settings
 from voxgate.metering.store import period_of
-from voxgate.models import load_catalog
+from voxgate.models import Plan, PlanCatalog, load_catalog
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.proxy.app import open_store
 
-__all__ = ["run_admin", "PIN_COMMANDS", "cli_actor"]
+__all__ = ["run_admin", "PIN_COMMANDS", "cli_actor", "resolve_plan"]
 
 # command → (argument, the project field it sets, its parser)
 PIN_COMMANDS = {
@@ -26,9 +27,28 @@ PIN_COMMANDS = {
 }
 
 
+def resolve_plan(catalog: PlanCatalog, plan_id: str) -> Plan:
+    """The catalog's plan ``plan_id`` (a legacy id gives its successor).
+
+    Raises:
+        ValueError: unknown plan; the message lists the valid ones.
+    """
+    try:
+        return catalog.get(plan_id)
+    except KeyError:
+        raise ValueError(f"unknown plan {plan_id!r}; valid plans: {', '.join(catalog.plans)}") from None
+
+
+def _notice(text: str) -> None:
+    """A message for the person at the terminal: stderr, so that stdout
+    carries only the command's JSON."""
+    print(text, file=sys.stderr)
+
+
 async def run_admin(args: argparse.Namespace) -> int:
-    """Run one ``voxgate admin`` command; returns the exit status (1: unknown
-    id, 2: invalid argument)."""
+    """Run one ``voxgate admin`` command: its result as JSON on stdout,
+    notices and errors on stderr. Returns the exit status (1: unknown id,
+    2: invalid argument such as an unknown plan)."""
     settings = load_settings(args.config)
     if args.admin_command == "create-operator":
         from voxgate.web.cli import create_operator_command
@@ -45,14 +65,13 @@ async def run_admin(args: argparse.Namespace) -> int:
     try:
         cmd = args.admin_command
         if cmd == "create-account":
-            plan = args.plan or catalog.default_plan
-            catalog.get(plan)
+            plan = resolve_plan(catalog, args.plan or catalog.default_plan).id
             account = await store.create_account(args.email, plan, name=args.name)
             await audit("account.created", account.id, email=account.email, plan=plan)
             print(json.dumps({"id": account.id, "email": account.email, "plan": account.plan_id}))
         elif cmd == "create-project":
             if await store.get_account(args.account_id) is None:
-                print(f"no account {args.account_id}")
+                _notice(f"voxgate: no account {args.account_id}")
                 return 1
             project = await store.create_project(args.account_id, args.name)
             await audit("project.created", project.account_id, project_id=project.id,
@@ -62,33 +81,29 @@ async def run_admin(args: argparse.Namespace) -> int:
         elif cmd == "create-key":
             found_project = await store.get_project(args.project_id)
             if found_project is None:
-                print(f"no project {args.project_id}")
+                _notice(f"voxgate: no project {args.project_id}")
                 return 1
             key, plaintext = await store.create_api_key(args.project_id, args.name)
             await audit("key.created", found_project.account_id, project_id=key.project_id,
                         key_id=key.id, prefix=key.prefix)
             print(json.dumps({"id": key.id, "prefix": key.prefix, "key": plaintext}))
-            print("(the key is shown once: store it now)")
+            _notice("(the key is shown once: store it now)")
         elif cmd == "create-admin-key":
             if await store.get_account(args.account_id) is None:
-                print(f"no account {args.account_id}")
+                _notice(f"voxgate: no account {args.account_id}")
                 return 1
             admin, plaintext = await store.create_admin_key(args.account_id, args.name)
             await audit("admin_key.created", admin.account_id, key_id=admin.id,
                         prefix=admin.prefix)
             print(json.dumps({"id": admin.id, "prefix": admin.prefix, "key": plaintext}))
-            print("(the key is shown once: store it now)")
+            _notice("(the key is shown once: store it now)")
         elif cmd == "revoke-admin-key":
             await store.revoke_admin_key(args.key_id)
             await audit("admin_key.revoked", None, key_id=args.key_id)
-            print(f"revoked {args.key_id}")
+            print(json.dumps({"id": args.key_id, "revoked": True}))
         elif cmd in PIN_COMMANDS:
             arg, field, parse = PIN_COMMANDS[cmd]
-            try:
-                values = parse(getattr(args, arg))
-            except ValueError as exc:
-                print(f"voxgate: {exc}")
-                return 2
+            values = parse(getattr(args, arg))
             project = await store.update_project(args.project_id, **{field: values})
             await audit("project.pins_set", project.account_id, project_id=project.id,
                         **{field: list(values)})
@@ -96,16 +111,16 @@ async def run_admin(args: argparse.Namespace) -> int:
         elif cmd == "revoke-key":
             await store.revoke_api_key(args.key_id)
             await audit("key.revoked", None, key_id=args.key_id)
-            print(f"revoked {args.key_id}")
+            print(json.dumps({"id": args.key_id, "revoked": True}))
         elif cmd == "set-plan":
-            catalog.get(args.plan)
-            account = await store.update_account(args.account_id, plan_id=args.plan)
-            await audit("account.plan_set", account.id, plan=args.plan)
+            plan = resolve_plan(catalog, args.plan).id
+            account = await store.update_account(args.account_id, plan_id=plan)
+            await audit("account.plan_set", account.id, plan=plan)
             print(json.dumps({"id": account.id, "plan": account.plan_id}))
         elif cmd == "usage":
             found = await store.get_account(args.account_id)
             if found is None:
-                print(f"no account {args.account_id}")
+                _notice(f"voxgate: no account {args.account_id}")
                 return 1
             usage = await store.get_usage(found.id, period_of())
             print(json.dumps(usage_body(catalog.get(found.plan_id), usage, catalog), indent=2))
@@ -113,8 +128,11 @@ async def run_admin(args: argparse.Namespace) -> int:
             for account in await store.list_accounts():
                 print(f"{account.id}\t{account.email}\t{account.plan_id}\t{account.status}")
         return 0
+    except ValueError as exc:
+        _notice(f"voxgate: {exc}")
+        return 2
     except KeyError as exc:
-        print(f"unknown: {exc}")
+        _notice(f"voxgate: not found: {exc}")
         return 1
     finally:
         await store.close()

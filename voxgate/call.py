@@ -16,6 +16,7 @@ import base64
 import json
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -28,11 +29,14 @@ from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 if TYPE_CHECKING:
     from openai.types.realtime import RealtimeAudioInputTurnDetectionParam
 
-__all__ = ["run_call", "stream_call", "CallResult"]
+__all__ = ["run_call", "stream_call", "CallResult", "SAMPLE", "refusal_message"]
 
 CHUNK_MS = 20
 RATE: Final = 24000
 BYTES_PER_MS = RATE * 2 // 1000
+SAMPLE = resources.files("voxgate") / "data" / "speech" / "jfk.flac"
+"""The speech streamed when no ``--audio`` is given (JFK, 11.0 s, public
+domain; source in ``voxgate/data/speech/README.md``)."""
 
 
 class CallResult(dict):
@@ -153,6 +157,24 @@ async def fetch_session(base_url: str, key: str, session_id: str, wait_s: float 
             await asyncio.sleep(0.1)
 
 
+def refusal_message(exc: BaseException) -> str | None:
+    """The server's reason for refusing a WebSocket upgrade, from its
+    OpenAI-style JSON body (``{"error": {"code", "message"}}``): ``"HTTP 401
+    invalid_api_key: Incorrect API key provided …"``; None when ``exc`` is
+    not a refused upgrade (``websockets.exceptions.InvalidStatus``)."""
+    from websockets.exceptions import InvalidStatus
+
+    if not isinstance(exc, InvalidStatus):
+        return None
+    response = exc.response
+    try:
+        error = json.loads(response.body or b"")["error"]
+        reason = f"{error.get('code') or error.get('type')}: {error['message']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        reason = (response.body or b"").decode("utf-8", "replace").strip()[:200]
+    return f"HTTP {response.status_code} {reason}".rstrip()
+
+
 def default_key(settings: Settings) -> str | None:
     """The demo project's API key kept in the data directory, if any."""
     path = Path(settings.data_dir) / DEMO_KEY_FILE
@@ -170,19 +192,23 @@ async def run_call(args: argparse.Namespace) -> int:
               f"({settings.data_dir}/{DEMO_KEY_FILE}); start `voxgate serve` first",
               file=sys.stderr)
         return 2
+    audio = Path(args.audio) if args.audio else SAMPLE
     try:
-        pcm = load_pcm16(args.audio, RATE)
+        with resources.as_file(audio) as path:
+            pcm = load_pcm16(path, RATE)
     except (OSError, ValueError) as exc:
-        print(f"voxgate call: cannot read {args.audio}: {exc}", file=sys.stderr)
+        print(f"voxgate call: cannot read {audio}: {exc}", file=sys.stderr)
         return 2
     if not args.json:
-        print(f"streaming {args.audio} ({len(pcm) / BYTES_PER_MS / 1000:.1f} s) to {base_url} …",
-              flush=True)
+        what = args.audio or f"the sample {SAMPLE.name}"
+        print(f"streaming {what} ({len(pcm) / BYTES_PER_MS / 1000:.1f} s) to {base_url} …", flush=True)
     try:
         result = await stream_call(base_url, key, pcm, model=args.model, speed=args.speed,
                                    timeout_s=args.timeout, vad=getattr(args, "vad", False))
     except Exception as exc:  # noqa: BLE001 - report any failure plainly
-        print(f"voxgate call: session failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        refusal = refusal_message(exc)
+        print(f"voxgate call: refused: {refusal}" if refusal else
+              f"voxgate call: session failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
     out.write_bytes(pcm16_to_wav(result["reply_pcm"], RATE))

@@ -1,7 +1,7 @@
 """The ``voxgate`` command line.
 
 - ``voxgate serve [--host] [--port] [--config FILE]``
-- ``voxgate call --audio FILE [--url URL] [--key KEY] [--out reply.wav] [--json]``
+- ``voxgate call [--audio FILE] [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
 - ``voxgate admin create-account|create-project|create-key|revoke-key|create-admin-key|
   revoke-admin-key|set-origins|set-models|set-ips|set-plan|usage|accounts``
@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import importlib.util
 import logging
+import socket
 import sys
 from typing import Any
 
 from voxgate.config import Settings, load_settings
 from voxgate.errors import ConfigError
 
-__all__ = ["main", "run_async", "settings_from_args"]
+__all__ = ["main", "run_async", "settings_from_args", "bind_listener", "bind_error_message"]
 
 EXTENSIONS = ("voxgate.billing.cli", "voxgate.web.cli", "voxgate.loadtest.cli")
 
@@ -47,6 +49,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), **overrides)
 
 
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (``SO_REUSEADDR``, as aiohttp's
+    own sites set it), for :class:`aiohttp.web.SockSite`.
+
+    Raises:
+        OSError: the address is in use, not local, or not allowed.
+    """
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+def bind_error_message(host: str, port: int, exc: OSError) -> str:
+    """The one line ``voxgate serve`` prints when it cannot listen."""
+    if exc.errno == errno.EADDRINUSE:
+        return (f"voxgate: port {port} on {host} is already in use (another voxgate?); "
+                f"choose another with --port, e.g. voxgate serve --port {port + 1}")
+    return f"voxgate: cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -55,14 +77,22 @@ def _serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Bind first: when the port is taken nothing (data directory, database,
+    # demo account) has been created yet.
+    try:
+        listener = bind_listener(settings.host, settings.port)
+    except OSError as exc:
+        print(bind_error_message(settings.host, settings.port, exc), file=sys.stderr)
+        return 1
     app = create_app(settings)
+    port = listener.getsockname()[1]
 
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=10)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.SockSite(runner, listener)
         await site.start()
-        print(f"voxgate listening on http://{settings.host}:{settings.port}", flush=True)
+        print(f"voxgate listening on http://{settings.host}:{port}", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
@@ -102,17 +132,23 @@ def _admin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voxgate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="voxgate",
+        description="voxgate: a real-time voice-session proxy with inline metering for OpenAI "
+                    "Realtime clients.",
+        epilog="Run voxgate COMMAND --help for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the proxy (and the embedded local voice provider)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="TOML configuration file")
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser("call", help="stream a recording through voxgate with the openai SDK")
-    call.add_argument("--audio", required=True, help="WAV, FLAC or raw (16 kHz s16le) file")
+    call.add_argument("--audio", default=None,
+                      help="WAV, FLAC or raw (16 kHz s16le) file (default: the shipped sample, "
+                           "11 s of JFK)")
     call.add_argument("--url", default=None, help="voxgate base URL (default http://127.0.0.1:8080)")
     call.add_argument("--key", default=None, help="project API key (default: the demo key)")
     call.add_argument("--out", default="reply.wav", help="where to save the reply audio")
@@ -136,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="accounts, projects, keys and usage")
     admin.add_argument("--config")
     asub = admin.add_subparsers(dest="admin_command", required=True)
-    a = asub.add_parser("create-account")
+    a = asub.add_parser("create-account", help="a new account (JSON: id, email, plan)")
     a.add_argument("email")
-    a.add_argument("--plan", default=None)
+    a.add_argument("--plan", default=None, help="a plan of the catalog (default: its default plan)")
     a.add_argument("--name", default="")
-    a = asub.add_parser("create-project")
+    a = asub.add_parser("create-project", help="a new project of ACCOUNT_ID")
     a.add_argument("account_id")
     a.add_argument("name")
-    a = asub.add_parser("create-key")
+    a = asub.add_parser("create-key", help="a new project API key (JSON; the key is shown once)")
     a.add_argument("project_id")
     a.add_argument("--name", default="")
     a = asub.add_parser("set-origins",
@@ -162,16 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an account admin key: account-wide reads and billing actions")
     a.add_argument("account_id")
     a.add_argument("--name", default="")
-    a = asub.add_parser("revoke-admin-key")
+    a = asub.add_parser("revoke-admin-key", help="revoke an admin key by its id")
     a.add_argument("key_id")
-    a = asub.add_parser("revoke-key")
+    a = asub.add_parser("revoke-key", help="revoke a project API key by its id")
     a.add_argument("key_id")
-    a = asub.add_parser("set-plan")
+    a = asub.add_parser("set-plan", help="put ACCOUNT_ID on PLAN at once (no Stripe involved)")
     a.add_argument("account_id")
     a.add_argument("plan")
-    a = asub.add_parser("usage")
+    a = asub.add_parser("usage", help="this period's usage of ACCOUNT_ID (JSON)")
     a.add_argument("account_id")
-    asub.add_parser("accounts")
+    asub.add_parser("accounts", help="every account: id, email, plan, status (tab-separated)")
     a = asub.add_parser("create-operator", help="make EMAIL a dashboard operator")
     a.add_argument("email")
     a.add_argument("--password", default=None)

@@ -39,5 +39,22 @@ async def test_refusals_are_reported(make_server):
                          duration_s=1.0, max_time_s=30)
     report = await run_loadtest(cfg)
     assert report["admitted"] == 1 and report["refused"] == 2 and report["failed"] == 0
-    assert list(report["refusals"]) == ["HTTP 429"] or all("429" in k for k in report["refusals"])
+    assert report["refusals"] == {"HTTP 429 concurrency_limit_exceeded": 2}
+    refused = [r for r in report["session_results"] if r["outcome"] == "refused"]
+    assert [r["error_code"] for r in refused] == ["concurrency_limit_exceeded"] * 2
+    assert all(r["error"].startswith("HTTP 429 concurrency_limit_exceeded: ") for r in refused)
     assert report["audit"]["checked"] == 1 and report["audit"]["matched"] == 1
+
+
+async def test_vanished_clients_free_their_slot_before_the_next_session(make_server):
+    """The README's example on the demo key's plan (concurrency 1): a client
+    that vanishes keeps its slot until voxgate has seen it go, so the
+    session after it is admitted, not refused."""
+    server = await make_server(plan="free")
+    cfg = LoadtestConfig(url=server.url, key=server.key, sessions=4, concurrency=1,
+                         duration_s=1.0, mix=parse_mix("vanish=0.5"), seed=0, max_time_s=60)
+    report = await run_loadtest(cfg)
+    kinds = [r["kind"] for r in report["session_results"]]
+    assert kinds.count("vanish") == 2 and kinds[-1] == "normal", kinds
+    assert report["admitted"] == 4 and report["refused"] == 0, report["refusals"]
+    assert report["audit"]["matched"] == 4, report["audit"]["mismatches"]

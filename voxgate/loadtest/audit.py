@@ -17,7 +17,7 @@ import aiohttp
 from voxgate.loadtest.plan import ground_truth
 from voxgate.loadtest.result import ADMITTED, SessionResult
 
-__all__ = ["fetch_records", "audit"]
+__all__ = ["fetch_records", "wait_completed", "audit"]
 
 
 async def fetch_records(http: aiohttp.ClientSession, base_url: str, key: str,
@@ -57,6 +57,25 @@ async def fetch_records(http: aiohttp.ClientSession, base_url: str, key: str,
                         records[sid] = await resp.json()
             return records
         await asyncio.sleep(0.5)
+
+
+async def wait_completed(http: aiohttp.ClientSession, base_url: str, key: str, session_id: str,
+                         wait_s: float) -> bool:
+    """Poll ``GET /v1/sessions/{id}`` (50 ms, doubling up to 0.5 s) until
+    voxgate has completed the session, which frees its concurrency slot;
+    False when ``wait_s`` seconds pass first."""
+    url = f"{base_url.rstrip('/')}/v1/sessions/{session_id}"
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + wait_s
+    pause = 0.05
+    while True:
+        async with http.get(url, headers=headers) as resp:
+            if resp.status == 200 and (await resp.json()).get("status") == "completed":
+                return True
+        if time.monotonic() + pause > deadline:
+            return False
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def audit(results: list[SessionResult], records: dict[str, dict[str, Any]],

@@ -12,7 +12,15 @@ from rich.table import Table
 
 from voxgate.loadtest.runner import Progress
 
-__all__ = ["LiveDisplay", "render_report"]
+__all__ = ["LiveDisplay", "render_report", "REFUSAL_HINTS"]
+
+REFUSAL_HINTS = {
+    "concurrency_limit_exceeded": "more sessions at once than the plan's concurrency",
+    "insufficient_quota": "the plan's monthly sessions are used up",
+    "rate_limit_exceeded": "more requests a minute than the plan allows",
+    "invalid_api_key": "the key is unknown or revoked",
+}
+"""What a refusal's error code means for a load test, by code."""
 
 
 class LiveDisplay:
@@ -110,8 +118,8 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
             k.add_row(kind, *(str(row[c]) for c in ("sessions", "admitted", "refused", "failed")))
         console.print(k)
     for reason, n in report["refusals"].items():
-        console.print(f"[yellow]refused {n}×: {reason}[/] — the key's plan limits "
-                      "(concurrency, monthly sessions, requests per minute); see docs/loadtest.md")
+        hint = REFUSAL_HINTS.get(reason.rsplit(" ", 1)[-1], "see the sessions' error")
+        console.print(f"[yellow]refused {n}×: {reason}[/] — {hint}; plan limits: docs/loadtest.md")
     for f in report["failures"][:10]:
         console.print(f"[red]failed #{f['index']} ({f['kind']}): {f['error']}[/]")
     if len(report["failures"]) > 10:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SessionResult", "ADMITTED", "REFUSED", "FAILED"]
+import orjson
+
+__all__ = ["SessionResult", "ADMITTED", "REFUSED", "FAILED", "error_of"]
 
 ADMITTED = "admitted"
 """voxgate accepted the session and the client ran its whole script."""
@@ -25,6 +27,8 @@ class SessionResult:
         session_id: voxgate's id (``X-Voxgate-Session-Id`` / the WebRTC
             answer's ``Location``), when it got that far.
         http_status: the refusal's HTTP status.
+        error_code: the refusal's ``error.code`` from voxgate's JSON body
+            (``concurrency_limit_exceeded``, ``invalid_api_key``, …).
         error: why it was refused or failed (short text).
         connect_ms: upgrade (or offer) start → ``session.created``, in ms.
         audio_in_ms: audio sent, in ms.
@@ -42,6 +46,7 @@ class SessionResult:
     outcome: str = FAILED
     session_id: str | None = None
     http_status: int | None = None
+    error_code: str | None = None
     error: str | None = None
     connect_ms: float | None = None
     audio_in_ms: float = 0.0
@@ -67,6 +72,7 @@ class SessionResult:
             "outcome": self.outcome,
             "session_id": self.session_id,
             "http_status": self.http_status,
+            "error_code": self.error_code,
             "error": self.error,
             "connect_ms": None if self.connect_ms is None else round(self.connect_ms, 2),
             "audio_in_ms": round(self.audio_in_ms),
@@ -78,3 +84,17 @@ class SessionResult:
             "recorded": self.recorded,
             "recorded_billable": self.recorded_billable,
         }
+
+
+def error_of(body: bytes | str | dict[str, Any] | None) -> tuple[str | None, str]:
+    """``(code, message)`` of an OpenAI-style error body
+    (``{"error": {"type", "code", "message"}}``, as bytes, text or parsed);
+    the code falls back to the type, and a body that is not such JSON gives
+    ``(None, its first 100 characters)``."""
+    try:
+        parsed = body if isinstance(body, dict) else orjson.loads(body or b"")
+        err = parsed["error"]
+        return (err.get("code") or err.get("type")), str(err.get("message") or "")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+        return None, text.strip()[:100]

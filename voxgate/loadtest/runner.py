@@ -19,13 +19,17 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from voxgate.loadtest.audio import Clip
-from voxgate.loadtest.audit import audit, fetch_records
+from voxgate.loadtest.audit import audit, fetch_records, wait_completed
 from voxgate.loadtest.plan import SessionPlan, plan_sessions
 from voxgate.loadtest.probe import ProcessProbe, pid_listening_on
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
-from voxgate.loadtest.ws_client import run_ws_session
+from voxgate.loadtest.ws_client import refusal_trace, run_ws_session
 
-__all__ = ["LoadtestConfig", "Progress", "run_loadtest", "percentiles", "urls_of"]
+__all__ = ["LoadtestConfig", "Progress", "run_loadtest", "percentiles", "urls_of", "VANISH_WAIT_S"]
+
+VANISH_WAIT_S = 15.0
+"""How long a vanished session keeps its slot while voxgate notices the
+client is gone (so the next session is not refused for concurrency), in s."""
 
 
 @dataclass
@@ -160,7 +164,7 @@ async def run_loadtest(cfg: LoadtestConfig,
     wall0 = time.time()
     t0 = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[refusal_trace()]) as http:
         one = _session_runner(cfg, http, base, realtime_url, clip)
 
         async def session(plan: SessionPlan) -> None:
@@ -173,6 +177,9 @@ async def run_loadtest(cfg: LoadtestConfig,
                 r = await one(plan)
                 results[plan.index] = r
                 progress.add(r)
+                if plan.kind == "vanish" and r.session_id and not cfg.direct:
+                    # The slot is free once voxgate has seen the client go.
+                    await wait_completed(http, base, cfg.key, r.session_id, VANISH_WAIT_S)
 
         if probe is not None:
             probe.start()
@@ -236,7 +243,8 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
         k["sessions"] += 1
         k[r.outcome] += 1
         if r.outcome == REFUSED:
-            refusals[r.error or f"HTTP {r.http_status}"] = refusals.get(r.error or "", 0) + 1
+            why = f"HTTP {r.http_status} {r.error_code or 'unknown'}"
+            refusals[why] = refusals.get(why, 0) + 1
         elif r.outcome == FAILED:
             failures.append({"index": r.index, "kind": r.kind, "session_id": r.session_id,
                              "error": r.error})

@@ -37,7 +37,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
-from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
+from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
 from voxgate.proxy.media import pcm16_frame
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
@@ -136,6 +136,7 @@ async def run_webrtc_session(
             if r.status != 200:
                 res.http_status = r.status
                 res.outcome = REFUSED if r.status in REFUSAL_STATUSES else FAILED
+                res.error_code = error_of(body)[0]
                 res.error = f"client_secrets HTTP {r.status}: {_code(body)}"
                 return res
         ek = body["value"]
@@ -201,6 +202,7 @@ async def run_webrtc_session(
             if r.status != 201:
                 res.http_status = r.status
                 res.outcome = REFUSED if r.status in REFUSAL_STATUSES else FAILED
+                res.error_code = error_of(answer)[0]
                 res.error = f"calls HTTP {r.status}: {_code(answer)}"
                 return res
             res.session_id = r.headers.get(SESSION_ID_HEADER)

@@ -7,12 +7,17 @@ The session follows its :class:`~voxgate.loadtest.plan.SessionPlan`: connect
 time (one 20 ms ``input_audio_buffer.append`` every 20 ms), wait for the
 echo of every chunk (and, for ``provider_error``, for the ``error`` event),
 then close with 1000, or for ``vanish`` abort the TCP connection.
+
+A refused upgrade's JSON body names the refusal (``error.code``); aiohttp's
+``ws_connect`` drops that body, so the client session must carry
+:func:`refusal_trace`, which keeps it for the session that was refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -21,10 +26,10 @@ from aiohttp import WSMsgType
 
 from voxgate.loadtest.audio import Clip, tag_of
 from voxgate.loadtest.plan import CHUNK_MS, SessionPlan
-from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
+from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
-__all__ = ["run_ws_session", "REFUSAL_STATUSES", "ECHO_WAIT_S"]
+__all__ = ["run_ws_session", "refusal_trace", "REFUSAL_STATUSES", "ECHO_WAIT_S"]
 
 REFUSAL_STATUSES = frozenset({401, 403, 429})
 """HTTP statuses that mean voxgate refused the session."""
@@ -33,6 +38,23 @@ ECHO_WAIT_S = 10.0
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
 _CHUNK_S = CHUNK_MS / 1000
 _BYTES_PER_MS = 48  # 24 kHz PCM16
+_REFUSAL_BODY: ContextVar[list[bytes] | None] = ContextVar("refusal_body", default=None)
+
+
+def refusal_trace() -> aiohttp.TraceConfig:
+    """A trace for the load test's ``aiohttp.ClientSession(trace_configs=[…])``:
+    it reads the body of a refused upgrade (HTTP 4xx) so that
+    :func:`run_ws_session` can report the refusal's error code."""
+
+    async def keep_body(_session: Any, _ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+        box = _REFUSAL_BODY.get()
+        if box is not None and 400 <= params.response.status < 500:
+            box.append(await params.response.read())
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(keep_body)
+    return trace
+
 
 
 async def run_ws_session(
@@ -62,6 +84,8 @@ async def run_ws_session(
         params["voxgate_fault"] = plan.fault
     t0 = clock()
     res.started_s = t0
+    refusal_body: list[bytes] = []
+    token = _REFUSAL_BODY.set(refusal_body)
     try:
         ws = await http.ws_connect(
             realtime_url, params=params, headers={"Authorization": f"Bearer {key}"},
@@ -71,7 +95,9 @@ async def run_ws_session(
     except aiohttp.WSServerHandshakeError as exc:
         res.http_status = exc.status
         res.outcome = REFUSED if exc.status in REFUSAL_STATUSES else FAILED
-        res.error = f"HTTP {exc.status}"
+        res.error_code, message = error_of(refusal_body[0] if refusal_body else None)
+        res.error = f"HTTP {exc.status} {res.error_code}: {message}" if res.error_code else \
+            " ".join(filter(None, (f"HTTP {exc.status}", message)))
         if exc.headers and exc.headers.get("Retry-After"):
             res.error += f" (Retry-After {exc.headers['Retry-After']} s)"
         res.ended_s = clock()
@@ -80,6 +106,8 @@ async def run_ws_session(
         res.error = f"connect: {type(exc).__name__}: {exc}"[:200]
         res.ended_s = clock()
         return res
+    finally:
+        _REFUSAL_BODY.reset(token)
     res.session_id = _response_headers(ws).get(SESSION_ID_HEADER)
     try:
         await _drive(ws, res, plan, clip, t0, connect_timeout_s, clock)

@@ -13,8 +13,9 @@ __all__ = ["register", "create_operator_command"]
 
 
 async def create_operator_command(config: str | None, email: str, password: str | None) -> int:
-    """Open the store, make ``email`` an operator and print the result (with
-    the generated password when none was given for a new user). Returns
+    """Open the store, make ``email`` an operator and print the result as
+    JSON on stdout (with the generated password when none was given for a
+    new user; notices go to stderr). Returns
     the exit status: 0, or 2 when ``password`` fails the password policy
     (the reason goes to stderr). The operator enrolls two-factor sign-in
     at ``/account/2fa`` on first sign-in."""
@@ -44,9 +45,10 @@ async def create_operator_command(config: str | None, email: str, password: str 
             out["password"] = generated
         print(json.dumps(out))
         if generated:
-            print("(the password is shown once: store it now)")
+            print("(the password is shown once: store it now)", file=sys.stderr)
         if not user.has_2fa:
-            print("(operators enroll two-factor sign-in at /account/2fa on first sign-in)")
+            print("(operators enroll two-factor sign-in at /account/2fa on first sign-in)",
+                  file=sys.stderr)
         return 0
     finally:
         await store.close()
