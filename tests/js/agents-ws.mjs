@@ -4,7 +4,9 @@
 // Driven by tests/sdk/test_agents_node.py, which asserts on the one JSON
 // object this script prints to stdout:
 //   {"tool": {"calls", "reply"}, "interrupt": {"response_status",
-//    "last_assistant", "truncated", "audio_interrupted"}, "errors"}
+//    "last_assistant", "truncated", "audio_interrupted"},
+//    "unparsed": [[type, issue], …], "history": [[type, role or tool name, status], …],
+//    "errors"}
 //
 // 1. A user message naming a tool: the SDK calls the tool (execute), sends
 //    its output back, and the spoken reply's transcript carries the result.
@@ -13,6 +15,9 @@
 //    conversation.item.truncate; the history's last assistant item must be
 //    `incomplete` with a transcript, and the truncate must succeed.
 import { OpenAIRealtimeWebSocket, RealtimeAgent, RealtimeSession, tool } from '@openai/agents-realtime';
+// The SDK's own schema of server events (not exported by the package's index): an event
+// that fails it is silently treated as unknown by the SDK, so the script reports it.
+import { realtimeServerEventSchema } from './node_modules/@openai/agents-realtime/dist/openaiRealtimeEvents.mjs';
 
 const [url, apiKey] = process.argv.slice(2);
 if (!url || !apiKey) {
@@ -60,11 +65,14 @@ const session = new RealtimeSession(agent, {
 
 const errors = [];
 const raw = []; // server events, as the transport received them
+const unparsed = []; // [type, first issue] of server events the SDK's schema refuses
 let history = [];
 const waiters = [];
 session.on('error', (e) => errors.push(String(e?.error?.message ?? e?.error?.error?.message ?? JSON.stringify(e))));
 session.on('transport_event', (event) => {
   raw.push(event);
+  const parsed = realtimeServerEventSchema.safeParse(event);
+  if (!parsed.success) unparsed.push([event.type, JSON.stringify(parsed.error.issues[0])]);
   if (event.type === 'error') errors.push(JSON.stringify(event.error ?? event));
   check();
 });
@@ -139,6 +147,8 @@ try {
                    audio_end_ms: truncated.audio_end_ms },
       audio_interrupted: audioInterrupted,
     },
+    unparsed,
+    history: history.map((i) => [i.type, i.role ?? i.name ?? null, i.status ?? null]),
     errors,
   };
   console.log(JSON.stringify(result));

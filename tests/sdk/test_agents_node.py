@@ -49,10 +49,16 @@ async def run_script(url: str, key: str) -> dict:
 async def test_tool_call_then_interrupt_and_truncate(server, http):
     result = await run_script(server.ws_url + "?model=gpt-realtime", server.key)
     assert result["errors"] == []
+    assert result["unparsed"] == []  # every server event passed the SDK's own schema
 
     # the tool rule (voxgate/voice/tools.py): "weather" names get_weather, the city follows "in"
     assert result["tool"]["calls"] == ["paris"]
     assert result["tool"]["reply"] == f"The get weather result is: {TOOL_RESULT} in paris."
+
+    assert result["history"] == [
+        ["message", "user", "completed"], ["function_call", "get_weather", "completed"],
+        ["message", "assistant", "completed"], ["message", "user", "completed"],
+        ["message", "assistant", "incomplete"]]
 
     interrupt = result["interrupt"]
     assert interrupt["response_status"] == "cancelled"
