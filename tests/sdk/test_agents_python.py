@@ -69,22 +69,26 @@ async def test_spoken_request_calls_the_tool_and_the_reply_carries_its_result(se
     reply_audio_bytes = 0
     async with session:
         sending = asyncio.ensure_future(stream(session, spoken_request))
-        async with asyncio.timeout(TIMEOUT_S):
-            async for event in session:
-                if event.type in ("tool_start", "tool_end"):
-                    tool_events.append(event)
-                elif event.type == "audio" and len(tool_events) == 2:
-                    reply_audio_bytes += len(event.audio.data)
-                elif event.type == "error":
-                    errors.append(event.error)
-                elif event.type == "raw_model_event" and event.data.type == "input_audio_transcription_completed":
-                    heard.append(event.data.transcript)
-                elif event.type == "history_updated":
-                    history = event.history
-                elif event.type == "agent_end" and tool_events and any(
-                        TOOL_RESULT in t for t in reply_transcripts(history)):
-                    break
-        await sending
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                async for event in session:
+                    if event.type in ("tool_start", "tool_end"):
+                        tool_events.append(event)
+                    elif event.type == "audio" and len(tool_events) == 2:
+                        reply_audio_bytes += len(event.audio.data)
+                    elif event.type == "error":
+                        errors.append(event.error)
+                    elif event.type == "raw_model_event" \
+                            and event.data.type == "input_audio_transcription_completed":
+                        heard.append(event.data.transcript)
+                    elif event.type == "history_updated":
+                        history = event.history
+                    elif event.type == "agent_end" and tool_events and any(
+                            TOOL_RESULT in t for t in reply_transcripts(history)):
+                        break
+            await sending
+        finally:
+            sending.cancel()
 
     assert not errors, errors
     assert "weather" in " ".join(heard), heard
