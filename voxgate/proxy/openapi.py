@@ -135,7 +135,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ("plan", "sessionsIncluded", "sessionsUsed", "sessionsRemaining", "estimatedMinutes",
          "minutesUsed", "percentUsed"),
         plan=STR, period=STR, sessionsIncluded=NINT, sessionsUsed=INT, sessionsRemaining=NINT,
-        estimatedMinutes=NNUM, minutesUsed=NUM, percentUsed=NUM, sessionsTotal=INT, audioSeconds=NUM),
+        estimatedMinutes=NNUM, minutesUsed=NUM, percentUsed=NUM, sessionsTotal=INT, audioSeconds=NUM,
+        planSessionsIncluded=NINT, packSessionsIncluded=INT, packSessionsUsed=INT,
+        packSessionsRemaining=INT, packExpiresAt=NINT,
+        packs={"type": "array", "items": _obj(
+            ("id", "sessions", "sessionsRemaining", "expiresAt"), id=STR, pack=STR, source=STR,
+            sessions=INT, sessionsRemaining=INT, purchasedAt=INT, expiresAt=INT)}),
     "Project": _obj(
         ("object", "id", "name", "created_at", "allowed_origins"),
         object={"const": "organization.project"}, id=STR, name=STR, created_at=INT,
@@ -145,7 +150,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                           allowed_ips={"type": "array", "items": STR}),
     "Health": _obj(("status", "active_sessions"), status={"const": "ok"}, active_sessions=INT),
     "Url": _obj(("url",), url=NSTR),
-    "CheckoutRequest": _obj(("plan",), plan=STR),
+    "CheckoutRequest": {**_obj(plan=STR, pack=STR), "minProperties": 1},
     "AlertsWebhook": _obj(("url",), url=NSTR, secret=NSTR),
     "AlertsWebhookRequest": _obj(("url",), url=STR),
     "Deleted": _obj(("deleted",), deleted=BOOL),
@@ -217,7 +222,7 @@ ROUTES: tuple[Op, ...] = (
     # billing
     Op("GET", "/billing/usage", "This period's usage", "billing", (PROJECT_KEY, ADMIN_KEY, DASHBOARD),
        response="Usage"),
-    Op("POST", "/billing/checkout", "Stripe Checkout URL for a plan", "billing",
+    Op("POST", "/billing/checkout", "Stripe Checkout URL for a plan or an add-on pack", "billing",
        (PROJECT_KEY, ADMIN_KEY, DASHBOARD), request="CheckoutRequest", response="Url",
        errors=(400, 401, 403, 429, 502, 503)),
     Op("POST", "/billing/portal", "Stripe Customer Portal URL", "billing",
@@ -269,6 +274,8 @@ ROUTES: tuple[Op, ...] = (
     page("/simulator", "Plan simulator", ()),
     page("/admin", "Operator page"),
     page("/admin/audit", "Operator audit log"),
+    form("/admin/packs", "Grant an add-on pack to an account"),
+    form("/admin/enterprise", "Set an account's enterprise plan"),
     page("/static/{filename}", "Dashboard assets", (), response_type="*/*"),
     # browser voice client
     page("/voice", "Browser voice client (WebRTC)", (), tag="voice"),

@@ -17,7 +17,7 @@ from aiohttp import web
 from voxgate.metering.store import period_of
 from voxgate.proxy.http import json_response
 from voxgate.web import charts, figures
-from voxgate.web.auth import USER, operator
+from voxgate.web.auth import USER, form_post, operator
 
 __all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page"]
 
@@ -116,3 +116,92 @@ async def audit_page(request: web.Request) -> web.Response:
     entries = await _state(request).db.audit_entries(limit=100, before=before)
     return await render(request, "audit.html", entries=entries,
                         next_before=entries[-1].at if len(entries) == 100 else None)
+
+
+# ---------------------------------------------------------------- add-on packs, enterprise plans
+
+ADDON_NOTICES = {"pack-granted": "Add-on pack granted.",
+                 "enterprise-set": "Enterprise plan set."}
+ENTERPRISE_COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
+                     "requests_per_minute", "projects")
+
+
+async def _form_account(request: web.Request, form: Any) -> Any:
+    """The account a form names by id or email; 404 when there is none."""
+    store = _state(request).store
+    ref = str(form.get("account", "")).strip()
+    account = await store.get_account(ref) or await store.get_account_by_email(ref)
+    if account is None:
+        raise web.HTTPNotFound(text=f"no account {ref!r}")
+    return account
+
+
+def _whole(form: Any, name: str) -> int | None:
+    """A whole-number field of a form; None when empty; 400 otherwise."""
+    text = str(form.get(name, "")).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{name} must be a whole number") from exc
+
+
+@operator
+@form_post
+async def grant_pack(request: web.Request, form: Any) -> web.Response:
+    """``POST /admin/packs`` (``account`` id or email, ``pack`` of the
+    catalog or ``sessions``): grant an add-on pack (``Addons.grant``)."""
+    from voxgate.errors import InvalidRequest
+
+    account = await _form_account(request, form)
+    try:
+        await _addons(request).grant(account.id, _actor(request),
+                                     pack_id=str(form.get("pack", "")).strip() or None,
+                                     sessions=_whole(form, "sessions"))
+    except InvalidRequest as err:
+        raise web.HTTPBadRequest(text=err.message) from err
+    raise web.HTTPSeeOther("/admin?notice=pack-granted#addons")
+
+
+@operator
+@form_post
+async def set_enterprise(request: web.Request, form: Any) -> web.Response:
+    """``POST /admin/enterprise`` (``account``, ``name``, the counts of
+    ``ENTERPRISE_COUNTS``, ``tiers`` as ``UP_TO:CENTS, …``): give the account
+    its enterprise plan, synced to Stripe when billing is configured."""
+    from voxgate.errors import InvalidRequest
+    from voxgate.models.enterprise import parse_tier
+    from voxgate.web.app import billing_service
+
+    account = await _form_account(request, form)
+    terms: dict[str, Any] = {"name": str(form.get("name", "")).strip() or "Enterprise"}
+    for name in ENTERPRISE_COUNTS:
+        value = _whole(form, name)
+        if value is not None:
+            terms[name] = value
+    try:
+        terms["tiers"] = [parse_tier(t) for t in str(form.get("tiers", "")).split(",")
+                          if t.strip()]
+        billing = billing_service(request.app)
+        if billing is not None:
+            await billing.set_enterprise_plan(account.id, terms, _actor(request))
+        else:
+            await _addons(request).set_enterprise(account.id, terms, _actor(request))
+    except (ValueError, InvalidRequest) as err:
+        raise web.HTTPBadRequest(text=getattr(err, "message", str(err))) from err
+    raise web.HTTPSeeOther("/admin?notice=enterprise-set#addons")
+
+
+def _actor(request: web.Request) -> str:
+    """The audit log's actor: the signed-in operator's email."""
+    user: Any = request.get(USER)
+    return str(user.email)
+
+
+def _addons(request: web.Request) -> Any:
+    from voxgate.billing.addons import Addons
+    from voxgate.billing.db import BillingDB
+
+    state = _state(request)
+    return Addons(state.store, BillingDB(state.store), state.catalog)

@@ -201,6 +201,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin", admin_views.admin_page)
     r.add_get("/admin/analytics", admin_views.analytics_json)
     r.add_get("/admin/audit", admin_views.audit_page)
+    r.add_post("/admin/packs", admin_views.grant_pack)
+    r.add_post("/admin/enterprise", admin_views.set_enterprise)
     r.add_static("/static/", HERE / "static", name="web-static")
     app.cleanup_ctx.append(_lifecycle)
 

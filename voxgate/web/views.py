@@ -104,6 +104,14 @@ def plan_of(request: web.Request, account: Account) -> Plan:
         return catalog.default
 
 
+async def account_plan(request: web.Request, account: Account, now: float | None = None) -> Plan:
+    """The account's plan as admission sees it: its enterprise plan if it
+    has one, its add-on packs counted in (``Gateway.account_plan``)."""
+    from voxgate.proxy.app import GATEWAY
+
+    return await request.app[GATEWAY].account_plan(account, now)
+
+
 async def _audit(request: web.Request, action: str, **detail: Any) -> None:
     user = request.get(USER)
     account = request.get(ACCOUNT_KEY)
@@ -328,10 +336,11 @@ def badge_html(base_url: str) -> str:
 async def dashboard(request: web.Request) -> web.Response:
     state = _state(request)
     account = _account(request)
-    plan = plan_of(request, account)
     now = time.time()
+    plan = await account_plan(request, account, now)
     usage = await state.store.get_usage(account.id, period_of(now))
-    quota = usage_body(plan, usage, state.catalog)
+    packs = await state.store.pack_balance(account.id, usage.period, now)
+    quota = usage_body(plan, usage, state.catalog, packs)
     percent = quota["percentUsed"] or 0.0
     upgrades = [p for p in state.catalog.plans.values()
                 if p.price_cents > plan.price_cents and p.id != plan.id]
@@ -495,7 +504,7 @@ async def usage_csv(request: web.Request) -> web.Response:
 async def _projects_view(request: web.Request, status: int = 200, **extra: Any) -> web.Response:
     state = _state(request)
     account = _account(request)
-    plan = plan_of(request, account)
+    plan = await account_plan(request, account)
     projects = await state.store.list_projects(account.id)
     keys = {p.id: await state.store.list_api_keys(p.id) for p in projects}
     admin_keys = await state.store.list_admin_keys(account.id)
@@ -523,7 +532,7 @@ async def projects_page(request: web.Request) -> web.Response:
 async def create_project(request: web.Request, form: MultiDictProxy) -> web.Response:
     state = _state(request)
     account = _account(request)
-    plan = plan_of(request, account)
+    plan = await account_plan(request, account)
     name = str(form.get("name", "")).strip()[:80]
     if not name:
         return await _projects_view(request, 400, error="Give the project a name.")
@@ -625,7 +634,8 @@ async def _billing_view(request: web.Request, error: str | None = None,
 
     state = _state(request)
     account = _account(request)
-    plan = plan_of(request, account)
+    now = time.time()
+    plan = await account_plan(request, account, now)
     billing = billing_service(request.app)
     invoices: list[dict[str, Any]] = []
     invoices_error = None
@@ -641,14 +651,17 @@ async def _billing_view(request: web.Request, error: str | None = None,
         plans=[p for p in state.catalog.plans.values() if p.is_paid and p.id != plan.id],
         invoices=invoices, invoices_error=invoices_error, error=error, period=period,
         period_start=start, period_end=end - 1, checkout=request.query.get("checkout"),
-        usage=await state.store.get_usage(account.id, period))
+        usage=await state.store.get_usage(account.id, period),
+        packs=await state.store.pack_balance(account.id, period, now),
+        pack_offers=list(state.catalog.packs.values()))
 
 
 @member
 @form_post
 async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Response:
-    """``action=upgrade`` (with ``plan``) → Stripe Checkout; ``action=manage``
-    → the customer portal."""
+    """``action=upgrade`` (with ``plan``, ``enterprise`` for the account's
+    own plan) → Stripe Checkout; ``action=buy-pack`` (with ``pack``) → Stripe
+    Checkout for an add-on pack; ``action=manage`` → the customer portal."""
     from voxgate.web.app import billing_service
 
     billing = billing_service(request.app)
@@ -659,9 +672,13 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
     try:
         if action == "upgrade":
             plan_id = str(form.get("plan", ""))
-            if plan_id not in _state(request).catalog.plans:
+            if plan_id not in _state(request).catalog.plans and plan_id != "enterprise":
                 return await _billing_view(request, "Unknown plan.", 400)
             url = await billing.checkout_url(account, plan_id)
+        elif action == "buy-pack":
+            if str(form.get("pack", "")) not in _state(request).catalog.packs:
+                return await _billing_view(request, "Unknown add-on pack.", 400)
+            url = await billing.pack_checkout_url(account, str(form.get("pack")))
         elif action == "manage":
             url = await billing.portal_url(account)
         else:
