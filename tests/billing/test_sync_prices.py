@@ -76,15 +76,25 @@ class FakeStripe:
             keys = set((form.get("lookup_keys") or {}).values())
             found = [p for p in self.prices.values() if p["active"]
                      and (not keys or p["lookup_key"] in keys)]
+            if "data.tiers" not in (form.get("expand") or {}).values():
+                # as Stripe: tiers are sent only when expanded
+                found = [{k: v for k, v in p.items() if k != "tiers"} for p in found]
             return self._list(found)
         if form.get("transfer_lookup_key") == "true":
             for p in self.prices.values():
                 if p["lookup_key"] == form.get("lookup_key"):
                     p["lookup_key"] = None
         recurring = form["recurring"]
+        tiered = form.get("billing_scheme") == "tiered"
+        tiers = [{"up_to": None if t["up_to"] == "inf" else int(t["up_to"]),
+                  "unit_amount": int(t["unit_amount"])}
+                 for _, t in sorted((form.get("tiers") or {}).items(), key=lambda kv: int(kv[0]))]
         price = {"id": self._id("price"), "object": "price", "active": True,
                  "product": form["product"], "currency": form["currency"],
-                 "unit_amount": int(form["unit_amount"]), "lookup_key": form.get("lookup_key"),
+                 "billing_scheme": "tiered" if tiered else "per_unit",
+                 "tiers_mode": form.get("tiers_mode"), "tiers": tiers if tiered else None,
+                 "unit_amount": None if tiered else int(form["unit_amount"]),
+                 "lookup_key": form.get("lookup_key"),
                  "metadata": form.get("metadata", {}),
                  "recurring": {"interval": recurring["interval"],
                                "usage_type": recurring.get("usage_type", "licensed"),
