@@ -32,6 +32,7 @@ __all__ = [
     "BillingSettings",
     "SmtpSettings",
     "WebSettings",
+    "JobSettings",
     "load_settings",
 ]
 
@@ -173,6 +174,27 @@ class WebSettings(BaseModel):
     demo_page: bool | None = None
 
 
+class JobSettings(BaseModel):
+    """The scheduled jobs (``voxgate.jobs``). Times in seconds.
+
+    ``enabled``: run the scheduler in this process (every process may: each
+    run is claimed by one of them). ``poll_s``: how often the scheduler looks
+    for due jobs. ``lease_s``: how long a claimed run may take before another
+    process may take it over. ``retry_s``: how soon a failed run is tried
+    again (at most its interval). ``intervals_s``: per job name, replaces the
+    job's own interval. ``stale_session_s``: an ``active`` session started
+    longer ago than this is taken as left by a dead process (default: one
+    ``relay.max_session_s`` plus ten minutes, when 0).
+    """
+
+    enabled: bool = True
+    poll_s: float = 30.0
+    lease_s: float = 600.0
+    retry_s: float = 300.0
+    intervals_s: dict[str, float] = Field(default_factory=dict)
+    stale_session_s: float = 0.0
+
+
 class Settings(BaseSettings):
     """All of voxgate's settings. See the module docstring for precedence."""
 
@@ -208,6 +230,7 @@ class Settings(BaseSettings):
     billing: BillingSettings = Field(default_factory=BillingSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -3,18 +3,22 @@ and sessions; the pure figures, simulator and charts on their own."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
 import time
 from dataclasses import dataclass
 
+from tests.conftest import SLOW
 from tests.web.conftest import WEB_CATALOG, add_session
+from voxgate.jobs import JOBS, JobRunsDB
 from voxgate.metering.store import period_of
 from voxgate.models import Account, load_catalog
 from voxgate.web import charts, figures
 from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
+from voxgate.web.views import fmt_time
 
 DAY = 86400.0
 
@@ -193,8 +197,30 @@ async def test_analytics_endpoint_on_a_known_store(make_server, clients):
     assert status == 200 and '<strong id="mrr">$157</strong>' in text
     assert '<strong id="paid">3</strong>' in text and '<strong id="comped">1</strong>' in text
     assert "50.0 %" in text and "<svg" in text
+    # the scheduled jobs the server ran at start-up, with their last and next run
+    runs = await _all_ran(store)
+    status, text, _ = await ops.get("/admin")
+    for job in JOBS:
+        row = re.search(rf'<tr id="job-{job.name}">(.*?)</tr>', text)
+        assert row, job.name
+        cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+        assert cells[2] == fmt_time(runs[job.name].last_started_at)
+        assert f"ok</strong>: {runs[job.name].last_detail}" in cells[3]
+        assert cells[4] == fmt_time(runs[job.name].next_run_at)
     status, text, _ = await ops.get("/admin/audit")
     assert status == 200
+
+
+async def _all_ran(store):
+    """The ``job_runs`` rows once every job has run (the scheduler starts
+    with the server and polls at once)."""
+    deadline = time.monotonic() + 5 * SLOW
+    while True:
+        runs = await JobRunsDB(store).runs()
+        if all(j.name in runs and runs[j.name].runs >= 1 for j in JOBS):
+            return runs
+        assert time.monotonic() < deadline, runs
+        await asyncio.sleep(0.05)
 
 
 def test_single_day_line_chart_has_a_visible_point():

@@ -99,6 +99,15 @@ class BillingDB:
             " AND past_due_since IS NOT NULL AND past_due_since < ?", (before,))
         return [Account(*r) for r in rows]
 
+    # -- small state in meta ---------------------------------------------
+
+    async def meta_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        """(key, value) of the non-empty ``meta`` rows whose key starts with ``prefix``."""
+        rows = await self._rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? AND value <> ''"
+            " ORDER BY key", (len(prefix), prefix))
+        return [(r[0], r[1]) for r in rows]
+
     # -- Stripe events ---------------------------------------------------
 
     async def record_event(self, event_id: str, event_type: str, payload: bytes) -> bool:
@@ -197,6 +206,16 @@ class BillingDB:
                                 params)
         return [EmailItem(*r) for r in rows]
 
+    async def claim_email(self, email_id: int, now: float, until: float) -> bool:
+        """Take a due, unsent message for sending until ``until`` (its next
+        attempt moves there); True for the one caller, in any process, that
+        took it."""
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "UPDATE email_outbox SET next_attempt_at = ? WHERE id = ? AND sent_at IS NULL"
+                " AND next_attempt_at <= ?", (until, email_id, now))
+            return cur.rowcount == 1
+
     async def email_sent(self, email_id: int) -> None:
         async with self.store.transaction() as db:
             await db.execute("UPDATE email_outbox SET sent_at = ?, last_error = NULL WHERE id = ?",
@@ -244,6 +263,14 @@ class BillingDB:
             " WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY id LIMIT ?",
             (now, limit))
         return [WebhookItem(*r) for r in rows]
+
+    async def claim_webhook(self, item_id: int, now: float, until: float) -> bool:
+        """``claim_email`` for a customer-webhook delivery."""
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ?"
+                " AND delivered_at IS NULL AND next_attempt_at <= ?", (until, item_id, now))
+            return cur.rowcount == 1
 
     async def webhook_delivered(self, item_id: int) -> None:
         async with self.store.transaction() as db:

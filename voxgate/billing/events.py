@@ -265,6 +265,7 @@ class EventProcessor:
             return "no account"
         now = time.time() if now is None else now
         await self._schedule_cancellation(account.id, sub, now)
+        await self.notifier.note_trial(account.id, sub)  # for the trial-ending reminder
         customer = sub.get("customer")
         if isinstance(customer, dict):
             customer = customer.get("id")

@@ -1,12 +1,21 @@
-"""Notifications: quota alerts, welcome and notice emails, customer webhooks.
+"""Notifications: quota alerts, welcome, trial-ending, monthly summary and
+notice emails, customer webhooks.
 
 Everything goes through durable queues (``email_outbox``, ``webhook_outbox``)
 drained by ``OutboxWorker``: a mail server or customer endpoint that is down
-loses nothing; an empty ``smtp.host`` keeps mail queued.
+loses nothing; an empty ``smtp.host`` keeps mail queued. Each item is claimed
+before it is sent (``BillingDB.claim_email``), so the workers of several
+processes send it once.
 
 Quota alerts fire at 80 %, 95 % and 100 % of a plan's included sessions
 (add-on packs counted in: the plan given is ``voxgate.models.packs.with_packs``'s), at
-most once per account, period and threshold (a row in ``quota_alerts``).
+most once per account, period and threshold (a row in ``quota_alerts``): when
+a session completes (the gateway hook), and in the daily usage-limit check
+(``voxgate.jobs``) for those missed while no server was running, which sends
+the highest missed threshold only (``catch_up_alerts``).
+Trial-ending reminders and monthly usage summaries are queued by the jobs of
+``voxgate.jobs``; each is queued once (a ``dedupe_key`` per account and trial
+or period).
 Customer webhooks are signed like Stripe's: header
 ``Voxgate-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
 """
@@ -18,6 +27,7 @@ import hmac
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -30,12 +40,20 @@ from voxgate.billing.outbound import UnsafeUrl, check_url, client_session
 from voxgate.config import Settings
 from voxgate.metering.store import MonthlyUsage
 from voxgate.models import Account, Plan
+from voxgate.web.figures import minutes_used
 
 __all__ = [
     "THRESHOLDS",
     "QuotaAlert",
     "thresholds_reached",
+    "catch_up_alerts",
     "quota_alert_email",
+    "TrialEnd",
+    "trial_ending_email",
+    "UsageSummary",
+    "usage_summary",
+    "usage_summary_email",
+    "TRIAL_END_KEY",
     "sign_payload",
     "verify_signature",
     "Notifier",
@@ -47,6 +65,9 @@ log = logging.getLogger("voxgate.billing.notify")
 
 THRESHOLDS = (80, 95, 100)
 SIGNATURE_HEADER = "Voxgate-Signature"
+WEBHOOK_TIMEOUT_S = 10.0  # one customer-webhook POST
+# meta key of a subscription in trial: value "<subscription id> <trial_end unix s>"
+TRIAL_END_KEY = "billing:trial_end:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +97,17 @@ def thresholds_reached(plan: Plan, billable_sessions: int) -> list[QuotaAlert]:
             if billable_sessions >= math.ceil(included * t / 100)]
 
 
+def catch_up_alerts(plan: Plan, billable_sessions: int,
+                    sent: Collection[int]) -> tuple[QuotaAlert | None, list[int]]:
+    """The alerts a check after the fact owes: (the highest threshold reached
+    and not sent, to send; the lower unsent ones it supersedes, to record as
+    done without a message). ``(None, [])`` when nothing is owed."""
+    owed = [a for a in thresholds_reached(plan, billable_sessions) if a.threshold not in sent]
+    if not owed:
+        return None, []
+    return owed[-1], [a.threshold for a in owed[:-1]]
+
+
 def quota_alert_email(plan: Plan, alert: QuotaAlert, period: str,
                       billing_url: str) -> tuple[str, str]:
     """(subject, body) of a quota alert."""
@@ -102,6 +134,89 @@ def quota_alert_email(plan: Plan, alert: QuotaAlert, period: str,
         "short sessions are never billable.\n"
     )
     return subject, body
+
+
+@dataclass(frozen=True, slots=True)
+class TrialEnd:
+    """A Stripe subscription in trial: ``trial_end`` in Unix seconds."""
+
+    account_id: str
+    subscription_id: str
+    trial_end: float
+
+
+def trial_ending_email(plan: Plan, trial_end: float, billing_url: str) -> tuple[str, str]:
+    """(subject, body) of the reminder that a trial ends at ``trial_end`` (Unix s)."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(trial_end))
+    subject = f"voxgate: your {plan.name} trial ends on {day}"
+    price = f"{plan.price_cents / 100:.2f} a month"
+    if plan.overage_cents is not None:
+        price += (f" plus {plan.overage_cents / 100:.2f} per billable session beyond the "
+                  f"{plan.sessions_included or 0} included")
+    body = (
+        f"Your free trial of the voxgate {plan.name} plan ends on {day} (UTC).\n\n"
+        f"After that the subscription continues at {price}, charged to the payment "
+        "method given at checkout.\n\n"
+        f"Nothing to do to keep it. To change or cancel the plan: {billing_url}\n"
+    )
+    return subject, body
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """What the monthly summary of one account and period says.
+
+    Attributes:
+        minutes_used: ``voxgate.web.figures.minutes_used`` of the period.
+        overage_sessions: billable sessions beyond the included ones (plans
+            with an overage price; 0 otherwise).
+        cost_cents: ``Plan.cost_cents(billable_sessions)``: subscription and overage.
+    """
+
+    account_id: str
+    period: str
+    plan_id: str
+    plan_name: str
+    sessions: int
+    billable_sessions: int
+    sessions_included: int | None
+    overage_sessions: int
+    minutes_used: float
+    audio_seconds: float
+    cost_cents: int
+
+
+def usage_summary(plan: Plan, usage: MonthlyUsage) -> UsageSummary:
+    """The summary of ``usage`` (one account's period) on ``plan`` (pure)."""
+    overage = 0
+    if plan.overage_cents is not None:
+        overage = max(0, usage.billable_sessions - (plan.sessions_included or 0))
+    return UsageSummary(
+        account_id=usage.account_id, period=usage.period, plan_id=plan.id,
+        plan_name=plan.name, sessions=usage.sessions,
+        billable_sessions=usage.billable_sessions, sessions_included=plan.sessions_included,
+        overage_sessions=overage, minutes_used=minutes_used(usage.minutes_used),
+        audio_seconds=round(usage.audio_seconds, 1),
+        cost_cents=plan.cost_cents(usage.billable_sessions))
+
+
+def usage_summary_email(summary: UsageSummary, billing_url: str) -> tuple[str, str]:
+    """(subject, body) of a monthly usage summary."""
+    s = summary
+    included = "unlimited" if s.sessions_included is None else f"{s.sessions_included}"
+    lines = [
+        f"Your voxgate usage for {s.period} ({s.plan_name} plan):",
+        "",
+        f"  Billable sessions: {s.billable_sessions} of {included} included",
+        f"  All sessions:      {s.sessions} (only billable ones count)",
+        f"  Minutes used:      {s.minutes_used:.1f}",
+        f"  Audio exchanged:   {s.audio_seconds:.1f} s",
+    ]
+    if s.overage_sessions:
+        lines.append(f"  Overage sessions:  {s.overage_sessions}")
+    lines += ["", f"Cost of the month: {s.cost_cents / 100:.2f}", "",
+              f"Invoices and plan: {billing_url}", ""]
+    return f"voxgate: your usage for {s.period}", "\n".join(lines)
 
 
 def sign_payload(secret: str, body: bytes, timestamp: int) -> str:
@@ -144,24 +259,84 @@ class Notifier:
             key = (account.id, usage.period, alert.threshold)
             if key in self._done:
                 continue
-            if not await self.bdb.claim_quota_alert(account.id, usage.period, alert.threshold):
-                self._done.add(key)
-                continue
+            if await self._alert(account, plan, usage.period, alert):
+                sent.append(alert.threshold)
             self._done.add(key)
-            subject, body = quota_alert_email(plan, alert, usage.period, self.billing_url)
-            dedupe = f"quota:{account.id}:{usage.period}:{alert.threshold}"
-            await self.bdb.queue_email(account_id=account.id, kind=alert.kind,
-                                       to_addr=account.email, subject=subject, body=body,
-                                       dedupe_key=dedupe)
-            await self.webhook(account.id, alert.kind, {
-                "type": alert.kind, "account": account.id, "period": usage.period,
-                "plan": plan.id, "threshold": alert.threshold, "sessionsUsed": alert.used,
-                "sessionsIncluded": alert.included, "upgradeUrl": self.billing_url,
-            }, dedupe)
-            await self.bdb.audit("system", account.id, "quota_alert",
-                                 {"period": usage.period, "threshold": alert.threshold})
-            sent.append(alert.threshold)
         return sent
+
+    async def catch_up(self, account: Account, plan: Plan, usage: MonthlyUsage) -> list[int]:
+        """The alerts of ``usage`` missed so far (``catch_up_alerts``): the
+        highest is queued, the lower ones are recorded as superseded. Returns
+        the thresholds queued (none or one)."""
+        sent = await self.bdb.quota_alerts(account.id, usage.period)
+        alert, superseded = catch_up_alerts(plan, usage.billable_sessions, sent)
+        if alert is None:
+            return []
+        for threshold in superseded:
+            if await self.bdb.claim_quota_alert(account.id, usage.period, threshold):
+                await self.bdb.audit("system", account.id, "quota_alert_superseded",
+                                     {"period": usage.period, "threshold": threshold,
+                                      "by": alert.threshold})
+        return [alert.threshold] if await self._alert(account, plan, usage.period, alert) else []
+
+    async def _alert(self, account: Account, plan: Plan, period: str, alert: QuotaAlert) -> bool:
+        """Queue one alert's email and webhook, then claim it; True if this
+        call claimed it. Queueing first (each idempotent by its dedupe key)
+        means a crash between the two steps loses nothing: the next attempt
+        finds the messages queued already and only claims."""
+        if alert.threshold in await self.bdb.quota_alerts(account.id, period):
+            return False
+        subject, body = quota_alert_email(plan, alert, period, self.billing_url)
+        dedupe = f"quota:{account.id}:{period}:{alert.threshold}"
+        await self.bdb.queue_email(account_id=account.id, kind=alert.kind,
+                                   to_addr=account.email, subject=subject, body=body,
+                                   dedupe_key=dedupe)
+        await self.webhook(account.id, alert.kind, {
+            "type": alert.kind, "account": account.id, "period": period,
+            "plan": plan.id, "threshold": alert.threshold, "sessionsUsed": alert.used,
+            "sessionsIncluded": alert.included, "upgradeUrl": self.billing_url,
+        }, dedupe)
+        if not await self.bdb.claim_quota_alert(account.id, period, alert.threshold):
+            return False
+        await self.bdb.audit("system", account.id, "quota_alert",
+                             {"period": period, "threshold": alert.threshold})
+        return True
+
+    async def note_trial(self, account_id: str, sub: dict[str, Any]) -> None:
+        """Remember a subscription in trial (Stripe ``status`` ``trialing``
+        with a ``trial_end``) for the trial-ending reminder; forget it once
+        the subscription is out of trial."""
+        key = TRIAL_END_KEY + account_id
+        trial_end = sub.get("trial_end")
+        if sub.get("status") == "trialing" and isinstance(trial_end, (int, float)) \
+                and isinstance(sub.get("id"), str):
+            await self.bdb.store.set_meta(key, f"{sub['id']} {float(trial_end)}")
+        elif await self.bdb.store.get_meta(key):
+            await self.bdb.store.set_meta(key, "")
+
+    async def trials(self) -> list[TrialEnd]:
+        """Every subscription in trial ``note_trial`` remembers."""
+        out = []
+        for key, value in await self.bdb.meta_with_prefix(TRIAL_END_KEY):
+            sub_id, _, at = value.partition(" ")
+            if sub_id and at:
+                out.append(TrialEnd(key[len(TRIAL_END_KEY):], sub_id, float(at)))
+        return out
+
+    async def trial_ending(self, account: Account, plan: Plan, trial: TrialEnd) -> bool:
+        """Queue the trial-ending reminder; False if it was queued before."""
+        subject, body = trial_ending_email(plan, trial.trial_end, self.billing_url)
+        return await self.bdb.queue_email(
+            account_id=account.id, kind="trial_ending", to_addr=account.email,
+            subject=subject, body=body,
+            dedupe_key=f"trial_ending:{account.id}:{trial.subscription_id}")
+
+    async def monthly_summary(self, account: Account, summary: UsageSummary) -> bool:
+        """Queue the monthly usage summary; False if it was queued before."""
+        subject, body = usage_summary_email(summary, self.billing_url)
+        return await self.bdb.queue_email(
+            account_id=account.id, kind="usage_summary", to_addr=account.email,
+            subject=subject, body=body, dedupe_key=f"summary:{account.id}:{summary.period}")
 
     async def welcome(self, account: Account, plan: Plan, subscription_id: str) -> None:
         body = (f"Welcome to voxgate {plan.name}!\n\n"
@@ -204,6 +379,11 @@ class OutboxWorker:
         b = self.settings.billing
         return backoff_s(attempts, b.retry_base_s, b.retry_max_s)
 
+    def _claim_s(self) -> float:
+        """How long a claimed item is left to its worker: past any send's
+        timeout (SMTP, webhook POST), then it is due again."""
+        return 60.0 + 3 * max(self.settings.smtp.timeout_s, WEBHOOK_TIMEOUT_S)
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
@@ -221,6 +401,8 @@ class OutboxWorker:
             return 0
         sent = 0
         for item in await self.bdb.due_emails(now):
+            if not await self.bdb.claim_email(item.id, now, now + self._claim_s()):
+                continue  # another worker has it
             msg = EmailMessage()
             msg["From"] = smtp.sender
             msg["To"] = item.to_addr
@@ -247,6 +429,8 @@ class OutboxWorker:
         """POST the due customer webhooks, signed; 2xx = delivered."""
         delivered = 0
         for item in await self.bdb.due_webhooks(now):
+            if not await self.bdb.claim_webhook(item.id, now, now + self._claim_s()):
+                continue
             target = await self.bdb.account_webhook(item.account_id)
             if target is None:  # removed since: drop it
                 await self.bdb.webhook_delivered(item.id)
@@ -258,7 +442,7 @@ class OutboxWorker:
             dev_mode = self.settings.dev_mode
             if self._http is None:
                 self._http = client_session(dev_mode=dev_mode,
-                                            timeout=aiohttp.ClientTimeout(total=10))
+                                            timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
             try:
                 # again, on what is connected to: IP literals here, names in PublicResolver
                 await check_url(url, dev_mode=dev_mode, resolve=False)

@@ -797,16 +797,22 @@ class SQLiteStore:
             f"SELECT COUNT(*) FROM sessions WHERE {' AND '.join(clauses)}", tuple(params))
         return int(row[0])
 
-    async def abandon_active_sessions(self, verdict: Verdict, now: float) -> int:
+    async def abandon_active_sessions(self, verdict: Verdict, now: float,
+                                      started_before: float | None = None) -> int:
         """Complete every ``active`` session (left by a process that died)
-        with ``verdict``'s reason and rule, ending at ``now``. They are
+        with ``verdict``'s reason and rule, ending at ``now``; with
+        ``started_before`` (Unix s) only those started before it. They are
         recorded and counted as not billable whatever ``verdict.billable``
-        says: nothing was measured to justify a charge. Returns how many."""
+        says: nothing was measured to justify a charge. Returns how many
+        (0 for sessions another process completed meanwhile: one
+        transaction)."""
         not_billable = Verdict(False, verdict.reason, verdict.rule)
+        where = "status = 'active'" + ("" if started_before is None else " AND started_at < ?")
+        params: tuple[Any, ...] = () if started_before is None else (started_before,)
 
         def abandon(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                f"SELECT {_SESSION_COLS} FROM sessions WHERE status = 'active'").fetchall()
+                f"SELECT {_SESSION_COLS} FROM sessions WHERE {where}", params).fetchall()
             for row in rows:
                 _complete_sync(conn, _session(row), not_billable, False, now)
             return len(rows)

@@ -189,9 +189,11 @@ class Store(Protocol):
         (cursor pagination, like OpenAI's list endpoints)."""
 
     async def count_sessions(self, account_id: str, filters: SessionFilter | None = None) -> int: ...
-    async def abandon_active_sessions(self, verdict: Verdict, now: float) -> int:
+    async def abandon_active_sessions(self, verdict: Verdict, now: float,
+                                      started_before: float | None = None) -> int:
         """Complete every session still ``active`` (left by a process that
-        died) with ``verdict``; returns how many."""
+        died), or those started before ``started_before``, with
+        ``verdict``; returns how many."""
 
     # usage
     async def get_usage(self, account_id: str, period: str) -> MonthlyUsage: ...

@@ -9,8 +9,8 @@ Routes served here:
 - ``GET  /healthz``, ``GET /metrics`` (Prometheus)
 
 Other rooms plug in through a ``setup(app)`` function in their module
-(``voxgate.proxy.webrtc``, ``voxgate.billing.service``, ``voxgate.web.app``),
-called when the module exists.
+(``voxgate.proxy.webrtc``, ``voxgate.billing.service``, ``voxgate.jobs``,
+``voxgate.web.app``), called when the module exists.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ DEMO_KEY_FILE = "demo_api_key"
 PLUGINS = (
     "voxgate.proxy.webrtc",
     "voxgate.billing.service",
+    "voxgate.jobs",  # the scheduled jobs' scheduler; after billing, whose notifier it uses
     "voxgate.web.app",
     "voxgate.web.voice_client",
 )

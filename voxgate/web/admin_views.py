@@ -1,5 +1,6 @@
 """Operator pages: ``/admin`` (figures and charts over time),
-``/admin/analytics`` (the same figures as JSON) and ``/admin/audit`` (the
+``/admin/analytics`` (the same figures as JSON; ``/admin`` also lists the
+scheduled jobs' last and next runs) and ``/admin/audit`` (the
 audit log of operator and billing actions). Operators only: signed-out
 visitors are sent to ``/signin``, other users get 403.
 
@@ -101,7 +102,17 @@ async def admin_page(request: web.Request) -> web.Response:
             [charts.Series("billable", [d[2] for d in days], "s-ok"),
              charts.Series("not billable", [d[1] - d[2] for d in days], "s-fail")],
             integer=True),
-        accounts=len(await state.store.list_accounts()))
+        accounts=len(await state.store.list_accounts()),
+        jobs=await scheduled_jobs(request, now))
+
+
+async def scheduled_jobs(request: web.Request, now: float) -> list[dict[str, Any]]:
+    """The scheduled jobs with their last run, outcome and next run (``voxgate.jobs``)."""
+    from voxgate.jobs import JOBS, JobRunsDB, job_table
+    from voxgate.proxy.app import SETTINGS
+
+    state = _state(request)
+    return job_table(JOBS, await JobRunsDB(state.store).runs(), request.app[SETTINGS], now)
 
 
 @members_told

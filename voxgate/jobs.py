@@ -1,0 +1,433 @@
+"""Scheduled jobs: periodic work that runs once per interval across every
+voxgate process sharing a database.
+
+The registry is ``JOBS``, a plain list of ``Job(name, interval_s, run,
+description)``; ``run`` is a coroutine function taking a ``JobContext``
+(store, settings, clock, mailer, catalog) and returning a short sentence of
+what it did (shown on the operator page). To add a job, append a ``Job`` to
+``JOBS`` (or call ``register``); ``jobs.intervals_s`` in the settings may
+change its interval by name.
+
+Every job is idempotent on its own (its effects are keyed: dedupe keys on
+queued email, ``quota_alerts`` rows, a session completed once), and the
+scheduler runs it at most once per interval across the cluster: each process
+runs a ``Scheduler`` that, for a due job, first wins the claim on its
+``job_runs`` row (``JobRunsDB.claim``, one atomic UPDATE; one winner), runs
+it, then records the outcome and the next run. A run that dies keeps its
+lease until ``jobs.lease_s`` has passed; then any process may take it over.
+
+The jobs:
+
+- ``stale_session_sweep`` (10 min): sessions still ``active`` that started
+  more than ``jobs.stale_session_s`` ago (default ``relay.max_session_s`` +
+  10 min, longer than any live session may last) were left by a process that
+  died: completed as not billable (``interrupted``).
+- ``usage_limit_check`` (daily): the quota alerts (80/95/100 %) of this
+  period that no session completion sent, because no server was running
+  then or the process died before its hook ran: the highest missed
+  threshold is sent once (``voxgate.billing.notify.catch_up_alerts``).
+- ``trial_ending_reminder`` (daily): an email to each account whose Stripe
+  subscription is in trial and ends within ``TRIAL_REMINDER_DAYS`` (3) days.
+- ``monthly_usage_summary`` (daily; sends once a month): last period's usage
+  summary to each paying account (a Stripe subscription on a paid plan).
+
+The decisions (``is_due``, ``next_run_at``, ``trial_reminders_due``,
+``summary_recipients``, ``stale_cutoff``, ``job_table``) are pure functions;
+email goes through the billing outbox (``voxgate.billing.notify.Notifier``).
+Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from voxgate.billing.db import BillingDB
+from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
+from voxgate.config import Settings
+from voxgate.metering.store import period_of
+from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
+from voxgate.web.figures import period_bounds, previous_period, standing
+
+__all__ = [
+    "Job",
+    "JobContext",
+    "JobRun",
+    "JOBS",
+    "register",
+    "is_due",
+    "next_run_at",
+    "interval_of",
+    "stale_cutoff",
+    "trial_reminders_due",
+    "summary_recipients",
+    "job_table",
+    "JobRunsDB",
+    "Scheduler",
+    "sweep_stale_sessions",
+    "check_usage_limits",
+    "remind_trials_ending",
+    "send_monthly_summaries",
+    "TRIAL_REMINDER_DAYS",
+    "SCHEDULER",
+    "setup",
+]
+
+log = logging.getLogger("voxgate.jobs")
+
+DAY_S = 86400.0
+TRIAL_REMINDER_DAYS = 3
+STALE_MARGIN_S = 600.0  # beyond relay.max_session_s, before an active session is stale
+
+
+# ---------------------------------------------------------------- registry
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a job gets: the open store (a ``SQLiteStore``), the settings, the
+    clock (Unix seconds), the mailer (queues email in the outbox) and the
+    plan catalog."""
+
+    store: Any
+    settings: Settings
+    clock: Callable[[], float]
+    mailer: Notifier
+    catalog: PlanCatalog
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A scheduled job: ``run(ctx)`` every ``interval_s`` seconds, returning
+    what it did in a few words."""
+
+    name: str
+    interval_s: float
+    run: Callable[[JobContext], Awaitable[str]]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """A ``job_runs`` row. ``last_outcome``: ``ok`` or ``failed``."""
+
+    name: str
+    next_run_at: float = 0.0
+    lease_owner: str | None = None
+    lease_until: float = 0.0
+    last_started_at: float | None = None
+    last_finished_at: float | None = None
+    last_outcome: str | None = None
+    last_detail: str | None = None
+    runs: int = 0
+
+
+# ---------------------------------------------------------------- decisions
+
+def is_due(run: JobRun | None, now: float) -> bool:
+    """Whether a job may be claimed at ``now``: never run, or its next run
+    has come and no lease is held."""
+    if run is None:
+        return True
+    return run.next_run_at <= now and run.lease_until <= now
+
+
+def next_run_at(started_at: float, interval_s: float, ok: bool, retry_s: float,
+                finished_at: float) -> float:
+    """When a job runs next: one interval after its run started (so the
+    cadence does not drift), or after ``min(retry_s, interval_s)`` when it
+    failed; never before it finished."""
+    delay = interval_s if ok else min(retry_s, interval_s)
+    return max(started_at + delay, finished_at)
+
+
+def interval_of(job: Job, settings: Settings) -> float:
+    """The job's interval: ``jobs.intervals_s[name]`` if set, else its own."""
+    return float(settings.jobs.intervals_s.get(job.name, job.interval_s))
+
+
+def stale_cutoff(now: float, settings: Settings) -> float:
+    """Sessions still active that started before this are stale."""
+    after = settings.jobs.stale_session_s or settings.relay.max_session_s + STALE_MARGIN_S
+    return now - after
+
+
+def trial_reminders_due(trials: Iterable[TrialEnd], accounts: Mapping[str, Account],
+                        now: float, days_before: int = TRIAL_REMINDER_DAYS) -> list[TrialEnd]:
+    """The trials to remind today: ending in (now, now + ``days_before``
+    days] and still the account's current subscription."""
+    due = []
+    for trial in trials:
+        account = accounts.get(trial.account_id)
+        if account is None or account.stripe_subscription_id != trial.subscription_id:
+            continue
+        if now < trial.trial_end <= now + days_before * DAY_S:
+            due.append(trial)
+    return due
+
+
+def summary_recipients(accounts: Iterable[Account], catalog: PlanCatalog,
+                       period: str) -> list[Account]:
+    """The accounts that get ``period``'s summary: paying now (a Stripe
+    subscription on a paid plan, ``voxgate.web.figures.standing``) and
+    created before the period ended."""
+    _, end = period_bounds(period)
+    return [a for a in accounts if a.created_at < end
+            and standing(a.plan_id, a.status, a.stripe_subscription_id is not None,
+                         catalog) == "paying"]
+
+
+def job_table(jobs: Iterable[Job], runs: Mapping[str, JobRun], settings: Settings,
+              now: float) -> list[dict[str, Any]]:
+    """One row per registered job for the operator page: name, description,
+    interval_s, last_started_at, last_finished_at, last_outcome, last_detail,
+    next_run_at (None = at the next poll), running (a lease is held)."""
+    out = []
+    for job in jobs:
+        run = runs.get(job.name) or JobRun(job.name)
+        out.append({
+            "name": job.name, "description": job.description,
+            "interval_s": interval_of(job, settings),
+            "last_started_at": run.last_started_at, "last_finished_at": run.last_finished_at,
+            "last_outcome": run.last_outcome, "last_detail": run.last_detail,
+            "next_run_at": run.next_run_at or None, "runs": run.runs,
+            "running": run.lease_until > now,
+        })
+    return out
+
+
+def _plan(catalog: PlanCatalog, plan_id: str) -> Plan:
+    try:
+        return catalog.get(plan_id)
+    except KeyError:
+        return catalog.default
+
+
+# ---------------------------------------------------------------- the jobs
+
+async def sweep_stale_sessions(ctx: JobContext) -> str:
+    """Complete the stale active sessions (``stale_cutoff``) as interrupted."""
+    now = ctx.clock()
+    n = await ctx.store.abandon_active_sessions(
+        Verdict(False, Reason.INTERRUPTED, "still active long after any session may last: "
+                                           "its voxgate process stopped"),
+        now, started_before=stale_cutoff(now, ctx.settings))
+    if n:
+        log.warning("completed %d stale session(s)", n)
+    return f"{n} stale session(s) completed"
+
+
+async def check_usage_limits(ctx: JobContext) -> str:
+    """Send the quota alerts of this period missed so far (once each)."""
+    period = period_of(ctx.clock())
+    sent = 0
+    for account in await ctx.store.list_accounts():
+        usage = await ctx.store.get_usage(account.id, period)
+        if usage.billable_sessions:
+            sent += len(await ctx.mailer.catch_up(account, _plan(ctx.catalog, account.plan_id),
+                                                  usage))
+    return f"{sent} missed alert(s) sent for {period}"
+
+
+async def remind_trials_ending(ctx: JobContext) -> str:
+    """Queue the trial-ending reminder of each trial ending within 3 days."""
+    accounts = {a.id: a for a in await ctx.store.list_accounts()}
+    queued = 0
+    for trial in trial_reminders_due(await ctx.mailer.trials(), accounts, ctx.clock()):
+        account = accounts[trial.account_id]
+        if await ctx.mailer.trial_ending(account, _plan(ctx.catalog, account.plan_id), trial):
+            queued += 1
+    return f"{queued} trial reminder(s) queued"
+
+
+async def send_monthly_summaries(ctx: JobContext) -> str:
+    """Queue last period's usage summary for each paying account (once)."""
+    period = previous_period(period_of(ctx.clock()))
+    queued = 0
+    for account in summary_recipients(await ctx.store.list_accounts(), ctx.catalog, period):
+        usage = await ctx.store.get_usage(account.id, period)
+        summary = usage_summary(_plan(ctx.catalog, account.plan_id), usage)
+        if await ctx.mailer.monthly_summary(account, summary):
+            queued += 1
+    return f"{queued} summar{'y' if queued == 1 else 'ies'} for {period} queued"
+
+
+JOBS: list[Job] = [
+    Job("stale_session_sweep", 600.0, sweep_stale_sessions,
+        "complete sessions left active by a stopped process"),
+    Job("usage_limit_check", DAY_S, check_usage_limits,
+        "send the 80/95/100 % quota alerts missed while no server ran"),
+    Job("trial_ending_reminder", DAY_S, remind_trials_ending,
+        f"email accounts whose trial ends within {TRIAL_REMINDER_DAYS} days"),
+    Job("monthly_usage_summary", DAY_S, send_monthly_summaries,
+        "email last month's usage to each paying account"),
+]
+
+
+def register(job: Job) -> Job:
+    """Add ``job`` to ``JOBS``.
+
+    Raises:
+        ValueError: a job of that name is registered already.
+    """
+    if any(j.name == job.name for j in JOBS):
+        raise ValueError(f"job {job.name!r} is registered already")
+    JOBS.append(job)
+    return job
+
+
+# ---------------------------------------------------------------- job_runs
+
+_RUN_COLS = ("name, next_run_at, lease_owner, lease_until, last_started_at, last_finished_at,"
+             " last_outcome, last_detail, runs")
+
+
+class JobRunsDB:
+    """The ``job_runs`` table (``migrations/0008_jobs.sql``) on an open
+    ``SQLiteStore``: writes inside ``store.transaction()``, reads direct."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def runs(self) -> dict[str, JobRun]:
+        rows = await self.store.db.execute_fetchall(f"SELECT {_RUN_COLS} FROM job_runs")
+        return {r[0]: JobRun(*r) for r in rows}
+
+    async def claim(self, name: str, owner: str, now: float, lease_until: float) -> bool:
+        """Take the run of ``name`` if it is due at ``now`` and no lease is
+        held (one UPDATE in a write transaction, so of any number of callers
+        in any process one wins); True for the winner."""
+        async with self.store.transaction() as db:
+            await db.execute("INSERT OR IGNORE INTO job_runs (name) VALUES (?)", (name,))
+            cur = await db.execute(
+                "UPDATE job_runs SET lease_owner = ?, lease_until = ?, last_started_at = ?"
+                " WHERE name = ? AND next_run_at <= ? AND lease_until <= ?",
+                (owner, lease_until, now, name, now, now))
+            return cur.rowcount == 1
+
+    async def finish(self, name: str, owner: str, *, finished_at: float, ok: bool,
+                     detail: str, next_at: float) -> bool:
+        """Record the outcome and the next run and free the lease, if
+        ``owner`` still holds it; False when it was taken over meanwhile."""
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "UPDATE job_runs SET lease_owner = NULL, lease_until = 0, last_finished_at = ?,"
+                " last_outcome = ?, last_detail = ?, next_run_at = ?, runs = runs + 1"
+                " WHERE name = ? AND lease_owner = ?",
+                (finished_at, "ok" if ok else "failed", detail[:500], next_at, name, owner))
+            return cur.rowcount == 1
+
+
+# ---------------------------------------------------------------- scheduler
+
+class Scheduler:
+    """Runs the due jobs this process wins, every ``jobs.poll_s``.
+
+    Args:
+        jobs: the jobs (default: ``JOBS`` as it is when ``tick`` runs).
+        owner: this scheduler's name in ``job_runs.lease_owner`` (default
+            ``host:pid:random``).
+    """
+
+    def __init__(self, ctx: JobContext, jobs: list[Job] | None = None, *,
+                 owner: str | None = None) -> None:
+        self.ctx = ctx
+        self._jobs = jobs
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.db = JobRunsDB(ctx.store)
+        self._task: asyncio.Task | None = None
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list(JOBS if self._jobs is None else self._jobs)
+
+    async def tick(self) -> dict[str, str]:
+        """Claim and run every due job; returns name → what it did (or the
+        error) for the jobs this scheduler ran."""
+        settings = self.ctx.settings.jobs
+        ran: dict[str, str] = {}
+        runs = await self.db.runs()
+        for job in self.jobs:
+            now = self.ctx.clock()
+            if not is_due(runs.get(job.name), now):
+                continue
+            if not await self.db.claim(job.name, self.owner, now, now + settings.lease_s):
+                continue
+            try:
+                detail, ok = await job.run(self.ctx), True
+            except Exception as exc:  # noqa: BLE001 - recorded, retried after retry_s
+                log.exception("job %s failed", job.name)
+                detail, ok = f"{type(exc).__name__}: {exc}", False
+            finished = self.ctx.clock()
+            await self.db.finish(job.name, self.owner, finished_at=finished, ok=ok, detail=detail,
+                                 next_at=next_run_at(now, interval_of(job, self.ctx.settings), ok,
+                                                     settings.retry_s, finished))
+            ran[job.name] = detail
+        return ran
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the scheduler must survive a bad poll
+                log.exception("job scheduler poll failed")
+            await asyncio.sleep(self.ctx.settings.jobs.poll_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="job-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+# ---------------------------------------------------------------- in the app
+
+SCHEDULER = web.AppKey("job_scheduler", Scheduler)
+
+
+def setup(app: web.Application) -> None:
+    """Plug the scheduler into the app (``voxgate.proxy.app.PLUGINS``): it
+    starts with the app when ``jobs.enabled``, after the store is open, and
+    stops before the store closes. The mailer is billing's notifier when
+    billing is plugged in."""
+    from voxgate.proxy.app import GATEWAY, SETTINGS
+
+    settings = app[SETTINGS]
+    gateway = app[GATEWAY]
+    mailer: Notifier | None = None
+    with contextlib.suppress(ImportError):
+        from voxgate.billing.service import BILLING
+
+        if BILLING in app:
+            mailer = app[BILLING].notifier
+    ctx = JobContext(store=gateway.store, settings=settings, clock=time.time,
+                     mailer=mailer or Notifier(settings, BillingDB(gateway.store)),
+                     catalog=gateway.catalog)
+    app[SCHEDULER] = Scheduler(ctx)
+
+    async def scheduler_ctx(app: web.Application):
+        scheduler = app[SCHEDULER]
+        if settings.jobs.enabled:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+
+    app.cleanup_ctx.append(scheduler_ctx)
