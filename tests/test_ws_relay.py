@@ -51,7 +51,7 @@ async def test_billable_session_with_real_speech(server, jfk_pcm):
         created, _ = await recv_until(conn, "session.created")
         await conn.session.update(session={
             "type": "realtime",
-            "audio": {"input": {"turn_detection": None}},
+            "audio": {"input": {"turn_detection": None, "transcription": {"model": "whisper-1"}}},
         })
         await append_audio(conn, jfk_pcm)
         await conn.input_audio_buffer.commit()

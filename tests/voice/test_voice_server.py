@@ -117,7 +117,8 @@ async def test_voice_turn_with_server_vad(http, provider):
     # jfk pauses for ~0.7 s mid-sentence: a longer silence keeps it one turn.
     await send(ws, type="session.update", event_id="evt_upd", session={
         "type": "realtime",
-        "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1000}}}})
+        "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 1000},
+                            "transcription": {"model": "whisper-1"}}}})
     await recv_until(ws, "session.updated")
     pcm = load_pcm16(SPEECH / "jfk.flac") + bytes(48000 * 3 // 2)  # + 1.5 s of silence
     streaming = asyncio.ensure_future(stream(ws, pcm, speed=8.0))
@@ -160,7 +161,8 @@ async def test_openai_sdk_manual_commit_pcmu():
         async with client.realtime.connect(model="gpt-realtime") as conn:
             await conn.session.update(session={
                 "type": "realtime",
-                "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None,
+                                    "transcription": {"model": "whisper-1"}},
                           "output": {"format": {"type": "audio/pcmu"}}}})
             speech8k = resample_pcm16(load_pcm16(SPEECH / "goforward-16k-s16le.raw", 16000), 16000, 8000)
             ulaw = ulaw_encode(speech8k)

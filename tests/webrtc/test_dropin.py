@@ -89,6 +89,12 @@ async def all_calls_ended(server, within_s: float = 6.0) -> None:
     await assert_nothing_left(server)
 
 
+# The app's server mints keys whose sessions transcribe what the user says,
+# as an app showing it would (OpenAI's default is no input transcription).
+TRANSCRIBED = {"type": "realtime", "model": "gpt-realtime",
+               "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+
+
 def call_id_of(location: str) -> str:
     return location.rsplit("/", 1)[1]
 
@@ -98,7 +104,8 @@ async def test_openai_guide_code_from_another_origin(make_server, http, tmp_path
     (no candidates in it): the call still connects, speech is heard and
     answered, reply audio plays, and the session is billable."""
     server = await make_server(plan="free", webrtc={"host_addresses": ["127.0.0.1"]})
-    async with app_origin(server) as app, browser(tmp_path, speech_file) as context:
+    async with app_origin(server, session=TRANSCRIBED) as app, \
+            browser(tmp_path, speech_file) as context:
         assert app.url != server.url
         page = await open_call(context, app.url + "/guide.html")
         call = await page.evaluate("({status: window.call.status,"
@@ -162,7 +169,7 @@ async def test_push_to_talk_client_is_not_made_free(make_server, tmp_path, speec
     only sends RTCP and STUN is silent, not gone): the connect latency is the
     call's, not the microphone's."""
     server = await make_server(webrtc={"host_addresses": ["127.0.0.1"]})
-    async with app_origin(server, PTT_DELAY_MS="5000") as app, \
+    async with app_origin(server, session=TRANSCRIBED, PTT_DELAY_MS="5000") as app, \
             browser(tmp_path, speech_file) as context:
         page = await open_call(context, app.url + "/push-to-talk.html")
         await page.wait_for_function("window.talkingAt !== undefined", timeout=10_000 * SLOW)

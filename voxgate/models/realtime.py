@@ -1,5 +1,6 @@
 """OpenAI Realtime vocabulary: event type names (GA), audio formats and
-audio-length arithmetic.
+audio-length arithmetic, and the session defaults the token endpoint's
+session objects and the local provider's sessions share.
 
 Follows the OpenAI Realtime API reference
 (https://platform.openai.com/docs/api-reference/realtime-client-events and
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from voxgate.errors import MalformedEvent
+
 __all__ = [
     "CLIENT_EVENTS",
     "SERVER_EVENTS",
@@ -19,11 +22,23 @@ __all__ = [
     "PCM24K",
     "audio_format_from_session",
     "b64_decoded_len",
+    "DEFAULT_INSTRUCTIONS",
+    "DEFAULT_VOICE",
+    "DEFAULT_AUDIO_FORMAT",
     "DEFAULT_TURN_DETECTION",
+    "DEFAULT_SEMANTIC_VAD",
+    "SEMANTIC_SILENCE_MS",
+    "turn_detection",
 ]
 
-# The GA default of ``audio.input.turn_detection`` (server VAD), one set for
-# the token endpoint's session object and the local provider's sessions
+# Session defaults, one set for the token endpoint's session object
+# (voxgate.proxy.tokens) and the local provider's sessions (voxgate.voice):
+# what a session starts with when neither the ephemeral key nor a
+# session.update sets it. Audio formats: DEFAULT_AUDIO_FORMAT (PCM16 24 kHz)
+# both ways.
+DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep your answers short."
+DEFAULT_VOICE = "alloy"
+# The GA default of ``audio.input.turn_detection`` (server VAD)
 # (https://platform.openai.com/docs/api-reference/realtime-client-events/session/update:
 # silence_duration_ms defaults to 500 ms).
 DEFAULT_TURN_DETECTION: dict[str, Any] = {
@@ -35,6 +50,15 @@ DEFAULT_TURN_DETECTION: dict[str, Any] = {
     "create_response": True,
     "interrupt_response": True,
 }
+DEFAULT_SEMANTIC_VAD: dict[str, Any] = {
+    "type": "semantic_vad",
+    "eagerness": "auto",
+    "create_response": True,
+    "interrupt_response": True,
+}
+SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
+"""``semantic_vad`` approximated by server VAD: the silence (ms) that ends a
+turn, per ``eagerness`` (low waits longest; auto is medium)."""
 
 # Client → server events (GA).
 CLIENT_EVENTS = frozenset({
@@ -141,6 +165,7 @@ class AudioFormat:
 PCM24K = AudioFormat("audio/pcm", 24000, 2)
 PCMU = AudioFormat("audio/pcmu", 8000, 1)
 PCMA = AudioFormat("audio/pcma", 8000, 1)
+DEFAULT_AUDIO_FORMAT = PCM24K
 
 _BY_NAME = {
     "audio/pcm": PCM24K,
@@ -181,3 +206,62 @@ def audio_format_from_session(session: dict[str, Any]) -> tuple[AudioFormat | No
         fin = fin or _format(session.get("input_audio_format"))
         fout = fout or _format(session.get("output_audio_format"))
     return fin, fout
+
+
+def _invalid(message: str, param: str) -> MalformedEvent:
+    return MalformedEvent(message, code="invalid_value", param=param)
+
+
+def turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> dict[str, Any] | None:
+    """A ``turn_detection`` object with the defaults filled in (the same for
+    a minted key's session and a live session). ``server_vad`` keeps its
+    fields over :data:`DEFAULT_TURN_DETECTION`; ``semantic_vad`` keeps only
+    ``type``, ``eagerness``, ``create_response`` and ``interrupt_response``
+    over :data:`DEFAULT_SEMANTIC_VAD` (server-VAD-only fields sent with it
+    are dropped). ``current`` is the session's turn detection, updated in
+    place of the defaults when of the same type.
+
+    Raises:
+        MalformedEvent (``invalid_value``, an ``InvalidRequest``): not an
+            object or null, unknown type, a field of the wrong type,
+            threshold outside 0..1, unknown eagerness; ``param`` names it.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
+    kind = value.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise _invalid(
+            f"Invalid value: {kind!r}. Supported values are: 'server_vad' and 'semantic_vad'.", param + ".type"
+        )
+    if current and current.get("type") == kind:
+        base = dict(current)
+    elif kind == "semantic_vad":
+        base = dict(DEFAULT_SEMANTIC_VAD)
+    else:
+        base = dict(DEFAULT_TURN_DETECTION)
+    fields: tuple[tuple[str, tuple[type, ...]], ...] = (
+        ("threshold", (int, float)),
+        ("prefix_padding_ms", (int,)),
+        ("silence_duration_ms", (int,)),
+        ("create_response", (bool,)),
+        ("interrupt_response", (bool,)),
+        ("idle_timeout_ms", (int, type(None))),
+    )
+    if kind == "semantic_vad":
+        fields = (("create_response", (bool,)), ("interrupt_response", (bool,)), ("eagerness", (str,)))
+    for key, kinds in fields:
+        if key in value:
+            v = value[key]
+            if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+                raise _invalid(f"Invalid type for '{param}.{key}'.", f"{param}.{key}")
+            base[key] = v
+    if kind == "semantic_vad":
+        if base.get("eagerness") not in SEMANTIC_SILENCE_MS:
+            raise _invalid(f"Invalid value: {base.get('eagerness')!r}. Supported values are: 'low', 'medium', "
+                           "'high' and 'auto'.", f"{param}.eagerness")
+        return base
+    if not 0.0 <= float(base.get("threshold", 0.5)) <= 1.0:
+        raise _invalid(f"Invalid value for '{param}.threshold': expected 0.0 to 1.0.", f"{param}.threshold")
+    return base

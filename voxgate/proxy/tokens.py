@@ -25,7 +25,13 @@ from aiohttp import web
 
 from voxgate.errors import InvalidRequest
 from voxgate.models import Principal
-from voxgate.models.realtime import DEFAULT_TURN_DETECTION
+from voxgate.models.realtime import (
+    DEFAULT_AUDIO_FORMAT,
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_TURN_DETECTION,
+    DEFAULT_VOICE,
+    turn_detection,
+)
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
@@ -92,30 +98,41 @@ def parse_client_secret_request(
 def session_object(session: dict[str, Any], default_model: str,
                    expires_at: int = 0) -> dict[str, Any]:
     """The session object returned with a client secret: the request's
-    config over OpenAI's GA defaults (the turn detection the provider's
-    sessions start with, ``DEFAULT_TURN_DETECTION``); ``expires_at`` is the
-    key's expiry (Unix s)."""
+    config over the session defaults the provider's sessions start with
+    (``voxgate.models.realtime``: instructions, voice, audio formats, turn
+    detection, with a partial ``turn_detection`` filled in as a live session
+    fills it), so it is what the key's sessions show in ``session.created``;
+    ``expires_at`` is the key's expiry (Unix s).
+
+    Raises:
+        InvalidRequest: an invalid ``audio.input.turn_detection`` (param names
+            the field).
+    """
+    fmt = DEFAULT_AUDIO_FORMAT.to_session()
     audio_defaults: dict[str, dict[str, Any]] = {
         "input": {
-            "format": {"type": "audio/pcm", "rate": 24000},
+            "format": fmt,
             "transcription": None,
             "noise_reduction": None,
             "turn_detection": dict(DEFAULT_TURN_DETECTION),
         },
-        "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "alloy", "speed": 1.0},
+        "output": {"format": fmt, "voice": DEFAULT_VOICE, "speed": 1.0},
     }
     given_audio = session.get("audio")
     audio: dict[str, Any] = given_audio if isinstance(given_audio, dict) else {}
     merged_audio = {
         side: {**audio_defaults[side], **(audio.get(side) or {})} for side in ("input", "output")
     }
+    if "turn_detection" in (audio.get("input") or {}):
+        merged_audio["input"]["turn_detection"] = turn_detection(
+            audio["input"]["turn_detection"], None, "session.audio.input.turn_detection")
     return {
         "type": session.get("type", "realtime"),
         "object": "realtime.session",
         "id": "sess_" + uuid.uuid4().hex[:24],
         "model": session.get("model", default_model),
         "output_modalities": session.get("output_modalities", ["audio"]),
-        "instructions": session.get("instructions", ""),
+        "instructions": session.get("instructions", DEFAULT_INSTRUCTIONS),
         "tools": session.get("tools", []),
         "tool_choice": session.get("tool_choice", "auto"),
         "max_output_tokens": session.get("max_output_tokens", "inf"),
@@ -138,7 +155,8 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
         ``ice_servers`` when the WebRTC room hands out TURN credentials.
 
     Raises:
-        RateLimited, QuotaExceeded.
+        RateLimited, QuotaExceeded, InvalidRequest (an invalid
+        ``audio.input.turn_detection``).
     """
     from voxgate.proxy.app import GATEWAY
 
@@ -152,15 +170,12 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
     usage = await gw.usage(principal.account.id)
     await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)
     expires_at = int(time.time()) + ttl_s
+    shown = session_object(session, gw.settings.upstream.default_model, expires_at)
     _, value = await gw.store.create_ephemeral_key(
         principal.project.id, session, float(expires_at),
         api_key_id=principal.api_key.id if principal.api_key else None,
     )
-    body: dict[str, Any] = {
-        "value": value,
-        "expires_at": expires_at,
-        "session": session_object(session, gw.settings.upstream.default_model, expires_at),
-    }
+    body: dict[str, Any] = {"value": value, "expires_at": expires_at, "session": shown}
     hook = app.get(ICE_SERVERS_HOOK)
     if hook is not None:
         ice = hook(app, principal.project.id)

@@ -22,6 +22,9 @@ provider). A session asks for faults with any of:
                       right away (from ``session.update``: at once).
 ``delay_created:MS``  send ``session.created`` MS ms late (URL/header only).
 ``echo``              this session is in echo mode.
+``rate_limits``       after each ``response.created``, send a
+                      ``rate_limits.updated`` with the provider's own limits
+                      (:data:`PROVIDER_RATE_LIMITS`), as OpenAI does.
 ====================  =======================================================
 
 Parsing is pure: :func:`parse_faults` returns a :class:`Faults` value.
@@ -31,9 +34,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["Faults", "parse_faults", "DEFAULT_DROP_MS"]
+__all__ = ["Faults", "parse_faults", "DEFAULT_DROP_MS", "PROVIDER_RATE_LIMITS"]
 
 DEFAULT_DROP_MS = 1000
+PROVIDER_RATE_LIMITS = [
+    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+    {"name": "tokens", "limit": 800000, "remaining": 799000, "reset_seconds": 0.075},
+]
+"""What the ``rate_limits`` fault sends: an operator's provider limits
+(figures in the shape of OpenAI's, not any real account's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,7 @@ class Faults:
         close_code: close with this WebSocket code at once, or None.
         delay_created_ms: delay ``session.created`` by this much (0: none).
         echo: echo mode for this session.
+        rate_limits: send the provider's ``rate_limits.updated``.
     """
 
     server_error: bool = False
@@ -55,6 +65,7 @@ class Faults:
     close_code: int | None = None
     delay_created_ms: int = 0
     echo: bool = False
+    rate_limits: bool = False
 
     def merge(self, other: Faults) -> Faults:
         """``self`` with every fault set in ``other`` added."""
@@ -105,6 +116,8 @@ def parse_faults(spec: str | None) -> Faults:
             faults = replace(faults, delay_created_ms=_ms(name, arg) if arg else 1000)
         elif name == "echo":
             faults = replace(faults, echo=True)
+        elif name == "rate_limits":
+            faults = replace(faults, rate_limits=True)
         else:
             raise ValueError(f"unknown fault {name!r}")
     return faults

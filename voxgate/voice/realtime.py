@@ -8,12 +8,11 @@ Event shapes follow the OpenAI Realtime GA reference
 
 - ``conversation.item.input_audio_transcription.delta`` (one, the whole
   transcript) and ``.completed`` are sent for every committed audio item
-  when ``audio.input.transcription`` is configured, and also in a session
-  that never set it (the default shows null; voxgate's clients and tests
-  want the transcript); a ``session.update`` setting it to null turns them
-  off (the audio is still transcribed for the responder);
+  only when ``audio.input.transcription`` is configured (OpenAI's default
+  is null, and then no transcription event is sent; the audio is still
+  transcribed for the responder);
 - ``semantic_vad`` is approximated by server VAD with the silence of
-  :data:`voxgate.voice.session.SEMANTIC_SILENCE_MS` for its ``eagerness``;
+  :data:`voxgate.models.realtime.SEMANTIC_SILENCE_MS` for its ``eagerness``;
 - the ``assistant`` responder calls tools by the rule of
   :mod:`voxgate.voice.tools`, one ``function_call`` per response (the
   ``chat`` responder: the upstream's first ``tool_calls`` entry);
@@ -55,7 +54,7 @@ from voxgate.errors import InvalidRequest, MalformedEvent, VoxgateError, error_e
 from voxgate.models.realtime import AudioFormat
 from voxgate.voice import audio as A
 from voxgate.voice import responder
-from voxgate.voice.faults import Faults, parse_faults
+from voxgate.voice.faults import PROVIDER_RATE_LIMITS, Faults, parse_faults
 from voxgate.voice.items import (
     ResponseParams,
     item_text,
@@ -720,6 +719,8 @@ class RealtimeSession:
         fmt, voice = self.config.output_format, self.config.voice
         self._bind_context(resp)
         await self._rsend({"type": "response.created", "response": resp.obj("in_progress", fmt, voice)})
+        if self.faults.rate_limits:
+            await self._rsend({"type": "rate_limits.updated", "rate_limits": PROVIDER_RATE_LIMITS})
         pending = list(self.transcriptions.values())
         if resp.params.input_pcm:
             pending += [self.spawn(self._transcribe_input(resp, item_id, pcm))

@@ -25,13 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.errors import MalformedEvent
-from voxgate.models.realtime import DEFAULT_TURN_DETECTION, PCM24K, AudioFormat, audio_format_from_session
+from voxgate.models.realtime import (
+    DEFAULT_AUDIO_FORMAT,
+    DEFAULT_INSTRUCTIONS,
+    DEFAULT_TURN_DETECTION,
+    DEFAULT_VOICE,
+    SEMANTIC_SILENCE_MS,
+    AudioFormat,
+    audio_format_from_session,
+    turn_detection,
+)
 
 __all__ = [
-    "DEFAULT_INSTRUCTIONS",
-    "DEFAULT_TURN_DETECTION",
-    "DEFAULT_SEMANTIC_VAD",
-    "SEMANTIC_SILENCE_MS",
     "vad_parameters",
     "SessionConfig",
     "new_id",
@@ -41,16 +46,6 @@ __all__ = [
     "usage",
 ]
 
-DEFAULT_INSTRUCTIONS = "You are a helpful, friendly voice assistant. Keep your answers short."
-DEFAULT_SEMANTIC_VAD: dict[str, Any] = {
-    "type": "semantic_vad",
-    "eagerness": "auto",
-    "create_response": True,
-    "interrupt_response": True,
-}
-SEMANTIC_SILENCE_MS = {"low": 1500, "medium": 800, "auto": 800, "high": 400}
-"""``semantic_vad`` approximated by server VAD: the silence (ms) that ends a
-turn, per ``eagerness`` (low waits longest; auto is medium)."""
 VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"})
 
 
@@ -112,25 +107,24 @@ class SessionConfig:
     id: str = field(default_factory=lambda: new_id("sess"))
     instructions: str = DEFAULT_INSTRUCTIONS
     output_modalities: list[str] = field(default_factory=lambda: ["audio"])
-    input_format: AudioFormat = PCM24K
-    output_format: AudioFormat = PCM24K
+    input_format: AudioFormat = DEFAULT_AUDIO_FORMAT
+    output_format: AudioFormat = DEFAULT_AUDIO_FORMAT
     turn_detection: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_TURN_DETECTION))
     transcription: dict[str, Any] | None = None
     noise_reduction: dict[str, Any] | None = None
-    voice: str = "alloy"
+    voice: str = DEFAULT_VOICE
     speed: float = 1.0
     tools: list[Any] = field(default_factory=list)
     tool_choice: Any = "auto"
     max_output_tokens: Any = "inf"
     voxgate_fault: str | None = None
-    transcription_set: bool = False  # a session.update named audio.input.transcription (even as null)
 
     @property
     def transcription_events(self) -> bool:
         """Whether ``conversation.item.input_audio_transcription.*`` events are
-        sent: when transcription is configured, and also by default (never
-        set), as voxgate's clients rely on; not after it was set to null."""
-        return self.transcription is not None or not self.transcription_set
+        sent: only when ``audio.input.transcription`` is configured (OpenAI's
+        default is null: no transcription events)."""
+        return self.transcription is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The GA ``realtime.session`` object."""
@@ -207,7 +201,7 @@ class SessionConfig:
             new.output_format = _format(session["output_audio_format"], "session.output_audio_format")
         for src, param in ((ain, "session.audio.input.turn_detection"), (session, "session.turn_detection")):
             if "turn_detection" in src:
-                new.turn_detection = _turn_detection(src["turn_detection"], new.turn_detection, param)
+                new.turn_detection = turn_detection(src["turn_detection"], new.turn_detection, param)
         for src, key, param in (
             (ain, "transcription", "session.audio.input.transcription"),
             (session, "input_audio_transcription", "session.input_audio_transcription"),
@@ -216,7 +210,6 @@ class SessionConfig:
                 if src[key] is not None and not isinstance(src[key], dict):
                     raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
                 new.transcription = src[key]
-                new.transcription_set = True
         if "noise_reduction" in ain:
             new.noise_reduction = ain["noise_reduction"]
         for src, param in ((aout, "session.audio.output.voice"), (session, "session.voice")):
@@ -243,53 +236,6 @@ class SessionConfig:
                 raise _invalid("Invalid type for 'session.voxgate_fault': expected a string.", "session.voxgate_fault")
             new.voxgate_fault = session["voxgate_fault"]
         self.__dict__.update(new.__dict__)
-
-
-def _turn_detection(value: Any, current: dict[str, Any] | None, param: str) -> dict[str, Any] | None:
-    """A ``turn_detection`` object. ``server_vad`` keeps its fields;
-    ``semantic_vad`` keeps only ``type``, ``eagerness``, ``create_response``
-    and ``interrupt_response`` (server-VAD-only fields sent with it are
-    dropped): it is approximated by server VAD with the silence of
-    :data:`SEMANTIC_SILENCE_MS` for its eagerness."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise _invalid(f"Invalid type for '{param}': expected an object or null.", param)
-    kind = value.get("type", "server_vad")
-    if kind not in ("server_vad", "semantic_vad"):
-        raise _invalid(
-            f"Invalid value: {kind!r}. Supported values are: 'server_vad' and 'semantic_vad'.", param + ".type"
-        )
-    if current and current.get("type") == kind:
-        base = dict(current)
-    elif kind == "semantic_vad":
-        base = dict(DEFAULT_SEMANTIC_VAD)
-    else:
-        base = dict(DEFAULT_TURN_DETECTION)
-    fields: tuple[tuple[str, tuple[type, ...]], ...] = (
-        ("threshold", (int, float)),
-        ("prefix_padding_ms", (int,)),
-        ("silence_duration_ms", (int,)),
-        ("create_response", (bool,)),
-        ("interrupt_response", (bool,)),
-        ("idle_timeout_ms", (int, type(None))),
-    )
-    if kind == "semantic_vad":
-        fields = (("create_response", (bool,)), ("interrupt_response", (bool,)), ("eagerness", (str,)))
-    for key, kinds in fields:
-        if key in value:
-            v = value[key]
-            if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
-                raise _invalid(f"Invalid type for '{param}.{key}'.", f"{param}.{key}")
-            base[key] = v
-    if kind == "semantic_vad":
-        if base.get("eagerness") not in SEMANTIC_SILENCE_MS:
-            raise _invalid(f"Invalid value: {base.get('eagerness')!r}. Supported values are: 'low', 'medium', "
-                           "'high' and 'auto'.", f"{param}.eagerness")
-        return base
-    if not 0.0 <= float(base.get("threshold", 0.5)) <= 1.0:
-        raise _invalid(f"Invalid value for '{param}.threshold': expected 0.0 to 1.0.", f"{param}.threshold")
-    return base
 
 
 def vad_parameters(turn_detection: dict[str, Any]) -> tuple[float, int, int]:

@@ -28,9 +28,19 @@ function say(role, id, text, append = false) {
   li.scrollIntoView({ block: "nearest" });
 }
 
+// What you said is shown only when the session transcribes it (OpenAI's
+// default is no input transcription).
+const TRANSCRIBE = {
+  type: "session.update",
+  session: { type: "realtime", audio: { input: { transcription: { model: "whisper-1" } } } },
+};
+
 function onEvent(event) {
   hook.events.push(event.type);
   switch (event.type) {
+    case "session.created":
+      hook.call?.send(TRANSCRIBE);
+      break;
     case "conversation.item.input_audio_transcription.completed":
       say("user", event.item_id, event.transcript);
       break;
