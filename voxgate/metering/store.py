@@ -37,7 +37,8 @@ class MonthlyUsage:
     Attributes:
         sessions: sessions completed in the period (any verdict).
         billable_sessions: billable ones (what the quota counts).
-        minutes_used: internal estimate: sum of billable session durations, in minutes.
+        minutes_used: sum of billable session durations, in minutes, unrounded
+            (shown everywhere through ``voxgate.web.figures.minutes_used``).
         audio_seconds: audio exchanged (in + out), in seconds.
         bytes: message bytes relayed, both directions.
     """
