@@ -157,9 +157,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "InvoiceList": _obj(("object", "data"), object={"const": "list"}, data={"type": "array"}),
     "WebhookReceipt": ANY_OBJ,
     "Analytics": _obj(
-        ("period", "mrr", "active_users", "paid_users", "free_users"),
-        period=STR, mrr=NUM, active_users=INT, paid_users=INT, free_users=INT, conversion_rate=NNUM,
-        churn_rate=NNUM, sessions_by_plan=ANY_OBJ),
+        ("period", "mrr", "active_users", "paid_users", "comped_users", "free_users"),
+        period=STR, mrr=NUM, active_users=INT, paid_users=INT, comped_users=INT, free_users=INT,
+        conversion_rate=NNUM, churn_rate=NNUM, paid_at_period_start=INT, churned=INT,
+        operator_accounts=INT, sessions_by_plan=ANY_OBJ),
     "OpenAPI": _obj(("openapi", "info", "paths"), openapi=STR, info=ANY_OBJ, paths=ANY_OBJ),
     "Form": ANY_OBJ,
 }
