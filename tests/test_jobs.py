@@ -376,6 +376,9 @@ async def test_trial_reminder_once_three_days_before_the_end(two, tmp_path):
     assert reminders[0].subject == "voxgate: your Starter trial ends on 2026-06-24"
     assert "29.00 a month" in reminders[0].body
 
+    old = {**sub, "id": "sub_old", "status": "canceled"}  # a late event of an older one
+    await a.mailer.note_trial(account.id, old)
+    assert await a.mailer.trials() == [TrialEnd(account.id, "sub_t", trial_end)]
     sub = {**sub, "status": "active"}  # out of trial: forgotten
     await events.process({"id": "evt_2", "type": "customer.subscription.updated",
                           "data": {"object": sub}})

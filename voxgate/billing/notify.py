@@ -305,13 +305,18 @@ class Notifier:
     async def note_trial(self, account_id: str, sub: dict[str, Any]) -> None:
         """Remember a subscription in trial (Stripe ``status`` ``trialing``
         with a ``trial_end``) for the trial-ending reminder; forget it once
-        the subscription is out of trial."""
+        that subscription is out of trial (an event of another, older
+        subscription of the account changes nothing)."""
         key = TRIAL_END_KEY + account_id
         trial_end = sub.get("trial_end")
-        if sub.get("status") == "trialing" and isinstance(trial_end, (int, float)) \
-                and isinstance(sub.get("id"), str):
-            await self.bdb.store.set_meta(key, f"{sub['id']} {float(trial_end)}")
-        elif await self.bdb.store.get_meta(key):
+        sub_id = sub.get("id")
+        if not isinstance(sub_id, str):
+            return
+        if sub.get("status") == "trialing" and isinstance(trial_end, (int, float)):
+            await self.bdb.store.set_meta(key, f"{sub_id} {float(trial_end)}")
+            return
+        noted = await self.bdb.store.get_meta(key)
+        if noted and noted.partition(" ")[0] == sub_id:
             await self.bdb.store.set_meta(key, "")
 
     async def trials(self) -> list[TrialEnd]:
