@@ -73,6 +73,7 @@ async def _admit_finish(n: int, concurrency: int) -> dict:
     from bench.common import BENCH_CATALOG
     from voxgate.config import load_settings
     from voxgate.metering.admission import InProcessAdmission
+    from voxgate.metering.events import CLIENT, UPSTREAM, classify
     from voxgate.metering.sqlite_store import SQLiteStore
     from voxgate.models import PlanCatalog, load_catalog
     from voxgate.proxy.gateway import Gateway, monotonic_ms
@@ -98,8 +99,10 @@ async def _admit_finish(n: int, concurrency: int) -> dict:
                 active = await gw.admit(principal, "websocket", "gpt-realtime")
                 m = active.meter
                 m.accepted(monotonic_ms())
-                m.upstream_event("session.created", 100, monotonic_ms(), event={"type": "session.created"})
-                m.client_event("input_audio_buffer.append", 1300, 1280, 0)
+                m.record(classify(UPSTREAM, "session.created", 100, {"type": "session.created"}),
+                         monotonic_ms())
+                m.record(classify(CLIENT, "input_audio_buffer.append", 1300,
+                                  {"type": "input_audio_buffer.append", "audio": "A" * 1280}))
                 m.closed("client", 1000, None, monotonic_ms())
                 await gw.finish(active)
 

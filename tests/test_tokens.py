@@ -46,6 +46,10 @@ async def test_mint_shape_and_lifetime(server, http):
     ({"expires_after": {"seconds": "60"}}, "expires_after.seconds"),
     ({"session": {"type": "video"}}, "session.type"),
     ({"session": "realtime"}, "session"),
+    ({"session": {"audio": {"input": {"turn_detection": {"type": "loud_vad"}}}}},
+     "session.audio.input.turn_detection.type"),
+    ({"session": {"audio": {"input": {"turn_detection": {"threshold": 2.0}}}}},
+     "session.audio.input.turn_detection.threshold"),
 ])
 async def test_mint_rejects_bad_bodies(server, http, body, param):
     status, resp = await mint(http, server, body=body)
@@ -82,8 +86,10 @@ async def test_ephemeral_key_opens_sessions_with_its_config(server, http):
     for _ in range(2):  # a key may open several sessions until it expires
         async with client.realtime.connect(model="gpt-realtime") as conn:
             sid = session_id_of(conn)
-            updated, _ = await recv_until(conn, "session.updated")
-            assert updated.session.instructions == "Answer in one word."
+            created = await conn.recv()  # the first event already carries the key's config
+            assert created.type == "session.created"
+            assert created.session.instructions == "Answer in one word."
+            assert created.session.audio.input.turn_detection is None
         record = await server.session(sid)
         assert record.ephemeral_key_id is not None and record.project_id == server.project_id
 
@@ -160,15 +166,17 @@ async def test_openai_sdk_mints_and_uses_an_ephemeral_key(server):
     browser = AsyncOpenAI(api_key=secret.value, base_url=server.url + "/v1", max_retries=0)
     async with browser.realtime.connect(model="gpt-realtime") as conn:
         sid = session_id_of(conn)
-        updated, _ = await recv_until(conn, "session.updated")
-        assert updated.session.instructions == "Be brief."
+        created, _ = await recv_until(conn, "session.created")
+        assert created.session.instructions == "Be brief."
     record = await server.session(sid)
     assert record.ephemeral_key_id is not None
 
 
 async def test_minted_session_matches_the_live_session(server, http):
-    """The session object of a minted key says what its sessions will get:
-    the same turn detection defaults as the provider's, and its expiry."""
+    """One set of defaults: the session object of a key minted with no
+    config is what its sessions' session.created shows (but the session's
+    own id, and expires_at: the key's expiry); a partial turn_detection is
+    filled in as the live session fills it."""
     async with http.post(server.url + "/v1/realtime/client_secrets", json={},
                          headers={"Authorization": f"Bearer {server.key}"}) as resp:
         minted = await resp.json()
@@ -177,5 +185,14 @@ async def test_minted_session_matches_the_live_session(server, http):
             "realtime", f"openai-insecure-api-key.{minted['value']}")) as ws:
         created = await ws.receive_json()
     assert created["type"] == "session.created"
-    assert created["session"]["audio"]["input"]["turn_detection"] == \
-        minted["session"]["audio"]["input"]["turn_detection"]
+    skip = ("id", "expires_at")
+    assert {k: v for k, v in created["session"].items() if k not in skip} == \
+        {k: v for k, v in minted["session"].items() if k not in skip}
+    vad = {"type": "server_vad", "silence_duration_ms": 900}
+    _, body = await mint(http, server, body={"session": {"audio": {"input": {"turn_detection": vad}}}})
+    async with http.ws_connect(server.ws_url, protocols=(
+            "realtime", f"openai-insecure-api-key.{body['value']}")) as ws:
+        created = await ws.receive_json()
+    minted_vad = body["session"]["audio"]["input"]["turn_detection"]
+    assert minted_vad["silence_duration_ms"] == 900 and minted_vad["threshold"] == 0.5
+    assert created["session"]["audio"]["input"]["turn_detection"] == minted_vad

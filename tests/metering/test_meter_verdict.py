@@ -8,7 +8,8 @@ import base64
 import pytest
 
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
-from voxgate.metering.admission import InProcessAdmission, TokenBucket, check_quota
+from voxgate.metering.admission import InProcessAdmission, RateLimitState, TokenBucket, check_quota, plan_rate_limits
+from voxgate.metering.events import CLIENT, UPSTREAM, EventError, Usage, b64_audio_bytes, classify
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import Plan
@@ -19,18 +20,26 @@ def b64(nbytes: int) -> str:
     return base64.b64encode(bytes(nbytes)).decode()
 
 
+def up(meter: SessionMeter, etype: str, nbytes: int, now_ms: float, event: dict | None = None) -> None:
+    """An upstream event relayed to the client, classified as the relays do."""
+    meter.record(classify(UPSTREAM, etype, nbytes, {"type": etype, **(event or {})}), now_ms)
+
+
+def append(meter: SessionMeter, audio: str, nbytes: int) -> None:
+    meter.record(classify(CLIENT, "input_audio_buffer.append", nbytes,
+                          {"type": "input_audio_buffer.append", "audio": audio}))
+
+
 def connected_meter(connect_ms: float = 100.0) -> SessionMeter:
     meter = SessionMeter(0.0)
-    meter.upstream_event("session.created", 500, connect_ms, event={"type": "session.created",
-                                                                    "session": {}})
+    up(meter, "session.created", 500, connect_ms, {"session": {}})
     return meter
 
 
 def feed_audio_in(meter: SessionMeter, ms: int) -> None:
     chunk = b64(960)  # 20 ms of 24 kHz PCM16
     for _ in range(ms // 20):
-        meter.client_event("input_audio_buffer.append", len(chunk) + 40, len(chunk),
-                           chunk.count("=", len(chunk) - 2))
+        append(meter, chunk, len(chunk) + 40)
 
 
 @pytest.mark.parametrize("nbytes", [0, 1, 2, 3, 959, 960, 961])
@@ -43,8 +52,7 @@ def test_audio_ms_from_payload_lengths():
     meter = connected_meter()
     feed_audio_in(meter, 6000)
     delta = b64(48000)  # 1 s out
-    meter.upstream_event("response.output_audio.delta", len(delta) + 60, 200.0,
-                         audio_b64_len=len(delta))
+    up(meter, "response.output_audio.delta", len(delta) + 60, 200.0, {"delta": delta})
     m = meter.measurements()
     assert m.audio_in_ms == pytest.approx(6000.0)
     assert m.audio_out_ms == pytest.approx(1000.0)
@@ -53,22 +61,19 @@ def test_audio_ms_from_payload_lengths():
 
 def test_g711_format_from_session_updated():
     meter = connected_meter()
-    meter.upstream_event("session.updated", 300, 150.0, event={
-        "type": "session.updated",
+    up(meter, "session.updated", 300, 150.0, {
         "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}},
                               "output": {"format": {"type": "audio/pcma"}}}}})
     chunk = b64(8000)  # 1 s of 8 kHz G.711
-    pad = chunk.count("=")
-    meter.client_event("input_audio_buffer.append", len(chunk), len(chunk), pad)
-    meter.upstream_event("response.output_audio.delta", len(chunk), 0.0,
-                         audio_b64_len=len(chunk), padding=pad)
+    append(meter, chunk, len(chunk))
+    up(meter, "response.output_audio.delta", len(chunk), 0.0, {"delta": chunk})
     assert meter.measurements().audio_in_ms == pytest.approx(1000.0)
     assert meter.measurements().audio_out_ms == pytest.approx(1000.0)
 
 
 def test_connect_latency_and_duration():
     meter = SessionMeter(1000.0)
-    meter.upstream_event("session.created", 100, 1250.0, event={"session": {}})
+    up(meter, "session.created", 100, 1250.0, {"session": {}})
     meter.closed("client", 1000, None, 9000.0)
     m = meter.measurements()
     assert m.connect_ms == 250.0 and m.duration_ms == 8000.0 and m.closed_by == "client"
@@ -76,10 +81,10 @@ def test_connect_latency_and_duration():
 
 def test_client_error_types_are_not_provider_errors():
     meter = connected_meter()
-    meter.upstream_event("error", 100, 1.0, event={"error": {"type": "invalid_request_error",
+    up(meter, "error", 100, 1.0, {"error": {"type": "invalid_request_error",
                                                             "code": "x", "message": "bad"}})
     assert meter.measurements().provider_errors == 0
-    meter.upstream_event("error", 100, 1.0, event={"error": {"type": "server_error",
+    up(meter, "error", 100, 1.0, {"error": {"type": "server_error",
                                                             "message": "boom"}})
     assert meter.measurements().provider_errors == 1
     assert "boom" in meter.measurements().provider_error
@@ -100,7 +105,7 @@ def test_abnormal_upstream_close_is_provider_error_normal_is_not():
 def test_response_done_usage_is_summed():
     meter = connected_meter()
     for _ in range(2):
-        meter.upstream_event("response.done", 100, 1.0, event={"response": {"usage": {
+        up(meter, "response.done", 100, 1.0, {"response": {"usage": {
             "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}})
     m = meter.measurements()
     assert (m.input_tokens, m.output_tokens, m.total_tokens, m.responses) == (20, 10, 30, 2)
@@ -121,7 +126,7 @@ def verdict_of(**setup) -> tuple[bool, str]:
         else SessionMeter(0.0)
     feed_audio_in(meter, setup.get("audio_ms", 6000))
     if setup.get("provider_error"):
-        meter.upstream_event("error", 10, 1.0, event={"error": {"type": "server_error"}})
+        up(meter, "error", 10, 1.0, {"error": {"type": "server_error"}})
     if setup.get("turn"):
         meter.ice_failed("relay only, TURN allocation failed", turn=True)
     if setup.get("ice"):
@@ -213,7 +218,7 @@ def test_plan_settlement_rules():
 
 
 def _done(meter: SessionMeter, status: str) -> None:
-    meter.upstream_event("response.done", 100, 2.0, event={
+    up(meter, "response.done", 100, 2.0, {
         "type": "response.done", "response": {"status": status, "usage": {"total_tokens": 10}}})
 
 
@@ -246,3 +251,62 @@ def test_audio_sessions_keep_the_audio_rule():
     _done(meter, "completed")
     meter.closed("client", 1000, None, 7000.0)
     assert decide(meter.measurements()).reason == "too_short"
+
+
+# -- classification and the customer's rate limits ------------------------------
+
+@pytest.mark.parametrize("nbytes", [0, 1, 2, 959, 960, 961])
+def test_classify_audio_payloads_by_decoded_length(nbytes):
+    audio = b64(nbytes)
+    assert b64_audio_bytes(audio) == nbytes
+    ev = classify(CLIENT, "input_audio_buffer.append", 99, {"type": "input_audio_buffer.append", "audio": audio})
+    assert (ev.direction, ev.type, ev.nbytes, ev.audio_bytes) == (CLIENT, "input_audio_buffer.append", 99, nbytes)
+    for etype in ("response.output_audio.delta", "response.audio.delta"):
+        assert classify(UPSTREAM, etype, 99, {"type": etype, "delta": audio}).audio_bytes == nbytes
+    # a client's event named like an output delta carries no output audio
+    assert classify(CLIENT, "other", 99, {"type": "response.output_audio.delta", "delta": audio}).audio_bytes == 0
+
+
+def test_classify_response_done_error_and_unparsed():
+    done = classify(UPSTREAM, "response.done", 10, {"type": "response.done", "response": {
+        "status": "completed", "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}})
+    assert done.response_status == "completed" and done.usage == Usage(7, 3, 10)
+    err = classify(UPSTREAM, "error", 10, {"type": "error", "error": {"type": "server_error", "code": None}})
+    assert err.error == EventError("server_error", None, None)
+    assert classify(UPSTREAM, "unknown", 5).audio_bytes == 0
+    odd = classify(UPSTREAM, "response.done", 10, {"type": "response.done", "response": {"usage": "lots"}})
+    assert odd.usage is None and odd.response_status is None
+
+
+def test_peek_counts_nothing_and_refills():
+    bucket = TokenBucket.full(60, 0.0)
+    assert bucket.take(0.0, 60) == 0.0
+    assert bucket.peek(0.0, 60) == RateLimitState(60, 59, 1.0)
+    assert bucket.peek(0.5, 60) == RateLimitState(60, 59, 0.5)  # one token a second
+    assert bucket.peek(10.0, 60) == RateLimitState(60, 60, 0.0)
+    assert bucket.tokens == 59.0 and bucket.updated_s == 0.0
+
+
+async def test_in_process_peek_rate():
+    adm = InProcessAdmission()
+    plan = Plan(id="p", name="P", requests_per_minute=3)
+    assert await adm.peek_rate("k", plan, 0.0) == RateLimitState(3, 3, 0.0)
+    await adm.check_rate("k", plan, 0.0)
+    assert await adm.peek_rate("k", plan, 0.0) == RateLimitState(3, 2, 20.0)
+    assert await adm.peek_rate("k", plan, 0.0) == RateLimitState(3, 2, 20.0)
+
+
+def test_plan_rate_limits_figures_and_names():
+    plan = Plan(id="p", name="P", sessions_included=100, concurrency=5, requests_per_minute=3)
+    now = 1_798_761_600.0 - 3600.0  # 2026-12-31 23:00 UTC: the period ends in an hour
+    limits = plan_rate_limits(plan, RateLimitState(3, 1, 40.0), billable_used=10, in_flight=2, now_s=now)
+    assert limits == [
+        {"name": "requests", "limit": 3, "remaining": 1, "reset_seconds": 40.0},
+        {"voxgate_name": "sessions", "limit": 100, "remaining": 88, "reset_seconds": 3600.0},
+        {"voxgate_name": "concurrency", "limit": 5, "remaining": 3},
+    ]
+    unlimited = Plan(id="u", name="U", requests_per_minute=100)
+    assert plan_rate_limits(unlimited, RateLimitState(100, 99, 0.6), 0, 1, now) == [
+        {"name": "requests", "limit": 100, "remaining": 99, "reset_seconds": 0.6}]
+    full = plan_rate_limits(plan, RateLimitState(3, 0, 60.0), billable_used=99, in_flight=5, now_s=now)
+    assert [x["remaining"] for x in full] == [0, 0, 0]

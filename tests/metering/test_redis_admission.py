@@ -87,6 +87,18 @@ async def test_rate_limit_is_shared(pair):
     await b.check_rate("another-key", PLAN)
 
 
+async def test_peek_reads_the_shared_bucket_without_counting(pair):
+    a, b = pair
+    assert await a.peek_rate("key", PLAN) == (3, 3, 0.0)  # a key never seen: full
+    state = await a.check_rate("key", PLAN)
+    for _ in range(3):  # peeking counts nothing
+        peeked = await b.peek_rate("key", PLAN)
+        assert (peeked.limit, peeked.remaining) == (3, 2)
+        assert state.reset_s - 1 < peeked.reset_s <= state.reset_s  # refilling meanwhile
+    assert (await a.check_rate("key", PLAN)).remaining == 1
+    assert await a.redis.hkeys(f"{a.prefix}rate:key") == ["tokens", "ts"]
+
+
 async def test_relay_sessions_with_redis_admission(make_server):
     """A server on Redis admission: the concurrency limit and its release
     work through the whole relay."""

@@ -16,9 +16,10 @@ renewed, e.g. when the holder died.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
 from voxgate.models.plans import Plan
@@ -31,6 +32,7 @@ __all__ = [
     "TokenBucket",
     "check_quota",
     "check_concurrency",
+    "plan_rate_limits",
 ]
 
 
@@ -53,6 +55,46 @@ def check_concurrency(plan: Plan, in_flight: int) -> None:
             f"the {plan.name} plan allows {plan.concurrency} simultaneous "
             f"session{'s' if plan.concurrency != 1 else ''}; end one or upgrade"
         )
+
+
+def _next_period_s(now_s: float) -> float:
+    """Seconds from Unix time ``now_s`` to the start of the next usage
+    period (the next calendar month, UTC)."""
+    t = datetime.datetime.fromtimestamp(now_s, datetime.UTC)
+    year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+    return datetime.datetime(year, month, 1, tzinfo=datetime.UTC).timestamp() - now_s
+
+
+def plan_rate_limits(plan: Plan, rate: RateLimitState, billable_used: int, in_flight: int,
+                     now_s: float) -> list[dict[str, Any]]:
+    """The customer's own limits, as the entries of a GA ``rate_limits.updated``
+    event (https://platform.openai.com/docs/api-reference/realtime-server-events/rate_limits/updated:
+    ``name``, ``limit``, ``remaining``, ``reset_seconds``).
+
+    The GA models (``openai`` and both Agents SDKs) accept only ``requests``
+    and ``tokens`` as ``name`` and refuse the event otherwise, so:
+
+    - ``name: "requests"``: the API key's requests per minute (``limit``),
+      whole requests left now and seconds until the budget is full again;
+    - no ``name``, ``voxgate_name: "sessions"``: the plan's included sessions
+      this period (only when it has a number): ``remaining`` =
+      included − billable so far − in progress (this one included),
+      ``reset_seconds`` until the next period (calendar month, UTC);
+    - no ``name``, ``voxgate_name: "concurrency"``: simultaneous sessions
+      (only when the plan limits them): ``remaining`` = limit − in progress.
+
+    ``now_s`` is Unix time (seconds).
+    """
+    limits: list[dict[str, Any]] = [{"name": "requests", "limit": rate.limit, "remaining": rate.remaining,
+                                     "reset_seconds": round(rate.reset_s, 3)}]
+    if plan.sessions_included is not None:
+        limits.append({"voxgate_name": "sessions", "limit": plan.sessions_included,
+                       "remaining": max(0, plan.sessions_included - billable_used - in_flight),
+                       "reset_seconds": round(_next_period_s(now_s), 3)})
+    if plan.concurrency is not None:
+        limits.append({"voxgate_name": "concurrency", "limit": plan.concurrency,
+                       "remaining": max(0, plan.concurrency - in_flight)})
+    return limits
 
 
 class RateLimitState(NamedTuple):
@@ -97,6 +139,15 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / rate if rate > 0 else 60.0
 
+    def peek(self, now_s: float, per_minute: int) -> RateLimitState:
+        """The budget left at ``now_s``, refill included; nothing taken or
+        changed."""
+        rate = per_minute / 60.0
+        elapsed = max(0.0, now_s - self.updated_s)
+        tokens = min(float(per_minute), self.tokens + elapsed * rate)
+        reset = (per_minute - tokens) / rate if rate > 0 else 60.0
+        return RateLimitState(per_minute, max(0, int(tokens)), max(0.0, reset))
+
     def state(self, per_minute: int) -> RateLimitState:
         """The budget left as of the last ``take``."""
         rate = per_minute / 60.0
@@ -125,6 +176,10 @@ class Admission(Protocol):
     async def check_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
         """Count one request for ``rate_key``; the budget left after it.
         Raises ``RateLimited``."""
+
+    async def peek_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
+        """The budget left for ``rate_key`` now, counting nothing (a key
+        never seen has its full budget)."""
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         """Raise ``QuotaExceeded`` if no session could start now."""
@@ -172,6 +227,13 @@ class InProcessAdmission:
                 retry_after_s=wait,
             )
         return bucket.state(plan.requests_per_minute)
+
+    async def peek_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
+        bucket = self._buckets.get(rate_key)
+        limit = plan.requests_per_minute
+        if bucket is None:
+            return RateLimitState(limit, limit, 0.0)
+        return bucket.peek(now, limit)
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         check_quota(plan, billable_used, len(self._leases.get(account_id, ())))

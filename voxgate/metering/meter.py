@@ -1,6 +1,7 @@
 """The session meter: a sans-I/O object fed every event of a session, in both
-directions, and every lifecycle step, each with a caller-supplied timestamp
-(monotonic milliseconds). It never reads a clock and never touches a socket;
+directions (typed by ``voxgate.metering.events.classify``), and every
+lifecycle step, each with a caller-supplied timestamp (monotonic
+milliseconds). It never reads a clock and never touches a socket;
 the relays feed it and read ``measurements()`` at the end.
 
 What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/realtime):
@@ -23,20 +24,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent
 from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
 from voxgate.models.sessions import Measurements
 
 __all__ = ["SessionMeter", "CLIENT", "UPSTREAM", "SERVER", "NORMAL_CLOSE_CODES"]
 
-CLIENT = "client"
-UPSTREAM = "upstream"
 SERVER = "server"
 
 # RFC 6455 §7.4.1: 1000 normal closure, 1001 going away.
 NORMAL_CLOSE_CODES = frozenset({1000, 1001})
 # Error types that answer the client's own input, not a provider fault.
 CLIENT_ERROR_TYPES = frozenset({"invalid_request_error"})
-OUTPUT_AUDIO_EVENTS = frozenset({"response.output_audio.delta", "response.audio.delta"})
 
 
 class SessionMeter:
@@ -107,70 +106,48 @@ class SessionMeter:
 
     # -- events ----------------------------------------------------------
 
-    def client_event(self, etype: str, nbytes: int, audio_b64_len: int = 0, padding: int = 0) -> None:
-        """A client event relayed upstream: its ``type``, its size in bytes
-        and, for ``input_audio_buffer.append``, the base64 ``audio`` length
-        (characters) and its trailing ``=`` count."""
+    def record(self, ev: RelayedEvent, now_ms: float = 0.0) -> None:
+        """An event relayed to the provider (``ev.direction == "client"``) or
+        to the client (``"upstream"``), as :func:`voxgate.metering.events.classify`
+        typed it. ``now_ms`` matters only for an upstream ``session.created``
+        (the connect latency); relays may pass 0 for other events."""
         m = self._m
-        m.events_in += 1
-        m.bytes_in += nbytes
-        self._counts[etype] = self._counts.get(etype, 0) + 1
-        if audio_b64_len:
-            m.audio_in_ms += self._in.ms_from_b64_len(audio_b64_len, padding)
+        counts = self._counts
+        counts[ev.type] = counts.get(ev.type, 0) + 1
+        if ev.direction == CLIENT:
+            m.events_in += 1
+            m.bytes_in += ev.nbytes
+            if ev.audio_bytes:
+                m.audio_in_ms += self._in.ms_from_bytes(ev.audio_bytes)
+            return
+        m.events_out += 1
+        m.bytes_out += ev.nbytes
+        if ev.audio_bytes:
+            m.audio_out_ms += self._out.ms_from_bytes(ev.audio_bytes)
+        elif ev.type == "session.created" or ev.type == "session.updated":
+            if ev.type == "session.created" and not m.connected:
+                m.connected = True
+                m.connect_ms = now_ms - self._t0
+            if ev.session is not None:
+                self.session_formats(ev.session)
+        elif ev.error is not None:
+            err = ev.error
+            if err.type not in CLIENT_ERROR_TYPES:
+                self._provider_error(f"{err.type or 'error'}: {err.code or ''} {err.message or ''}".strip())
+        elif ev.type == "response.done":
+            m.responses += 1
+            if ev.response_status == "completed":
+                m.responses_completed += 1
+            if ev.usage is not None:
+                m.input_tokens += ev.usage.input_tokens
+                m.output_tokens += ev.usage.output_tokens
+                m.total_tokens += ev.usage.total_tokens
 
     def client_rejected(self, nbytes: int) -> None:
         """voxgate answered a client message with an ``error`` event instead of
         relaying it (malformed JSON, unknown type, invalid base64, too large)."""
         self._m.client_errors += 1
         self._m.bytes_in += nbytes
-
-    def upstream_event(
-        self,
-        etype: str,
-        nbytes: int,
-        now_ms: float,
-        *,
-        audio_b64_len: int = 0,
-        padding: int = 0,
-        event: dict[str, Any] | None = None,
-    ) -> None:
-        """An upstream event relayed to the client. ``event`` is the parsed
-        object; it is read only for ``session.created``/``session.updated``
-        (audio formats), ``error`` and ``response.done`` (usage)."""
-        m = self._m
-        m.events_out += 1
-        m.bytes_out += nbytes
-        counts = self._counts
-        counts[etype] = counts.get(etype, 0) + 1
-        if audio_b64_len and etype in OUTPUT_AUDIO_EVENTS:
-            m.audio_out_ms += self._out.ms_from_b64_len(audio_b64_len, padding)
-            return
-        if event is None:
-            return
-        if etype == "session.created" or etype == "session.updated":
-            if etype == "session.created" and not m.connected:
-                m.connected = True
-                m.connect_ms = now_ms - self._t0
-            session = event.get("session")
-            if isinstance(session, dict):
-                self.session_formats(session)
-        elif etype == "error":
-            err = event.get("error") or {}
-            etype_err = err.get("type") if isinstance(err, dict) else None
-            if etype_err not in CLIENT_ERROR_TYPES:
-                code = err.get("code") if isinstance(err, dict) else None
-                msg = err.get("message") if isinstance(err, dict) else None
-                self._provider_error(f"{etype_err or 'error'}: {code or ''} {msg or ''}".strip())
-        elif etype == "response.done":
-            m.responses += 1
-            response = event.get("response")
-            if isinstance(response, dict) and response.get("status") == "completed":
-                m.responses_completed += 1
-            usage = response.get("usage") if isinstance(response, dict) else None
-            if isinstance(usage, dict):
-                m.input_tokens += _int(usage.get("input_tokens"))
-                m.output_tokens += _int(usage.get("output_tokens"))
-                m.total_tokens += _int(usage.get("total_tokens"))
 
     def session_formats(self, session: dict[str, Any]) -> None:
         """Adopt the audio formats a session object sets."""
@@ -184,7 +161,7 @@ class SessionMeter:
 
     def upstream_ready(self, now_ms: float) -> None:
         """WebRTC: the upstream sent ``session.created``. (Over WebSocket this
-        happens through ``upstream_event``.)"""
+        happens through ``record``.)"""
         m = self._m
         if not m.connected:
             m.connected = True
@@ -232,6 +209,3 @@ class SessionMeter:
         if m.provider_error is None:
             m.provider_error = detail[:300]
 
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) else 0

@@ -84,6 +84,17 @@ redis.call('PEXPIRE', KEYS[1], 120000)
 return {tostring(wait), tostring(tokens)}
 """
 
+# KEYS[1] bucket; ARGV per_minute → tokens left now (as a string); read-only
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local cap = tonumber(ARGV[1])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or cap
+local ts = tonumber(b[2]) or now
+return tostring(math.min(cap, tokens + math.max(0, now - ts) * cap / 60.0))
+"""
+
 
 @dataclass
 class RedisAdmission:
@@ -112,6 +123,7 @@ class RedisAdmission:
             self._renew = self._redis.register_script(_RENEW)
             self._count = self._redis.register_script(_COUNT)
             self._take = self._redis.register_script(_TAKE)
+            self._peek = self._redis.register_script(_PEEK)
         return self._redis
 
     def _leases_key(self, account_id: str) -> str:
@@ -128,9 +140,13 @@ class RedisAdmission:
                 f"for this API key; retry in {wait:.1f} s",
                 retry_after_s=wait,
             )
-        limit = plan.requests_per_minute
-        reset = (limit - tokens) * 60.0 / limit if limit > 0 else 60.0
-        return RateLimitState(limit, max(0, int(tokens)), max(0.0, reset))
+        return _state(plan.requests_per_minute, tokens)
+
+    async def peek_rate(self, rate_key: str, plan: Plan, now: float = 0.0) -> RateLimitState:
+        _ = self.redis
+        tokens = float(await self._peek(keys=[f"{self.prefix}rate:{rate_key}"],
+                                        args=[plan.requests_per_minute]))
+        return _state(plan.requests_per_minute, tokens)
 
     async def check_quota(self, account_id: str, plan: Plan, billable_used: int) -> None:
         check_quota(plan, billable_used, await self.in_flight(account_id))
@@ -173,3 +189,8 @@ class RedisAdmission:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+
+def _state(limit: int, tokens: float) -> RateLimitState:
+    reset = (limit - tokens) * 60.0 / limit if limit > 0 else 60.0
+    return RateLimitState(limit, max(0, int(tokens)), max(0.0, reset))

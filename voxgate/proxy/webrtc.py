@@ -59,12 +59,15 @@ from voxgate.errors import (
     error_event,
     new_event_id,
 )
+from voxgate.metering.events import classify
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy import rtc_ice, tokens
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import (
     AUDIO_APPEND,
-    b64_padding,
+    RATE_LIMITS,
+    KeySession,
+    customer_rate_limits,
     parse_client_event,
     pin_session_model,
     utf8_len,
@@ -317,7 +320,10 @@ class Call:
         self.meter = active.meter
         self.offer = offer
         self.model = model
-        self.session = session
+        config = {k: v for k, v in session.items() if k != "model"}
+        # the key's config, in session.created (formats: see _media_session)
+        self.key_session = KeySession(_media_session({"type": "realtime", **config})
+                                      if config else None)
         self.query = query
         self.settings = gw.settings.webrtc
         self.max_bytes = gw.settings.relay.max_message_bytes
@@ -457,11 +463,8 @@ class Call:
             self._send_event(error_event(exc))
             self._end(SERVER, 1011, exc.message)
             return
-        session = {k: v for k, v in self.session.items() if k != "model"}
-        if session:
-            session = _media_session({"type": "realtime", **session})
-            await self.upstream.send_str(
-                orjson.dumps({"type": "session.update", "session": session}).decode())
+        if self.key_session.update is not None:
+            await self.upstream.send_str(self.key_session.update)
         self._upstream_open.set()
 
     async def _teardown(self) -> None:
@@ -725,9 +728,10 @@ class Call:
         if upstream is None or upstream.closed:
             return
         b64 = base64.b64encode(pcm).decode()
-        data = orjson.dumps({"type": AUDIO_APPEND, "audio": b64}).decode()
+        event = {"type": AUDIO_APPEND, "audio": b64}
+        data = orjson.dumps(event).decode()
         await upstream.send_str(data)
-        self.meter.client_event(AUDIO_APPEND, len(data), len(b64), b64_padding(b64))
+        self.meter.record(classify(CLIENT, AUDIO_APPEND, len(data), event))
 
     def _drop_output(self) -> None:
         """Barge-in, ``response.cancel``, ``output_audio_buffer.clear``: drop
@@ -784,7 +788,7 @@ class Call:
             data, reply = item
             n = utf8_len(data)
             try:
-                event, etype, b64_len, padding = parse_client_event(data, self.max_bytes)
+                event, etype = parse_client_event(data, self.max_bytes)
             except VoxgateError as err:
                 meter.client_rejected(n)
                 reply(error_event(err))
@@ -792,7 +796,7 @@ class Call:
             if etype == "output_audio_buffer.clear":
                 # WebRTC-only (the provider's WebSocket does not know it):
                 # voxgate owns the output buffer.
-                meter.client_event(etype, n)
+                meter.record(classify(CLIENT, etype, n, event))
                 self._drop_output()
                 if self._response_id is not None:
                     await upstream.send_str(orjson.dumps({"type": "response.cancel"}).decode())
@@ -804,59 +808,31 @@ class Call:
                 event["session"] = _media_session(event["session"])
                 data = orjson.dumps(event).decode()
             await upstream.send_str(data if isinstance(data, str) else data.decode())
-            meter.client_event(etype, n, b64_len, padding)
+            meter.record(classify(CLIENT, etype, n, event))
 
     async def _upstream_to_client(self) -> None:
-        upstream, meter, track = self.upstream, self.meter, self.track
+        upstream, meter = self.upstream, self.meter
         assert upstream is not None
         async for msg in upstream:
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
-                    meter.upstream_event("binary", len(msg.data), monotonic_ms())
+                    meter.record(classify(UPSTREAM, "binary", len(msg.data)))
                     continue
                 break
             data: str = msg.data
+            event: dict[str, Any] | None
             try:
                 event = orjson.loads(data)
-                etype = event["type"]
+                etype = event["type"]  # type: ignore[index]
             except (orjson.JSONDecodeError, TypeError, KeyError):
-                meter.upstream_event("unknown", utf8_len(data), monotonic_ms())
-                self._send_event(data)
-                continue
-            if etype in _OUT_AUDIO:
-                delta = event.get("delta")
-                b64_len = len(delta) if isinstance(delta, str) else 0
-                padding = delta.count("=", b64_len - 2) if b64_len >= 2 else 0
-                meter.upstream_event(etype, utf8_len(data), 0.0, audio_b64_len=b64_len,
-                                     padding=padding)
-                rid = event.get("response_id")
-                if b64_len and rid not in self._dropped:
-                    try:
-                        track.push(base64.b64decode(delta), rid)
-                    except (binascii.Error, ValueError):
-                        log.warning("call %s: undecodable audio delta", self.id)
-                continue  # audio goes out as media, not on the channel
-            now = monotonic_ms()
-            if etype == "session.created":
-                meter.upstream_ready(now)
-                self._check_ready()
-            meter.upstream_event(etype, utf8_len(data), now, event=event)
-            if etype == "input_audio_buffer.speech_started":
-                self._drop_output()
-            elif etype == "response.created":
-                response = event.get("response")
-                self._response_id = response.get("id") if isinstance(response, dict) else None
-            elif etype in _OUT_AUDIO_DONE:
-                track.audio_done(event.get("response_id"))
-            elif etype == "response.done":
-                response = event.get("response")
-                rid = response.get("id") if isinstance(response, dict) else None
-                track.audio_done(rid)
-                if rid == self._response_id:
-                    self._response_id = None
-            if etype.startswith("output_audio_buffer."):
-                continue  # voxgate reports its own output buffer
-            self._send_event(data)
+                event, etype = None, None
+            if not isinstance(etype, str):  # not ours to judge; relayed as is
+                event, etype = None, "unknown"
+            if self.key_session.pending:
+                for held in self.key_session.upstream(etype, event, data):
+                    await self._upstream_event(*held)
+            else:
+                await self._upstream_event(etype, event, data)
         exc = upstream.exception()
         reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
         code = upstream.close_code
@@ -865,6 +841,54 @@ class Call:
                                 code="upstream_closed")
             self._send_event(error_event(err))
         self._end(UPSTREAM, code, reason)
+
+    async def _upstream_event(self, etype: str, event: dict[str, Any] | None, data: str) -> None:
+        """One upstream event: audio deltas to the track, the rest to the
+        data channel (and sidebands), metered. The provider's
+        ``rate_limits.updated`` is dropped; after ``session.created`` and
+        each ``response.done`` the client gets its plan's instead."""
+        meter, track = self.meter, self.track
+        if event is None:
+            meter.record(classify(UPSTREAM, etype, utf8_len(data)))
+            self._send_event(data)
+            return
+        if etype == RATE_LIMITS:
+            return
+        if etype in _OUT_AUDIO:
+            meter.record(classify(UPSTREAM, etype, utf8_len(data), event))
+            delta = event.get("delta")
+            rid = event.get("response_id")
+            if isinstance(delta, str) and delta and rid not in self._dropped:
+                try:
+                    track.push(base64.b64decode(delta), rid)
+                except (binascii.Error, ValueError):
+                    log.warning("call %s: undecodable audio delta", self.id)
+            return  # audio goes out as media, not on the channel
+        now = monotonic_ms()
+        if etype == "session.created":
+            meter.upstream_ready(now)
+            self._check_ready()
+        meter.record(classify(UPSTREAM, etype, utf8_len(data), event), now)
+        if etype == "input_audio_buffer.speech_started":
+            self._drop_output()
+        elif etype == "response.created":
+            response = event.get("response")
+            self._response_id = response.get("id") if isinstance(response, dict) else None
+        elif etype in _OUT_AUDIO_DONE:
+            track.audio_done(event.get("response_id"))
+        elif etype == "response.done":
+            response = event.get("response")
+            rid = response.get("id") if isinstance(response, dict) else None
+            track.audio_done(rid)
+            if rid == self._response_id:
+                self._response_id = None
+        if etype.startswith("output_audio_buffer."):
+            return  # voxgate reports its own output buffer
+        self._send_event(data)
+        if etype == "session.created" or etype == "response.done":
+            limits = await customer_rate_limits(self.gw, self.active)
+            if limits is not None:
+                self._send_event(limits)
 
 
 def _media_session(session: dict[str, Any]) -> dict[str, Any]:

@@ -39,9 +39,17 @@ from voxgate.errors import (
     VoxgateError,
     error_event,
 )
+from voxgate.metering.events import classify
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
 from voxgate.proxy.auth import authenticate, session_model
-from voxgate.proxy.events import b64_padding, parse_client_event, pin_session_model, utf8_len
+from voxgate.proxy.events import (
+    RATE_LIMITS,
+    KeySession,
+    customer_rate_limits,
+    parse_client_event,
+    pin_session_model,
+    utf8_len,
+)
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
@@ -53,7 +61,8 @@ SESSION_ID_HEADER = "X-Voxgate-Session-Id"
 # ``GET /v1/realtime?call_id=…``: the handler that attaches a socket to a
 # WebRTC call (set by ``voxgate.proxy.webrtc.setup``).
 CALL_ATTACH = web.AppKey("call_attach", object)
-_OUT_AUDIO = ("response.output_audio.delta", "response.audio.delta")
+# After these upstream events the client gets the customer's rate_limits.updated.
+_RATE_LIMITS_AFTER = frozenset({"session.created", "response.done"})
 # RFC 6455 §7.4: codes an endpoint may send in a Close frame.
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
@@ -117,7 +126,9 @@ class Relay:
         self.meter = active.meter
         self.request = request
         self.model = model
-        self.ek_session = ek_session
+        session = {"type": "realtime", **ek_session}
+        session.pop("model", None)
+        self.key_session = KeySession(session if ek_session else None)
         relay = gw.settings.relay
         self.max_bytes = relay.max_message_bytes
         self.idle_timeout_s = relay.idle_timeout_s
@@ -183,12 +194,8 @@ class Relay:
 
     async def _relay(self) -> None:
         assert self.client is not None and self.upstream is not None
-        if self.ek_session:
-            session = {"type": "realtime", **self.ek_session}
-            session.pop("model", None)
-            await self.upstream.send_str(
-                orjson.dumps({"type": "session.update", "session": session}).decode()
-            )
+        if self.key_session.update is not None:
+            await self.upstream.send_str(self.key_session.update)
         c2u = asyncio.create_task(self._client_to_upstream(), name="client->upstream")
         u2c = asyncio.create_task(self._upstream_to_client(), name="upstream->client")
         started = time.monotonic()
@@ -258,7 +265,7 @@ class Relay:
                 n = utf8_len(data)
                 self.last_activity = now
                 try:
-                    event, etype, b64_len, padding = parse_client_event(data, max_bytes)
+                    event, etype = parse_client_event(data, max_bytes)
                 except VoxgateError as err:
                     await self._reject(err, n)
                     continue
@@ -266,7 +273,7 @@ class Relay:
                         pinned := pin_session_model(event, self.model)) is not None:
                     data = orjson.dumps(pinned).decode()
                 await upstream.send_str(data)
-                meter.client_event(etype, n, b64_len, padding)
+                meter.record(classify(CLIENT, etype, n, event))
             elif msg.type is WSMsgType.PING:
                 await client.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
@@ -285,6 +292,7 @@ class Relay:
     async def _upstream_to_client(self) -> None:
         client, upstream, meter = self.client, self.upstream, self.meter
         assert client is not None and upstream is not None
+        key_session = self.key_session
         code: int | None = None
         reason: str | None = None
         while True:
@@ -293,29 +301,26 @@ class Relay:
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 self.last_activity = now
+                event: dict[str, Any] | None
                 try:
                     event = orjson.loads(data)
-                    etype = event["type"]
+                    etype = event["type"]  # type: ignore[index]
                 except (orjson.JSONDecodeError, TypeError, KeyError):
-                    await client.send_str(data)  # not ours to judge; relay as is
-                    meter.upstream_event("unknown", utf8_len(data), monotonic_ms())
-                    continue
-                if etype in _OUT_AUDIO:
-                    delta = event.get("delta")
-                    b64_len = len(delta) if isinstance(delta, str) else 0
-                    padding = b64_padding(delta) if b64_len else 0
-                    meter.upstream_event(etype, utf8_len(data), 0.0, audio_b64_len=b64_len,
-                                         padding=padding)
+                    event, etype = None, None
+                if not isinstance(etype, str):  # not ours to judge; relayed as is
+                    event, etype = None, "unknown"
+                if key_session.pending:
+                    for held in key_session.upstream(etype, event, data):
+                        await self._deliver(*held)
                 else:
-                    meter.upstream_event(etype, utf8_len(data), monotonic_ms(), event=event)
-                await client.send_str(data)
+                    await self._deliver(etype, event, data)
             elif msg.type is WSMsgType.PING:
                 await upstream.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
                 pass
             elif msg.type is WSMsgType.BINARY:
                 self.last_activity = now
-                meter.upstream_event("binary", len(msg.data), monotonic_ms())
+                meter.record(classify(UPSTREAM, "binary", len(msg.data)))
                 await client.send_bytes(msg.data)
             elif msg.type is WSMsgType.CLOSE:
                 # The code the provider sent, even if replying to it fails.
@@ -329,6 +334,22 @@ class Relay:
                 break
         self.upstream_close_code = code
         self._end(UPSTREAM, code, reason)
+
+    async def _deliver(self, etype: str, event: dict[str, Any] | None, data: str) -> None:
+        """One upstream event to the client, metered. The provider's
+        ``rate_limits.updated`` (the operator's own limits) is dropped; after
+        ``session.created`` and each ``response.done`` the client gets its
+        plan's instead."""
+        assert self.client is not None
+        if etype == RATE_LIMITS:
+            return
+        self.meter.record(classify(UPSTREAM, etype, utf8_len(data), event),
+                          monotonic_ms() if etype == "session.created" else 0.0)
+        await self.client.send_str(data)
+        if etype in _RATE_LIMITS_AFTER:
+            limits = await customer_rate_limits(self.gw, self.active)
+            if limits is not None:
+                await self.client.send_str(limits)
 
     def _end(self, by: str, code: int | None, reason: str | None) -> None:
         if self._closing_by is None:

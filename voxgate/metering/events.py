@@ -1,0 +1,143 @@
+"""What a relayed Realtime event means to the meter: one pure function,
+:func:`classify`, called by the WebSocket relay and the WebRTC bridge alike
+for every event they relay, whose typed result (:class:`RelayedEvent`) is
+all the meter (``SessionMeter.record``) reads.
+
+Follows the OpenAI Realtime GA reference
+(https://platform.openai.com/docs/api-reference/realtime-client-events and
+.../realtime-server-events):
+
+- audio: the decoded size (bytes) of ``input_audio_buffer.append``
+  ``audio`` (client) and of ``response.output_audio.delta`` (and beta
+  ``response.audio.delta``) ``delta`` (upstream), from the base64 length
+  and its ``=`` padding, never by decoding;
+- ``session.created`` / ``session.updated``: the session object (the meter
+  reads its audio formats);
+- ``response.done``: ``response.status`` and ``response.usage`` tokens;
+- ``error``: ``error.type``, ``code`` and ``message``.
+
+The event is parsed once, by the relay (it needs the type anyway); nothing
+here parses JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from voxgate.models.realtime import b64_decoded_len
+
+__all__ = ["CLIENT", "UPSTREAM", "AUDIO_APPEND", "OUTPUT_AUDIO_EVENTS", "Usage", "EventError",
+           "RelayedEvent", "classify", "b64_audio_bytes"]
+
+CLIENT = "client"
+UPSTREAM = "upstream"
+AUDIO_APPEND = "input_audio_buffer.append"
+OUTPUT_AUDIO_EVENTS = frozenset({"response.output_audio.delta", "response.audio.delta"})
+_SESSION_EVENTS = frozenset({"session.created", "session.updated"})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """``response.usage`` of a ``response.done``, in tokens."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventError:
+    """``error`` of an ``error`` event (each None when absent)."""
+
+    type: str | None
+    code: str | None
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedEvent:
+    """One relayed event as the meter sees it.
+
+    Attributes:
+        direction: ``client`` (client → provider) or ``upstream``.
+        type: the event ``type`` as counted (``other`` for a well-formed
+            client type voxgate does not know, ``unknown`` for an upstream
+            message that is not a JSON object with a type, ``binary``).
+        nbytes: size on the wire, bytes.
+        audio_bytes: decoded audio payload, bytes (0 when none).
+        session: the session object of ``session.created``/``.updated``.
+        response_status: ``response.status`` of ``response.done``.
+        usage: ``response.usage`` of ``response.done``.
+        error: ``error`` of an ``error`` event.
+    """
+
+    direction: str
+    type: str
+    nbytes: int
+    audio_bytes: int = 0
+    session: dict[str, Any] | None = None
+    response_status: str | None = None
+    usage: Usage | None = None
+    error: EventError | None = None
+
+
+def b64_audio_bytes(b64: Any) -> int:
+    """Decoded size in bytes of a base64 string (0 when not a string)."""
+    if not isinstance(b64, str) or not b64:
+        return 0
+    n = len(b64)
+    padding = b64.count("=", n - 2) if n >= 2 else 0
+    return max(0, b64_decoded_len(n, padding))
+
+
+def classify(direction: str, etype: str, nbytes: int,
+             event: dict[str, Any] | None = None) -> RelayedEvent:
+    """Classify one relayed event.
+
+    Args:
+        direction: ``client`` or ``upstream``.
+        etype: the type to count it as (the relay's: the event's ``type``,
+            or ``other``/``unknown``/``binary``).
+        nbytes: its size on the wire, bytes.
+        event: the parsed event, None when it is not a JSON object.
+    """
+    if event is None:
+        return RelayedEvent(direction, etype, nbytes)
+    if direction == CLIENT:
+        if etype == AUDIO_APPEND:
+            return RelayedEvent(direction, etype, nbytes, audio_bytes=b64_audio_bytes(event.get("audio")))
+        return RelayedEvent(direction, etype, nbytes)
+    if etype in OUTPUT_AUDIO_EVENTS:
+        return RelayedEvent(direction, etype, nbytes, audio_bytes=b64_audio_bytes(event.get("delta")))
+    if etype in _SESSION_EVENTS:
+        session = event.get("session")
+        return RelayedEvent(direction, etype, nbytes, session=session if isinstance(session, dict) else None)
+    if etype == "response.done":
+        response = event.get("response")
+        if not isinstance(response, dict):
+            return RelayedEvent(direction, etype, nbytes)
+        status = response.get("status")
+        usage = response.get("usage")
+        return RelayedEvent(direction, etype, nbytes,
+                            response_status=status if isinstance(status, str) else None,
+                            usage=_usage(usage) if isinstance(usage, dict) else None)
+    if etype == "error":
+        err = event.get("error")
+        err = err if isinstance(err, dict) else {}
+        return RelayedEvent(direction, etype, nbytes, error=EventError(
+            _str(err.get("type")), _str(err.get("code")), _str(err.get("message"))))
+    return RelayedEvent(direction, etype, nbytes)
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
+                 _int(usage.get("total_tokens")))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
