@@ -22,6 +22,7 @@ from tests.test_ws_relay import append_audio, billable_quick_session, recv_until
 from tests.web.conftest import account_of
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import Measurements, Plan, Reason, SessionRecord
+from voxgate.models.plans import Tier
 from voxgate.web import receipts
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -145,6 +146,18 @@ def test_cost_follows_the_settlement_and_the_plan():
     assert "price per billable session (queued for Stripe)" in cost.explanation
     free = receipts.session_cost(record_of(Measurements(**CONNECTED)), payg)
     assert (free.amount_cents, free.summary) == (0, "Free")
+    pack = receipts.session_cost(record_of(billable, settlement="pack"), starter)
+    assert (pack.amount_cents, pack.summary) == (0, "Add-on pack")
+    # packs counted into the plan: "included" names the plan's own sessions
+    with_packs = Plan("starter", "Starter", price_cents=2900, sessions_included=6000,
+                      pack_sessions=1000)
+    assert "the Starter plan's 5,000 sessions a month" in receipts.session_cost(
+        record_of(billable), with_packs).explanation
+    tiered = Plan("enterprise", "Enterprise", price_cents=50000, sessions_included=100_000,
+                  overage_cents=5, tiers=(Tier(200_000, 5), Tier(None, 3)))
+    cost = receipts.session_cost(record_of(billable, settlement="charged"), tiered)
+    assert cost.amount_cents is None and "graduated price per session beyond its 100,000" \
+        in cost.explanation
 
 
 # ---------------------------------------------------------------- in Chromium

@@ -290,30 +290,42 @@ _SENT = {"pending": "queued for Stripe", "charged": "reported to Stripe",
          "invoiced": "on the period's invoice"}
 
 
+def _charged(plan: Plan, state: str) -> Cost:
+    included = plan.plan_sessions_included
+    beyond = (f"beyond its {included:,} included a month" if included
+              else "for every billable session")
+    if plan.tiers:
+        return Cost(None, "Charged", f"Charged at the {plan.name} plan's graduated price per "
+                                     f"session {beyond} ({state}).")
+    if plan.overage_cents is None:
+        return Cost(None, "Charged", f"Charged at the plan's price per session ({state}).")
+    price = fmt_cents(plan.overage_cents)
+    why = (f"the {plan.name} plan's price per session {beyond}" if included
+           else f"the {plan.name} plan's price per billable session")
+    return Cost(plan.overage_cents, price, f"{price}: {why} ({state}).")
+
+
 def session_cost(record: SessionRecord, plan: Plan) -> Cost:
-    """The session's cost from its ``settlement`` and the account's plan:
-    ``none`` → free (not billable, no quota used); ``included`` → covered by
-    the subscription; ``pending`` / ``charged`` / ``invoiced`` → the plan's
-    ``overage_cents``."""
+    """The session's cost from its ``settlement`` and the account's plan
+    (as admission sees it: enterprise plan, packs counted in): ``none`` →
+    free (not billable, no quota used); ``included`` → covered by the
+    subscription; ``pack`` → taken from an add-on pack; ``pending`` /
+    ``charged`` / ``invoiced`` → the plan's ``overage_cents`` (graduated
+    ``tiers``: the amount depends on the month's count, so it is not given)."""
     if record.status == "active":
         return Cost(None, "Not decided", "The session is still active.")
     if not record.billable:
         return Cost(0, "Free", "Not billable sessions are never charged and use none of "
                                "your plan's sessions.")
     if record.settlement in _SENT:
-        state = _SENT[record.settlement]
-        if plan.overage_cents is None:
-            return Cost(None, "Charged", f"Charged at the plan's price per session ({state}).")
-        price = fmt_cents(plan.overage_cents)
-        if plan.sessions_included:
-            why = (f"the {plan.name} plan's price per session beyond its "
-                   f"{plan.sessions_included:,} included a month")
-        else:
-            why = f"the {plan.name} plan's price per billable session"
-        return Cost(plan.overage_cents, price, f"{price}: {why} ({state}).")
-    if plan.sessions_included is None:
+        return _charged(plan, _SENT[record.settlement])
+    if record.settlement == "pack":
+        return Cost(0, "Add-on pack", "Taken from one of your add-on packs (paid for when "
+                                      "bought): no charge of its own.")
+    included = plan.plan_sessions_included
+    if included is None:
         scope = f"the {plan.name} plan's unlimited sessions"
     else:
-        scope = f"the {plan.name} plan's {plan.sessions_included:,} sessions a month"
+        scope = f"the {plan.name} plan's {included:,} sessions a month"
     return Cost(0, "Included", f"Included in {scope}: no charge beyond the subscription "
                                f"({fmt_cents(plan.price_cents)} a month).")

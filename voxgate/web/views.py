@@ -428,7 +428,7 @@ async def receipt(request: web.Request) -> web.Response:
                          project=names.get(record.project_id, record.project_id),
                          sentence=receipts.verdict_sentence(record, request.app[GATEWAY].policy),
                          steps=receipts.timeline(record), rows=receipts.measurement_rows(record),
-                         cost=receipts.session_cost(record, plan_of(request, account)))
+                         cost=receipts.session_cost(record, await account_plan(request, account)))
 
 
 CSV_COLUMNS = ("id", "started_at", "ended_at", "project_id", "project", "transport", "model",
