@@ -18,6 +18,7 @@ import errno
 import importlib
 import importlib.util
 import logging
+import os
 import socket
 import sys
 from typing import Any
@@ -65,12 +66,13 @@ def bind_error_message(host: str, port: int, exc: OSError) -> str:
     """The one line ``voxgate serve`` prints when it cannot listen."""
     if exc.errno == errno.EADDRINUSE:
         return (f"voxgate: port {port} on {host} is already in use (another voxgate?); "
-                f"choose another with --port, e.g. voxgate serve --port {port + 1}")
+                f"choose another with --port or VOXGATE_PORT, e.g. voxgate serve --port {port + 1}")
     return f"voxgate: cannot listen on {host}:{port}: {exc.strerror or exc}"
 
 
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
+    from aiohttp.web_runner import GracefulExit
 
     from voxgate.proxy.app import create_app
 
@@ -100,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         run_async(_run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GracefulExit):  # Ctrl-C, SIGTERM: a normal stop
         pass
     return 0
 
@@ -234,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"voxgate: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (`voxgate admin usage … | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
