@@ -1,27 +1,31 @@
 // The OpenAI Agents SDK for JavaScript (@openai/agents-realtime) in Node over
-// its WebSocket transport, pointed at voxgate: `node agents-ws.mjs URL KEY`
-// (URL: voxgate's ws://…/v1/realtime?model=…, KEY: a voxgate project key).
+// its WebSocket transport, pointed at voxgate: `node agents-ws.mjs URL KEY PCM`
+// (URL: voxgate's ws://…/v1/realtime?model=…, KEY: a voxgate project key, PCM: a
+// file of 24 kHz PCM16 mono speech asking for the weather, ending in silence).
 // Driven by tests/sdk/test_agents_node.py, which asserts on the one JSON
 // object this script prints to stdout:
-//   {"tool": {"calls", "reply"}, "interrupt": {"response_status",
+//   {"tool": {"heard", "calls", "reply"}, "interrupt": {"response_status",
 //    "last_assistant", "truncated", "audio_interrupted"},
 //    "unparsed": [[type, issue], …], "history": [[type, role or tool name, status], …],
 //    "errors"}
 //
-// 1. A user message naming a tool: the SDK calls the tool (execute), sends
-//    its output back, and the spoken reply's transcript carries the result.
+// 1. The spoken request, streamed with session.sendAudio() as a microphone
+//    would: the provider's turn detection ends the turn, the request names the
+//    tool, the SDK calls it (execute), sends its output back, and the spoken
+//    reply's transcript carries the result.
 // 2. A user message with a long reply, interrupted by session.interrupt()
 //    150 ms after its first audio: the SDK cancels the response and sends
 //    conversation.item.truncate; the history's last assistant item must be
 //    `incomplete` with a transcript, and the truncate must succeed.
+import { readFile } from 'node:fs/promises';
 import { OpenAIRealtimeWebSocket, RealtimeAgent, RealtimeSession, tool } from '@openai/agents-realtime';
 // The SDK's own schema of server events (not exported by the package's index): an event
 // that fails it is silently treated as unknown by the SDK, so the script reports it.
 import { realtimeServerEventSchema } from './node_modules/@openai/agents-realtime/dist/openaiRealtimeEvents.mjs';
 
-const [url, apiKey] = process.argv.slice(2);
-if (!url || !apiKey) {
-  console.error('usage: node agents-ws.mjs URL KEY');
+const [url, apiKey, pcmPath] = process.argv.slice(2);
+if (!url || !apiKey || !pcmPath) {
+  console.error('usage: node agents-ws.mjs URL KEY PCM');
   process.exit(2);
 }
 const TOOL_RESULT = 'sunny and 21 degrees';
@@ -115,8 +119,14 @@ const doneResponses = () => raw.filter((e) => e.type === 'response.done');
 try {
   await session.connect({ apiKey, url });
 
-  // 1. the tool call, end to end
-  session.sendMessage('What is the weather forecast in Paris?');
+  // 1. the tool call, end to end, from speech: 20 ms chunks at 4x real time
+  const pcm = await readFile(pcmPath);
+  const chunk = 24000 * 2 / 50;
+  for (let off = 0; off < pcm.length; off += chunk) {
+    const part = pcm.subarray(off, off + chunk);
+    session.sendAudio(part.buffer.slice(part.byteOffset, part.byteOffset + part.length));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
   await until('the spoken reply carrying the tool result', () =>
     assistantItems().some((i) => i.status === 'completed' && transcriptOf(i).includes(TOOL_RESULT)));
   const toolReply = transcriptOf(assistantItems().at(-1));
@@ -139,7 +149,12 @@ try {
   const last = assistantItems().at(-1);
   const truncated = raw.find((e) => e.type === 'conversation.item.truncated');
   const result = {
-    tool: { calls, reply: toolReply },
+    tool: {
+      heard: raw.filter((e) => e.type === 'conversation.item.input_audio_transcription.completed')
+        .map((e) => e.transcript),
+      calls,
+      reply: toolReply,
+    },
     interrupt: {
       response_status: doneResponses().at(-1).response.status,
       last_assistant: { item_id: last.itemId, status: last.status, transcript: transcriptOf(last) },

@@ -1,7 +1,8 @@
 """The OpenAI Agents SDK for JavaScript (``@openai/agents-realtime`` 0.20,
 from tests/js/package-lock.json) in Node over its ``OpenAIRealtimeWebSocket``
 transport, pointed at voxgate with the local provider: a tool call end to
-end, then ``session.interrupt()`` mid-reply. The SDK's own code runs in
+end from a spoken request (Piper speech made at set-up, streamed with
+``session.sendAudio()``), then ``session.interrupt()`` mid-reply. The SDK's own code runs in
 tests/js/agents-ws.mjs; this test starts it and asserts on the JSON it
 prints (the script's header says what it does)."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +31,8 @@ def node() -> str:
     return path
 
 
-async def run_script(url: str, key: str) -> dict:
-    proc = await asyncio.create_subprocess_exec(node(), str(SCRIPT), url, key, cwd=str(SCRIPT.parent),
+async def run_script(url: str, key: str, pcm: Path) -> dict:
+    proc = await asyncio.create_subprocess_exec(node(), str(SCRIPT), url, key, str(pcm), cwd=str(SCRIPT.parent),
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(TIMEOUT_S):
@@ -46,14 +48,17 @@ async def run_script(url: str, key: str) -> dict:
     return result
 
 
-async def test_tool_call_then_interrupt_and_truncate(server, http):
-    result = await run_script(server.ws_url + "?model=gpt-realtime", server.key)
+async def test_tool_call_then_interrupt_and_truncate(server, http, spoken_request, tmp_path):
+    pcm = tmp_path / "request.pcm"
+    pcm.write_bytes(spoken_request)
+    result = await run_script(server.ws_url + "?model=gpt-realtime", server.key, pcm)
     assert result["errors"] == []
     assert result["unparsed"] == []  # every server event passed the SDK's own schema
 
     # the tool rule (voxgate/voice/tools.py): "weather" names get_weather, the city follows "in"
-    assert result["tool"]["calls"] == ["paris"]
-    assert result["tool"]["reply"] == f"The get weather result is: {TOOL_RESULT} in paris."
+    assert result["tool"]["heard"] == ["what is the weather forecast in london"]
+    assert result["tool"]["calls"] == ["london"]
+    assert result["tool"]["reply"] == f"The get weather result is: {TOOL_RESULT} in london."
 
     assert result["history"] == [
         ["message", "user", "completed"], ["function_call", "get_weather", "completed"],
