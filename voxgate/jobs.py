@@ -30,6 +30,9 @@ The jobs:
   subscription is in trial and ends within ``TRIAL_REMINDER_DAYS`` (3) days.
 - ``monthly_usage_summary`` (daily; sends once a month): last period's usage
   summary to each paying account (a Stripe subscription on a paid plan).
+- ``addon_expiry`` (hourly): add-on packs 30 days after purchase are marked
+  expired and noted once in the audit log (they stop counting at their
+  expiry whether or not it ran).
 
 The decisions (``is_due``, ``next_run_at``, ``trial_reminders_due``,
 ``summary_recipients``, ``stale_cutoff``, ``job_table``) are pure functions;
@@ -55,7 +58,7 @@ from aiohttp import web
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
-from voxgate.metering.store import period_of
+from voxgate.metering.store import account_plan, period_of
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
 from voxgate.web.figures import period_bounds, previous_period, standing
 
@@ -227,15 +230,26 @@ async def sweep_stale_sessions(ctx: JobContext) -> str:
 
 
 async def check_usage_limits(ctx: JobContext) -> str:
-    """Send the quota alerts of this period missed so far (once each)."""
-    period = period_of(ctx.clock())
+    """Send the quota alerts of this period missed so far (once each),
+    against the plan as admission sees it (add-on packs counted in)."""
+    now = ctx.clock()
+    period = period_of(now)
     sent = 0
     for account in await ctx.store.list_accounts():
         usage = await ctx.store.get_usage(account.id, period)
         if usage.billable_sessions:
-            sent += len(await ctx.mailer.catch_up(account, _plan(ctx.catalog, account.plan_id),
-                                                  usage))
+            plan = await account_plan(ctx.store, ctx.catalog, account, now)
+            sent += len(await ctx.mailer.catch_up(account, plan, usage))
     return f"{sent} missed alert(s) sent for {period}"
+
+
+async def expire_addon_packs(ctx: JobContext) -> str:
+    """Mark the add-on packs whose 30 days are over as expired, each once
+    (``voxgate.billing.addons.Addons.expire``)."""
+    from voxgate.billing.addons import Addons
+
+    expired = await Addons(ctx.store, BillingDB(ctx.store), ctx.catalog).expire(ctx.clock())
+    return f"{len(expired)} add-on pack(s) expired"
 
 
 async def remind_trials_ending(ctx: JobContext) -> str:
@@ -270,6 +284,8 @@ JOBS: list[Job] = [
         f"email accounts whose trial ends within {TRIAL_REMINDER_DAYS} days"),
     Job("monthly_usage_summary", DAY_S, send_monthly_summaries,
         "email last month's usage to each paying account"),
+    Job("addon_expiry", 3600.0, expire_addon_packs,
+        "mark add-on packs 30 days after purchase as expired"),
 ]
 
 

@@ -259,3 +259,41 @@ def test_grant_pack_from_the_command_line(tmp_path, capsys):
             return await store.pack_balance(account_id, period_of(), time.time())
 
     assert asyncio.run(balance()).remaining == 1000
+
+
+async def test_addon_expiry_job_and_usage_check_count_packs(tmp_path):
+    """The ``addon_expiry`` job run twice at once expires a pack once; the
+    daily usage-limit check sees the packs (80 of 100 + 100 sessions: no
+    alert owed; 80 of 100 without a pack: the 80 % alert)."""
+    from voxgate.billing.notify import Notifier
+    from voxgate.config import load_settings
+    from voxgate.jobs import JOBS, JobContext, check_usage_limits, expire_addon_packs
+    from voxgate.models import load_catalog
+
+    assert any(j.name == "addon_expiry" and j.run is expire_addon_packs for j in JOBS)
+    settings = load_settings(None, data_dir=str(tmp_path / "data"))
+    now = time.time()
+    async with SQLiteStore(tmp_path / "v.db") as store:
+        ctx = JobContext(store, settings, lambda: now, Notifier(settings, BillingDB(store)),
+                         load_catalog())
+        with_pack = await store.create_account("packed@example.com", "free")
+        without = await store.create_account("plain@example.com", "free")
+        await store.grant_pack(with_pack.id, catalog_pack="operator", sessions=100,
+                               price_cents=0, source="operator", ref="live", purchased_at=now)
+        await store.grant_pack(with_pack.id, catalog_pack="operator", sessions=5, price_cents=0,
+                               source="operator", ref="old", purchased_at=now - 31 * DAY)
+        assert sorted(await asyncio.gather(expire_addon_packs(ctx), expire_addon_packs(ctx))) \
+            == ["0 add-on pack(s) expired", "1 add-on pack(s) expired"]
+        rows = await store.db.execute_fetchall(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'pack_expired'")
+        assert rows[0][0] == 1
+
+        for account in (with_pack, without):
+            project = await store.create_project(account.id, "p")
+            for i in range(80):
+                await complete(store, account.id, project.id, settle_from=None, pack_from=100,
+                               at=now - 100 + i)
+        assert await check_usage_limits(ctx) == f"1 missed alert(s) sent for {period_of(now)}"
+        rows = await store.db.execute_fetchall(
+            "SELECT account_id, threshold FROM quota_alerts ORDER BY account_id")
+        assert [tuple(r) for r in rows] == [(without.id, 80)]

@@ -20,9 +20,11 @@ from voxgate.models import (
     SessionRecord,
     Verdict,
 )
-from voxgate.models.packs import AccountPack, PackBalance
+from voxgate.models.enterprise import plan_for
+from voxgate.models.packs import AccountPack, PackBalance, with_packs
+from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog
 
-__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem"]
+__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "account_plan"]
 
 
 def period_of(ts: float | None = None) -> str:
@@ -226,3 +228,18 @@ class Store(Protocol):
     # key/value for small server state (demo key path, secrets, cursors)
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
+
+
+async def account_plan(store: Store, catalog: PlanCatalog, account: Account, now: float) -> Plan:
+    """The plan the account's sessions are admitted and charged under at
+    ``now`` (Unix s): its enterprise plan when its plan is ``enterprise``,
+    else its catalog plan (``voxgate.models.enterprise.plan_for``), with the
+    add-on packs live at ``now`` added to the included sessions
+    (``voxgate.models.packs.with_packs``)."""
+    terms = None
+    if account.plan_id == ENTERPRISE_PLAN_ID:
+        terms = await store.get_enterprise_terms(account.id)
+    plan = plan_for(catalog, account.id, account.plan_id, terms)
+    if plan.sessions_included is None:
+        return plan
+    return with_packs(plan, await store.pack_balance(account.id, period_of(now), now))

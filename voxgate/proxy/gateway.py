@@ -23,7 +23,7 @@ from voxgate.config import Settings
 from voxgate.errors import RateLimited, VoxgateError
 from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState
 from voxgate.metering.meter import SessionMeter
-from voxgate.metering.store import MonthlyUsage, Store, period_of
+from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
@@ -35,9 +35,6 @@ from voxgate.models import (
     Verdict,
     new_id,
 )
-from voxgate.models.enterprise import plan_for
-from voxgate.models.packs import with_packs
-from voxgate.models.plans import ENTERPRISE_PLAN_ID
 
 __all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT"]
 
@@ -113,17 +110,12 @@ class Gateway:
         ``now`` (Unix s): its enterprise plan when its plan is
         ``enterprise``, else its catalog plan, with the add-on packs live at
         ``now`` added to the included sessions (``voxgate.models.packs``)."""
-        now = time.time() if now is None else now
-        terms = None
-        if account.plan_id == ENTERPRISE_PLAN_ID:
-            terms = await self.store.get_enterprise_terms(account.id)
-        plan = plan_for(self.catalog, account.id, account.plan_id, terms)
+        plan = await account_plan(self.store, self.catalog, account,
+                                  time.time() if now is None else now)
         if plan.id != account.plan_id and account.plan_id not in self.catalog.legacy:
             log.warning("account %s has unknown plan %r (or bad enterprise terms); using the "
                         "default plan", account.id, account.plan_id)
-        if plan.sessions_included is None:
-            return plan
-        return with_packs(plan, await self.store.pack_balance(account.id, period_of(now), now))
+        return plan
 
     async def check_rate(self, principal: Principal) -> Plan:
         """Count one request against the key's rate limit and record the
