@@ -1,6 +1,8 @@
 # voxgate: real-time voice-session proxy with inline metering.
 #   docker build -t voxgate .
-#   docker run -p 8080:8080 -v voxgate-data:/data voxgate
+#   docker run -d --name voxgate -p 8080:8080 -v voxgate-data:/data voxgate
+#   docker exec voxgate voxgate admin create-account you@example.com   # then create-project, create-key
+# (README, "Docker"). The build context is pyproject.toml, README.md and voxgate/ (.dockerignore).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
