@@ -5,6 +5,14 @@ same code path over a real WebSocket.
 OpenAI: ``wss://api.openai.com/v1/realtime?model=…`` with
 ``Authorization: Bearer $OPENAI_API_KEY``, GA protocol, no ``OpenAI-Beta``
 header (https://platform.openai.com/docs/guides/realtime-websocket).
+
+An ephemeral key's session config is not given at connect time: OpenAI's
+WebSocket takes none (only a key minted with the config would carry it,
+which costs an HTTPS round trip to ``/v1/realtime/client_secrets`` before
+every session and counts against its connect latency). The relays send it
+as the first ``session.update`` instead and fold the answer into the
+client's ``session.created`` (``voxgate.proxy.events.KeySession``), the same
+for OpenAI and the local provider.
 """
 
 from __future__ import annotations

@@ -3,8 +3,13 @@
 A thin shell: authenticate and admit before the upgrade (refusals are HTTP
 401/403/429 with an OpenAI-style JSON body), open the upstream WebSocket with
 the server's own key while the client's upgrade completes, then relay frames
-both ways unchanged, feeding the session meter the type and payload length of
-each event. Client events that cannot be relayed (malformed JSON, unknown
+both ways unchanged, feeding the session meter each event as
+``voxgate.metering.events.classify`` types it. Three exceptions, shared with
+the WebRTC bridge (``voxgate.proxy.events``): an ephemeral key's session
+config is applied before the client's first event, so ``session.created``
+carries it (``KeySession``); the provider's ``rate_limits.updated`` is
+dropped, and the customer's own (its plan's figures) follows
+``session.created`` and each ``response.done``. Client events that cannot be relayed (malformed JSON, unknown
 type, invalid base64 audio, too large) are answered with an ``error`` event
 and the session goes on, as OpenAI's server does
 (https://platform.openai.com/docs/api-reference/realtime-server-events/error).
