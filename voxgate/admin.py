@@ -8,10 +8,11 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from typing import Any
 
 from voxgate.config import load_settings
-from voxgate.metering.store import period_of
+from voxgate.metering.store import account_plan, period_of
 from voxgate.models import Plan, PlanCatalog, load_catalog
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
@@ -122,8 +123,11 @@ async def run_admin(args: argparse.Namespace) -> int:
             if found is None:
                 _notice(f"voxgate: no account {args.account_id}")
                 return 1
-            usage = await store.get_usage(found.id, period_of())
-            print(json.dumps(usage_body(catalog.get(found.plan_id), usage, catalog), indent=2))
+            now = time.time()
+            usage = await store.get_usage(found.id, period_of(now))
+            effective = await account_plan(store, catalog, found, now)  # enterprise, packs
+            packs = await store.pack_balance(found.id, usage.period, now)
+            print(json.dumps(usage_body(effective, usage, catalog, packs), indent=2))
         elif cmd == "accounts":
             for account in await store.list_accounts():
                 print(f"{account.id}\t{account.email}\t{account.plan_id}\t{account.status}")

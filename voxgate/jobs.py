@@ -269,7 +269,8 @@ async def send_monthly_summaries(ctx: JobContext) -> str:
     queued = 0
     for account in summary_recipients(await ctx.store.list_accounts(), ctx.catalog, period):
         usage = await ctx.store.get_usage(account.id, period)
-        summary = usage_summary(_plan(ctx.catalog, account.plan_id), usage)
+        covered = (await ctx.store.pack_balance(account.id, period, ctx.clock())).used_this_period
+        summary = usage_summary(_plan(ctx.catalog, account.plan_id), usage, covered)
         if await ctx.mailer.monthly_summary(account, summary):
             queued += 1
     return f"{queued} summar{'y' if queued == 1 else 'ies'} for {period} queued"

@@ -186,18 +186,20 @@ class UsageSummary:
     cost_cents: int
 
 
-def usage_summary(plan: Plan, usage: MonthlyUsage) -> UsageSummary:
-    """The summary of ``usage`` (one account's period) on ``plan`` (pure)."""
+def usage_summary(plan: Plan, usage: MonthlyUsage, pack_covered: int = 0) -> UsageSummary:
+    """The summary of ``usage`` (one account's period) on ``plan`` (pure);
+    ``pack_covered`` of its billable sessions were paid by add-on packs and
+    are neither overage nor charged."""
     overage = 0
     if plan.overage_cents is not None:
-        overage = max(0, usage.billable_sessions - (plan.sessions_included or 0))
+        overage = max(0, usage.billable_sessions - (plan.sessions_included or 0) - pack_covered)
     return UsageSummary(
         account_id=usage.account_id, period=usage.period, plan_id=plan.id,
         plan_name=plan.name, sessions=usage.sessions,
         billable_sessions=usage.billable_sessions, sessions_included=plan.sessions_included,
         overage_sessions=overage, minutes_used=minutes_used(usage.minutes_used),
         audio_seconds=round(usage.audio_seconds, 1),
-        cost_cents=plan.cost_cents(usage.billable_sessions))
+        cost_cents=plan.cost_cents(usage.billable_sessions, pack_covered))
 
 
 def usage_summary_email(summary: UsageSummary, billing_url: str) -> tuple[str, str]:
