@@ -57,7 +57,8 @@ def paid_pack(session: dict[str, Any], catalog: PlanCatalog) -> Pack | None:
     """The catalog pack a completed Checkout Session paid for: ``mode`` is
     ``payment``, ``payment_status`` paid, ``metadata.voxgate_pack`` a pack of
     the catalog. None otherwise (not a pack, or not paid yet)."""
-    if session.get("mode") != "payment" or session.get("payment_status") not in PAID_STATUSES:
+    if session.get("mode") != "payment" or session.get("payment_status") not in PAID_STATUSES \
+            or not isinstance(session.get("id"), str):
         return None
     pack_id = (session.get("metadata") or {}).get("voxgate_pack")
     return catalog.packs.get(pack_id) if isinstance(pack_id, str) else None

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from voxgate.billing.addons import Addons, paid_pack
+from voxgate.billing.addons import PAID_STATUSES, Addons, paid_pack
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
 from voxgate.billing.stripe_api import StripeApi
@@ -243,6 +243,10 @@ class EventProcessor:
         once per Checkout Session; bought when the event was created."""
         pack = paid_pack(session, self.catalog)
         if pack is None:
+            wanted = (session.get("metadata") or {}).get("voxgate_pack")
+            if wanted and session.get("payment_status") in PAID_STATUSES:
+                log.warning("checkout session %s paid for pack %r, which is not in the "
+                            "catalog: nothing credited", session.get("id"), wanted)
             return "not a paid pack"
         account_id = session.get("client_reference_id")
         account = await self.store.get_account(account_id) if account_id else None
