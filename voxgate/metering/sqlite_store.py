@@ -905,13 +905,15 @@ class SQLiteStore:
     async def pack_balance(self, account_id: str, period: str, now: float) -> PackBalance:
         """The account's packs as they count in ``period`` at ``now``
         (``voxgate.models.packs.pack_balance``)."""
-        rows = await self.db.execute_fetchall(
-            f"SELECT {_PACK_COLS} FROM session_packs WHERE account_id = ? AND purchased_at <= ?"
-            " AND expires_at > ?", (account_id, now, now))
-        used = await self._one(
-            "SELECT COUNT(*) FROM pack_sessions WHERE account_id = ? AND period = ?",
-            (account_id, period))
-        return pack_balance([_pack(r) for r in rows], int(used[0]), now)
+        def read(conn: sqlite3.Connection) -> PackBalance:
+            used = conn.execute(
+                "SELECT COUNT(*) FROM pack_sessions WHERE account_id = ? AND period = ?",
+                (account_id, period)).fetchone()
+            return pack_balance(_live_packs_sync(conn, account_id, now), int(used[0]), now)
+
+        # both reads in one thread hop: this runs on every admission
+        db = self.db
+        return await db._execute(read, db._conn)  # noqa: SLF001
 
     async def expire_packs(self, now: float) -> list[AccountPack]:
         """Mark the packs whose 30 days are over at ``now`` as expired; returns
