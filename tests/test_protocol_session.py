@@ -134,6 +134,23 @@ async def test_websocket_own_session_update_still_answered(make_server, http):
         assert updated["session"]["audio"]["output"]["voice"] == "verse"
 
 
+async def test_websocket_key_config_the_provider_refuses(make_server, http):
+    """A key minted with a config the provider refuses: the client still
+    gets session.created (the provider's defaults) first, then the
+    provider's error naming the field, and the session goes on."""
+    server = await make_server()
+    ek = await mint(http, server, session={"type": "realtime", "audio": {"output": {"speed": 9}}})
+    async with sdk(server, ek["value"]).realtime.connect(model="gpt-realtime") as raw:
+        ws = Ws(raw)
+        events = await ws.until("error")
+        assert [e["type"] for e in events] == ["session.created", "rate_limits.updated", "error"]
+        assert events[0]["session"]["audio"]["output"]["speed"] == 1.0
+        assert events[-1]["error"]["param"] == "session.audio.output.speed"
+        for event in TEXT_TURN:
+            await raw.send(event)
+        assert (await ws.until("response.done"))[-1]["response"]["status"] == "completed"
+
+
 async def test_websocket_provider_rate_limits_never_reach_the_client(make_server):
     """The provider sends its own rate_limits.updated in every response
     (its ``rate_limits`` fault, as OpenAI does): the client sees only its

@@ -12,7 +12,7 @@ Keys (``prefix`` defaults to ``voxgate:``):
   expiry (Redis time, seconds). Expired members are dropped before every
   count, so a lease whose process died frees itself after ``lease_ttl_s``.
 - ``{prefix}rate:{rate_key}`` — hash ``{tokens, ts}``; expires after two idle
-  minutes.
+  minutes. ``peek_rate`` reads it (refill included) and writes nothing.
 
 Follows the Redis scripting model (https://redis.io/docs/latest/develop/interact/programmability/eval-intro/).
 """
