@@ -102,6 +102,13 @@ def test_call_with_a_refused_key_shows_the_servers_error(served):
     assert message and "Traceback" not in result.stderr
 
 
+def test_call_with_nothing_listening_says_so(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = voxgate("call", "--key", "vg_live_x", "--url", url, cwd=tmp_path, env=clean_env(), timeout=60)
+    assert result.returncode == 1
+    assert f"nothing listens at {url}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_port_in_use_is_one_line_and_creates_nothing(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -207,8 +207,13 @@ async def run_call(args: argparse.Namespace) -> int:
                                    timeout_s=args.timeout, vad=getattr(args, "vad", False))
     except Exception as exc:  # noqa: BLE001 - report any failure plainly
         refusal = refusal_message(exc)
-        print(f"voxgate call: refused: {refusal}" if refusal else
-              f"voxgate call: session failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if refusal:
+            print(f"voxgate call: refused: {refusal}", file=sys.stderr)
+        elif isinstance(exc, ConnectionRefusedError):
+            print(f"voxgate call: nothing listens at {base_url}: start it with `make run` "
+                  "(or `voxgate serve`), or give its address with --url", file=sys.stderr)
+        else:
+            print(f"voxgate call: session failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
     out.write_bytes(pcm16_to_wav(result["reply_pcm"], RATE))
