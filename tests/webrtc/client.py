@@ -1,5 +1,7 @@
 """A small aiortc WebRTC client for tests: speaks PCM through an audio track,
-keeps the ``oai-events`` events and the received audio frames."""
+keeps the ``oai-events`` events and the received audio (aiortc's own
+receive path, as an independent peer: each frame's arrival time, RTP
+timestamp and samples)."""
 
 from __future__ import annotations
 
@@ -81,6 +83,8 @@ class Client:
         self._waiters: list[tuple[str, asyncio.Future]] = []
         self.audio_frames = 0
         self.audio_samples_nonzero = 0
+        # (arrival monotonic s, pts in 1/48000, mono PCM16 48 kHz samples)
+        self.received: list[tuple[float, int, np.ndarray]] = []
         self.location: str | None = None
         self.session_id: str | None = None
         self.channel.on("open", self.opened.set)
@@ -106,7 +110,9 @@ class Client:
             except MediaStreamError:
                 return
             self.audio_frames += 1
-            if np.any(frame.to_ndarray()):
+            samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+            self.received.append((time.monotonic(), frame.pts, samples))
+            if np.any(samples):
                 self.audio_samples_nonzero += 1
 
     async def offer(self) -> str:
@@ -115,11 +121,12 @@ class Client:
         return self.pc.localDescription.sdp
 
     async def connect(self, http: aiohttp.ClientSession, key: str, *,
-                      multipart_session: dict | None = None, expect: int = 201):
+                      multipart_session: dict | None = None, expect: int = 201,
+                      params: dict | None = None):
         sdp = await self.offer()
         headers = {"Authorization": f"Bearer {key}"}
         if multipart_session is None:
-            resp = await http.post(self.base_url + "/v1/realtime/calls", data=sdp,
+            resp = await http.post(self.base_url + "/v1/realtime/calls", data=sdp, params=params,
                                    headers={**headers, "Content-Type": "application/sdp"})
         else:
             form = aiohttp.FormData()
@@ -127,7 +134,7 @@ class Client:
             form.add_field("session", orjson.dumps(multipart_session).decode(),
                            content_type="application/json")
             resp = await http.post(self.base_url + "/v1/realtime/calls", data=form,
-                                   headers=headers)
+                                   params=params, headers=headers)
         body = await resp.text()
         assert resp.status == expect, body
         if expect != 201:

@@ -4,9 +4,11 @@ ephemeral key (``POST /v1/realtime/client_secrets`` with the project key),
 post the SDP offer to ``POST /v1/realtime/calls`` with it, apply the
 answer; events on the ``oai-events`` data channel, audio as Opus media.
 
-The client's audio track plays the plan's audio in real time (20 ms frames
-of 48 kHz PCM16, the clip upsampled) and then ends; the echo upstream's
-deltas come back as voxgate's outgoing track. The session ends with
+The client's audio track plays the plan's audio in real time (20 ms Opus
+frames of the clip, encoded once per process, so the load generator spends
+its CPU on RTP rather than on encoding) and then ends; the echo upstream's
+deltas come back as voxgate's outgoing track, decoded on the event loop
+(``voxgate.proxy.rtp_audio``). The session ends with
 ``POST /v1/realtime/calls/{id}/hangup`` (or, for ``vanish``, by closing the
 peer connection with no hang-up).
 
@@ -19,18 +21,19 @@ which voxgate must record as ``turn_failure``.
 Client-side latency: ``connect_ms`` is offer start → ``session.created`` on
 the data channel. Audio round trips are not measured (Opus does not carry
 the chunk tags); ``underruns`` counts gaps of more than
-:data:`UNDERRUN_GAP_MS` between frames of voxgate's outgoing track.
+:data:`UNDERRUN_GAP_MS` between frames of voxgate's outgoing track (and
+frames the client's own sender sent late).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import re
 import time
 
 import aiohttp
 import av
-import numpy as np
 import orjson
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -39,33 +42,33 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
-from voxgate.proxy.media import pcm16_frame
+from voxgate.proxy import rtp_audio
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
 
-RATE = 48000
-FRAME = 960  # 20 ms at 48 kHz
+FRAME_BYTES = 960  # 20 ms of PCM16 24 kHz
 UNDERRUN_GAP_MS = 60.0
 """A gap between received frames longer than this counts as an underrun, in ms."""
 _SESSION = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 
 
 class ClipTrack(MediaStreamTrack):
-    """``ms`` of the clip at 48 kHz, in real-time 20 ms frames, then the track ends."""
+    """``ms`` of the clip (its Opus frames, looped) in real-time 20 ms
+    packets, then the track ends."""
 
     kind = "audio"
 
-    def __init__(self, pcm48k: bytes, ms: int) -> None:
+    def __init__(self, opus: list[bytes], ms: int) -> None:
         super().__init__()
-        self.pcm = pcm48k
+        self.opus = opus
         self.frames = ms // 20
         self.index = 0
         self.start: float | None = None
         self.late = 0
         self.finished = asyncio.Event()
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:  # type: ignore[override]
         if self.start is None:
             self.start = time.monotonic()
         if self.index >= self.frames:
@@ -77,12 +80,11 @@ class ClipTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         elif delay < -0.02:
             self.late += 1
-        off = (self.index * FRAME * 2) % len(self.pcm)
-        chunk = self.pcm[off:off + FRAME * 2]
-        chunk += bytes(FRAME * 2 - len(chunk))
-        frame = pcm16_frame(chunk, RATE, self.index * FRAME)
+        packet = av.Packet(self.opus[self.index % len(self.opus)])
+        packet.pts = self.index * 960
+        packet.time_base = _TIME_BASE
         self.index += 1
-        return frame
+        return packet
 
 
 def relay_only(sdp: str, port: int = 9) -> str:
@@ -98,16 +100,20 @@ def relay_only(sdp: str, port: int = 9) -> str:
     return re.sub(r"a=candidate:[^\r\n]*", retype, sdp)
 
 
-_PCM48: dict[int, bytes] = {}
+_TIME_BASE = fractions.Fraction(1, rtp_audio.RTP_CLOCK)
+_OPUS: dict[int, list[bytes]] = {}
 
 
-def _pcm48(clip: Clip) -> bytes:
+def _opus(clip: Clip) -> list[bytes]:
+    """The clip as 20 ms Opus frames (encoded once)."""
     key = id(clip)
-    if key not in _PCM48:
-        from voxgate.voice.audio import resample_pcm16
-
-        _PCM48[key] = resample_pcm16(clip.pcm24k(), 24000, RATE)
-    return _PCM48[key]
+    if key not in _OPUS:
+        pcm = clip.pcm24k()
+        pcm += bytes(-len(pcm) % FRAME_BYTES)
+        encoder = rtp_audio.OpusVoiceEncoder(20)
+        _OPUS[key] = [bytes(encoder.encode(pcm[i:i + FRAME_BYTES], i // FRAME_BYTES))
+                      for i in range(0, len(pcm), FRAME_BYTES)]
+    return _OPUS[key]
 
 
 async def run_webrtc_session(
@@ -145,13 +151,12 @@ async def run_webrtc_session(
         return res
 
     pc = RTCPeerConnection()
-    track = ClipTrack(_pcm48(clip), plan.audio_ms)
+    track = ClipTrack(_opus(clip), plan.audio_ms)
     pc.addTrack(track)
     channel = pc.createDataChannel("oai-events")
     created = asyncio.Event()
     error_seen = asyncio.Event()
     last_frame = [0.0]
-    readers: list[asyncio.Task] = []
     t0 = clock()
 
     def on_message(data) -> None:
@@ -170,21 +175,20 @@ async def run_webrtc_session(
                 res.provider_error_seen = True
                 error_seen.set()
 
-    async def read(remote) -> None:
-        while True:
-            try:
-                frame = await remote.recv()
-            except MediaStreamError:
-                return
-            now = clock()
-            if last_frame[0] and (now - last_frame[0]) * 1000 > UNDERRUN_GAP_MS:
-                res.underruns += 1
-            last_frame[0] = now
-            if np.any(frame.to_ndarray()):
-                res.audio_out_ms += frame.samples * 1000 / frame.sample_rate
+    def on_pcm(pcm: bytes) -> None:
+        now = clock()
+        if last_frame[0] and (now - last_frame[0]) * 1000 > UNDERRUN_GAP_MS:
+            res.underruns += 1
+        last_frame[0] = now
+        if pcm.strip(b"\0"):
+            res.audio_out_ms += len(pcm) / 48  # PCM16 24 kHz: 48 bytes per ms
+
+    def on_track(remote) -> None:
+        receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is remote)
+        rtp_audio.decode_inline(receiver, on_pcm, lambda: None)
 
     channel.on("message", on_message)
-    pc.on("track", lambda remote: readers.append(asyncio.ensure_future(read(remote))))
+    pc.on("track", on_track)
     location: str | None = None
     try:
         with rtc_ice.host_addresses(["127.0.0.1"]):
@@ -239,10 +243,7 @@ async def run_webrtc_session(
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         res.error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
-        for task in readers:
-            task.cancel()
         await pc.close()
-        await asyncio.gather(*readers, return_exceptions=True)
         res.ended_s = clock()
         res.started_s = t_start
     return res

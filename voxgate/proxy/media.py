@@ -1,11 +1,14 @@
-"""The media side of a WebRTC call: audio between RTP (Opus, 48 kHz, decoded
-by aiortc) and the provider's PCM16 24 kHz mono.
+"""The media side of a WebRTC call: audio between RTP (Opus, 48 kHz clock)
+and the provider's PCM16 24 kHz mono, with no resampling on the way out
+and no aiortc thread hops either way (``voxgate.proxy.rtp_audio``).
 
-- :class:`InboundAudio` turns the browser's decoded frames into PCM16 24 kHz
-  mono chunks for ``input_audio_buffer.append`` (``av.AudioResampler``).
+- :class:`InboundAudio` cuts the browser's audio, decoded on the event loop
+  to PCM16 24 kHz mono (``rtp_audio.decode_inline``), into chunks for
+  ``input_audio_buffer.append``.
 - :class:`OutputAudioTrack` is the outgoing ``MediaStreamTrack``: it plays
-  the provider's ``response.output_audio.delta`` audio, resampled to 48 kHz,
-  in 20 ms frames, silence when idle. Frame *n* is due at
+  the provider's ``response.output_audio.delta`` audio in 20 ms Opus frames
+  encoded from 24 kHz (``av.Packet`` s, which aiortc's sender only packs),
+  canned silence when idle. Frame *n* is due at
   ``start + n × 20 ms`` (never accumulated sleeps), so a long call does not
   drift. It reports the WebRTC-only server events
   ``output_audio_buffer.started`` / ``stopped`` / ``cleared``
@@ -24,15 +27,20 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voxgate.voice.audio import StreamResampler
+from voxgate.proxy.rtp_audio import OpusVoiceEncoder
 
 __all__ = ["pcm16_frame", "InboundAudio", "OutputAudioTrack", "PROVIDER_RATE", "RTP_RATE", "FRAME_MS"]
 
 PROVIDER_RATE = 24000  # Hz, Realtime audio/pcm
 RTP_RATE = 48000  # Hz, Opus clock rate (RFC 7587 §4.1)
 FRAME_MS = 20
-FRAME_SAMPLES = RTP_RATE * FRAME_MS // 1000  # 960
-FRAME_BYTES = FRAME_SAMPLES * 2
+FRAME_SAMPLES = RTP_RATE * FRAME_MS // 1000  # 960 RTP clock ticks per frame
+FRAME_BYTES = PROVIDER_RATE * FRAME_MS // 1000 * 2  # 960 bytes of PCM16 24 kHz
+# A response starts playing once this much of it is queued (or all of it):
+# deltas that arrive in real time (40 ms chunks, an echo) then have 100 ms of
+# arrival jitter before the track would have to fill a frame with silence.
+PREBUFFER_MS = 100
+PREBUFFER_BYTES = PROVIDER_RATE * PREBUFFER_MS // 1000 * 2
 # Behind schedule by more than this (a stalled sender), restart the clock
 # rather than burst the backlog out.
 MAX_LAG_S = 0.5
@@ -52,39 +60,75 @@ def pcm16_frame(pcm: bytes, rate: int, pts: int) -> av.AudioFrame:
     return frame
 
 class InboundAudio:
-    """Decoded RTP audio frames → PCM16 24 kHz mono, in fixed-size chunks.
+    """PCM16 24 kHz mono as it is decoded → fixed-size chunks, queued for
+    the task that appends them upstream, in order.
+
+    ``feed`` and ``end`` are called from the receiver (synchronously, as
+    each packet is decoded); the appending task takes :meth:`next` until it
+    returns ``None``; :meth:`flush` queues the part short of a chunk and
+    returns once the appending task has handled everything queued before
+    it (before an ``input_audio_buffer.commit``, so that the commit covers
+    all the audio received before it).
 
     Args:
-        chunk_ms: size of the chunks :meth:`chunks` yields, in ms.
+        chunk_ms: size of the chunks, in ms.
     """
 
     def __init__(self, chunk_ms: int = 40) -> None:
         self.chunk_bytes = PROVIDER_RATE * 2 * chunk_ms // 1000
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=PROVIDER_RATE)
         self._buf = bytearray()
+        self._queue: asyncio.Queue[bytes | asyncio.Future[None] | None] = asyncio.Queue()
+        self._ended = False
+        self._drained = asyncio.Event()
 
-    def feed(self, frame: av.AudioFrame) -> None:
-        for out in self._resampler.resample(frame):
-            self._buf += bytes(out.planes[0])[: out.samples * 2]
+    def feed(self, pcm24k: bytes) -> None:
+        buf = self._buf
+        buf += pcm24k
+        if len(buf) >= self.chunk_bytes:
+            n = len(buf) // self.chunk_bytes * self.chunk_bytes
+            data = bytes(buf[:n])
+            del buf[:n]
+            for i in range(0, n, self.chunk_bytes):
+                self._queue.put_nowait(data[i:i + self.chunk_bytes])
 
-    def chunks(self) -> list[bytes]:
-        """Whole chunks buffered so far (the remainder stays)."""
-        n = len(self._buf) // self.chunk_bytes * self.chunk_bytes
-        if not n:
-            return []
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return [data[i:i + self.chunk_bytes] for i in range(0, n, self.chunk_bytes)]
+    def end(self) -> None:
+        """No more audio: the rest (a short chunk), then ``None``, are queued."""
+        if not self._ended:
+            self._ended = True
+            self._queue_rest()
+            self._queue.put_nowait(None)
 
-    def rest(self) -> bytes:
-        """What is buffered short of a whole chunk (at the end of the call)."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+    async def next(self) -> bytes | None:
+        """The next chunk, or ``None`` at the end; called again once that
+        chunk has been handled."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_result(None)  # everything before the flush is handled
+                continue
+            if item is None:
+                self._drained.set()
+            return item
+
+    async def flush(self) -> None:
+        if self._ended:
+            await self._drained.wait()
+            return
+        self._queue_rest()
+        barrier: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(barrier)
+        await barrier
+
+    def _queue_rest(self) -> None:
+        if self._buf:
+            self._queue.put_nowait(bytes(self._buf))
+            self._buf.clear()
 
 
 class OutputAudioTrack(MediaStreamTrack):
-    """The outgoing audio track: the provider's voice, paced in 20 ms frames.
+    """The outgoing audio track: the provider's voice, paced in 20 ms Opus
+    frames (:meth:`recv` returns ``av.Packet`` s in the 48 kHz RTP clock).
 
     Args:
         on_event: called with (``output_audio_buffer.started`` | ``stopped`` |
@@ -101,7 +145,7 @@ class OutputAudioTrack(MediaStreamTrack):
         self._on_event = on_event or (lambda etype, rid: None)
         self._clock = clock
         self._sleep = sleep
-        self._resampler = StreamResampler(PROVIDER_RATE, RTP_RATE)
+        self._encoder = OpusVoiceEncoder(FRAME_MS)
         self._buf = bytearray()
         self._start: float | None = None
         self._index = 0
@@ -117,7 +161,7 @@ class OutputAudioTrack(MediaStreamTrack):
         """Queue provider audio (PCM16 24 kHz mono) of ``response_id``."""
         if response_id != self._response_id:
             self._response_id = response_id
-        self._buf += self._resampler.feed(pcm24k)
+        self._buf += pcm24k
 
     def audio_done(self, response_id: str | None) -> None:
         """The response's audio is complete (``response.output_audio.done``
@@ -129,7 +173,6 @@ class OutputAudioTrack(MediaStreamTrack):
         or queued (and ``output_audio_buffer.cleared`` was reported)."""
         had = self._playing or bool(self._buf)
         self._buf.clear()
-        self._resampler = StreamResampler(PROVIDER_RATE, RTP_RATE)
         if had:
             self._playing = False
             self._on_event("output_audio_buffer.cleared", self._response_id)
@@ -137,11 +180,11 @@ class OutputAudioTrack(MediaStreamTrack):
 
     @property
     def queued_ms(self) -> float:
-        return len(self._buf) / 2 * 1000 / RTP_RATE
+        return len(self._buf) / 2 * 1000 / PROVIDER_RATE
 
     # -- MediaStreamTrack ----------------------------------------------------
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:  # type: ignore[override]
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock()
@@ -150,23 +193,28 @@ class OutputAudioTrack(MediaStreamTrack):
         due = self._start + self._index * FRAME_MS / 1000
         if due > now:
             await self._sleep(due - now)
-        frame = pcm16_frame(self._next_frame_pcm(), RTP_RATE, self._index * FRAME_SAMPLES)
+        packet = self._next_packet(self._index)
         self._index += 1
         self.frames_sent += 1
-        return frame
+        return packet
 
-    def _next_frame_pcm(self) -> bytes:
-        if self._buf:
-            if not self._playing:
-                self._playing = True
-                self._on_event("output_audio_buffer.started", self._response_id)
-            pcm = bytes(self._buf[:FRAME_BYTES])
-            del self._buf[:FRAME_BYTES]
+    def _next_packet(self, index: int) -> av.Packet:
+        """Frame ``index``: queued audio once :data:`PREBUFFER_MS` of a
+        response (or all of it) is in, whole frames only until the
+        response's audio is done (then the last one is padded); else
+        silence."""
+        buf, done = self._buf, self._response_id in self._done
+        if not self._playing and buf and (len(buf) >= PREBUFFER_BYTES or done):
+            self._playing = True
+            self._on_event("output_audio_buffer.started", self._response_id)
+        if self._playing and buf and (len(buf) >= FRAME_BYTES or done):
+            pcm = bytes(buf[:FRAME_BYTES])
+            del buf[:FRAME_BYTES]
             self.audio_frames_sent += 1
             if len(pcm) < FRAME_BYTES:
                 pcm += bytes(FRAME_BYTES - len(pcm))
-            return pcm
-        if self._playing and self._response_id in self._done:
+            return self._encoder.encode(pcm, index)
+        if self._playing and not buf and done:
             self._playing = False
             self._on_event("output_audio_buffer.stopped", self._response_id)
-        return bytes(FRAME_BYTES)
+        return self._encoder.silence(index)

@@ -47,7 +47,6 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from voxgate.errors import (
@@ -61,7 +60,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.events import classify
 from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
-from voxgate.proxy import rtc_ice, tokens
+from voxgate.proxy import rtc_ice, rtp_audio, tokens
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import (
     AUDIO_APPEND,
@@ -351,6 +350,7 @@ class Call:
         self._pending: list[str] = []
         self._response_id: str | None = None  # response in progress upstream
         self._dropped: set[str | None] = set()  # responses whose audio was cleared
+        self._inbound: InboundAudio | None = None  # the browser's audio, once its track is in
         self._consent_timer: asyncio.TimerHandle | None = None
         self._consent_lost = False
         self._runner: asyncio.Task | None = None
@@ -704,24 +704,28 @@ class Call:
     # -- media -------------------------------------------------------------
 
     def _on_track(self, track) -> None:
-        if track.kind == "audio":
-            self._spawn(self._inbound_audio(track), "inbound audio")
+        """The browser's audio: its receiver decodes each packet on the
+        event loop as it arrives (``rtp_audio.decode_inline``), into 40 ms
+        chunks of PCM16 24 kHz for the provider."""
+        if track.kind != "audio" or self._inbound is not None:
+            return
+        receiver = next(t.receiver for t in self.pc.getTransceivers()
+                        if t.receiver.track is track)
+        self._inbound = InboundAudio(chunk_ms=40)
+        rtp_audio.decode_inline(receiver, self._inbound.feed, self._inbound.end)
+        self._spawn(self._inbound_audio(self._inbound), "inbound audio")
 
-    async def _inbound_audio(self, track) -> None:
+    async def _inbound_audio(self, audio: InboundAudio) -> None:
         """Browser audio → ``input_audio_buffer.append`` (40 ms of PCM16 24 kHz)."""
         await self._upstream_open.wait()
-        audio = InboundAudio(chunk_ms=40)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                break
-            audio.feed(frame)
-            for chunk in audio.chunks():
-                await self._append(chunk)
-        rest = audio.rest()
-        if rest and not self._done.is_set():
-            await self._append(rest)
+        while (chunk := await audio.next()) is not None:
+            await self._append(chunk)
+
+    async def _flush_inbound(self) -> None:
+        """Before ``input_audio_buffer.commit``: append all the browser audio
+        received so far, the part short of a chunk included."""
+        if self._inbound is not None:
+            await self._inbound.flush()
 
     async def _append(self, pcm: bytes) -> None:
         upstream = self.upstream
@@ -807,6 +811,8 @@ class Call:
                 event = pin_session_model(event, self.model) or event
                 event["session"] = _media_session(event["session"])
                 data = orjson.dumps(event).decode()
+            elif etype == "input_audio_buffer.commit":
+                await self._flush_inbound()
             await upstream.send_str(data if isinstance(data, str) else data.decode())
             meter.record(classify(CLIENT, etype, n, event))
 

@@ -1,0 +1,265 @@
+"""Opus at the RTP layer for voxgate's own tracks, without aiortc's per-frame
+thread hops (aiortc keeps ICE, DTLS, SRTP, SCTP, RTCP, the jitter buffer
+and the RTP headers).
+
+- :class:`OpusVoiceEncoder` encodes PCM16 24 kHz mono straight to Opus
+  (libopus through PyAV, no resampler; RFC 7587: the RTP clock stays
+  48 kHz whatever the input rate) with settings for voice; an idle sender
+  sends one canned silence packet instead of encoding zeros.
+  ``OutputAudioTrack.recv`` returns its ``av.Packet`` s, which
+  ``RTCRtpSender`` only packs (``OpusEncoder.pack``): no encoding in the
+  sender's thread pool.
+- :func:`decode_inline` replaces an ``RTCRtpReceiver``'s jitter buffer and
+  decoder thread: each Opus packet is decoded on the event loop as it
+  arrives, in sequence order (libopus, 48 kHz mono: FFmpeg's libopus
+  decoder always outputs 48 kHz), resampled to 24 kHz and handed to a
+  callback as PCM16; no 80 ms prefetch, no thread, no ``queue.Queue``, no
+  ``run_coroutine_threadsafe`` per frame.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+from av.audio.codeccontext import AudioCodecContext
+
+__all__ = ["OpusVoiceEncoder", "OpusDecoder48", "InlineAudioReceiver", "decode_inline",
+           "SILENCE_PACKET", "RTP_CLOCK", "ENCODE_RATE"]
+
+log = logging.getLogger("voxgate.webrtc")
+
+RTP_CLOCK = 48000  # Hz, Opus RTP timestamps (RFC 7587 §4.1)
+ENCODE_RATE = 24000  # Hz, the provider's PCM, encoded as it is
+_TIME_BASE = fractions.Fraction(1, RTP_CLOCK)
+
+# Voice settings (docs/benchmarks.md, WebRTC: CPU and SNR per setting).
+BIT_RATE = 32000  # bit/s, as browsers send voice
+COMPLEXITY = 5  # libopus 0-10
+APPLICATION = "audio"  # CELT: a third of "voip"'s (SILK) encode CPU, no lower SNR
+
+
+def _encoder(frame_ms: int) -> AudioCodecContext:
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = ENCODE_RATE
+    codec.layout = "mono"
+    codec.format = "s16"
+    codec.bit_rate = BIT_RATE
+    codec.time_base = fractions.Fraction(1, ENCODE_RATE)
+    codec.options = {"application": APPLICATION, "compression_level": str(COMPLEXITY),
+                     "frame_duration": str(frame_ms)}
+    codec.open()
+    return codec
+
+
+def _silence_packet(frame_ms: int) -> bytes:
+    codec = _encoder(frame_ms)
+    zeros = np.zeros((1, ENCODE_RATE * frame_ms // 1000), dtype="<i2")
+    payload = b""
+    for i in range(3):  # past the encoder's start-up frames
+        frame = av.AudioFrame.from_ndarray(zeros, format="s16", layout="mono")
+        frame.sample_rate = ENCODE_RATE
+        frame.pts = i * zeros.shape[1]
+        for packet in codec.encode(frame):
+            payload = bytes(packet)
+    return payload
+
+
+SILENCE_PACKET = _silence_packet(20)
+"""One 20 ms Opus frame of digital silence (a few bytes)."""
+
+
+class OpusVoiceEncoder:
+    """PCM16 24 kHz mono frames → Opus RTP payloads, as ``av.Packet`` s
+    stamped in the 48 kHz RTP clock (``pts``, ``time_base`` 1/48000).
+
+    Args:
+        frame_ms: the frame (and packet) duration, in ms (20 ms: ``ptime``
+            of browsers' offers).
+    """
+
+    FLUSH_FRAMES = 2  # zero frames encoded after speech: its tail, then silence
+
+    def __init__(self, frame_ms: int = 20) -> None:
+        self.frame_ms = frame_ms
+        self.frame_samples = ENCODE_RATE * frame_ms // 1000
+        self.frame_bytes = self.frame_samples * 2
+        self._ticks = RTP_CLOCK * frame_ms // 1000
+        self._codec = _encoder(frame_ms)
+        self._zeros = bytes(self.frame_bytes)
+        self._flush = 0
+        self._index = 0
+
+    def encode(self, pcm: bytes, index: int) -> av.Packet:
+        """Frame ``index`` of the stream: ``pcm`` (``frame_bytes`` of PCM16
+        24 kHz mono) encoded. Raises ValueError on a wrong size."""
+        if len(pcm) != self.frame_bytes:
+            raise ValueError(f"an Opus frame is {self.frame_bytes} bytes of PCM16, not {len(pcm)}")
+        self._flush = self.FLUSH_FRAMES
+        return self._packet(self._encode(pcm, index), index)
+
+    def silence(self, index: int) -> av.Packet:
+        """Frame ``index`` as silence: the end of the last speech (a couple
+        of encoded zero frames), then the canned silence packet."""
+        if self._flush:
+            self._flush -= 1
+            return self._packet(self._encode(self._zeros, index), index)
+        return self._packet(SILENCE_PACKET, index)
+
+    def _encode(self, pcm: bytes, index: int) -> bytes:
+        frame = av.AudioFrame.from_ndarray(
+            np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = ENCODE_RATE
+        frame.pts = index * self.frame_samples
+        payload = b""
+        for packet in self._codec.encode(frame):
+            payload = bytes(packet)
+        return payload or SILENCE_PACKET
+
+    def _packet(self, payload: bytes, index: int) -> av.Packet:
+        packet = av.Packet(payload)
+        packet.pts = index * self._ticks
+        packet.time_base = _TIME_BASE
+        return packet
+
+
+class OpusDecoder48:
+    """Opus RTP payloads → PCM16 24 kHz mono bytes: decoded at 48 kHz mono
+    (libopus downmixes a stereo packet), resampled by ``av.AudioResampler``
+    (swresample) frame by frame; :meth:`flush` returns the resampler's last
+    few samples, so the total is the input's duration. An undecodable
+    payload gives ``b""``."""
+
+    def __init__(self) -> None:
+        self._codec = av.CodecContext.create("libopus", "r")
+        self._codec.sample_rate = RTP_CLOCK
+        self._codec.layout = "mono"
+        self._codec.format = "s16"
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=ENCODE_RATE)
+
+    def decode(self, payload: bytes) -> bytes:
+        try:
+            frames = self._codec.decode(av.Packet(payload))
+        except av.FFmpegError as exc:
+            log.debug("undecodable Opus frame: %s", exc)
+            return b""
+        return b"".join(_pcm(out) for f in frames for out in self._resampler.resample(f))
+
+    def flush(self) -> bytes:
+        return b"".join(_pcm(out) for out in self._resampler.resample(None))
+
+
+def _pcm(frame: av.AudioFrame) -> bytes:
+    return bytes(frame.planes[0])[:frame.samples * 2]
+
+
+class InlineAudioReceiver:
+    """Stands in for an ``RTCRtpReceiver``'s audio jitter buffer and decoder
+    queue (:func:`decode_inline`). ``add`` (the jitter buffer's) takes each
+    RTP packet as it arrives and decodes it at once, in sequence order: a
+    packet after a gap waits for the missing ones for at most
+    :attr:`MAX_HELD` packets, then they are given up (lost audio is not
+    appended, so not metered); late and repeated packets are dropped.
+    aiortc's own buffer holds four packets (80 ms) before releasing one,
+    which the provider would hear as latency. ``get`` (the decoder
+    thread's) returns ``None`` at once, so that thread ends; ``put(None)``
+    (the receiver stopping) decodes what is held and calls ``on_end``."""
+
+    MAX_HELD = 3  # packets (60 ms of 20 ms frames)
+
+    def __init__(self, on_pcm: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        self._decoder = OpusDecoder48()
+        self._on_pcm = on_pcm
+        self._on_end = on_end
+        self._next: int | None = None  # the sequence number expected
+        self._held: dict[int, bytes] = {}
+        self._ended = False
+        self.lost = 0  # packets given up
+
+    # -- the jitter buffer's API -------------------------------------------
+
+    def add(self, packet: Any) -> tuple[bool, None]:
+        seq = packet.sequence_number
+        if self._ended:
+            return False, None
+        if self._next is None:
+            self._next = seq
+        ahead = (seq - self._next) & 0xFFFF
+        if ahead >= 0x8000:
+            return False, None  # late or repeated
+        data = packet._data  # the depayloaded frame, set by RTCRtpReceiver
+        if ahead == 0:
+            self._decode(data)
+            self._next = (seq + 1) & 0xFFFF
+            self._release()
+        else:
+            self._held[seq] = data
+            if len(self._held) > self.MAX_HELD:
+                self._skip_to_held()
+        return False, None
+
+    # -- the decoder queue's API ---------------------------------------------
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        if item is None and not self._ended:
+            while self._held:
+                self._skip_to_held()
+            self._ended = True
+            rest = self._decoder.flush()
+            if rest:
+                self._on_pcm(rest)
+            self._on_end()
+
+    # ------------------------------------------------------------------------
+
+    def _decode(self, payload: bytes) -> None:
+        pcm = self._decoder.decode(payload)
+        if pcm:
+            self._on_pcm(pcm)
+
+    def _release(self) -> None:
+        while self._held and self._next in self._held:
+            assert self._next is not None
+            self._decode(self._held.pop(self._next))
+            self._next = (self._next + 1) & 0xFFFF
+
+    def _skip_to_held(self) -> None:
+        """Give up the missing packets before the first one held."""
+        assert self._next is not None
+        nxt = self._next
+        first = min(self._held, key=lambda s: (s - nxt) & 0xFFFF)
+        self.lost += (first - nxt) & 0xFFFF
+        self._next = first
+        self._release()
+
+
+_SEAMS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
+
+
+def decode_inline(receiver: Any, on_pcm: Callable[[bytes], None],
+                  on_end: Callable[[], None]) -> InlineAudioReceiver:
+    """Decode ``receiver``'s (an ``aiortc.RTCRtpReceiver`` of Opus audio,
+    before ``receive()``) packets on the event loop as they arrive:
+    ``on_pcm(pcm24k)`` with 20 ms of PCM16 24 kHz mono per 20 ms frame;
+    ``on_end()`` when the receiver stops. Its ``track`` then yields nothing.
+    aiortc keeps SRTP, RTCP and its receive statistics.
+
+    Raises:
+        RuntimeError: this aiortc has no such seams (``RTCRtpReceiver``'s
+            private ``__jitter_buffer`` and ``__decoder_queue``, aiortc
+            1.9-1.16).
+    """
+    if not all(hasattr(receiver, name) for name in _SEAMS):
+        raise RuntimeError("aiortc's RTCRtpReceiver has no jitter buffer or decoder queue "
+                           "to replace: voxgate.proxy.rtp_audio does not support this aiortc")
+    inline = InlineAudioReceiver(on_pcm, on_end)
+    for name in _SEAMS:
+        setattr(receiver, name, inline)
+    return inline
