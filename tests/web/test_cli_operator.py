@@ -20,16 +20,16 @@ def voxgate(*args, cwd):
 def test_create_operator_commands(tmp_path):
     out = voxgate("admin", "create-operator", "Ops@Example.com", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    made = json.loads(out.stdout.splitlines()[0])
+    made = json.loads(out.stdout)  # stdout is the JSON alone; notices go to stderr
     assert made["email"] == "ops@example.com" and made["role"] == "operator"
-    assert len(made["password"]) >= 12 and "shown once" in out.stdout
+    assert len(made["password"]) >= 12 and "shown once" in out.stderr
     weak = voxgate("web", "create-operator", "ops@example.com", "--password", "12345678",
                    cwd=tmp_path)
     assert weak.returncode == 2 and "password refused" in weak.stderr
     again = voxgate("web", "create-operator", "ops@example.com", "--password",
                     "a new operator password", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    second = json.loads(again.stdout.splitlines()[0])
+    second = json.loads(again.stdout)
     assert second["id"] == made["id"] and "password" not in second
     accounts = voxgate("admin", "accounts", cwd=tmp_path)
     assert accounts.stdout.count("ops@example.com") == 1
