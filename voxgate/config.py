@@ -141,6 +141,9 @@ class BillingSettings(BaseModel):
     currency: str = "usd"
     retry_base_s: float = 5.0  # first retry delay of the outboxes; doubles per attempt
     retry_max_s: float = 3600.0  # longest delay between two attempts
+    # A settlement a worker claimed is left to it this long (past Stripe's
+    # timeouts); if it dies meanwhile, any worker retries it after that.
+    claim_lease_s: float = 300.0
     grace_check_interval_s: float = 600.0  # how often past-due accounts are checked
     # POST /webhooks/stripe is unauthenticated until its signature is checked:
     # at most this many requests per minute from one address (Stripe sends far fewer).
@@ -188,7 +191,7 @@ class JobSettings(BaseModel):
     """
 
     enabled: bool = True
-    poll_s: float = 30.0
+    poll_s: float = 10.0
     lease_s: float = 600.0
     retry_s: float = 300.0
     intervals_s: dict[str, float] = Field(default_factory=dict)
@@ -212,6 +215,20 @@ class Settings(BaseSettings):
     # shared by every voxgate process using that Redis.
     admission_url: str = ""
     lease_ttl_s: float = 90.0  # a concurrency lease not renewed for this long is freed
+    # Connections to Redis per process at most; a burst waits up to
+    # redis_pool_timeout_s for a free one (then 503), instead of failing at once.
+    redis_max_connections: int = Field(default=50, ge=1)
+    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
+    # SIGTERM: live sessions may go on this long (s) before they are closed (1001).
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    # This process in the ``instances`` table: its active sessions name it. "" =
+    # host:pid:random (a new identity each start); set a stable id (e.g. the
+    # container or unit name) so that a restart frees its previous run's leases at once.
+    instance_id: str = ""
+    heartbeat_interval_s: float = 10.0  # how often this process refreshes its heartbeat
+    # An instance whose heartbeat is older than this is dead: its sessions are
+    # completed interrupted and their leases freed by a live one (instance_sweep job).
+    heartbeat_ttl_s: float = 30.0
     log_level: str = "INFO"
     # Development mode: customer webhook URLs may be http and may point at
     # loopback or private addresses. Never in production.

@@ -18,6 +18,11 @@ lease until ``jobs.lease_s`` has passed; then any process may take it over.
 
 The jobs:
 
+- ``instance_sweep`` (10 s): instances (processes, ``Store.register_instance``)
+  whose heartbeat is older than ``heartbeat_ttl_s`` are dead: their active
+  sessions are completed as not billable (``interrupted``), their admission
+  leases freed at once, and the instance deleted. Live instances' sessions
+  are never touched.
 - ``stale_session_sweep`` (10 min): sessions still ``active`` that started
   more than ``jobs.stale_session_s`` ago (default ``relay.max_session_s`` +
   10 min, longer than any live session may last) were left by a process that
@@ -58,7 +63,7 @@ from aiohttp import web
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
-from voxgate.metering.store import account_plan, period_of
+from voxgate.metering.store import account_plan, period_of, release_orphans
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
 from voxgate.web.figures import period_bounds, previous_period, standing
 
@@ -78,6 +83,7 @@ __all__ = [
     "JobRunsDB",
     "Scheduler",
     "sweep_stale_sessions",
+    "sweep_expired_instances",
     "check_usage_limits",
     "remind_trials_ending",
     "send_monthly_summaries",
@@ -98,14 +104,15 @@ STALE_MARGIN_S = 600.0  # beyond relay.max_session_s, before an active session i
 @dataclass(frozen=True, slots=True)
 class JobContext:
     """What a job gets: the open store (a ``SQLiteStore``), the settings, the
-    clock (Unix seconds), the mailer (queues email in the outbox) and the
-    plan catalog."""
+    clock (Unix seconds), the mailer (queues email in the outbox), the plan
+    catalog and the admission (to free leases; None = nothing to free)."""
 
     store: Any
     settings: Settings
     clock: Callable[[], float]
     mailer: Notifier
     catalog: PlanCatalog
+    admission: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +236,24 @@ async def sweep_stale_sessions(ctx: JobContext) -> str:
     return f"{n} stale session(s) completed"
 
 
+async def sweep_expired_instances(ctx: JobContext) -> str:
+    """Complete the active sessions of instances whose heartbeat is older
+    than ``heartbeat_ttl_s`` as interrupted, free their leases, delete them."""
+    now = ctx.clock()
+    cutoff = now - ctx.settings.heartbeat_ttl_s
+    verdict = Verdict(False, Reason.INTERRUPTED,
+                      "its voxgate instance stopped sending heartbeats while it was active")
+    dead = await ctx.store.expired_instances(cutoff)
+    completed = 0
+    for instance in dead:
+        orphans = await ctx.store.sweep_instance(instance.id, verdict, now, heartbeat_before=cutoff)
+        await release_orphans(ctx.admission, orphans)
+        completed += len(orphans)
+        log.warning("instance %s (%s pid %d) expired: %d session(s) completed interrupted",
+                    instance.id, instance.host, instance.pid, len(orphans))
+    return f"{len(dead)} expired instance(s), {completed} session(s) completed"
+
+
 async def check_usage_limits(ctx: JobContext) -> str:
     """Send the quota alerts of this period missed so far (once each),
     against the plan as admission sees it (add-on packs counted in)."""
@@ -277,6 +302,8 @@ async def send_monthly_summaries(ctx: JobContext) -> str:
 
 
 JOBS: list[Job] = [
+    Job("instance_sweep", 10.0, sweep_expired_instances,
+        "complete the sessions of voxgate instances whose heartbeat expired"),
     Job("stale_session_sweep", 600.0, sweep_stale_sessions,
         "complete sessions left active by a stopped process"),
     Job("usage_limit_check", DAY_S, check_usage_limits,
@@ -324,7 +351,8 @@ class JobRunsDB:
         held (one UPDATE in a write transaction, so of any number of callers
         in any process one wins); True for the winner."""
         async with self.store.transaction() as db:
-            await db.execute("INSERT OR IGNORE INTO job_runs (name) VALUES (?)", (name,))
+            await db.execute("INSERT INTO job_runs (name) VALUES (?) ON CONFLICT DO NOTHING",
+                             (name,))
             cur = await db.execute(
                 "UPDATE job_runs SET lease_owner = ?, lease_until = ?, last_started_at = ?"
                 " WHERE name = ? AND next_run_at <= ? AND lease_until <= ?",
@@ -435,7 +463,7 @@ def setup(app: web.Application) -> None:
             mailer = app[BILLING].notifier
     ctx = JobContext(store=gateway.store, settings=settings, clock=time.time,
                      mailer=mailer or Notifier(settings, BillingDB(gateway.store)),
-                     catalog=gateway.catalog)
+                     catalog=gateway.catalog, admission=gateway.admission)
     app[SCHEDULER] = Scheduler(ctx)
 
     async def scheduler_ctx(app: web.Application):

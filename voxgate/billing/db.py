@@ -285,11 +285,19 @@ class BillingDB:
 
     # -- invoice-item settlement ------------------------------------------
 
-    async def due_settlements(self, now: float) -> list[InvoiceSettlement]:
-        """Pending invoice settlements whose next attempt is due."""
-        rows = await self._rows(
-            f"SELECT {_SETTLEMENT_COLS} FROM invoice_settlements WHERE status = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY created_at, id", (now,))
+    async def claim_settlements(self, now: float, until: float) -> list[InvoiceSettlement]:
+        """Take the pending invoice settlements due at ``now`` for sending
+        until ``until`` (their next attempt moves there, so a dead worker's
+        are due again then); read and moved in one write transaction, so
+        each goes to one caller in any process. Returned as before the claim."""
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                f"SELECT {_SETTLEMENT_COLS} FROM invoice_settlements WHERE status = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY created_at, id", (now,))
+            rows = await cur.fetchall()
+            await db.executemany(
+                "UPDATE invoice_settlements SET next_attempt_at = ? WHERE id = ?",
+                [(until, r[0]) for r in rows])
         return [InvoiceSettlement(*r) for r in rows]
 
     async def list_settlements(self, account_id: str) -> list[InvoiceSettlement]:

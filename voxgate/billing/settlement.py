@@ -18,6 +18,10 @@ one of two modes (``billing.settlement_mode``):
 
 Failures back off exponentially (``billing.retry_base_s`` doubling up to
 ``billing.retry_max_s``); nothing leaves the outbox until Stripe has it.
+Workers in any number of processes share the outbox: each pass claims the
+due items (``Store.claim_outbox``, ``BillingDB.claim_settlements``: their next
+attempt moves ``billing.claim_lease_s`` ahead in one atomic step), so each is
+sent by one worker, and one whose worker died is due again after the lease.
 The pure part (``meter_event_params``, ``invoice_item_params``) says what is
 sent; the worker carries it out.
 """
@@ -133,7 +137,8 @@ class SettlementWorker:
     async def _meter_events(self, now: float) -> dict[str, int]:
         counts = {"settled": 0, "failed": 0}
         accounts: dict[str, Account | None] = {}
-        for item in await self.store.due_outbox(now):
+        until = now + self.settings.claim_lease_s
+        for item in await self.store.claim_outbox(now, until):
             if item.account_id not in accounts:
                 accounts[item.account_id] = await self.store.get_account(item.account_id)
             account = accounts[item.account_id]
@@ -176,7 +181,7 @@ class SettlementWorker:
             await self.bdb.claim_settlement(
                 account_id, period, session_ids, unit, now,
                 amount_of=_tiered_amount(plan) if plan.tiers else None)
-        for settlement in await self.bdb.due_settlements(now):
+        for settlement in await self.bdb.claim_settlements(now, now + self.settings.claim_lease_s):
             ok = await self._send_invoice_item(settlement, now)
             counts["settled" if ok else "failed"] += settlement.quantity
         return counts

@@ -22,7 +22,9 @@ Times are Unix seconds (float); periods are ``"YYYY-MM"`` in UTC.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -34,7 +36,14 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from voxgate.metering.store import MonthlyUsage, OutboxItem, SessionFilter, period_of
+from voxgate.metering.store import (
+    Instance,
+    MonthlyUsage,
+    Orphan,
+    OutboxItem,
+    SessionFilter,
+    period_of,
+)
 from voxgate.models import (
     Account,
     AdminKey,
@@ -141,6 +150,7 @@ _SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_
 _USAGE_COLS = "sessions, billable_sessions, minutes_used, audio_seconds, bytes"
 _OUTBOX_COLS = ("session_id, account_id, period, created_at, attempts, next_attempt_at, "
                 "last_error")
+_INSTANCE_COLS = "id, host, pid, started_at, heartbeat_at"
 
 
 def _account(row: Any) -> Account:
@@ -189,8 +199,8 @@ def _prefixed(cols: str, alias: str) -> str:
 _OPEN_SESSION_SQL = """
 INSERT INTO sessions (id, account_id, project_id, api_key_id, ephemeral_key_id, transport,
     model, status, started_at, ended_at, period, connect_ms, duration_ms, audio_in_ms,
-    audio_out_ms, bytes_in, bytes_out, measurements)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)
+    audio_out_ms, bytes_in, bytes_out, measurements, instance_id, lease_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Insert-or-complete: updates only a session not yet completed, so the
@@ -309,6 +319,19 @@ def _complete_sync(
     return _usage_of(record.account_id, period, row)
 
 
+def _complete_instance_sync(conn: sqlite3.Connection, instance_id: str, verdict: Verdict,
+                            now: float) -> list[Orphan]:
+    """Complete the instance's active sessions as not billable with
+    ``verdict``'s reason and rule; the caller holds the transaction."""
+    not_billable = Verdict(False, verdict.reason, verdict.rule)
+    rows = conn.execute(
+        f"SELECT {_SESSION_COLS}, lease_id FROM sessions"
+        " WHERE status = 'active' AND instance_id = ?", (instance_id,)).fetchall()
+    for row in rows:
+        _complete_sync(conn, _session(row[:-1]), not_billable, False, now)
+    return [Orphan(row[0], row[1], row[-1]) for row in rows]
+
+
 class SQLiteStore:
     """The ``Store`` on a SQLite file (see the module docstring).
 
@@ -322,6 +345,8 @@ class SQLiteStore:
         self.path = Path(path)
         self.migrations_dir = Path(migrations_dir) if migrations_dir else MIGRATIONS_DIR
         self.lock = asyncio.Lock()
+        # the instance this process's sessions are opened under (register_instance)
+        self.instance_id: str | None = None
         self._db: aiosqlite.Connection | None = None
         self._last_used_written: dict[str, float] = {}
         # key hash -> (key, project, account, fetched at, monotonic s); cleared
@@ -703,15 +728,16 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ sessions
 
-    async def open_session(self, record: SessionRecord) -> None:
-        """Insert the session row with ``status="active"`` (one statement)."""
+    async def open_session(self, record: SessionRecord, *, lease_id: str | None = None) -> None:
+        """Insert the session row with ``status="active"`` (one statement),
+        owned by ``instance_id``, holding admission lease ``lease_id``."""
         m = record.measurements
         await self._write(_OPEN_SESSION_SQL, (
             record.id, record.account_id, record.project_id, record.api_key_id,
             record.ephemeral_key_id, record.transport, record.model, record.started_at,
             record.period or period_of(record.started_at),
             m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
-            m.bytes_out, orjson.dumps(m.to_dict()).decode(),
+            m.bytes_out, orjson.dumps(m.to_dict()).decode(), self.instance_id, lease_id,
         ))
 
     async def complete_session(
@@ -797,6 +823,65 @@ class SQLiteStore:
             f"SELECT COUNT(*) FROM sessions WHERE {' AND '.join(clauses)}", tuple(params))
         return int(row[0])
 
+    # ------------------------------------------------------------ instances
+
+    async def register_instance(self, instance_id: str, host: str, pid: int, now: float,
+                                verdict: Verdict) -> list[Orphan]:
+        """Record this process as ``instance_id`` and open sessions under it
+        from now on; the sessions a previous run of the same identity left
+        active are completed with ``verdict`` (not billable) in the same
+        transaction and returned (see ``Store``)."""
+        def register(conn: sqlite3.Connection) -> list[Orphan]:
+            conn.execute(
+                f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+                " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+                (instance_id, host, pid, now, now))
+            return _complete_instance_sync(conn, instance_id, verdict, now)
+
+        async with self.lock:
+            orphans: list[Orphan] = await self._in_thread(_transact, register)
+        self.instance_id = instance_id
+        return orphans
+
+    async def heartbeat(self, instance_id: str, now: float) -> None:
+        """Refresh the instance's heartbeat; re-register it if a sweeper
+        deleted it meanwhile (host and pid of this process)."""
+        await self._write(
+            f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            (instance_id, socket.gethostname(), os.getpid(), now, now))
+
+    async def unregister_instance(self, instance_id: str) -> None:
+        await self._write("DELETE FROM instances WHERE id = ?", (instance_id,))
+        if self.instance_id == instance_id:
+            self.instance_id = None
+
+    async def list_instances(self) -> list[Instance]:
+        """Every registered instance, oldest start first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_INSTANCE_COLS} FROM instances ORDER BY started_at, id")
+        return [Instance(*r) for r in rows]
+
+    async def expired_instances(self, heartbeat_before: float) -> list[Instance]:
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_INSTANCE_COLS} FROM instances WHERE heartbeat_at < ?"
+            " ORDER BY heartbeat_at, id", (heartbeat_before,))
+        return [Instance(*r) for r in rows]
+
+    async def sweep_instance(self, instance_id: str, verdict: Verdict, now: float, *,
+                             heartbeat_before: float) -> list[Orphan]:
+        """Complete a dead instance's active sessions and delete it, if its
+        heartbeat is still older than ``heartbeat_before`` (see ``Store``)."""
+        def sweep(conn: sqlite3.Connection) -> list[Orphan]:
+            gone = conn.execute("DELETE FROM instances WHERE id = ? AND heartbeat_at < ?",
+                                (instance_id, heartbeat_before)).rowcount
+            return _complete_instance_sync(conn, instance_id, verdict, now) if gone else []
+
+        async with self.lock:
+            result: list[Orphan] = await self._in_thread(_transact, sweep)
+        return result
+
     async def abandon_active_sessions(self, verdict: Verdict, now: float,
                                       started_before: float | None = None) -> int:
         """Complete every ``active`` session (left by a process that died)
@@ -847,6 +932,24 @@ class SQLiteStore:
             f"SELECT {_OUTBOX_COLS} FROM settlement_outbox WHERE next_attempt_at <= ?"
             " ORDER BY created_at, session_id LIMIT ?", (now, limit))
         return [OutboxItem(*r) for r in rows]
+
+    async def claim_outbox(self, now: float, until: float, limit: int = 100) -> list[OutboxItem]:
+        """Take up to ``limit`` items due at ``now``, oldest first, for
+        sending until ``until``: read and moved in one ``BEGIN IMMEDIATE``
+        transaction (SQLite admits one writer at a time, across processes),
+        so every item goes to one caller; returned as they were before."""
+        def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLS} FROM settlement_outbox WHERE next_attempt_at <= ?"
+                " ORDER BY created_at, session_id LIMIT ?", (now, limit)).fetchall()
+            conn.executemany(
+                "UPDATE settlement_outbox SET next_attempt_at = ? WHERE session_id = ?",
+                [(until, r[0]) for r in rows])
+            return [OutboxItem(*r) for r in rows]
+
+        async with self.lock:
+            items: list[OutboxItem] = await self._in_thread(_transact, claim)
+        return items
 
     async def settle_outbox(self, session_id: str, *, settlement: str, ref: str | None) -> None:
         async with self.transaction() as db:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from voxgate.metering.admission import Admission, Lease
 from voxgate.models import (
     Account,
     AdminKey,
@@ -24,7 +25,8 @@ from voxgate.models.enterprise import plan_for
 from voxgate.models.packs import AccountPack, PackBalance, with_packs
 from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog
 
-__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "account_plan"]
+__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "account_plan",
+           "Instance", "Orphan", "release_orphans"]
 
 
 def period_of(ts: float | None = None) -> str:
@@ -78,6 +80,44 @@ class OutboxItem:
     attempts: int = 0
     next_attempt_at: float = 0.0
     last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A voxgate process sharing the database (``instances`` row): its id
+    (``Settings.instance_id``), host name, pid, when it started and when it
+    last sent its heartbeat (Unix s)."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """An active session whose instance is gone, as it was completed
+    ``interrupted``: its id, account and admission lease id (None for a
+    session opened without one)."""
+
+    session_id: str
+    account_id: str
+    lease_id: str | None
+
+    def lease(self) -> Lease:
+        """The session's admission lease, for ``Admission.release``."""
+        return Lease(self.lease_id or "", self.account_id, self.session_id, 0.0)
+
+
+async def release_orphans(admission: Admission | None, orphans: list[Orphan]) -> None:
+    """Free the admission leases of ``orphans`` at once (instead of after
+    their TTL); nothing for those without a lease or without an admission."""
+    if admission is None:
+        return
+    for orphan in orphans:
+        if orphan.lease_id:
+            await admission.release(orphan.lease())
 
 
 class Store(Protocol):
@@ -156,9 +196,39 @@ class Store(Protocol):
         self, plaintext: str
     ) -> tuple[EphemeralKey, Project, Account] | None: ...
 
+    # instances (the processes sharing the database)
+    instance_id: str | None
+
+    async def register_instance(self, instance_id: str, host: str, pid: int, now: float,
+                                verdict: Verdict) -> list[Orphan]:
+        """Record this process as ``instance_id`` (heartbeat at ``now``) and
+        open this store's sessions under it from now on. Sessions still
+        active under that id were left by a previous run of the same
+        identity: completed with ``verdict`` (not billable) in the same
+        transaction and returned, for their leases to be freed."""
+
+    async def heartbeat(self, instance_id: str, now: float) -> None:
+        """Refresh the instance's heartbeat (re-registering it if a sweeper
+        took it for dead meanwhile)."""
+
+    async def unregister_instance(self, instance_id: str) -> None:
+        """Delete the instance's row (a clean stop, its sessions finished)."""
+
+    async def list_instances(self) -> list[Instance]: ...
+    async def expired_instances(self, heartbeat_before: float) -> list[Instance]:
+        """Instances whose last heartbeat is older than ``heartbeat_before``."""
+
+    async def sweep_instance(self, instance_id: str, verdict: Verdict, now: float, *,
+                             heartbeat_before: float) -> list[Orphan]:
+        """If the instance's heartbeat is still older than
+        ``heartbeat_before``: complete its active sessions with ``verdict``
+        (not billable, ending at ``now``) and delete it, in one transaction;
+        returns those sessions (empty when it came back meanwhile)."""
+
     # sessions
-    async def open_session(self, record: SessionRecord) -> None:
-        """Insert the session row with ``status="active"``."""
+    async def open_session(self, record: SessionRecord, *, lease_id: str | None = None) -> None:
+        """Insert the session row with ``status="active"``, owned by this
+        store's ``instance_id``, holding admission lease ``lease_id``."""
 
     async def complete_session(
         self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
@@ -204,6 +274,12 @@ class Store(Protocol):
 
     # settlement outbox (drained by voxgate.billing)
     async def due_outbox(self, now: float, limit: int = 100) -> list[OutboxItem]: ...
+    async def claim_outbox(self, now: float, until: float, limit: int = 100) -> list[OutboxItem]:
+        """Take up to ``limit`` items due at ``now`` for sending until
+        ``until`` (their next attempt moves there, so a dead claimer's items
+        are due again then): one atomic statement, so of any number of
+        callers in any process each item goes to one."""
+
     async def settle_outbox(self, session_id: str, *, settlement: str, ref: str | None) -> None:
         """Mark the session settled and remove it from the outbox."""
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from voxgate.config import Settings
 from voxgate.errors import RateLimited, VoxgateError
 from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState
 from voxgate.metering.meter import SessionMeter
-from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of
+from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of, release_orphans
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
@@ -101,6 +104,10 @@ class Gateway:
         self._usage: dict[tuple[str, str], MonthlyUsage] = {}
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
+        # this process in the instances table (Settings.instance_id)
+        self.instance_id = (settings.instance_id
+                            or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+        self._heartbeat: asyncio.Task | None = None
         from voxgate.proxy.metrics import Metrics
 
         self.metrics = Metrics()
@@ -187,7 +194,7 @@ class Gateway:
             period=period_of(now),
         )
         try:
-            await self.store.open_session(record)
+            await self.store.open_session(record, lease_id=lease.id)
         except BaseException:
             await self.admission.release(lease)
             raise
@@ -249,14 +256,28 @@ class Gateway:
     # -- background ------------------------------------------------------
 
     async def start(self) -> None:
-        """Complete sessions a dead process left active; start lease renewal."""
-        n = await self.store.abandon_active_sessions(
-            Verdict(False, Reason.INTERRUPTED, "voxgate stopped while the session was active"),
-            time.time(),
-        )
-        if n:
-            log.warning("completed %d session(s) left active by a previous run", n)
+        """Register this process's instance and start its heartbeat and lease
+        renewal. Sessions of other instances are left alone (those of dead
+        ones are the ``instance_sweep`` job's); those a previous run of the
+        same ``instance_id`` left active are completed interrupted and their
+        leases freed now."""
+        orphans = await self.store.register_instance(
+            self.instance_id, socket.gethostname(), os.getpid(), time.time(),
+            Verdict(False, Reason.INTERRUPTED, "voxgate stopped while the session was active"))
+        await release_orphans(self.admission, orphans)
+        if orphans:
+            log.warning("completed %d session(s) left active by a previous run of instance %s",
+                        len(orphans), self.instance_id)
+        self._heartbeat = asyncio.create_task(self._beat(), name="instance-heartbeat")
         self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewal")
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self.store.heartbeat(self.instance_id, time.time())
+            except Exception:  # noqa: BLE001 - retried at the next beat
+                log.exception("instance heartbeat failed")
 
     async def stop(self) -> None:
         """Close every active session (1001 going away) and wait for their finish."""
@@ -274,6 +295,19 @@ class Gateway:
                 await asyncio.wait_for(self.finish(active), 10)
             except Exception:  # noqa: BLE001
                 log.exception("finishing session %s", active.record.id)
+        await self._unregister()
+
+    async def _unregister(self) -> None:
+        """Stop the heartbeat (kept through the drain, so no sweeper takes
+        this instance's sessions for dead) and delete this instance's row."""
+        if self._heartbeat is None:
+            return
+        self._heartbeat.cancel()
+        self._heartbeat = None
+        try:
+            await self.store.unregister_instance(self.instance_id)
+        except Exception:  # noqa: BLE001 - its row then expires like a dead one's
+            log.exception("unregistering instance %s", self.instance_id)
 
     async def _renew_leases(self) -> None:
         ttl = getattr(self.admission, "lease_ttl_s", 90.0)
