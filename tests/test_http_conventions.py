@@ -121,14 +121,17 @@ async def test_rate_limit_is_retried_after_retry_after(make_server, catalog, htt
 
 
 async def test_server_errors_are_retried(make_server, catalog):
-    # admission in a Redis nobody listens on: every counted request is a 500
+    # admission in a Redis nobody listens on: every counted request is a 503
     server = await make_server(plan="tiny", catalog=catalog, admission_url="redis://127.0.0.1:1/0")
     client = sdk(server, max_retries=1)
     with pytest.raises(openai.InternalServerError) as caught:
         await client.realtime.client_secrets.create()
+    assert caught.value.status_code == 503
+    assert caught.value.code == "service_unavailable"
     assert caught.value.response.headers["x-should-retry"] == "true"
+    assert caught.value.response.headers["Retry-After"] == "1"
     assert caught.value.request_id
-    assert posts(server, "/v1/realtime/client_secrets", 500) == 2
+    assert posts(server, "/v1/realtime/client_secrets", 503) == 2
     await client.close()
 
 

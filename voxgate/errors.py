@@ -15,6 +15,9 @@ The tree::
     ├── QuotaExceeded                 insufficient_quota, 429
     ├── ConcurrencyLimited            concurrency_limit_exceeded, 429 (transient)
     ├── UpstreamError                 server_error, 502 (transient)
+    ├── ServiceUnavailable            service_unavailable, 503 (transient): a
+    │                                 dependency (Redis, the database, WebRTC
+    │                                 media) is down, or the server is draining
     └── ConfigError                   not rendered to clients; raised at start-up
 
 Error bodies follow the OpenAI API error object
@@ -26,6 +29,8 @@ object with ``"type": "error"`` and an ``event_id``
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import uuid
 from typing import Any
 
@@ -44,7 +49,9 @@ __all__ = [
     "QuotaExceeded",
     "ConcurrencyLimited",
     "UpstreamError",
+    "ServiceUnavailable",
     "ConfigError",
+    "dependency_error",
     "error_body",
     "error_event",
     "new_event_id",
@@ -179,6 +186,62 @@ class UpstreamError(VoxgateError):
     code = "upstream_unavailable"
     status = 502
     permanent = False
+
+
+class ServiceUnavailable(VoxgateError):
+    """voxgate cannot serve the request now: Redis or the database is
+    unreachable or overloaded, WebRTC media cannot be set up, or the server is
+    shutting down. Transient; answered with ``Retry-After``.
+
+    Attributes:
+        retry_after_s: seconds the client should wait before retrying.
+    """
+
+    type = "server_error"
+    code = "service_unavailable"
+    status = 503
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+
+# Exception classes of dependencies, by module, that mean "down or overloaded,
+# try again later". Looked up only when their library is loaded.
+_DEPENDENCY_ERRORS: dict[str, tuple[tuple[str, str], ...]] = {
+    "redis": (("redis.exceptions", "ConnectionError"), ("redis.exceptions", "TimeoutError"),
+              ("redis.exceptions", "BusyLoadingError"), ("redis.exceptions", "ReadOnlyError")),
+    "sqlalchemy": (("sqlalchemy.exc", "OperationalError"), ("sqlalchemy.exc", "InterfaceError"),
+                   ("sqlalchemy.exc", "TimeoutError"), ("sqlalchemy.exc", "DisconnectionError")),
+    "asyncpg": (("asyncpg.exceptions", "PostgresConnectionError"),
+                ("asyncpg.exceptions", "CannotConnectNowError"),
+                ("asyncpg.exceptions", "InterfaceError")),
+    "aiortc": (("aiortc.exceptions", "InternalError"),),
+}
+_NAMES = {"redis": "Redis", "sqlalchemy": "the database", "asyncpg": "the database",
+          "aiortc": "WebRTC media"}
+
+
+def dependency_error(exc: BaseException) -> ServiceUnavailable | None:
+    """The 503 to answer for ``exc`` when it says a dependency is unreachable
+    or overloaded (Redis connection, pool or timeout errors; a database
+    connection, lock or pool error; an aiortc internal error; a refused
+    connection), else None. The message names the dependency, never the
+    address or credentials."""
+    if isinstance(exc, ServiceUnavailable):
+        return exc
+    for package, classes in _DEPENDENCY_ERRORS.items():
+        for module_name, class_name in classes:
+            module = sys.modules.get(module_name)
+            cls = getattr(module, class_name, None) if module is not None else None
+            if isinstance(cls, type) and isinstance(exc, cls):
+                return ServiceUnavailable(f"{_NAMES[package]} is unavailable; retry shortly")
+    if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, disk I/O
+        return ServiceUnavailable("the database is unavailable; retry shortly")
+    if isinstance(exc, ConnectionRefusedError):
+        return ServiceUnavailable("a backing service is unavailable; retry shortly")
+    return None
 
 
 class ConfigError(Exception):

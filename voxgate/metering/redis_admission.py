@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from voxgate.errors import RateLimited
 from voxgate.metering.admission import Lease, RateLimitState, check_concurrency, check_quota
@@ -105,20 +105,34 @@ class RedisAdmission:
         url: ``redis://host:port/db``.
         lease_ttl_s: a lease not renewed for this long is freed.
         prefix: key prefix (several deployments can share one Redis).
+        max_connections: connections the process keeps to Redis at most
+            (a ``redis.asyncio.BlockingConnectionPool``: a burst waits for a
+            free connection instead of failing).
+        pool_timeout_s: how long a command waits for a free connection, and
+            for Redis to accept or answer, before it fails.
 
-    Raises (from every method): ``redis.exceptions.ConnectionError`` when
-    Redis is unreachable; the proxy answers such requests with a 500 JSON body.
+    Raises (from every method): ``redis.exceptions.ConnectionError`` (also
+    when no connection frees within ``pool_timeout_s``) or
+    ``redis.exceptions.TimeoutError`` when Redis is unreachable or too slow;
+    the proxy answers such requests with a 503 ``service_unavailable``
+    (``voxgate.errors.dependency_error``).
     """
 
     url: str
     lease_ttl_s: float = 90.0
     prefix: str = "voxgate:"
+    max_connections: int = 50
+    pool_timeout_s: float = 5.0
     _redis: Redis | None = field(default=None, repr=False)
 
     @property
     def redis(self) -> Redis:
         if self._redis is None:
-            self._redis = Redis.from_url(self.url, decode_responses=True)
+            pool = BlockingConnectionPool.from_url(
+                self.url, decode_responses=True, max_connections=self.max_connections,
+                timeout=self.pool_timeout_s, socket_connect_timeout=self.pool_timeout_s,
+                socket_timeout=self.pool_timeout_s)
+            self._redis = Redis(connection_pool=pool)
             self._acquire = self._redis.register_script(_ACQUIRE)
             self._renew = self._redis.register_script(_RENEW)
             self._count = self._redis.register_script(_COUNT)
@@ -187,7 +201,7 @@ class RedisAdmission:
 
     async def close(self) -> None:
         if self._redis is not None:
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)
             self._redis = None
 
 

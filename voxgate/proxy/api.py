@@ -32,6 +32,7 @@ from voxgate.models.packs import PackBalance
 from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
 from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
+from voxgate.proxy.keys import GATEWAY
 from voxgate.web.figures import minutes_used
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
@@ -86,8 +87,6 @@ async def session_scope(request: web.Request) -> tuple[Account, str | None]:
     """Who reads session records: ``(account, project_id)``, where a
     project key sees its own project only and the dashboard or an admin key
     the whole account (``project_id`` None). Counts against the rate limit."""
-    from voxgate.proxy.app import GATEWAY
-
     key = bearer_key(request)
     if request.get(ACCOUNT_KEY) is not None or (key and key.startswith(ADMIN_KEY_PREFIX)):
         return (await admin_caller(request)).account, None
@@ -98,8 +97,6 @@ async def session_scope(request: web.Request) -> tuple[Account, str | None]:
 
 
 async def usage_handler(request: web.Request) -> web.Response:
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     account = await caller_account(request)
     now = time.time()
@@ -129,8 +126,6 @@ def _filters(query) -> SessionFilter:
 
 
 async def sessions_handler(request: web.Request) -> web.Response:
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     account, project_id = await session_scope(request)
     filters = _filters(request.query)
@@ -166,8 +161,6 @@ async def sessions_handler(request: web.Request) -> web.Response:
 
 
 async def session_handler(request: web.Request) -> web.Response:
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     account, project_id = await session_scope(request)
     record = await gw.store.get_session(request.match_info["session_id"])
@@ -194,8 +187,6 @@ async def admin_caller(request: web.Request) -> AdminCaller:
         PermissionDenied (403): a project key (it acts for its project only).
         RateLimited (429).
     """
-    from voxgate.proxy.app import GATEWAY
-
     account = request.get(ACCOUNT_KEY)
     if account is not None:
         return AdminCaller(account)
@@ -210,8 +201,6 @@ async def admin_caller(request: web.Request) -> AdminCaller:
 async def _project_of(request: web.Request, *, change: bool) -> tuple[Gateway, Project]:
     """The project named in the path: readable with its own project key,
     changeable by the account owner only (dashboard or admin key)."""
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     project_id = request.match_info["project_id"]
     key = bearer_key(request)

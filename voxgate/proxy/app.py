@@ -6,51 +6,57 @@ Routes served here:
 - ``POST /v1/realtime/client_secrets`` — ephemeral keys, GA (``tokens``)
 - ``POST /v1/realtime/sessions`` — ephemeral keys, beta shape
 - ``GET  /v1/sessions``, ``GET /v1/sessions/{id}``, ``GET /billing/usage`` (``api``)
-- ``GET  /healthz``, ``GET /metrics`` (Prometheus)
+- ``GET  /healthz`` (the process is alive), ``GET /readyz`` (it can take
+  sessions: database and Redis answer, not draining), ``GET /metrics``
+  (Prometheus)
 
-Other rooms plug in through a ``setup(app)`` function in their module
-(``voxgate.proxy.webrtc``, ``voxgate.billing.service``, ``voxgate.jobs``,
-``voxgate.web.app``), called when the module exists.
+Other rooms plug in through the ``setup(app)`` function of their module
+(``PLUGINS``: ``voxgate.proxy.webrtc``, ``voxgate.billing.service``,
+``voxgate.jobs``, ``voxgate.web.app``, ``voxgate.web.voice_client``).
+
+The application keys (``GATEWAY``, ``SETTINGS``, ...) live in
+``voxgate.proxy.keys`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from voxgate import jobs
+from voxgate.billing import service as billing_service
 from voxgate.config import Settings
 from voxgate.errors import ConfigError
 from voxgate.metering.admission import Admission, InProcessAdmission
 from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
-from voxgate.proxy import api, cors, tokens, ws_relay
+from voxgate.proxy import api, cors, tokens, webrtc, ws_relay
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import SERVER_LIMITS, error_middleware, json_response, setup_http
+from voxgate.proxy.keys import CONNECTOR, GATEWAY, PROVIDER, SETTINGS
 from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
+from voxgate.web import app as web_app
+from voxgate.web import voice_client
 
 __all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
            "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
 
 log = logging.getLogger("voxgate")
 
-GATEWAY = web.AppKey("gateway", Gateway)
-CONNECTOR = web.AppKey("connector", UpstreamConnector)
-SETTINGS = web.AppKey("settings", Settings)
-PROVIDER = web.AppKey("voice_provider", object)
 DEMO_KEY_FILE = "demo_api_key"
-PLUGINS = (
-    "voxgate.proxy.webrtc",
-    "voxgate.billing.service",
-    "voxgate.jobs",  # the scheduled jobs' scheduler; after billing, whose notifier it uses
-    "voxgate.web.app",
-    "voxgate.web.voice_client",
-)
+# Each room's ``setup(app)``, by module name, in the order they are installed.
+PLUGINS: dict[str, Callable[[web.Application], None]] = {
+    "voxgate.proxy.webrtc": webrtc.setup,
+    "voxgate.billing.service": billing_service.setup,
+    "voxgate.jobs": jobs.setup,  # the scheduled jobs; after billing, whose notifier it uses
+    "voxgate.web.app": web_app.setup,
+    "voxgate.web.voice_client": voice_client.setup,
+}
 
 
 def open_store(settings: Settings) -> Store:
@@ -73,7 +79,9 @@ def open_admission(settings: Settings) -> Admission:
         raise ConfigError(f"unsupported admission_url {url!r}: use redis://host:port/db")
     from voxgate.metering.redis_admission import RedisAdmission
 
-    return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s)
+    return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s,
+                          max_connections=settings.redis_max_connections,
+                          pool_timeout_s=settings.redis_pool_timeout_s)
 
 
 def create_app(
@@ -81,12 +89,14 @@ def create_app(
     *,
     store: Store | None = None,
     catalog: PlanCatalog | None = None,
-    plugins: tuple[str, ...] = PLUGINS,
+    plugins: tuple[str, ...] = tuple(PLUGINS),
 ) -> web.Application:
-    """Build the application. Nothing is opened until the app starts.
+    """Build the application with the rooms named in ``plugins`` (keys of
+    ``PLUGINS``). Nothing is opened until the app starts.
 
     Raises:
-        ConfigError: unreadable catalog, unsupported database URL.
+        ConfigError: unreadable catalog, unsupported database URL, an
+            unknown plugin name.
     """
     catalog = catalog or load_catalog(settings.catalog)
     store = store or open_store(settings)
@@ -109,18 +119,10 @@ def create_app(
     cors.setup(app)
     setup_http(app)  # x-request-id, x-should-retry, x-ratelimit-*, logs, GET /openapi.json
     for name in plugins:
-        if _module_exists(name):
-            module = importlib.import_module(name)
-            if hasattr(module, "setup"):
-                module.setup(app)
+        if name not in PLUGINS:
+            raise ConfigError(f"unknown plugin {name!r}: one of {', '.join(PLUGINS)}")
+        PLUGINS[name](app)
     return app
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -46,7 +46,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from voxgate import logs
-from voxgate.errors import ConcurrencyLimited, InvalidRequest, QuotaExceeded, RateLimited, VoxgateError, error_body
+from voxgate.errors import (
+    ConcurrencyLimited,
+    InvalidRequest,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    VoxgateError,
+    dependency_error,
+    error_body,
+)
 
 __all__ = ["read_json", "json_response", "with_body", "error_response", "error_middleware", "setup_http",
            "REQUEST_ID", "REQUEST_ID_HEADER", "SERVER_LIMITS", "MAX_FIELD_BYTES", "MAX_HEADER_BYTES",
@@ -115,7 +124,7 @@ def should_retry(err: VoxgateError) -> bool:
 def retry_after_s(err: VoxgateError, now: float | None = None) -> int | None:
     """Whole seconds for ``Retry-After`` (at least 1), or None when the error
     is neither a 429 nor a 503."""
-    if isinstance(err, RateLimited):
+    if isinstance(err, RateLimited | ServiceUnavailable):
         return max(1, round(err.retry_after_s))
     if isinstance(err, ConcurrencyLimited):
         return CONCURRENCY_RETRY_AFTER_S
@@ -192,8 +201,10 @@ def _route_of(request: web.Request) -> str:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request its id, then render errors as JSON for API paths.
     HTML pages (the dashboard) keep aiohttp's own responses for redirects;
-    unexpected exceptions become a 500 JSON body and are logged with their
-    traceback. Counts every request in ``voxgate_http_requests_total``."""
+    a dependency that is down (``voxgate.errors.dependency_error``: Redis,
+    the database, aiortc) becomes a 503 ``service_unavailable`` with
+    ``Retry-After``; other unexpected exceptions become a 500 JSON body and
+    are logged with their traceback. Counts every request in ``voxgate_http_requests_total``."""
     request_id = "req_" + uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     logs.bind(request_id=request_id)  # this request's task only; not reset, so the access log has it
@@ -218,9 +229,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             wrapped.type = "invalid_request_error"
             wrapped.permanent = exc.status not in TRANSIENT_STATUSES
             response = error_response(wrapped)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            response = error_response(VoxgateError("internal server error", code="internal_error"))
+        except Exception as exc:
+            unavailable = dependency_error(exc)
+            if unavailable is not None:  # Redis, the database, aiortc: 503, not a traceback
+                log.warning("%s %s: 503: %s: %s", request.method, request.path[:200],
+                            type(exc).__name__, exc)
+                response = error_response(unavailable)
+            else:
+                log.exception("unhandled error on %s %s", request.method, request.path)
+                response = error_response(VoxgateError("internal server error",
+                                                       code="internal_error"))
         status = response.status
         return response
     finally:
@@ -277,7 +295,7 @@ def setup_http(app: web.Application) -> None:
     record context, key redaction), the session metrics hook and
     ``GET /openapi.json``."""
     from voxgate.proxy import metrics, openapi
-    from voxgate.proxy.app import GATEWAY, SETTINGS
+    from voxgate.proxy.keys import GATEWAY, SETTINGS
 
     settings = app.get(SETTINGS)
     logs.configure(getattr(settings, "log_format", "text"))

@@ -136,7 +136,7 @@ def setup(app: web.Application, gateway: Gateway) -> None:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics``: the Prometheus text exposition format."""
-    from voxgate.proxy.app import GATEWAY
+    from voxgate.proxy.keys import GATEWAY  # keys imports the gateway, which imports this module
 
     metrics = request.app[METRICS]
     gateway = request.app.get(GATEWAY)

@@ -35,6 +35,7 @@ from voxgate.models.realtime import (
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import json_response, read_json, with_body
+from voxgate.proxy.keys import GATEWAY
 
 __all__ = ["client_secrets", "beta_sessions", "mint", "parse_client_secret_request", "session_object",
            "ICE_SERVERS_HOOK"]
@@ -158,8 +159,6 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
         RateLimited, QuotaExceeded, InvalidRequest (an invalid
         ``audio.input.turn_detection``).
     """
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = app[GATEWAY]
     upstream = gw.settings.upstream
     requested = session.get("model")
@@ -186,8 +185,6 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
 
 async def _requested(request: web.Request) -> tuple[Principal, dict[str, Any], int]:
     """The caller (a project API key), its validated session and lifetime."""
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     principal = await authenticate(request, gw.store, allow_ephemeral=False)
     tokens = gw.settings.tokens

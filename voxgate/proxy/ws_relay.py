@@ -56,6 +56,7 @@ from voxgate.proxy.events import (
     utf8_len,
 )
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
+from voxgate.proxy.keys import CONNECTOR, GATEWAY
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
 __all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH"]
@@ -87,8 +88,6 @@ async def realtime_websocket(request: web.Request) -> web.StreamResponse:
         RateLimited, QuotaExceeded, ConcurrencyLimited (429),
         InvalidRequest (400: not a WebSocket upgrade).
     """
-    from voxgate.proxy.app import CONNECTOR, GATEWAY  # app-level keys
-
     gw: Gateway = request.app[GATEWAY]
     connector: UpstreamConnector = request.app[CONNECTOR]
     if request.headers.get("Upgrade", "").lower() != "websocket":
