@@ -179,21 +179,28 @@ def test_token_bucket_refills_per_second():
     assert bucket.take(1.0, 60) == 0.0
 
 
+def billable(n: int):
+    """A seed: the store's billable sessions of the period."""
+    async def seed() -> int:
+        return n
+    return seed
+
+
 async def test_in_process_admission_leases():
     adm = InProcessAdmission(lease_ttl_s=10)
-    a = await adm.acquire("acct", "s1", FREE, 0, now=0.0)
-    await adm.acquire("acct", "s2", FREE, 0, now=0.0)
+    a = await adm.acquire("acct", "s1", FREE, "2026-01", billable(0), now=0.0)
+    await adm.acquire("acct", "s2", FREE, "2026-01", billable(0), now=0.0)
     with pytest.raises(ConcurrencyLimited):
-        await adm.acquire("acct", "s3", FREE, 0, now=1.0)
-    await adm.release(a)
-    await adm.release(a)  # idempotent
+        await adm.acquire("acct", "s3", FREE, "2026-01", billable(0), now=1.0)
+    await adm.complete(a, billable=True)
+    await adm.release(a)  # idempotent: counted once
     assert await adm.in_flight("acct") == 1
-    with pytest.raises(QuotaExceeded):  # 2 billable + 1 in flight = 3 included
-        await adm.acquire("acct", "s4", FREE, 2, now=1.0)
-    # an unrenewed lease expires
-    await adm.acquire("acct", "s5", FREE, 0, now=1.0)
-    assert await adm.in_flight("acct") == 2
-    b = await adm.acquire("acct", "s6", FREE, 0, now=12.0)
+    s4 = await adm.acquire("acct", "s4", FREE, "2026-01", billable(0), now=1.0)
+    await adm.complete(s4, billable=True)
+    with pytest.raises(QuotaExceeded, match=r"\(2 billable, 1 in progress, 3 included\)"):
+        await adm.acquire("acct", "s5", FREE, "2026-01", billable(0), now=1.0)
+    # an unrenewed lease (s2) expires; the next period starts from its own count
+    b = await adm.acquire("acct", "s6", FREE, "2026-02", billable(0), now=12.0)
     assert await adm.in_flight("acct") == 1 and b.session_id == "s6"
 
 

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
+from voxgate.metering.decide import Usage
 from voxgate.metering.redis_admission import RedisAdmission
 from voxgate.models import Plan
 
@@ -35,43 +36,141 @@ async def pair():
     await b.close()
 
 
+P = "2026-01"
+
+
+def billable(n: int, calls: list | None = None):
+    """A seed: the store's billable sessions of the period (``calls`` counts reads)."""
+    async def seed() -> int:
+        if calls is not None:
+            calls.append(n)
+        return n
+    return seed
+
+
 async def test_concurrency_is_shared_between_processes(pair):
     a, b = pair
-    first = await a.acquire("acct", "s1", PLAN, 0)
-    await b.acquire("acct", "s2", PLAN, 0)
+    first = await a.acquire("acct", "s1", PLAN, P, billable(0))
+    await b.acquire("acct", "s2", PLAN, P, billable(0))
     with pytest.raises(ConcurrencyLimited, match="allows 2 simultaneous sessions"):
-        await a.acquire("acct", "s3", PLAN, 0)
+        await a.acquire("acct", "s3", PLAN, P, billable(0))
     assert await b.in_flight("acct") == 2
     await a.release(first)
     await a.release(first)  # idempotent
     assert await b.in_flight("acct") == 1
-    await b.acquire("acct", "s4", PLAN, 0)
+    await b.acquire("acct", "s4", PLAN, P, billable(0))
     assert await a.in_flight("other-account") == 0
 
 
 async def test_quota_reserves_leases_of_every_process(pair):
     a, b = pair
-    await a.acquire("acct", "s1", PLAN, billable_used=1)
-    with pytest.raises(QuotaExceeded):  # 2 billable + 1 in flight elsewhere = 3 included
-        await b.acquire("acct", "s2", PLAN, billable_used=2)
-    with pytest.raises(QuotaExceeded):
-        await b.check_quota("acct", PLAN, 2)
-    await b.check_quota("acct", PLAN, 1)
+    capped = Plan(id="c", name="P", sessions_included=3)
+    reads: list[int] = []
+    await a.acquire("acct", "s1", capped, P, billable(1, reads))
+    await b.acquire("acct", "s2", capped, P, billable(1, reads))
+    with pytest.raises(QuotaExceeded, match=r"\(1 billable, 2 in progress, 3 included\)"):
+        await b.acquire("acct", "s3", capped, P, billable(1, reads))
+    assert reads == [1]  # seeded from the database once, then held in Redis
+    assert await b.usage("acct", P, billable(99)) == Usage(1, 2)
     payg = Plan(id="payg", name="PAYG", sessions_included=0, overage_cents=10)
-    await b.acquire("acct", "s3", payg, billable_used=10_000)  # no cap with overage
+    await b.acquire("acct2", "s4", payg, P, billable(10_000))  # no cap with an overage price
+
+
+async def test_completion_turns_the_reservation_into_a_billable_session(pair):
+    a, b = pair
+    one = Plan(id="one", name="One", sessions_included=2, concurrency=1)
+    lease = await a.acquire("acct", "s1", one, P, billable(0))
+    await a.complete(lease, billable=True)
+    await a.complete(lease, billable=True)  # idempotent: counted once
+    assert await b.usage("acct", P, billable(0)) == Usage(1, 0)
+    lease = await b.acquire("acct", "s2", one, P, billable(0))
+    await b.complete(lease, billable=False)  # freed, nothing counted
+    lease = await b.acquire("acct", "s3", one, P, billable(0))
+    await b.complete(lease, billable=True)
+    with pytest.raises(QuotaExceeded, match=r"\(2 billable, 0 in progress"):
+        await a.acquire("acct", "s4", one, P, billable(0))
+    await a.acquire("acct", "s5", one, "2026-02", billable(0))  # a new period
+
+
+async def test_a_seed_read_while_sessions_complete_misses_none(pair):
+    a, b = pair
+    lease = await a.acquire("acct", "s1", PLAN, P, billable(0))
+    counters = [f"{a.prefix}used:acct:{P}"]
+    await a.redis.delete(*counters)  # e.g. Redis lost the counter
+
+    async def seed_racing_a_completion() -> int:
+        await b.complete(lease, billable=True)  # recorded after the database was read
+        return 0
+
+    assert await a.usage("acct", P, seed_racing_a_completion) == Usage(1, 0)
+
+
+async def test_reconcile_resets_to_the_database_only_when_nothing_runs(pair):
+    a, b = pair
+    lease = await a.acquire("acct", "s1", PLAN, P, billable(2))
+    assert not await b.reconcile("acct", P, billable(0))  # a session in flight
+    await a.complete(lease, billable=False)
+
+    async def completion_during_read() -> int:
+        other = await b.acquire("acct", "s2", PLAN, P, billable(0))
+        await b.complete(other, billable=True)
+        return 0
+
+    assert not await a.reconcile("acct", P, completion_during_read)
+    assert (await a.usage("acct", P, billable(0))).billable_used == 3
+    assert await a.reconcile("acct", P, billable(1))  # e.g. a session credited back
+    assert await b.usage("acct", P, billable(0)) == Usage(1, 0)
+
+
+async def test_release_instance_frees_a_dead_instance_at_once(pair):
+    a, b = pair
+    dead = RedisAdmission(URL, lease_ttl_s=30, prefix=a.prefix, instance_id="dead-1")
+    try:
+        await dead.acquire("acct", "s1", PLAN, P, billable(0))
+        await dead.acquire("acct2", "s2", PLAN, P, billable(0))
+        kept = await b.acquire("acct", "s3", PLAN, P, billable(0))
+        assert kept.instance_id == b.instance_id != "dead-1"
+        assert await a.release_instance("dead-1") == 2
+        assert (await a.in_flight("acct"), await a.in_flight("acct2")) == (1, 0)
+        assert await a.release_instance("dead-1") == 0
+    finally:
+        await dead.close()
+
+
+async def test_churn_across_processes_admits_exactly_the_quota(pair):
+    """40 clients on two "processes" cycle sessions that all end billable
+    against 30 remaining: exactly 30 admitted, the rest refused for quota."""
+    a, b = pair
+    plan = Plan(id="cap", name="Cap", sessions_included=40)
+    admitted, refused = [], []
+
+    async def client(adm: RedisAdmission, n: int) -> None:
+        for i in range(5):
+            try:
+                lease = await adm.acquire("acct", f"s{n}-{i}", plan, P, billable(10))
+            except QuotaExceeded:
+                refused.append(n)
+                continue
+            admitted.append(n)
+            await asyncio.sleep(0.001 * (n % 3))
+            await adm.complete(lease, billable=True)
+
+    await asyncio.gather(*(client(a if n % 2 else b, n) for n in range(40)))
+    assert len(admitted) == 30 and len(refused) == 170
+    assert await a.usage("acct", P, billable(0)) == Usage(40, 0)
 
 
 async def test_lease_of_a_dead_process_expires(pair):
     a, b = pair
     short = RedisAdmission(URL, lease_ttl_s=0.3, prefix=a.prefix)
     try:
-        await short.acquire("acct", "s1", PLAN, 0)
-        renewed = await short.acquire("acct", "s2", PLAN, 0)
+        await short.acquire("acct", "s1", PLAN, P, billable(0))
+        renewed = await short.acquire("acct", "s2", PLAN, P, billable(0))
         await asyncio.sleep(0.2)
         await short.renew(renewed)  # the live process keeps its lease
         await asyncio.sleep(0.2)    # the other one was never renewed: its "process died"
         assert await b.in_flight("acct") == 1
-        await b.acquire("acct", "s3", PLAN, 0)
+        await b.acquire("acct", "s3", PLAN, P, billable(0))
     finally:
         await short.close()
 

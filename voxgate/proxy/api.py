@@ -193,7 +193,7 @@ async def admin_caller(request: web.Request) -> AdminCaller:
     gw: Gateway = request.app[GATEWAY]
     caller = await resolve_admin(gw.store, bearer_key(request))
     assert caller.key is not None
-    plan = gw.catalog.plans.get(caller.account.plan_id, gw.catalog.default)
+    plan = await gw.account_plan(caller.account)  # as admission sees it (enterprise terms)
     RATE_LIMIT.set(await gw.admission.check_rate(caller.key.id, plan, time.monotonic()))
     return caller
 

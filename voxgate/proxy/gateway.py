@@ -24,7 +24,8 @@ from typing import Any
 from voxgate import logs
 from voxgate.config import Settings
 from voxgate.errors import RateLimited, VoxgateError
-from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState
+from voxgate.metering import decide as rules
+from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState, Seed
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of, release_orphans
 from voxgate.metering.verdict import VerdictPolicy, decide
@@ -104,10 +105,13 @@ class Gateway:
         self._usage: dict[tuple[str, str], MonthlyUsage] = {}
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
+        # (account, period) pairs with a completion since the last reconcile
+        self._completed: set[tuple[str, str]] = set()
         # this process in the instances table (Settings.instance_id)
         self.instance_id = (settings.instance_id
                             or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
         self._heartbeat: asyncio.Task | None = None
+        admission.instance_id = self.instance_id  # its leases name this instance
         from voxgate.proxy.metrics import Metrics
 
         self.metrics = Metrics()
@@ -157,6 +161,30 @@ class Gateway:
             usage = self._usage.setdefault(key, fetched)
         return usage
 
+    def _seed(self, account_id: str, period: str) -> Seed:
+        """Reads the store's billable sessions of the account in ``period``
+        (admission's counters start from it)."""
+        async def billable() -> int:
+            return (await self.store.get_usage(account_id, period)).billable_sessions
+
+        return billable
+
+    async def check_mint(self, principal: Principal, plan: Plan) -> None:
+        """May ``principal`` mint an ephemeral key now (``decide``,
+        ``Ask.MINT``: the account open, a session left in the quota counting
+        those in flight)? Nothing is reserved.
+
+        Raises:
+            QuotaExceeded, PermissionDenied.
+        """
+        account = principal.account
+        period = period_of()
+        usage = await self.admission.usage(account.id, period, self._seed(account.id, period),
+                                           time.monotonic())
+        decision = rules.decide(rules.Ask.MINT, plan, account.status, usage)
+        if isinstance(decision, rules.Refuse):
+            raise decision.error
+
     async def admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
         """Admit a session: rate limit, quota, concurrency, then the row.
 
@@ -176,12 +204,13 @@ class Gateway:
         plan = await self.check_rate(principal)
         account = principal.account
         now = time.time()
-        usage = await self.usage(account.id, period_of(now))
+        period = period_of(now)
         session_id = new_id("sess")
         logs.bind(session_id=session_id)
+        # the decision and the reservation: one atomic step across processes
         lease = await self.admission.acquire(
-            account.id, session_id, plan, usage.billable_sessions, time.monotonic()
-        )
+            account.id, session_id, plan, period, self._seed(account.id, period),
+            time.monotonic(), account_status=account.status)
         record = SessionRecord(
             id=session_id,
             account_id=account.id,
@@ -191,7 +220,7 @@ class Gateway:
             model=model,
             api_key_id=principal.api_key.id if principal.api_key else None,
             ephemeral_key_id=principal.ephemeral.id if principal.ephemeral else None,
-            period=period_of(now),
+            period=period,
         )
         try:
             await self.store.open_session(record, lease_id=lease.id)
@@ -237,7 +266,9 @@ class Gateway:
             if self._cache_usage:
                 self._usage[(record.account_id, record.period)] = usage
         finally:
-            await self.admission.release(active.lease)
+            # after the store has the verdict: a billable session now counts as used
+            await self.admission.complete(active.lease, verdict.billable)
+            self._completed.add((record.account_id, record.period))
             self.active.pop(record.id, None)
             self.metrics.active.dec()
         self.metrics.completed.labels(record.transport, verdict.reason).inc()
@@ -310,10 +341,20 @@ class Gateway:
             log.exception("unregistering instance %s", self.instance_id)
 
     async def _renew_leases(self) -> None:
+        """Every third of the lease TTL: renew this process's leases, then
+        reconcile admission's period counters of the accounts that completed
+        sessions here with the store (``Admission.reconcile``)."""
         ttl = getattr(self.admission, "lease_ttl_s", 90.0)
         while True:
             await asyncio.sleep(ttl / 3)
-            now = time.monotonic()
-            for active in list(self.active.values()):
-                await self.admission.renew(active.lease, now)
+            try:
+                now = time.monotonic()
+                for active in list(self.active.values()):
+                    await self.admission.renew(active.lease, now)
+                completed, self._completed = self._completed, set()
+                for account_id, period in completed:
+                    await self.admission.reconcile(account_id, period,
+                                                   self._seed(account_id, period), now)
+            except Exception:  # noqa: BLE001 - retried at the next round
+                log.exception("lease renewal or admission reconcile failed")
 

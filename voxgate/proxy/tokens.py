@@ -166,8 +166,7 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
                           upstream.default_model, upstream.allowed_models)
     session = {**session, "model": model}
     plan = await gw.check_rate(principal)
-    usage = await gw.usage(principal.account.id)
-    await gw.admission.check_quota(principal.account.id, plan, usage.billable_sessions)
+    await gw.check_mint(principal, plan)
     expires_at = int(time.time()) + ttl_s
     shown = session_object(session, gw.settings.upstream.default_model, expires_at)
     _, value = await gw.store.create_ephemeral_key(

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from voxgate.metering import decide as rules
 from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Account, Plan, Reason, SessionRecord
 from voxgate.models.origins import parse_origins
@@ -537,10 +538,9 @@ async def create_project(request: web.Request, form: MultiDictProxy) -> web.Resp
     if not name:
         return await _projects_view(request, 400, error="Give the project a name.")
     count = len(await state.store.list_projects(account.id))
-    if plan.projects is not None and count >= plan.projects:
-        return await _projects_view(
-            request, 403, error=f"The {plan.name} plan allows {plan.projects} "
-            f"project{'s' if plan.projects != 1 else ''}: upgrade for more.")
+    decision = rules.decide(rules.Ask.PROJECT, plan, account.status, rules.Usage(projects=count))
+    if isinstance(decision, rules.Refuse):
+        return await _projects_view(request, decision.error.status, error=decision.error.message)
     project = await state.store.create_project(account.id, name)
     await _audit(request, "project.created", project_id=project.id, name=name)
     raise web.HTTPSeeOther("/projects?notice=project-created")
