@@ -221,12 +221,6 @@ class Settings(BaseSettings):
     redis_pool_timeout_s: float = Field(default=5.0, gt=0)
     # SIGTERM: live sessions may go on this long (s) before they are closed (1001).
     drain_timeout_s: float = Field(default=30.0, ge=0)
-    # Connections to Redis per process at most; a burst waits up to
-    # redis_pool_timeout_s for a free one (then 503), instead of failing at once.
-    redis_max_connections: int = Field(default=50, ge=1)
-    redis_pool_timeout_s: float = Field(default=5.0, gt=0)
-    # SIGTERM: live sessions may go on this long (s) before they are closed (1001).
-    drain_timeout_s: float = Field(default=30.0, ge=0)
     # This process in the ``instances`` table: its active sessions name it. "" =
     # host:pid:random (a new identity each start); set a stable id (e.g. the
     # container or unit name) so that a restart frees its previous run's leases at once.
