@@ -71,9 +71,6 @@ def bind_error_message(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-    from aiohttp.web_runner import GracefulExit
-
     from voxgate.proxy.app import create_app
 
     settings = settings_from_args(args)
@@ -87,24 +84,41 @@ def _serve(args: argparse.Namespace) -> int:
         print(bind_error_message(settings.host, settings.port, exc), file=sys.stderr)
         return 1
     app = create_app(settings)
-    port = listener.getsockname()[1]
+    try:
+        run_async(serve_app(app, listener, f"http://{settings.host}:{listener.getsockname()[1]}"))
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        pass
+    return 0
 
-    async def _run() -> None:
-        runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=10)
+
+async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
+    """Serve ``app`` on ``listener`` until SIGTERM or SIGINT, then stop
+    gracefully: ``voxgate.proxy.app.drain`` (readiness fails, new sessions
+    503, live ones get ``drain_timeout_s``, then close 1001), then the app's
+    clean-up. Returns normally (exit status 0)."""
+    import signal
+
+    from aiohttp import web
+
+    from voxgate.proxy.app import drain
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # also during start-up (the voice model loads)
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10)
+    try:
         await runner.setup()
         site = web.SockSite(runner, listener)
         await site.start()
-        print(f"voxgate listening on http://{settings.host}:{port}", flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    try:
-        run_async(_run())
-    except (KeyboardInterrupt, GracefulExit):  # Ctrl-C, SIGTERM: a normal stop
-        pass
-    return 0
+        print(f"voxgate listening on {url}", flush=True)
+        await stop.wait()
+        logging.getLogger("voxgate").info("stopping: draining live sessions")
+        await drain(app)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
 
 
 def _voice_serve(args: argparse.Namespace) -> int:

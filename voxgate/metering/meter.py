@@ -28,9 +28,11 @@ from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent
 from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
 from voxgate.models.sessions import Measurements
 
-__all__ = ["SessionMeter", "CLIENT", "UPSTREAM", "SERVER", "NORMAL_CLOSE_CODES"]
+__all__ = ["SessionMeter", "CLIENT", "UPSTREAM", "SERVER", "NORMAL_CLOSE_CODES", "SHUTDOWN"]
 
 SERVER = "server"
+# The close reason of a session voxgate ended because it was shutting down.
+SHUTDOWN = "shutdown"
 
 # RFC 6455 §7.4.1: 1000 normal closure, 1001 going away.
 NORMAL_CLOSE_CODES = frozenset({1000, 1001})

@@ -20,9 +20,10 @@ The application keys (``GATEWAY``, ``SETTINGS``, ...) live in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -30,7 +31,7 @@ from aiohttp import web
 from voxgate import jobs
 from voxgate.billing import service as billing_service
 from voxgate.config import Settings
-from voxgate.errors import ConfigError
+from voxgate.errors import ConfigError, ServiceUnavailable
 from voxgate.metering.admission import Admission, InProcessAdmission
 from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
@@ -43,12 +44,20 @@ from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
 from voxgate.web import app as web_app
 from voxgate.web import voice_client
 
-__all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "GATEWAY", "CONNECTOR", "SETTINGS",
-           "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
+__all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "drain", "readiness",
+           "GATEWAY", "CONNECTOR", "SETTINGS", "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
 
 log = logging.getLogger("voxgate")
 
 DEMO_KEY_FILE = "demo_api_key"
+READY_CHECK_TIMEOUT_S = 2.0  # each /readyz check (database, Redis) answers within this or fails
+# Routes that start a session or mint a key for one: refused (503) while draining.
+NEW_SESSION_ROUTES = frozenset({
+    ("GET", "/v1/realtime"),
+    ("POST", "/v1/realtime/calls"),
+    ("POST", "/v1/realtime/client_secrets"),
+    ("POST", "/v1/realtime/sessions"),
+})
 # Each room's ``setup(app)``, by module name, in the order they are installed.
 PLUGINS: dict[str, Callable[[web.Application], None]] = {
     "voxgate.proxy.webrtc": webrtc.setup,
@@ -100,7 +109,8 @@ def create_app(
     """
     catalog = catalog or load_catalog(settings.catalog)
     store = store or open_store(settings)
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024, handler_args=SERVER_LIMITS)
+    app = web.Application(middlewares=[error_middleware, drain_middleware],
+                          client_max_size=8 * 1024 * 1024, handler_args=SERVER_LIMITS)
     gateway = Gateway(settings, store, open_admission(settings), catalog)
     app[SETTINGS] = settings
     app[GATEWAY] = gateway
@@ -114,6 +124,7 @@ def create_app(
     app.router.add_get("/v1/projects/{project_id}", api.project_handler)
     app.router.add_patch("/v1/projects/{project_id}", api.update_project_handler)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     app.cleanup_ctx.append(_lifecycle)
     cors.setup(app)
@@ -126,8 +137,74 @@ def create_app(
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process is alive (liveness), whatever its
+    dependencies: ``{"status": "ok", "active_sessions": n}``."""
     gw = request.app[GATEWAY]
     return json_response({"status": "ok", "active_sessions": len(gw.active)})
+
+
+async def readiness(gw: Gateway) -> dict[str, str]:
+    """What stands between this process and new sessions: ``{"database":
+    "ok" | problem, "redis": "ok" | "not configured" | problem,
+    "shutdown": "draining" (only while draining)}``. Each check is bounded by
+    ``READY_CHECK_TIMEOUT_S``; problems name the exception, never addresses
+    or credentials."""
+    checks: dict[str, str] = {}
+
+    async def check(name: str, probe: Awaitable[object]) -> None:
+        try:
+            await asyncio.wait_for(probe, READY_CHECK_TIMEOUT_S)
+            checks[name] = "ok"
+        except TimeoutError:
+            checks[name] = f"no answer within {READY_CHECK_TIMEOUT_S:g} s"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks[name] = f"unavailable ({type(exc).__name__})"
+
+    await check("database", gw.store.get_meta("schema_version"))
+    from voxgate.metering.redis_admission import RedisAdmission
+
+    if isinstance(gw.admission, RedisAdmission):
+        await check("redis", gw.admission.redis.ping())
+    else:
+        checks["redis"] = "not configured"
+    if gw.draining:
+        checks["shutdown"] = "draining"
+    return checks
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: whether this process takes new sessions (readiness).
+    200 ``{"status": "ready", "checks": {...}}``, or 503 ``{"status":
+    "unavailable", "checks": {...}}`` with ``Retry-After`` when the database
+    or Redis does not answer or the server is draining (``readiness``)."""
+    checks = await readiness(request.app[GATEWAY])
+    ready = all(v in ("ok", "not configured") for v in checks.values())
+    if ready:
+        return json_response({"status": "ready", "checks": checks})
+    return json_response({"status": "unavailable", "checks": checks}, status=503,
+                         headers={"Retry-After": "1"})
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[
+        web.StreamResponse]]) -> web.StreamResponse:
+    """While draining (after SIGTERM), routes that start a session
+    (``NEW_SESSION_ROUTES``; a sideband attach to a live call still works)
+    answer 503 ``service_unavailable`` with ``Retry-After``."""
+    gw = request.app.get(GATEWAY)
+    if gw is not None and gw.draining and (request.method, request.path) in NEW_SESSION_ROUTES \
+            and "call_id" not in request.query:
+        raise ServiceUnavailable("server shutting down; retry on another instance")
+    return await handler(request)
+
+
+async def drain(app: web.Application) -> None:
+    """The first half of a graceful stop (SIGTERM): readiness fails and new
+    sessions are refused at once, live sessions may run for
+    ``Settings.drain_timeout_s``, then each gets an ``error`` event and close
+    1001 "server shutting down" and is recorded (``Gateway.drain``). The
+    caller then cleans the app up (``AppRunner.cleanup``)."""
+    await app[GATEWAY].drain(app[SETTINGS].drain_timeout_s)
 
 
 async def _lifecycle(app: web.Application):

@@ -5,7 +5,13 @@ lease, and writes the session row (``status="active"``); ``Gateway.finish``
 decides the verdict from the meter's measurements, completes the row and the
 monthly usage in one transaction (queueing it for settlement when it must be
 paid for), then releases the lease. ``finish`` runs on every exit path,
-including cancellation, exactly once per session.
+including cancellation, exactly once per session. When the store or Redis is
+unreachable at that moment, the record is written as soon as the store is
+back: the session is never lost.
+
+Shutdown: ``drain`` stops admitting (``ServiceUnavailable``; ``/readyz``
+fails), lets live sessions run for ``drain_timeout_s``, then ``stop`` ends
+the rest, each recorded ``closed_by`` server, code 1001, reason ``shutdown``.
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ from typing import Any
 
 from voxgate import logs
 from voxgate.config import Settings
-from voxgate.errors import RateLimited, VoxgateError
+from voxgate.errors import RateLimited, ServiceUnavailable, VoxgateError, dependency_error
 from voxgate.metering import decide as rules
 from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState, Seed
-from voxgate.metering.meter import SessionMeter
+from voxgate.metering.meter import SERVER, SHUTDOWN, SessionMeter
 from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of, release_orphans
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
@@ -40,7 +46,7 @@ from voxgate.models import (
     new_id,
 )
 
-__all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT"]
+__all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT", "SHUTDOWN_MESSAGE"]
 
 log = logging.getLogger("voxgate.gateway")
 
@@ -51,6 +57,9 @@ RATE_LIMIT: contextvars.ContextVar[RateLimitState | None] = contextvars.ContextV
     "voxgate_rate_limit", default=None)
 
 SessionHook = Callable[["ActiveSession", Verdict, MonthlyUsage], Awaitable[None]]
+
+SHUTDOWN_MESSAGE = "server shutting down"  # the close reason clients get (1001)
+_RETRY_MAX_S = 5.0  # longest wait between two attempts to record a finished session
 
 
 def monotonic_ms() -> float:
@@ -105,6 +114,7 @@ class Gateway:
         self._usage: dict[tuple[str, str], MonthlyUsage] = {}
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
+        self.draining = False  # set by drain(): no new sessions, /readyz fails
         # (account, period) pairs with a completion since the last reconcile
         self._completed: set[tuple[str, str]] = set()
         # this process in the instances table (Settings.instance_id)
@@ -189,9 +199,12 @@ class Gateway:
         """Admit a session: rate limit, quota, concurrency, then the row.
 
         Raises:
-            RateLimited, QuotaExceeded, ConcurrencyLimited.
+            RateLimited, QuotaExceeded, ConcurrencyLimited; ServiceUnavailable
+            (503) while draining.
         """
         try:
+            if self.draining:
+                raise ServiceUnavailable(f"{SHUTDOWN_MESSAGE}; retry on another instance")
             active = await self._admit(principal, transport, model)
         except VoxgateError as err:
             self.metrics.refusals.labels(err.code or err.type).inc()
@@ -261,8 +274,8 @@ class Gateway:
         included = plan.plan_sessions_included
         settle_from = None if plan.overage_cents is None else (included or 0)
         try:
-            usage = await self.store.complete_session(record, verdict, settle_from=settle_from,
-                                                      pack_from=included)
+            usage = await self._until_stored(record.id, lambda: self.store.complete_session(
+                record, verdict, settle_from=settle_from, pack_from=included))
             if self._cache_usage:
                 self._usage[(record.account_id, record.period)] = usage
         finally:
@@ -310,15 +323,48 @@ class Gateway:
             except Exception:  # noqa: BLE001 - retried at the next beat
                 log.exception("instance heartbeat failed")
 
+    async def _until_stored(self, session_id: str, write: Callable[[], Awaitable[MonthlyUsage]]
+                            ) -> MonthlyUsage:
+        """Run ``write`` until the store takes it: while the database is
+        unreachable (``dependency_error``) it is retried with a backoff of up
+        to ``_RETRY_MAX_S``; other errors are raised."""
+        delay = 0.25
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if dependency_error(exc) is None:
+                    raise
+                log.warning("session %s not recorded yet (%s: %s); retrying in %.2f s",
+                            session_id, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(_RETRY_MAX_S, delay * 2)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop admitting new sessions (``ServiceUnavailable``, ``/readyz``
+        503), wait up to ``timeout_s`` (s) for the live ones to end, then
+        ``stop`` the rest."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        if self.active:
+            log.info("draining: %d live session(s), up to %.0f s", len(self.active), timeout_s)
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        await self.stop()
+
     async def stop(self) -> None:
-        """Close every active session (1001 going away) and wait for their finish."""
+        """End every active session (an ``error`` event, then close 1001
+        "server shutting down"; recorded ``closed_by`` server, code 1001,
+        reason ``shutdown``) and wait for their finish."""
+        self.draining = True
         if self._renewer is not None:
             self._renewer.cancel()
         sessions = list(self.active.values())
         for active in sessions:
+            active.meter.closed(SERVER, 1001, SHUTDOWN, monotonic_ms())  # the first close counts
             if active.close is not None:
                 try:
-                    await active.close(1001, "voxgate is shutting down")
+                    await active.close(1001, SHUTDOWN_MESSAGE)
                 except Exception:  # noqa: BLE001
                     log.exception("closing session %s", active.record.id)
         for active in sessions:

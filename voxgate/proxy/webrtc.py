@@ -53,6 +53,7 @@ from voxgate.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    ServiceUnavailable,
     UpstreamError,
     VoxgateError,
     error_event,
@@ -73,6 +74,7 @@ from voxgate.proxy.events import (
 )
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
+from voxgate.proxy.keys import CONNECTOR, GATEWAY, SETTINGS
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
@@ -129,8 +131,6 @@ async def create_call(request: web.Request) -> web.Response:
         / ``model_not_allowed``); RateLimited,
         QuotaExceeded, ConcurrencyLimited (429).
     """
-    from voxgate.proxy.app import CONNECTOR, GATEWAY
-
     offer_ms = monotonic_ms()
     gw: Gateway = request.app[GATEWAY]
     ctype = request.content_type
@@ -192,8 +192,6 @@ async def sideband(request: web.Request) -> web.StreamResponse:
         AuthenticationError (401: no key, an ephemeral key), PermissionDenied
         (403: a key of another project), NotFound (404: unknown or ended call).
     """
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     principal = await authenticate(request, gw.store, allow_ephemeral=False)
     call_id = request.query.get("call_id", "")
@@ -224,8 +222,6 @@ async def hangup_call(request: web.Request) -> web.Response:
 async def get_call(request: web.Request) -> web.Response:
     """``GET /v1/realtime/calls/{call_id}``: the call's session record
     (``SessionRecord.to_api()``), for a key of the call's project."""
-    from voxgate.proxy.app import GATEWAY
-
     call_id, principal = await _call_principal(request)
     sid = session_id_of(call_id)
     record = await request.app[GATEWAY].store.get_session(sid) if sid else None
@@ -237,8 +233,6 @@ async def get_call(request: web.Request) -> web.Response:
 async def ice_servers(request: web.Request) -> web.Response:
     """``GET /v1/realtime/ice_servers`` (ephemeral key) →
     ``{"ice_servers": [{"urls", "username", "credential"}]}``."""
-    from voxgate.proxy.app import GATEWAY
-
     gw: Gateway = request.app[GATEWAY]
     principal = await authenticate(request, gw.store, allow_ephemeral=True, allow_api_key=False)
     return json_response({"ice_servers": client_ice_servers(gw.settings.webrtc,
@@ -246,14 +240,10 @@ async def ice_servers(request: web.Request) -> web.Response:
 
 
 def _ice_servers_hook(app: web.Application, project_id: str) -> list[dict[str, Any]]:
-    from voxgate.proxy.app import SETTINGS
-
     return client_ice_servers(app[SETTINGS].webrtc, project_id)
 
 
 async def _call_principal(request: web.Request):
-    from voxgate.proxy.app import GATEWAY
-
     principal = await authenticate(request, request.app[GATEWAY].store, allow_ephemeral=True)
     return request.match_info["call_id"], principal
 
@@ -416,6 +406,13 @@ class Call:
         return self._done.is_set()
 
     async def _close_from_outside(self, code: int, reason: str) -> None:
+        if code == 1001:  # shutdown: say why on the data channel (and sidebands) first
+            self._send_event(error_event(ServiceUnavailable(reason)))
+            channel = self.channel
+            for _ in range(20):  # up to 0.5 s for it to leave before the peer connection closes
+                if channel is None or channel.readyState != "open" or not channel.bufferedAmount:
+                    break
+                await asyncio.sleep(0.025)
         self._end(SERVER, code, reason)
 
     def _end(self, by: str, code: int | None, reason: str | None,
@@ -475,7 +472,8 @@ class Call:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         reason = ("call ended: " + (self.meter.measurements().close_reason or ""))[:120]
-        await asyncio.gather(*(ws.close(code=1000, message=reason.encode())
+        code = 1001 if self.meter.measurements().close_code == 1001 else 1000  # 1001: shutdown
+        await asyncio.gather(*(ws.close(code=code, message=reason.encode())
                                for ws in list(self._sidebands)), return_exceptions=True)
         try:
             if self.upstream is not None and not self.upstream.closed:

@@ -40,6 +40,7 @@ from aiohttp import WSMsgType, web
 from voxgate.errors import (
     MalformedEvent,
     NotFound,
+    ServiceUnavailable,
     UpstreamError,
     VoxgateError,
     error_event,
@@ -404,6 +405,11 @@ class Relay:
     async def _close_from_outside(self, code: int, reason: str) -> None:
         if self.client is None or self.upstream is None:
             return
+        if code == 1001:  # shutdown: an error event says why before the close frame
+            try:
+                await self.client.send_str(error_event(ServiceUnavailable(reason)))
+            except (ConnectionError, RuntimeError):
+                pass
         await self._server_close(code, reason)
 
     async def _reject(self, err: VoxgateError, nbytes: int) -> None:
