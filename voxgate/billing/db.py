@@ -114,8 +114,9 @@ class BillingDB:
         """Record a received event; False when it was already recorded (a replay)."""
         async with self.store.transaction() as db:
             cur = await db.execute(
-                "INSERT OR IGNORE INTO stripe_events (id, type, received_at, payload)"
-                " VALUES (?, ?, ?, ?)", (event_id, event_type, time.time(), payload.decode()))
+                "INSERT INTO stripe_events (id, type, received_at, payload)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (event_id, event_type, time.time(), payload.decode()))
             return cur.rowcount == 1
 
     async def unprocessed_events(self, limit: int = 50) -> list[tuple[str, str]]:
@@ -171,8 +172,9 @@ class BillingDB:
         """True the first time only, per account, period and threshold."""
         async with self.store.transaction() as db:
             cur = await db.execute(
-                "INSERT OR IGNORE INTO quota_alerts (account_id, period, threshold, sent_at)"
-                " VALUES (?, ?, ?, ?)", (account_id, period, threshold, time.time()))
+                "INSERT INTO quota_alerts (account_id, period, threshold, sent_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (account_id, period, threshold, time.time()))
             return cur.rowcount == 1
 
     async def quota_alerts(self, account_id: str, period: str) -> list[int]:
@@ -189,8 +191,9 @@ class BillingDB:
         now = time.time()
         async with self.store.transaction() as db:
             cur = await db.execute(
-                "INSERT OR IGNORE INTO email_outbox (account_id, kind, to_addr, subject, body,"
-                " dedupe_key, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO email_outbox (account_id, kind, to_addr, subject, body,"
+                " dedupe_key, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (account_id, kind, to_addr, subject, body, dedupe_key, now, now))
             return cur.rowcount == 1
 
@@ -252,8 +255,9 @@ class BillingDB:
         now = time.time()
         async with self.store.transaction() as db:
             cur = await db.execute(
-                "INSERT OR IGNORE INTO webhook_outbox (account_id, event_type, payload,"
-                " dedupe_key, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO webhook_outbox (account_id, event_type, payload,"
+                " dedupe_key, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (account_id, event_type, orjson.dumps(payload).decode(), dedupe_key, now, now))
             return cur.rowcount == 1
 
@@ -343,8 +347,8 @@ class BillingDB:
             claimed = 0
             for session_id in session_ids:
                 c = await db.execute(
-                    "INSERT OR IGNORE INTO invoice_settlement_sessions (settlement_id, session_id)"
-                    " VALUES (?, ?)", (settlement_id, session_id))
+                    "INSERT INTO invoice_settlement_sessions (settlement_id, session_id)"
+                    " VALUES (?, ?) ON CONFLICT DO NOTHING", (settlement_id, session_id))
                 claimed += c.rowcount
             if claimed == 0:
                 await db.execute("DELETE FROM invoice_settlements WHERE id = ?", (settlement_id,))

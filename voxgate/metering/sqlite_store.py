@@ -17,6 +17,11 @@ transactions on the single connection. Reads do not take the lock and may see
 the uncommitted writes of a transaction in progress on this connection.
 
 Times are Unix seconds (float); periods are ``"YYYY-MM"`` in UTC.
+
+Portable SQL: the statements here and in billing, web and jobs run on
+PostgreSQL too (``voxgate.metering.pg_store``): ``ON CONFLICT … DO
+NOTHING/UPDATE`` (never ``INSERT OR IGNORE``), columns qualified in upsert
+``SET`` clauses, ``utc_day(ts)`` for the UTC day of a timestamp.
 """
 
 from __future__ import annotations
@@ -136,6 +141,13 @@ def _has_code(sql: str) -> bool:
     return bool(text.replace(";", "").strip())
 
 
+def utc_day(ts: float | None) -> str | None:
+    """SQL function ``utc_day(ts)``: the UTC day (``"YYYY-MM-DD"``) of Unix
+    time ``ts`` (s); defined on both SQLite and PostgreSQL, so that queries
+    grouping by day are the same on both."""
+    return None if ts is None else time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
 # ---------------------------------------------------------------- row mapping
 
 _ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
@@ -225,11 +237,11 @@ INSERT INTO monthly_usage (account_id, period, sessions, billable_sessions, minu
     audio_seconds, bytes)
 VALUES (?, ?, 1, ?, ?, ?, ?)
 ON CONFLICT (account_id, period) DO UPDATE SET
-    sessions = sessions + 1,
-    billable_sessions = billable_sessions + excluded.billable_sessions,
-    minutes_used = minutes_used + excluded.minutes_used,
-    audio_seconds = audio_seconds + excluded.audio_seconds,
-    bytes = bytes + excluded.bytes
+    sessions = monthly_usage.sessions + 1,
+    billable_sessions = monthly_usage.billable_sessions + excluded.billable_sessions,
+    minutes_used = monthly_usage.minutes_used + excluded.minutes_used,
+    audio_seconds = monthly_usage.audio_seconds + excluded.audio_seconds,
+    bytes = monthly_usage.bytes + excluded.bytes
 RETURNING {_USAGE_COLS}
 """
 
@@ -313,8 +325,8 @@ def _complete_sync(
                      (record.id, pack.id, record.account_id, period, ended_at))
     if settle:
         conn.execute(
-            f"INSERT OR IGNORE INTO settlement_outbox ({_OUTBOX_COLS})"
-            " VALUES (?, ?, ?, ?, 0, ?, NULL)",
+            f"INSERT INTO settlement_outbox ({_OUTBOX_COLS})"
+            " VALUES (?, ?, ?, ?, 0, ?, NULL) ON CONFLICT DO NOTHING",
             (record.id, record.account_id, period, ended_at, ended_at))
     return _usage_of(record.account_id, period, row)
 
@@ -385,6 +397,7 @@ class SQLiteStore:
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
+            await db.create_function("utc_day", 1, utc_day, deterministic=True)
             self._db = db
             await self._migrate()
         except BaseException:

@@ -335,7 +335,7 @@ class WebDB:
     async def sessions_per_day(self, account_id: str, since: float, until: float) -> list[DayRow]:
         """Completed sessions per UTC day in [since, until), by verdict."""
         rows = await self.store.db.execute_fetchall(
-            "SELECT date(started_at, 'unixepoch') AS day,"
+            "SELECT utc_day(started_at) AS day,"
             " SUM(CASE WHEN billable = 1 THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN billable = 1 THEN 0 ELSE 1 END),"
             " SUM(CASE WHEN billable = 1 THEN duration_ms ELSE 0 END) / 60000.0"
@@ -359,7 +359,7 @@ class WebDB:
     async def sessions_per_day_all(self, since: float) -> list[tuple[str, int, int]]:
         """(day, sessions, billable) over every account since ``since``."""
         rows = await self.store.db.execute_fetchall(
-            "SELECT date(started_at, 'unixepoch') AS day, COUNT(*),"
+            "SELECT utc_day(started_at) AS day, COUNT(*),"
             " SUM(CASE WHEN billable = 1 THEN 1 ELSE 0 END) FROM sessions"
             " WHERE started_at >= ? GROUP BY day ORDER BY day", (since,))
         return [(r[0], int(r[1]), int(r[2] or 0)) for r in rows]
