@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     # Admission state (leases, rate buckets): "" = in this process; "redis://…" =
     # shared by every voxgate process using that Redis.
     admission_url: str = ""
+    admission_prefix: str = "voxgate:"  # its Redis keys' prefix (deployments sharing one Redis)
     lease_ttl_s: float = 90.0  # a concurrency lease not renewed for this long is freed
     # Connections to Redis per process at most; a burst waits up to
     # redis_pool_timeout_s for a free one (then 503), instead of failing at once.

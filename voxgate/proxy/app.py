@@ -89,6 +89,7 @@ def open_admission(settings: Settings) -> Admission:
     from voxgate.metering.redis_admission import RedisAdmission
 
     return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s,
+                          prefix=settings.admission_prefix,
                           max_connections=settings.redis_max_connections,
                           pool_timeout_s=settings.redis_pool_timeout_s)
 
