@@ -319,7 +319,8 @@ _REASONS = {101: "Switching Protocols", 200: "OK", 201: "Created", 303: "See Oth
             401: "Missing or invalid key", 403: "Permission denied", 404: "Not found",
             413: "Too large", 414: "URI too long", 429: "Quota, concurrency or rate limit",
             431: "Header fields too large", 500: "Internal error", 502: "Provider unavailable",
-            503: "Not configured or not ready (billing without Stripe, ...)"}
+            503: "Unavailable: Redis or the database down, shutting down, or not configured "
+                 "(billing without Stripe, ...)"}
 
 
 def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
