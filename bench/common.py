@@ -108,7 +108,11 @@ class Voxgate(Proc):
         super().__init__([PY, "-m", "voxgate", "serve", "--config", str(self.config)], port,
                          log=self.dir / "serve.log")
         self.url = f"http://127.0.0.1:{port}"
-        self.key = (self.dir / "data" / "demo_api_key").read_text().strip()
+        key_file = self.dir / "data" / "demo_api_key"
+        deadline = time.monotonic() + 10.0
+        while not key_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # serve binds first, then creates the demo account
+        self.key = key_file.read_text().strip()
 
 
 def loadtest(url: str, key: str, sessions: int, concurrency: int, duration_s: float, *,

@@ -14,22 +14,29 @@ import numpy as np
 
 from tests.conftest import SLOW
 from tests.webrtc.client import Client
-from voxgate.proxy.media import FRAME_BYTES, FRAME_SAMPLES, InboundAudio, OutputAudioTrack
+from voxgate.proxy.media import (
+    FRAME_BYTES,
+    FRAME_MS,
+    FRAME_SAMPLES,
+    FrameGrid,
+    InboundAudio,
+    OutputAudioTrack,
+)
 from voxgate.proxy.rtp_audio import SILENCE_PACKET, OpusDecoder48, OpusVoiceEncoder
 
 NO_VAD = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 
 
-class FakeClock:
+class FakeGrid(FrameGrid):
+    """The frame grid on a fake clock: waiting moves the clock on."""
+
     def __init__(self) -> None:
         self.now = 100.0
         self.jitter = 0.0013  # every wake-up is late by this much
+        super().__init__(clock=lambda: self.now)
 
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds + self.jitter
+    async def wait(self, tick: int) -> None:
+        self.now = max(self.now, tick * FRAME_MS / 1000) + self.jitter
 
 
 def pcm(samples: np.ndarray) -> bytes:
@@ -84,8 +91,8 @@ def decode(packets) -> bytes:
 
 
 async def test_output_track_is_paced_without_drift():
-    clock = FakeClock()
-    track = OutputAudioTrack(clock=clock, sleep=clock.sleep)
+    clock = FakeGrid()
+    track = OutputAudioTrack(grid=clock)
     first = await track.recv()
     start = clock.now
     for _ in range(3000 - 1):  # one minute of 20 ms frames
@@ -98,10 +105,8 @@ async def test_output_track_is_paced_without_drift():
 
 
 async def test_output_buffer_events_and_clear():
-    clock = FakeClock()
     events: list[tuple[str, str | None]] = []
-    track = OutputAudioTrack(on_event=lambda t, r: events.append((t, r)), clock=clock,
-                             sleep=clock.sleep)
+    track = OutputAudioTrack(on_event=lambda t, r: events.append((t, r)), grid=FakeGrid())
     tone = pcm(np.sin(np.arange(2400) / 5) * 8000)  # 100 ms at 24 kHz
     track.push(tone, "resp_1")
     track.audio_done("resp_1")
@@ -122,6 +127,26 @@ async def test_output_buffer_events_and_clear():
     assert track.clear() is False  # nothing left to clear: no event
 
 
+async def test_tracks_share_the_frame_grid():
+    """Tracks started at different times wait for the same 20 ms ticks of
+    the real clock, and get there on time."""
+    grid = FrameGrid()
+    tracks = [OutputAudioTrack(grid=grid) for _ in range(20)]
+    woken: list[list[float]] = [[] for _ in tracks]
+
+    async def play(i: int) -> None:
+        await asyncio.sleep(i * 0.0013)
+        for _ in range(10):
+            await tracks[i].recv()
+            woken[i].append(time.monotonic())
+
+    await asyncio.gather(*(play(i) for i in range(len(tracks))))
+    ticks = {round(t / 0.02) for w in woken for t in w[1:]}
+    assert len(ticks) <= 11 * SLOW  # 20 tracks, 9 frames each, on the same ~10 ticks
+    late = max(t - round(t / 0.02) * 0.02 for w in woken for t in w[1:])
+    assert late < 0.015 * SLOW
+
+
 async def test_inbound_audio_cuts_exact_chunks_and_flushes_in_order():
     inbound = InboundAudio(chunk_ms=40)
     for i in range(51):  # 1.02 s of 20 ms frames of PCM16 24 kHz
@@ -134,10 +159,15 @@ async def test_inbound_audio_cuts_exact_chunks_and_flushes_in_order():
             taken.append(chunk)
 
     task = asyncio.create_task(appender())
+    await asyncio.sleep(0.05)
+    assert len(taken) == 25  # the 51st frame waits for the next one
     await inbound.flush()  # returns once all 51 frames are handled, the short rest too
     assert len(taken) == 26 and all(len(c) == 1920 for c in taken[:25])  # 40 ms each
     assert taken[-1] == bytes([50]) * FRAME_BYTES
     assert b"".join(taken) == b"".join(bytes([i]) * FRAME_BYTES for i in range(51))
+    inbound.feed(bytes(FRAME_BYTES * 2 - 64))  # 40 ms less the decoder's 32 samples
+    await asyncio.sleep(0.01)
+    assert len(taken[-1]) == FRAME_BYTES * 2 - 64  # sent at once, not held for a frame
     inbound.feed(bytes(FRAME_BYTES))
     inbound.end()
     await asyncio.wait_for(task, 1)

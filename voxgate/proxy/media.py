@@ -10,7 +10,8 @@ and no aiortc thread hops either way (``voxgate.proxy.rtp_audio``).
   encoded from 24 kHz (``av.Packet`` s, which aiortc's sender only packs),
   canned silence when idle. Frame *n* is due at
   ``start + n × 20 ms`` (never accumulated sleeps), so a long call does not
-  drift. It reports the WebRTC-only server events
+  drift; every track's start is on one 20 ms grid (:class:`FrameGrid`), so
+  a tick is one timer for all the calls of the process. It reports the WebRTC-only server events
   ``output_audio_buffer.started`` / ``stopped`` / ``cleared``
   (https://platform.openai.com/docs/api-reference/realtime-server-events/output_audio_buffer)
   through a callback.
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import av
 import numpy as np
@@ -34,6 +36,7 @@ __all__ = ["pcm16_frame", "InboundAudio", "OutputAudioTrack", "PROVIDER_RATE", "
 PROVIDER_RATE = 24000  # Hz, Realtime audio/pcm
 RTP_RATE = 48000  # Hz, Opus clock rate (RFC 7587 §4.1)
 FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
 FRAME_SAMPLES = RTP_RATE * FRAME_MS // 1000  # 960 RTP clock ticks per frame
 FRAME_BYTES = PROVIDER_RATE * FRAME_MS // 1000 * 2  # 960 bytes of PCM16 24 kHz
 # A response starts playing once this much of it is queued (or all of it):
@@ -46,6 +49,40 @@ PREBUFFER_BYTES = PROVIDER_RATE * PREBUFFER_MS // 1000 * 2
 MAX_LAG_S = 0.5
 
 AudioEvent = Callable[[str, "str | None"], None]
+
+
+class FrameGrid:
+    """The 20 ms ticks every output track's frames fall due on: tick *k* is
+    at monotonic ``k × 20 ms``. Tracks waiting for the same tick share one
+    timer (``loop.call_later``), whatever the number of calls.
+
+    Args:
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+
+    def tick_at(self, t: float) -> int:
+        """The first tick at or after ``t`` (monotonic s)."""
+        return math.ceil(t / FRAME_S - 1e-9)
+
+    async def wait(self, tick: int) -> None:
+        """Return at tick ``tick`` (at once if it has passed)."""
+        loop = asyncio.get_running_loop()
+        waiters = self._waiters.get(tick)
+        if waiters is None:
+            waiters = self._waiters[tick] = []
+            loop.call_later(max(0.0, tick * FRAME_S - self.clock()), self._wake, tick)
+        fut: asyncio.Future[None] = loop.create_future()
+        waiters.append(fut)
+        await fut
+
+    def _wake(self, tick: int) -> None:
+        for fut in self._waiters.pop(tick, ()):
+            if not fut.done():
+                fut.set_result(None)
 
 
 
@@ -71,7 +108,8 @@ class InboundAudio:
     all the audio received before it).
 
     Args:
-        chunk_ms: size of the chunks, in ms.
+        chunk_ms: size of the chunks, in ms (a chunk may be up to
+            :attr:`SLACK_BYTES` shorter).
     """
 
     def __init__(self, chunk_ms: int = 40) -> None:
@@ -81,15 +119,19 @@ class InboundAudio:
         self._ended = False
         self._drained = asyncio.Event()
 
+    # The decoder's resampler holds back 32 samples (64 bytes): a chunk goes
+    # as soon as it is that short of full, so the last chunk of the audio
+    # goes with its last frame rather than waiting for one that never comes.
+    SLACK_BYTES = 128
+
     def feed(self, pcm24k: bytes) -> None:
         buf = self._buf
         buf += pcm24k
-        if len(buf) >= self.chunk_bytes:
-            n = len(buf) // self.chunk_bytes * self.chunk_bytes
-            data = bytes(buf[:n])
+        if len(buf) >= self.chunk_bytes - self.SLACK_BYTES:
+            n = max(len(buf) // self.chunk_bytes, 1) * self.chunk_bytes
+            for i in range(0, min(n, len(buf)), self.chunk_bytes):
+                self._queue.put_nowait(bytes(buf[i:i + self.chunk_bytes]))
             del buf[:n]
-            for i in range(0, n, self.chunk_bytes):
-                self._queue.put_nowait(data[i:i + self.chunk_bytes])
 
     def end(self) -> None:
         """No more audio: the rest (a short chunk), then ``None``, are queued."""
@@ -133,21 +175,20 @@ class OutputAudioTrack(MediaStreamTrack):
     Args:
         on_event: called with (``output_audio_buffer.started`` | ``stopped`` |
             ``cleared``, response id) from the sender's task.
-        clock: monotonic seconds; ``sleep``: its sleep (injectable for tests).
+        grid: the ticks frames are due on (one per process by default;
+            injectable, with its clock, for tests).
     """
 
     kind = "audio"
 
-    def __init__(self, on_event: AudioEvent | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(self, on_event: AudioEvent | None = None, grid: FrameGrid | None = None) -> None:
         super().__init__()
         self._on_event = on_event or (lambda etype, rid: None)
-        self._clock = clock
-        self._sleep = sleep
+        self._grid = grid or _GRID
+        self._clock = self._grid.clock
         self._encoder = OpusVoiceEncoder(FRAME_MS)
         self._buf = bytearray()
-        self._start: float | None = None
+        self._tick0: int | None = None  # the tick of frame 0
         self._index = 0
         self._response_id: str | None = None
         self._done: set[str | None] = set()
@@ -188,11 +229,11 @@ class OutputAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock()
-        if self._start is None or now - (self._start + self._index * FRAME_MS / 1000) > MAX_LAG_S:
-            self._start = now - self._index * FRAME_MS / 1000
-        due = self._start + self._index * FRAME_MS / 1000
-        if due > now:
-            await self._sleep(due - now)
+        if self._tick0 is None or now - (self._tick0 + self._index) * FRAME_S > MAX_LAG_S:
+            self._tick0 = self._grid.tick_at(now) - self._index
+        due = self._tick0 + self._index
+        if due * FRAME_S > now:
+            await self._grid.wait(due)
         packet = self._next_packet(self._index)
         self._index += 1
         self.frames_sent += 1
@@ -218,3 +259,6 @@ class OutputAudioTrack(MediaStreamTrack):
             self._playing = False
             self._on_event("output_audio_buffer.stopped", self._response_id)
         return self._encoder.silence(index)
+
+
+_GRID = FrameGrid()
