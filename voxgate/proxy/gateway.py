@@ -115,6 +115,7 @@ class Gateway:
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
         self.draining = False  # set by drain(): no new sessions, /readyz fails
+        self._lease_retries: set[asyncio.Task] = set()  # completions waiting for Redis
         # (account, period) pairs with a completion since the last reconcile
         self._completed: set[tuple[str, str]] = set()
         # this process in the instances table (Settings.instance_id)
@@ -280,7 +281,7 @@ class Gateway:
                 self._usage[(record.account_id, record.period)] = usage
         finally:
             # after the store has the verdict: a billable session now counts as used
-            await self.admission.complete(active.lease, verdict.billable)
+            await self._complete_lease(active.lease, verdict.billable)
             self._completed.add((record.account_id, record.period))
             self.active.pop(record.id, None)
             self.metrics.active.dec()
@@ -340,6 +341,37 @@ class Gateway:
             await asyncio.sleep(delay)
             delay = min(_RETRY_MAX_S, delay * 2)
 
+    async def _complete_lease(self, lease: Lease, billable: bool) -> None:
+        """``Admission.complete``; while Redis is unreachable it is retried
+        in the background (backoff up to ``_RETRY_MAX_S``, for at most the
+        lease TTL, after which the lease has expired by itself), so that a
+        session's finish never waits for Redis. The periodic reconcile then
+        brings admission's counters back in line with the store."""
+        try:
+            await self.admission.complete(lease, billable)
+        except Exception as exc:
+            if dependency_error(exc) is None:
+                raise
+            log.warning("lease of session %s not completed yet (%s); retrying in the background",
+                        lease.session_id, type(exc).__name__)
+            task = asyncio.create_task(self._complete_later(lease, billable), name="lease-complete")
+            self._lease_retries.add(task)
+            task.add_done_callback(self._lease_retries.discard)
+
+    async def _complete_later(self, lease: Lease, billable: bool) -> None:
+        deadline = time.monotonic() + getattr(self.admission, "lease_ttl_s", 90.0)
+        delay = 0.25
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(_RETRY_MAX_S, delay * 2)
+            try:
+                await self.admission.complete(lease, billable)
+                return
+            except Exception as exc:  # noqa: BLE001 - the lease expires with its TTL at worst
+                if dependency_error(exc) is None:
+                    log.exception("completing the lease of session %s", lease.session_id)
+                    return
+
     async def drain(self, timeout_s: float) -> None:
         """Stop admitting new sessions (``ServiceUnavailable``, ``/readyz``
         503), wait up to ``timeout_s`` (s) for the live ones to end, then
@@ -372,6 +404,8 @@ class Gateway:
                 await asyncio.wait_for(self.finish(active), 10)
             except Exception:  # noqa: BLE001
                 log.exception("finishing session %s", active.record.id)
+        for task in list(self._lease_retries):
+            task.cancel()
         await self._unregister()
 
     async def _unregister(self) -> None:
