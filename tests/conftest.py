@@ -243,3 +243,46 @@ async def server(make_server) -> Server:
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+# ---------------------------------------------------------------- stores on both databases
+
+PG_URL = os.environ.get("VOXGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def open_store(kind: str, tmp_path: Path):
+    """An open store: ``sqlite`` in ``tmp_path``, or ``postgresql`` in a fresh
+    schema of ``PG_URL``'s database (``drop_store`` drops it). PostgreSQL
+    unreachable fails the test (``make test`` starts it)."""
+    import uuid
+
+    from voxgate.metering.pg_store import PostgresStore
+    from voxgate.metering.sqlite_store import SQLiteStore
+
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "data" / "voxgate.db")
+    else:
+        store = PostgresStore(PG_URL, schema=f"test_{uuid.uuid4().hex[:12]}")
+    try:
+        await store.open()
+    except Exception as exc:
+        if kind == "sqlite":
+            raise
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL}: {exc} (make test starts it)")
+    return store
+
+
+async def drop_store(store) -> None:
+    """Close the store; a PostgreSQL store's schema is dropped."""
+    schema = getattr(store, "schema", None)
+    if schema:
+        await store.db.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await store.close()
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgresql"])
+async def any_store(request, tmp_path):
+    """The test once on SQLite and once on PostgreSQL (a schema of its own)."""
+    store = await open_store(request.param, tmp_path)
+    yield store
+    await drop_store(store)

@@ -1,4 +1,6 @@
-"""SQLiteStore against real SQLite files in tmp_path."""
+"""The store against real SQLite files in tmp_path and a real PostgreSQL
+(127.0.0.1:5432, one schema per test): every test taking ``store`` runs on
+both; the migration tests are SQLite's own."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from voxgate.metering.pg_store import PostgresStore
 from voxgate.metering.sqlite_store import MIGRATIONS_DIR, SQLiteStore, load_migrations, split_sql
 from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Measurements, Reason, SessionRecord, Verdict, new_id
@@ -21,11 +24,9 @@ T0 = 1_760_000_000.0  # 2025-10-09 UTC
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "data" / "voxgate.db")
-    await s.open()
-    yield s
-    await s.close()
+async def store(any_store):
+    """Each store test runs on SQLite and on PostgreSQL (``tests/conftest.py``)."""
+    return any_store
 
 
 @pytest.fixture
@@ -117,10 +118,11 @@ async def test_failed_migration_rolls_back_and_is_not_recorded(tmp_path: Path):
     assert "half" not in tables
 
 
-async def test_pragmas(store: SQLiteStore):
-    assert (await store.db.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
-    assert (await store.db.execute_fetchall("PRAGMA foreign_keys"))[0][0] == 1
-    assert (await store.db.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
+async def test_pragmas(tmp_path: Path):
+    async with SQLiteStore(tmp_path / "voxgate.db") as store:
+        assert (await store.db.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await store.db.execute_fetchall("PRAGMA foreign_keys"))[0][0] == 1
+        assert (await store.db.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
 
 
 async def test_transaction_rolls_back_on_error(store: SQLiteStore):
@@ -184,9 +186,16 @@ async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLiteStore, proje
     assert revoked is not None and not revoked[0].active
 
     ek, ek_plain = await store.create_ephemeral_key(project.id, {"voice": "marin"}, T0 + 60)
-    await store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    await store.close()
-    blob = b"".join(p.read_bytes() for p in store.path.parent.iterdir() if p.is_file())
+    if isinstance(store, PostgresStore):  # every row of the key tables, as PostgreSQL has them
+        rows = await store.db.execute_fetchall(
+            "SELECT (SELECT string_agg(t::text, ' ') FROM api_keys t)"
+            " || (SELECT string_agg(t::text, ' ') FROM ephemeral_keys t)")
+        blob = rows[0][0].encode()
+        await store.close()
+    else:
+        await store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await store.close()
+        blob = b"".join(p.read_bytes() for p in store.path.parent.iterdir() if p.is_file())
     assert key.key_hash.encode() in blob  # the check below can fail: the file is readable
     assert plaintext.encode() not in blob
     assert plaintext[12:].encode() not in blob
