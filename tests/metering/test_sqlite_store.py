@@ -80,6 +80,45 @@ async def test_migrations_applied_once(tmp_path: Path):
         assert rows[0][0] == len(shipped)
 
 
+async def test_a_version_8_data_directory_upgrades_in_place(tmp_path: Path):
+    """A database written at version 8 (before instances) opens with the
+    current store: 0009 is applied, every row is kept, its old active
+    session has no instance and is left to the stale-session sweep."""
+    old = tmp_path / "old-migrations"
+    old.mkdir()
+    for m in load_migrations(MIGRATIONS_DIR):
+        if m.version <= 8:
+            shutil.copy(m.path, old)
+    path = tmp_path / "data" / "voxgate.db"
+    async with SQLiteStore(path, migrations_dir=old) as s:
+        account = await s.create_account("ada@example.com", "starter")
+        project = await s.create_project(account.id, "p")
+        _, key = await s.create_api_key(project.id, "k")
+        done = ended(make_record(project, duration_ms=60_000))
+        await s.complete_session(done, BILLABLE)
+        live = make_record(project, T0 + 5)
+        await s.db.execute(  # as the version-8 store opened it: no instance, no lease
+            "INSERT INTO sessions (id, account_id, project_id, transport, model, status,"
+            " started_at, period) VALUES (?, ?, ?, 'websocket', 'm', 'active', ?, ?)",
+            (live.id, account.id, project.id, live.started_at, period_of(live.started_at)))
+        assert (await s.applied_migrations())[-1] == (8, "jobs")
+    async with SQLiteStore(path) as s:
+        assert (await s.applied_migrations())[-1] == (9, "instances")
+        assert (await s.find_api_key(key))[2].id == account.id
+        assert (await s.get_session(done.id)).reason == "billable"
+        assert (await s.get_usage(account.id, period_of(T0))).billable_sessions == 1
+        assert await s.register_instance("new", "host", 1, T0 + 10, INTERRUPTED) == []
+        assert (await s.get_session(live.id)).status == "active"
+        rows = await s.db.execute_fetchall("SELECT instance_id, lease_id FROM sessions")
+        assert {tuple(r) for r in rows} == {(None, None)}
+
+
+async def test_postgresql_schema_is_at_the_sqlite_version(any_store):
+    """Both databases end at the same schema version (migrations come in pairs)."""
+    sqlite_latest = load_migrations(MIGRATIONS_DIR)[-1].version
+    assert (await any_store.applied_migrations())[-1][0] == sqlite_latest
+
+
 async def test_later_migration_file_is_applied(tmp_path: Path):
     migrations = tmp_path / "migrations"
     migrations.mkdir()
