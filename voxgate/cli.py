@@ -1,6 +1,6 @@
 """The ``voxgate`` command line.
 
-- ``voxgate serve [--host] [--port] [--config FILE]``
+- ``voxgate serve [--host] [--port] [--config FILE] [--workers N|auto]``
 - ``voxgate call [--audio FILE] [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
 - ``voxgate admin create-account|create-project|create-key|revoke-key|create-admin-key|
@@ -50,16 +50,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None), **overrides)
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A TCP socket listening on ``host:port`` (``SO_REUSEADDR``, as aiohttp's
-    own sites set it), for :class:`aiohttp.web.SockSite`.
+    own sites set it; ``SO_REUSEPORT`` too with ``reuse_port``, so that the
+    workers of ``--workers`` share the port), for :class:`aiohttp.web.SockSite`.
 
     Raises:
         OSError: the address is in use, not local, or not allowed.
     """
     family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                 flags=socket.AI_PASSIVE)[0][0]
-    return socket.create_server((host, port), family=family, backlog=128)
+    return socket.create_server((host, port), family=family, backlog=128, reuse_port=reuse_port)
 
 
 def bind_error_message(host: str, port: int, exc: OSError) -> str:
@@ -72,17 +73,35 @@ def bind_error_message(host: str, port: int, exc: OSError) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from voxgate.proxy.app import create_app
+    from voxgate.proxy.workers import parse_workers, supervise, workers_refusal
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError:
+        print(f"voxgate: --workers takes a whole number of at least 1, or auto, not "
+              f"{args.workers!r}", file=sys.stderr)
+        return 2
+    refusal = workers_refusal(workers, settings.admission_url, settings.port)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     # Bind first: when the port is taken nothing (data directory, database,
     # demo account) has been created yet.
     try:
-        listener = bind_listener(settings.host, settings.port)
+        listener = bind_listener(settings.host, settings.port, reuse_port=args.reuse_port)
     except OSError as exc:
         print(bind_error_message(settings.host, settings.port, exc), file=sys.stderr)
         return 1
+    if workers > 1:  # the parent only supervises: the workers bind with SO_REUSEPORT
+        listener.close()
+        child_args = ["--port", str(settings.port)]
+        child_args += ["--host", args.host] if args.host else []
+        child_args += ["--config", args.config] if args.config else []
+        return int(run_async(supervise(workers, child_args, f"http://{settings.host}:"
+                                       f"{settings.port}", settings.instance_id)))
     app = create_app(settings)
     try:
         run_async(serve_app(app, listener, f"http://{settings.host}:{listener.getsockname()[1]}"))
@@ -159,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--workers", default="1", metavar="N",
+                       help="processes serving the port (SO_REUSEPORT); auto = one per CPU; "
+                            "more than 1 needs admission_url = \"redis://...\" (default 1)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser("call", help="stream a recording through voxgate with the openai SDK")

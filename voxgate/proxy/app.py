@@ -33,12 +33,14 @@ from voxgate.billing import service as billing_service
 from voxgate.config import Settings
 from voxgate.errors import ConfigError, ServiceUnavailable
 from voxgate.metering.admission import Admission, InProcessAdmission
+from voxgate.metering.redis_admission import RedisAdmission
 from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
 from voxgate.proxy import api, cors, tokens, webrtc, ws_relay
+from voxgate.proxy.cluster import Cluster
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.http import SERVER_LIMITS, error_middleware, json_response, setup_http
-from voxgate.proxy.keys import CONNECTOR, GATEWAY, PROVIDER, SETTINGS
+from voxgate.proxy.keys import CLUSTER, CONNECTOR, GATEWAY, PROVIDER, SETTINGS
 from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
 from voxgate.web import app as web_app
@@ -92,8 +94,6 @@ def open_admission(settings: Settings) -> Admission:
         return InProcessAdmission(lease_ttl_s=settings.lease_ttl_s)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"unsupported admission_url {url!r}: use redis://host:port/db")
-    from voxgate.metering.redis_admission import RedisAdmission
-
     return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s,
                           prefix=settings.admission_prefix,
                           max_connections=settings.redis_max_connections,
@@ -168,8 +168,6 @@ async def readiness(gw: Gateway) -> dict[str, str]:
             checks[name] = f"unavailable ({type(exc).__name__})"
 
     await check("database", gw.store.get_meta("schema_version"))
-    from voxgate.metering.redis_admission import RedisAdmission
-
     if isinstance(gw.admission, RedisAdmission):
         await check("redis", gw.admission.redis.ping())
     else:
@@ -246,12 +244,22 @@ async def _lifecycle(app: web.Application):
     app[CONNECTOR] = connector
     app[PROVIDER] = provider
     await gw.start()
+    cluster = None
+    if isinstance(gw.admission, RedisAdmission):  # several processes: route call control
+        calls = app.get(webrtc.CALLS)
+        cluster = Cluster(settings.admission_url, gw.instance_id,
+                          lambda call_id: calls.get(call_id) if calls is not None else None,
+                          prefix=gw.admission.prefix)
+        await cluster.start()
+        app[CLUSTER] = cluster
     if settings.demo_enabled:  # loopback only, unless `demo` says otherwise
         await ensure_demo(gw, settings)
     try:
         yield
     finally:
         await gw.stop()
+        if cluster is not None:
+            await cluster.close()
         await connector.close()
         if provider is not None:
             await provider.stop()

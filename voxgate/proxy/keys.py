@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from voxgate.config import Settings
+from voxgate.proxy.cluster import Cluster
 from voxgate.proxy.gateway import Gateway
 from voxgate.proxy.upstream import UpstreamConnector
 
@@ -20,4 +21,4 @@ SETTINGS = web.AppKey("settings", Settings)
 PROVIDER = web.AppKey("voice_provider", object)
 # ``voxgate.proxy.cluster.Cluster`` when admission is shared through Redis:
 # call control for WebRTC calls held by another process.
-CLUSTER = web.AppKey("cluster", object)
+CLUSTER = web.AppKey("cluster", Cluster)

@@ -15,6 +15,9 @@ Routes (https://platform.openai.com/docs/guides/realtime-webrtc):
   control of an active call with a key of its project
   (https://platform.openai.com/docs/guides/realtime-server-controls).
 
+With several processes (Redis admission) a hang-up or sideband attach of a
+call held by another process is routed to it (``voxgate.proxy.cluster``).
+
 Browsers post the offer as OpenAI's guide does, before ICE gathering: an
 offer without candidates is answered with voxgate's own, and the client's
 addresses are learnt from its checks (peer-reflexive). CORS for these routes
@@ -74,7 +77,7 @@ from voxgate.proxy.events import (
 )
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.http import json_response
-from voxgate.proxy.keys import CONNECTOR, GATEWAY, SETTINGS
+from voxgate.proxy.keys import CLUSTER, CONNECTOR, GATEWAY, SETTINGS
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
@@ -196,6 +199,15 @@ async def sideband(request: web.Request) -> web.StreamResponse:
     principal = await authenticate(request, gw.store, allow_ephemeral=False)
     call_id = request.query.get("call_id", "")
     call: Call | None = request.app[CALLS].get(call_id)
+    cluster = request.app.get(CLUSTER)
+    if call is None and cluster is not None:  # held by another process?
+        remote = await cluster.attach(call_id, principal.project.id)
+        ws = web.WebSocketResponse(protocols=("realtime",), heartbeat=20.0,
+                                   max_msg_size=gw.settings.relay.max_message_bytes)
+        ws.headers[SESSION_ID_HEADER] = remote.session_id
+        await ws.prepare(request)
+        await remote.run(ws)
+        return ws
     if call is None or call.done:
         raise NotFound(f"no active call {call_id!r}", param="call_id")
     if call.active.record.project_id != principal.project.id:
@@ -213,6 +225,10 @@ async def hangup_call(request: web.Request) -> web.Response:
     end the call and wait until its session is recorded."""
     call_id, principal = await _call_principal(request)
     call: Call | None = request.app[CALLS].get(call_id)
+    cluster = request.app.get(CLUSTER)
+    if call is None and cluster is not None:  # held by another process?
+        await cluster.hangup(call_id, principal.project.id)
+        return web.Response(status=200)
     if call is None or call.active.record.project_id != principal.project.id:
         raise NotFound(f"no active call {call_id!r}", param="call_id")
     await call.hangup()
