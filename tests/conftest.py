@@ -272,6 +272,16 @@ async def open_store(kind: str, tmp_path: Path):
     return store
 
 
+def same_database(store):
+    """A second store (a "process") on ``store``'s database, not yet open."""
+    from voxgate.metering.pg_store import PostgresStore
+    from voxgate.metering.sqlite_store import SQLiteStore
+
+    if isinstance(store, PostgresStore):
+        return PostgresStore(store.url, schema=store.schema)
+    return SQLiteStore(store.path)
+
+
 async def drop_store(store) -> None:
     """Close the store; a PostgreSQL store's schema is dropped."""
     schema = getattr(store, "schema", None)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from tests.conftest import same_database
 from tests.test_ws_relay import recv_until, sdk, session_id_of
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
@@ -46,15 +46,12 @@ async def admission():
 
 
 @pytest_asyncio.fixture
-async def stores(tmp_path: Path):
-    """Two stores ("processes") on one database file."""
-    path = tmp_path / "voxgate.db"
-    a, b = SQLiteStore(path), SQLiteStore(path)
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
+async def stores(any_store):
+    """Two stores ("processes") on one database: SQLite, then PostgreSQL."""
+    other = same_database(any_store)
+    await other.open()
+    yield any_store, other
+    await other.close()
 
 
 async def open_leased(store: SQLiteStore, admission, project,

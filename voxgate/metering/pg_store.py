@@ -40,6 +40,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from voxgate.metering.sqlite_store import SQLiteStore, load_migrations
+from voxgate.metering.store import OutboxItem
 
 __all__ = ["PostgresStore", "PG_MIGRATIONS_DIR", "is_postgres_url", "libpq_url"]
 
@@ -204,6 +205,19 @@ class PostgresStore(SQLiteStore):
             conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
         return conn
+
+    async def claim_outbox(self, now: float, until: float, limit: int = 100) -> list[OutboxItem]:
+        """``SQLiteStore.claim_outbox`` in one statement that locks only the
+        rows it takes (``FOR UPDATE SKIP LOCKED``): concurrent claimers in
+        any process get disjoint items without waiting for each other."""
+        rows = await self.db.execute_fetchall(
+            "UPDATE settlement_outbox o SET next_attempt_at = ? FROM ("
+            " SELECT session_id, next_attempt_at FROM settlement_outbox"
+            " WHERE next_attempt_at <= ? ORDER BY created_at, session_id LIMIT ?"
+            " FOR UPDATE SKIP LOCKED) c WHERE o.session_id = c.session_id"
+            " RETURNING o.session_id, o.account_id, o.period, o.created_at, o.attempts,"
+            " c.next_attempt_at, o.last_error", (until, now, limit))
+        return sorted((OutboxItem(*r) for r in rows), key=lambda i: (i.created_at, i.session_id))
 
     async def _migrate(self) -> None:
         db = self.db
