@@ -22,7 +22,7 @@ from openai import AsyncOpenAI
 from tests.conftest import SLOW, SPEECH
 from tests.voice.server_events import validated
 from voxgate.config import VoiceSettings
-from voxgate.voice import VoiceProvider, load_pcm16
+from voxgate.voice import VoiceProvider, load_pcm16, responder
 from voxgate.voice.audio import resample_pcm16
 
 TIMEOUT_S = 20.0 * SLOW
@@ -328,6 +328,83 @@ async def test_barge_in_closes_parts(provider):
         item = check_closed(events, "turn_detected")
         await conn.send(type="conversation.item.retrieve", item_id=item["id"])
         assert (await conn.until("conversation.item.retrieved"))[-1]["item"] == item
+
+
+async def test_item_done_names_the_previous_item_of_item_added(provider):
+    """Four turns (text, a function call and its output, a spoken reply, an
+    audio commit): for every item, item.done's previous_item_id is item.added's,
+    and together they chain the items in the order they were added."""
+    async with session(provider, tools=[WEATHER], audio={"input": {"turn_detection": None}}) as conn:
+        await say(conn, "Hello there")
+        await conn.send(type="response.create")
+        await conn.until("response.done")
+        await say(conn, "What is the weather in Rome")
+        await conn.send(type="response.create")
+        call = (await conn.until("response.done"))[-1]["response"]["output"][0]
+        assert call["type"] == "function_call"
+        await conn.send(type="conversation.item.create", item={
+            "type": "function_call_output", "call_id": call["call_id"], "output": "rainy"})
+        await conn.until("conversation.item.done")
+        await conn.send(type="response.create", response={"output_modalities": ["text"]})
+        await conn.until("response.done")
+        await conn.send(type="input_audio_buffer.append", audio=base64.b64encode(bytes(9600)).decode())
+        await conn.send(type="input_audio_buffer.commit")
+        await conn.until("conversation.item.done")
+        await conn.send(type="response.create", response={"output_modalities": ["text"]})
+        await conn.until("response.done")
+
+    added = {e["item"]["id"]: e["previous_item_id"] for e in conn.seen if e["type"] == "conversation.item.added"}
+    done = {e["item"]["id"]: e["previous_item_id"] for e in conn.seen if e["type"] == "conversation.item.done"}
+    assert len(added) == 8  # 4 user or tool items, 4 response items
+    assert done == added
+    order = list(added)
+    assert [added[i] for i in order] == [None, *order[:-1]]
+
+
+async def test_truncate_while_streaming_ends_the_response_and_sticks(provider):
+    """A long spoken reply (the slowest speech, so it is still being
+    synthesised), truncated at 150 ms after its second audio delta, with no
+    response.cancel: the response ends cancelled with its parts closed,
+    nothing more is sent for the item, and the stored item keeps the
+    transcript of what had been sent up to 150 ms."""
+    async with session(provider, audio={"input": {"turn_detection": None}, "output": {"speed": 0.25}}) as conn:
+        await say(conn, LONG)
+        await conn.send(type="response.create")
+        events = await conn.until("response.output_audio.delta")
+        events += await conn.until("response.output_audio.delta")
+        item_id = the(events, "response.output_item.added")["item"]["id"]
+        first = the(events, "response.output_audio_transcript.delta")["delta"]
+        await conn.send(type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=150)
+        events += await conn.until("conversation.item.truncated")
+        truncated = events[-1]
+        assert (truncated["item_id"], truncated["content_index"], truncated["audio_end_ms"]) == (item_id, 0, 150)
+        t = types(events)
+        tail = ["response.output_audio.done", "response.output_audio_transcript.done",
+                "response.content_part.done", "response.output_item.done", "conversation.item.done",
+                "response.done", "conversation.item.truncated"]
+        assert [x for x in t if x in tail] == tail, t
+        response = the(events, "response.done")["response"]
+        assert response["status"] == "cancelled"
+        assert response["status_details"]["reason"] == "client_cancelled"
+        sent = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
+        assert response["output"][0]["status"] == "incomplete"
+        assert sent != responder.assistant_reply(LONG)  # the reply was cut short
+
+        await conn.send(type="conversation.item.retrieve", item_id=item_id)
+        later = await conn.until("conversation.item.retrieved")
+        got = later[-1]["item"]
+        assert got["status"] == "incomplete"
+        heard = got["content"][0]["transcript"]
+        # 150 ms of slow speech: at most a word or two of the first sentence (truncate_segments)
+        assert first.startswith(heard) and len(heard.split()) <= 2 and len(heard) < len(sent)
+        assert got["content"] == [{"type": "output_audio", "transcript": heard}]
+        assert not [e for e in later if e.get("item_id") == item_id or e.get("response_id") == response["id"]]
+
+        # the next response reads the truncated item: a new response may start at once
+        await conn.send(type="response.create", response={"output_modalities": ["text"]})
+        after = await conn.until("response.done")
+        assert after[-1]["response"]["status"] == "completed"
+        assert not [e for e in after if e.get("item_id") == item_id]
 
 
 # -- response.create options ------------------------------------------------------------

@@ -21,7 +21,14 @@ Event shapes follow the OpenAI Realtime GA reference
   :mod:`voxgate.voice.session` (transcript text plus audio) and stops the
   response between events, ending it ``incomplete``;
 - ``conversation.item.truncate`` keeps the transcript of the sentences heard
-  (:func:`voxgate.voice.items.truncate_segments`);
+  (:func:`voxgate.voice.items.truncate_segments`). Truncating the item of the
+  response in progress (what the Agents SDKs send alone on an interruption
+  when ``turn_detection.interrupt_response`` is true) first ends that
+  response as ``response.cancel`` does (open parts closed, item
+  ``incomplete``, ``response.done`` ``cancelled`` / ``client_cancelled``), then
+  answers ``conversation.item.truncated``: the reference says only that the
+  audio past ``audio_end_ms`` and its transcript are removed, so nothing
+  more may be generated for that item;
 - ``output_audio_buffer.clear`` is accepted on WebSockets (it cancels the
   response in progress and answers ``output_audio_buffer.cleared``);
 - echo mode: every ``input_audio_buffer.append`` is answered at once with a
@@ -106,6 +113,7 @@ class _Response:
     task: asyncio.Task[None] | None = None
     context: list[dict[str, Any]] = field(default_factory=list)  # items the reply is computed from
     item: dict[str, Any] | None = None  # the output item, once response.output_item.added is sent
+    previous_item_id: str | None = None  # the item before it, as conversation.item.added said
     part_open: bool = False  # response.content_part.added sent, .done not yet
     finished: bool = False  # response.done sent
     text: str = ""  # text or transcript sent
@@ -575,7 +583,10 @@ class RealtimeSession:
     async def _item_truncate(self, event: dict[str, Any]) -> None:
         """``conversation.item.truncate``: drop an assistant item's audio after
         ``audio_end_ms`` and its transcript beyond what was heard
-        (:func:`voxgate.voice.items.truncate_segments`)."""
+        (:func:`voxgate.voice.items.truncate_segments`). The item of the
+        response in progress ends that response first (cancelled, reason
+        ``client_cancelled``), so no audio or transcript follows the cut
+        (https://platform.openai.com/docs/api-reference/realtime-client-events/conversation/item/truncate)."""
         item_id, item = self._item(event)
         ci, end_ms = event.get("content_index", 0), event.get("audio_end_ms")
         content = item.get("content", [])
@@ -590,10 +601,12 @@ class RealtimeSession:
         if end_ms > item.get("_audio_ms", 0) + 1:
             raise MalformedEvent(f"Audio content of {item.get('_audio_ms', 0):.0f}ms is already shorter than "
                                  f"{end_ms}ms", code="invalid_value", param="audio_end_ms")
+        if self.response is not None and self.response.item is item:
+            await self._cancel_response("client_cancelled")
         item["_audio_ms"] = end_ms
         segments = item.get("_segments")
         if segments is not None:
-            content[ci]["transcript"] = truncate_segments(segments, end_ms)
+            item["content"][ci]["transcript"] = truncate_segments(segments, end_ms)  # _finish replaced content
             item["_segments"] = [s for s in segments if s[0] < end_ms]
         await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": ci,
                          "audio_end_ms": end_ms})
@@ -660,7 +673,7 @@ class RealtimeSession:
                            "output_index": 0, "content_index": 0, "part": part})
 
     async def _open_item(self, resp: _Response, item: dict[str, Any]) -> None:
-        previous = self._last_item_id()
+        previous = resp.previous_item_id = self._last_item_id()
         resp.item = item
         if resp.conversation:
             self.items[resp.item_id] = item
@@ -708,7 +721,8 @@ class RealtimeSession:
             await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
                              "item": public(item)})
             if resp.conversation:
-                await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": public(item)})
+                await self.send({"type": "conversation.item.done", "previous_item_id": resp.previous_item_id,
+                                 "item": public(item)})
         self.responses_done += 1
         await self.send({"type": "response.done", "response": resp.obj(
             status, self.config.output_format, self.config.voice, output, details)})
