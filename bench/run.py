@@ -22,6 +22,7 @@ GOALS = {
     "tokens": "≥ 3 000 mints/s",
     "admit": "≥ 2 000 admit + finalize/s",
     "voice": "TTS first audio ≤ 250 ms",
+    "workers": "--workers 2 carries more sessions and mints per second than --workers 1 on 2 cores",
 }
 
 
@@ -37,7 +38,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run")
-    p.add_argument("--only", default="ws,latency,tokens,admit,voice,webrtc")
+    p.add_argument("--only", default="ws,latency,tokens,admit,voice,webrtc,workers")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args(argv)
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     steps = [("ws", "bench.bench_ws_relay", "run"), ("latency", "bench.bench_latency", "run"),
              ("tokens", "bench.bench_tokens", "run_tokens"), ("admit", "bench.bench_tokens", "run_admit"),
-             ("voice", "bench.bench_voice", None), ("webrtc", "bench.bench_webrtc", "run")]
+             ("voice", "bench.bench_voice", None), ("webrtc", "bench.bench_webrtc", "run"),
+             ("workers", "bench.bench_workers", "run")]
     for name, module, func in steps:
         if name not in only:
             continue
@@ -156,6 +158,9 @@ def render(r: dict, total_s: float) -> str:
         s.append(table(["file", "audio s", "decode s", "real-time factor", "heard"],
                        [[x["file"], _f(x["audio_s"], "{:.1f}"), _f(x["decode_s"]), _f(x["rtf"]),
                          x["heard"]] for x in r["voice"]["stt"]]) + "\n")
+    if "workers" in r:
+        s.append(__import__("bench.bench_workers", fromlist=["x"]).render(
+            r["workers"], GOALS["workers"], table, _f))
     notes = Path(__file__).with_name("notes.md")
     if notes.exists():
         s.append(notes.read_text())
