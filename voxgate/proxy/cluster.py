@@ -35,15 +35,16 @@ from typing import Any
 
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from voxgate.errors import NotFound, PermissionDenied, ServiceUnavailable
 
-__all__ = ["Cluster", "RemoteSocket", "ROUTE_TIMEOUT_S"]
+__all__ = ["Cluster", "RemoteLink", "RemoteSocket", "ROUTE_TIMEOUT_S", "ROUTING_CONNECTIONS"]
 
 log = logging.getLogger("voxgate.cluster")
 
 ROUTE_TIMEOUT_S = 10.0  # a hang-up waits for the call's record; longer means a process is gone
+ROUTING_CONNECTIONS = 8  # Redis connections for routing: the subscription and the publishes
 _RECONNECT_S = 1.0
 
 
@@ -59,7 +60,9 @@ class Cluster:
 
     def __init__(self, url: str, instance_id: str, find_call: Callable[[str], Any], *,
                  prefix: str = "voxgate:") -> None:
-        self.redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=5.0)
+        self.redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=ROUTING_CONNECTIONS, timeout=5.0,
+            socket_connect_timeout=5.0))
         self.instance_id = instance_id
         self.find_call = find_call
         self.broadcast = f"{prefix}calls"
@@ -88,7 +91,7 @@ class Cluster:
                 task.cancel()
         await asyncio.gather(*[t for t in [self._listener, *self._tasks] if t is not None],
                              return_exceptions=True)
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     async def _listen(self) -> None:
         while True:
