@@ -103,3 +103,46 @@ async def test_redis_down_refuses_new_sessions_and_keeps_live_ones(
         assert "Traceback" not in served.stderr(), served.stderr()[-3000:]
     finally:
         served.stop()
+
+
+async def test_a_burst_beyond_the_pool_waits_for_a_connection(
+        make_server, http, redis_server):  # noqa: F811
+    """200 simultaneous mints through a pool of 2 Redis connections: every
+    one is answered 200 (they wait for a connection), none 500."""
+    server = await make_server(plan="roomy", admission_url=redis_server.url,
+                               redis_max_connections=2, redis_pool_timeout_s=30)
+    auth = {"Authorization": f"Bearer {server.key}"}
+
+    async def mint() -> int:
+        async with http.post(server.url + "/v1/realtime/client_secrets", headers=auth,
+                             json={}) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(mint() for _ in range(200)))
+    assert statuses.count(200) == 200, sorted(set(statuses))
+    assert server.gateway.admission.redis.connection_pool.max_connections == 2
+
+
+def test_dependency_errors_become_service_unavailable():
+    """The edge's translation (voxgate.errors.dependency_error) of real
+    exceptions of Redis, the database and aiortc; anything else is not one."""
+    import sqlite3
+
+    import aiortc.exceptions
+    import redis.exceptions
+
+    from voxgate.errors import ServiceUnavailable, dependency_error
+
+    for exc, names in ((redis.exceptions.ConnectionError("refused"), "Redis"),
+                       (redis.exceptions.TimeoutError("slow"), "Redis"),
+                       (redis.exceptions.MaxConnectionsError("pool"), "Redis"),
+                       (sqlite3.OperationalError("database is locked"), "the database"),
+                       (aiortc.exceptions.InternalError("sctp"), "WebRTC media"),
+                       (ConnectionRefusedError(111, "refused"), "a backing service")):
+        err = dependency_error(exc)
+        assert isinstance(err, ServiceUnavailable), exc
+        assert err.status == 503 and err.code == "service_unavailable" and not err.permanent
+        assert err.message.startswith(names) and "refused" not in err.message
+    for exc in (ValueError("x"), KeyError("k"), redis.exceptions.ResponseError("WRONGTYPE"),
+                sqlite3.IntegrityError("unique")):
+        assert dependency_error(exc) is None, exc

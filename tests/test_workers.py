@@ -121,10 +121,18 @@ async def test_call_control_through_another_process(
                 assert (await resp.json())["error"]["code"] == "not_found"
             assert time.monotonic() - started < 2 * SLOW  # every process said no: no timeout
 
-            # hung up through B: ended on A, recorded, readable through either
+            # hung up through B: ended on A (a sideband attached through B closes),
+            # recorded, readable through either
+            watcher = await http.ws_connect(b.ws_url + f"?call_id={call.call_id}", headers=auth)
             async with http.post(b.url + path + "/hangup", headers=auth) as resp:
                 assert resp.status == 200, await resp.text()
             await asyncio.wait_for(call.closed.wait(), 10 * SLOW)
+            async with asyncio.timeout(10 * SLOW):
+                while (msg := await watcher.receive()).type is aiohttp.WSMsgType.TEXT:
+                    pass
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert (msg.data, msg.extra) == (1000, "call ended: hangup"), msg
+            await watcher.close()
             for served in (a, b):
                 async with http.get(served.url + path, headers=auth) as resp:
                     body = await resp.json()

@@ -59,6 +59,7 @@ from voxgate.errors import (
     ServiceUnavailable,
     UpstreamError,
     VoxgateError,
+    dependency_error,
     error_event,
     new_event_id,
 )
@@ -132,7 +133,8 @@ async def create_call(request: web.Request) -> web.Response:
         InvalidSdp (400: not SDP, no audio m-line, no Opus), InvalidRequest
         (400: other content types, a bad ``session`` part, ``model_mismatch``
         / ``model_not_allowed``); RateLimited,
-        QuotaExceeded, ConcurrencyLimited (429).
+        QuotaExceeded, ConcurrencyLimited (429); ServiceUnavailable (503:
+        draining, Redis or the database down, media cannot be set up).
     """
     offer_ms = monotonic_ms()
     gw: Gateway = request.app[GATEWAY]
@@ -170,6 +172,9 @@ async def create_call(request: web.Request) -> web.Response:
         await call.abort(f"answer failed: {type(exc).__name__}: {exc}")
         if isinstance(exc, VoxgateError):
             raise
+        if (unavailable := dependency_error(exc)) is not None or isinstance(exc, OSError):
+            # aiortc could not set up media (no UDP port, an internal error): not the offer's fault
+            raise (unavailable or ServiceUnavailable("WebRTC media cannot be set up now")) from exc
         if isinstance(exc, Exception):
             raise InvalidSdp(f"cannot answer the SDP offer: {exc}", param="sdp") from exc
         raise
