@@ -319,9 +319,7 @@ class EventProcessor:
         """Subscriptions set to cancel at period end whose time has come:
         re-read from Stripe (or, if Stripe cannot be asked, taken as ended)
         and applied. Returns how many accounts were looked at."""
-        rows = await self.store.db.execute_fetchall(
-            "SELECT key, value FROM meta WHERE key LIKE ? AND value <> ''",
-            (CANCEL_AT_KEY + "%",))
+        rows = await self.bdb.meta_with_prefix(CANCEL_AT_KEY)
         n = 0
         for key, value in rows:
             sub_id, _, at = value.partition(" ")
