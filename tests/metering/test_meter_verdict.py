@@ -14,6 +14,7 @@ from voxgate.metering.meter import SessionMeter
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import Plan
 from voxgate.models.realtime import PCM24K, b64_decoded_len
+from voxgate.models.sessions import Measurements, SessionRecord
 
 
 def b64(nbytes: int) -> str:
@@ -109,6 +110,42 @@ def test_response_done_usage_is_summed():
             "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}})
     m = meter.measurements()
     assert (m.input_tokens, m.output_tokens, m.total_tokens, m.responses) == (20, 10, 30, 2)
+
+
+USAGE = {"input_tokens": 130, "output_tokens": 64, "total_tokens": 194,
+         "input_token_details": {"text_tokens": 40, "audio_tokens": 88, "image_tokens": 2, "cached_tokens": 60,
+                                 "cached_tokens_details": {"text_tokens": 20, "audio_tokens": 39, "image_tokens": 1}},
+         "output_token_details": {"text_tokens": 14, "audio_tokens": 50}}
+
+
+def test_usage_details_by_modality_are_classified_and_summed():
+    ev = classify(UPSTREAM, "response.done", 10, {"type": "response.done", "response": {
+        "status": "completed", "usage": USAGE}})
+    assert ev.usage == Usage(130, 64, 194, input_text_tokens=40, input_audio_tokens=88, input_image_tokens=2,
+                             cached_tokens=60, cached_text_tokens=20, cached_audio_tokens=39, cached_image_tokens=1,
+                             output_text_tokens=14, output_audio_tokens=50)
+    meter = connected_meter()
+    for _ in range(3):
+        up(meter, "response.done", 100, 1.0, {"response": {"status": "completed", "usage": USAGE}})
+    up(meter, "response.done", 100, 1.0, {"response": {"status": "cancelled", "usage": {  # no details: 0
+        "input_tokens": 5, "output_tokens": 1, "total_tokens": 6}}})
+    m = meter.measurements()
+    assert (m.input_tokens, m.output_tokens, m.total_tokens) == (395, 193, 588)
+    assert m.token_details() == {
+        "input_token_details": {"text_tokens": 120, "audio_tokens": 264, "image_tokens": 6, "cached_tokens": 180,
+                                "cached_tokens_details": {"text_tokens": 60, "audio_tokens": 117,
+                                                          "image_tokens": 3}},
+        "output_token_details": {"text_tokens": 42, "audio_tokens": 150}}
+    # stored as JSON and read back; a record stored before the details were kept reads them as 0
+    assert Measurements.from_dict(m.to_dict()) == m
+    old = {k: v for k, v in m.to_dict().items() if "_tokens" not in k or k in (
+        "input_tokens", "output_tokens", "total_tokens")}
+    back = Measurements.from_dict(old)
+    assert back.input_tokens == 395 and back.token_details()["output_token_details"] == {
+        "text_tokens": 0, "audio_tokens": 0}
+    details = SessionRecord("sess_1", "acct", "proj", "websocket", 0.0, measurements=m).to_api()
+    assert details["input_token_details"] == m.token_details()["input_token_details"]
+    assert details["output_token_details"] == {"text_tokens": 42, "audio_tokens": 150}
 
 
 def test_only_first_close_counts():

@@ -13,6 +13,7 @@ from tests.conftest import SPEECH
 from voxgate.errors import MalformedEvent
 from voxgate.voice import audio as A
 from voxgate.voice.faults import DEFAULT_DROP_MS, Faults, parse_faults
+from voxgate.voice.items import cached_tokens, input_blocks
 from voxgate.voice.responder import EMPTY_REPLY, GREETING, assistant_reply
 from voxgate.voice.session import SessionConfig, usage
 from voxgate.voice.tts import split_sentences
@@ -173,6 +174,27 @@ def test_usage_totals():
     u = usage(in_text=3, in_audio=10, out_text=4, out_audio=20)
     assert (u["input_tokens"], u["output_tokens"], u["total_tokens"]) == (13, 24, 37)
     assert u["input_token_details"]["audio_tokens"] == 10 and u["output_token_details"]["audio_tokens"] == 20
+
+
+def test_cached_tokens_are_the_unchanged_prefix_of_the_previous_input():
+    user = {"id": "item_u", "type": "message", "role": "user", "content": [{"type": "input_audio",
+                                                                          "transcript": "hi"}], "_audio_ms": 950}
+    reply = {"id": "item_a", "type": "message", "role": "assistant",
+             "content": [{"type": "output_audio", "transcript": "Hello there, friend."}]}
+    call = {"id": "item_c", "type": "function_call", "arguments": '{"city": "rome"}', "content": []}
+    first = input_blocks("Be brief.", [user], {})
+    assert [(b.text_tokens, b.audio_tokens) for b in first] == [(3, 0), (0, 10)]  # audio, not its transcript
+    second = input_blocks("Be brief.", [user, reply, call], {})
+    assert [(b.text_tokens, b.audio_tokens) for b in second[2:]] == [(5, 0), (4, 0)]
+    assert cached_tokens(first, second) == (3, 10)
+    truncated = input_blocks("Be brief.", [user, reply | {"content": [{"type": "output_audio",
+                                                                      "transcript": "Hello"}]}], {})
+    assert cached_tokens(second, truncated) == (3, 10)  # the truncated reply is a new piece
+    assert cached_tokens(second, input_blocks("Be long.", [user, reply], {})) == (0, 0)
+    u = usage(in_text=8, in_audio=10, out_text=2, cached_text=3, cached_audio=10)
+    assert u["input_token_details"]["cached_tokens"] == 13
+    assert u["input_token_details"]["cached_tokens_details"] == {"text_tokens": 3, "audio_tokens": 10,
+                                                                "image_tokens": 0}
 
 
 # -- responder, sentences --------------------------------------------------------

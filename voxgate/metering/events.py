@@ -13,7 +13,11 @@ Follows the OpenAI Realtime GA reference
   and its ``=`` padding, never by decoding;
 - ``session.created`` / ``session.updated``: the session object (the meter
   reads its audio formats);
-- ``response.done``: ``response.status`` and ``response.usage`` tokens;
+- ``response.done``: ``response.status`` and ``response.usage`` tokens,
+  with their details by modality (``input_token_details`` text, audio,
+  image and cached tokens with ``cached_tokens_details``;
+  ``output_token_details`` text and audio), as the GA model
+  ``openai.types.realtime.RealtimeResponseUsage`` has them;
 - ``error``: ``error.type``, ``code`` and ``message``.
 
 The event is parsed once, by the relay (it needs the type anyway); nothing
@@ -39,11 +43,33 @@ _SESSION_EVENTS = frozenset({"session.created", "session.updated"})
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """``response.usage`` of a ``response.done``, in tokens."""
+    """``response.usage`` of a ``response.done``, in tokens (0 for a field
+    the event lacks).
+
+    Attributes:
+        input_tokens / output_tokens / total_tokens: the usage totals.
+        input_text_tokens / input_audio_tokens / input_image_tokens:
+            ``input_token_details`` ``text_tokens`` / ``audio_tokens`` /
+            ``image_tokens``.
+        cached_tokens: ``input_token_details.cached_tokens`` (a subset of
+            the input tokens); cached_text_tokens / cached_audio_tokens /
+            cached_image_tokens: its ``cached_tokens_details``.
+        output_text_tokens / output_audio_tokens: ``output_token_details``
+            ``text_tokens`` / ``audio_tokens``.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    cached_tokens: int = 0
+    cached_text_tokens: int = 0
+    cached_audio_tokens: int = 0
+    cached_image_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +157,21 @@ def classify(direction: str, etype: str, nbytes: int,
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
-    return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
-                 _int(usage.get("total_tokens")))
+    inp = _dict(usage.get("input_token_details"))
+    cached = _dict(inp.get("cached_tokens_details"))
+    out = _dict(usage.get("output_token_details"))
+    return Usage(
+        input_tokens=_int(usage.get("input_tokens")), output_tokens=_int(usage.get("output_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+        input_text_tokens=_int(inp.get("text_tokens")), input_audio_tokens=_int(inp.get("audio_tokens")),
+        input_image_tokens=_int(inp.get("image_tokens")), cached_tokens=_int(inp.get("cached_tokens")),
+        cached_text_tokens=_int(cached.get("text_tokens")), cached_audio_tokens=_int(cached.get("audio_tokens")),
+        cached_image_tokens=_int(cached.get("image_tokens")),
+        output_text_tokens=_int(out.get("text_tokens")), output_audio_tokens=_int(out.get("audio_tokens")))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _int(value: Any) -> int:

@@ -15,6 +15,8 @@ What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/
   ``response.output_audio.delta`` (and beta ``response.audio.delta``) ``delta``
   payloads in the output format. Formats follow the upstream's
   ``session.created`` / ``session.updated`` (PCM16 24 kHz until told otherwise).
+- tokens: the sums of every upstream ``response.done`` ``usage``, totals and
+  details by modality (text, audio, image, cached).
 - provider errors: an upstream ``error`` event whose ``error.type`` is not
   ``invalid_request_error`` (those answer the client's own mistakes), an
   upstream connect failure, an abnormal upstream close.
@@ -22,9 +24,10 @@ What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
-from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent
+from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent, Usage
 from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
 from voxgate.models.sessions import Measurements
 
@@ -38,6 +41,8 @@ SHUTDOWN = "shutdown"
 NORMAL_CLOSE_CODES = frozenset({1000, 1001})
 # Error types that answer the client's own input, not a provider fault.
 CLIENT_ERROR_TYPES = frozenset({"invalid_request_error"})
+# The token counts of a response.done usage, each summed into the Measurements field of its name.
+USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 class SessionMeter:
@@ -141,9 +146,8 @@ class SessionMeter:
             if ev.response_status == "completed":
                 m.responses_completed += 1
             if ev.usage is not None:
-                m.input_tokens += ev.usage.input_tokens
-                m.output_tokens += ev.usage.output_tokens
-                m.total_tokens += ev.usage.total_tokens
+                for name in USAGE_FIELDS:  # Measurements has a field of each name
+                    setattr(m, name, getattr(m, name) + getattr(ev.usage, name))
 
     def client_rejected(self, nbytes: int) -> None:
         """voxgate answered a client message with an ``error`` event instead of

@@ -52,6 +52,13 @@ class Measurements:
             shutdown, limit); None while active.
         close_code / close_reason: the WebSocket close code and reason that ended it.
         input_tokens / output_tokens / total_tokens: sums over ``response.done`` usage.
+        input_text_tokens / input_audio_tokens / input_image_tokens,
+            cached_tokens (a subset of the input tokens) and
+            cached_text_tokens / cached_audio_tokens / cached_image_tokens,
+            output_text_tokens / output_audio_tokens: sums over
+            ``response.done`` ``usage.input_token_details`` (with its
+            ``cached_tokens_details``) and ``usage.output_token_details``,
+            by modality (0 in records measured before they were kept).
         responses: ``response.done`` count; responses_completed: those whose
             ``response.status`` is ``completed``.
         ice_*: WebRTC only (None over WebSocket).
@@ -76,6 +83,15 @@ class Measurements:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    cached_tokens: int = 0
+    cached_text_tokens: int = 0
+    cached_audio_tokens: int = 0
+    cached_image_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
     responses: int = 0
     responses_completed: int = 0
     # WebRTC / ICE (issue: WebRTC for browser voice clients)
@@ -93,6 +109,27 @@ class Measurements:
     def audio_exchanged_ms(self) -> float:
         """Audio in both directions, in ms (what "audio exchanged" counts)."""
         return self.audio_in_ms + self.audio_out_ms
+
+    def token_details(self) -> dict[str, Any]:
+        """The usage sums by modality in the shape of OpenAI's
+        ``response.usage`` details: ``{"input_token_details": {"text_tokens",
+        "audio_tokens", "image_tokens", "cached_tokens",
+        "cached_tokens_details": {"text_tokens", "audio_tokens",
+        "image_tokens"}}, "output_token_details": {"text_tokens",
+        "audio_tokens"}}`` (tokens)."""
+        return {
+            "input_token_details": {
+                "text_tokens": self.input_text_tokens,
+                "audio_tokens": self.input_audio_tokens,
+                "image_tokens": self.input_image_tokens,
+                "cached_tokens": self.cached_tokens,
+                "cached_tokens_details": {"text_tokens": self.cached_text_tokens,
+                                          "audio_tokens": self.cached_audio_tokens,
+                                          "image_tokens": self.cached_image_tokens},
+            },
+            "output_token_details": {"text_tokens": self.output_text_tokens,
+                                     "audio_tokens": self.output_audio_tokens},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +220,7 @@ class SessionRecord:
             "input_tokens": m.input_tokens,
             "output_tokens": m.output_tokens,
             "total_tokens": m.total_tokens,
+            **m.token_details(),
             "ice_pair_type": m.ice_pair_type,
             "ice_state": m.ice_state,
             "ice_connected_ms": m.ice_connected_ms,

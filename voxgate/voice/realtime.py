@@ -63,7 +63,10 @@ from voxgate.voice import audio as A
 from voxgate.voice import responder
 from voxgate.voice.faults import PROVIDER_RATE_LIMITS, Faults, parse_faults
 from voxgate.voice.items import (
+    InputBlock,
     ResponseParams,
+    cached_tokens,
+    input_blocks,
     item_text,
     parse_item,
     parse_response_params,
@@ -72,7 +75,6 @@ from voxgate.voice.items import (
 )
 from voxgate.voice.session import (
     SessionConfig,
-    input_audio_tokens,
     new_id,
     output_audio_tokens,
     text_tokens,
@@ -122,6 +124,8 @@ class _Response:
     audio_out_ms: float = 0.0
     in_text_tokens: int = 0
     in_audio_tokens: int = 0
+    cached_text_tokens: int = 0
+    cached_audio_tokens: int = 0
 
     @property
     def audio(self) -> bool:
@@ -154,7 +158,8 @@ class _Response:
             "audio": {"output": {"format": out_fmt.to_session(), "voice": voice}},
             "metadata": self.params.metadata,
             "usage": usage(in_text=self.in_text_tokens, in_audio=self.in_audio_tokens,
-                           out_text=out_text, out_audio=out_audio) if done else None,
+                           out_text=out_text, out_audio=out_audio, cached_text=self.cached_text_tokens,
+                           cached_audio=self.cached_audio_tokens) if done else None,
         }
 
 
@@ -185,6 +190,7 @@ class RealtimeSession:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.responses_done = 0
         self.last_response_id: str | None = None
+        self._last_input: list[InputBlock] = []  # what the previous response read, for cached tokens
         self._echo: _Response | None = None
         self._echo_prefix = ""
         self._echo_bytes = 0
@@ -863,22 +869,17 @@ class RealtimeSession:
                         part["transcript"] = transcript
 
     def _count_input(self, resp: _Response) -> None:
-        """Input tokens: every item of the response's context (text by
-        characters, audio by duration)."""
-        resp.in_text_tokens = text_tokens(resp.params.instructions)
-        for item in resp.context:
-            if item.get("type") == "function_call":
-                resp.in_text_tokens += text_tokens(item.get("arguments", ""))
-            elif item.get("type") == "function_call_output":
-                resp.in_text_tokens += text_tokens(item.get("output", ""))
-            for part in item.get("content", []):
-                if part.get("type") == "input_audio":
-                    continue
-                resp.in_text_tokens += text_tokens(part.get("text") or part.get("transcript") or "")
-            if item.get("role") == "user" and "_audio_ms" in item:
-                resp.in_audio_tokens += input_audio_tokens(item["_audio_ms"])
-        pcm_ms = sum(A.pcm16_ms(len(p), self.config.input_format.rate) for p in resp.params.input_pcm.values())
-        resp.in_audio_tokens += input_audio_tokens(pcm_ms) if pcm_ms else 0
+        """Input tokens: the instructions and every item of the response's
+        context (:func:`voxgate.voice.items.input_blocks`), and those cached
+        from the previous response's input
+        (:func:`voxgate.voice.items.cached_tokens`)."""
+        rate = self.config.input_format.rate
+        blocks = input_blocks(resp.params.instructions, resp.context,
+                              {item_id: A.pcm16_ms(len(pcm), rate) for item_id, pcm in resp.params.input_pcm.items()})
+        resp.in_text_tokens = sum(b.text_tokens for b in blocks)
+        resp.in_audio_tokens = sum(b.audio_tokens for b in blocks)
+        resp.cached_text_tokens, resp.cached_audio_tokens = cached_tokens(self._last_input, blocks)
+        self._last_input = blocks
 
     def _bind_context(self, resp: _Response) -> None:
         resp.context = list(self.items.values()) if resp.params.input is None else list(resp.params.input)

@@ -14,7 +14,10 @@ Token estimates (documented, not OpenAI's exact tokenizer):
 
 - text: 1 token per 4 characters, rounded up;
 - input (user) audio: 1 token per 100 ms;
-- output (assistant) audio: 1 token per 50 ms.
+- output (assistant) audio: 1 token per 50 ms;
+- cached input: the tokens of the longest prefix of the input (instructions,
+  then items in order) identical to the previous response's input
+  (:func:`voxgate.voice.items.cached_tokens`).
 """
 
 from __future__ import annotations
@@ -66,8 +69,11 @@ def output_audio_tokens(ms: float) -> int:
     return math.ceil(ms / 50)
 
 
-def usage(*, in_text: int = 0, in_audio: int = 0, out_text: int = 0, out_audio: int = 0) -> dict[str, Any]:
-    """A ``response.usage`` object from token counts."""
+def usage(*, in_text: int = 0, in_audio: int = 0, out_text: int = 0, out_audio: int = 0,
+          cached_text: int = 0, cached_audio: int = 0) -> dict[str, Any]:
+    """A ``response.usage`` object (``openai.types.realtime.RealtimeResponseUsage``)
+    from token counts; cached tokens are a subset of the input ones, and the
+    local provider takes no images (0 image tokens)."""
     inp, out = in_text + in_audio, out_text + out_audio
     return {
         "total_tokens": inp + out,
@@ -77,8 +83,8 @@ def usage(*, in_text: int = 0, in_audio: int = 0, out_text: int = 0, out_audio: 
             "text_tokens": in_text,
             "audio_tokens": in_audio,
             "image_tokens": 0,
-            "cached_tokens": 0,
-            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+            "cached_tokens": cached_text + cached_audio,
+            "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
         },
         "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
     }

@@ -258,6 +258,9 @@ def measurement_rows(record: SessionRecord) -> list[tuple[str, str]]:
         ("Events in / out", f"{m.events_in:,} / {m.events_out:,}"),
         ("Responses", f"{m.responses} ({m.responses_completed} completed)"),
         ("Tokens in / out", f"{m.input_tokens:,} / {m.output_tokens:,}"),
+        ("Tokens in: text / audio / image", f"{m.input_text_tokens:,} / {m.input_audio_tokens:,} / "
+                                            f"{m.input_image_tokens:,} ({m.cached_tokens:,} cached)"),
+        ("Tokens out: text / audio", f"{m.output_text_tokens:,} / {m.output_audio_tokens:,}"),
         ("Provider errors", str(m.provider_errors)),
         ("Client errors", str(m.client_errors)),
     ]
