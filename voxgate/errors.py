@@ -217,10 +217,11 @@ _DEPENDENCY_ERRORS: dict[str, tuple[tuple[str, str], ...]] = {
     "asyncpg": (("asyncpg.exceptions", "PostgresConnectionError"),
                 ("asyncpg.exceptions", "CannotConnectNowError"),
                 ("asyncpg.exceptions", "InterfaceError")),
+    "psycopg": (("psycopg", "OperationalError"), ("psycopg", "InterfaceError")),
     "aiortc": (("aiortc.exceptions", "InternalError"),),
 }
 _NAMES = {"redis": "Redis", "sqlalchemy": "the database", "asyncpg": "the database",
-          "aiortc": "WebRTC media"}
+          "psycopg": "the database", "aiortc": "WebRTC media"}
 
 
 def dependency_error(exc: BaseException) -> ServiceUnavailable | None:

@@ -49,3 +49,26 @@ async def test_two_servers_on_one_postgresql_database(make_server, pg_database):
     assert (await b.store.get_session(sid_a)).account_id == a.account_id
     usage = await a.store.list_usage(b.account_id)
     assert [u.sessions for u in usage] == [1]
+
+
+async def test_a_dropped_connection_is_replaced(tmp_path):
+    """The server ends the store's connection (as a restart would): the call
+    that finds it broken fails with OperationalError (a 503 at the edge),
+    the next one runs on a new connection."""
+    from tests.conftest import drop_store, open_store
+    from voxgate.errors import dependency_error
+
+    store = await open_store("postgresql", tmp_path)
+    try:
+        account = await store.create_account("ada@example.com", "starter")
+        [(pid,)] = await store.db.execute_fetchall("SELECT pg_backend_pid()")
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError) as failed:
+            await store.get_account(account.id)
+        assert dependency_error(failed.value).status == 503
+        assert (await store.get_account(account.id)).email == "ada@example.com"
+        [(new_pid,)] = await store.db.execute_fetchall("SELECT pg_backend_pid()")
+        assert new_pid != pid
+    finally:
+        await drop_store(store)

@@ -130,14 +130,27 @@ def _run_many(conn: _Connection, sql: str, seq: Iterable[Sequence[Any]]) -> _Res
 class AsyncConnection:
     """aiosqlite's ``Connection`` API (``execute``, ``execute_fetchall``,
     ``executemany``, ``_execute``, ``_conn``, ``close``) over one psycopg
-    connection driven from one thread."""
+    connection driven from one thread.
 
-    def __init__(self, conn: psycopg.Connection, executor: ThreadPoolExecutor) -> None:
-        self._conn = _Connection(conn)
+    A connection the server dropped (restart, failover) fails the call that
+    finds it broken (``psycopg.OperationalError``, answered 503) and is
+    replaced by a new one (``connect()``) at the next call."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection],
+                 executor: ThreadPoolExecutor) -> None:
+        self._connect = connect
+        self._conn = _Connection(connect())
         self._executor = executor
 
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        conn = self._conn.conn
+        if conn.closed or conn.broken:
+            self._conn.conn = self._connect()
+        return fn(*args)
+
     async def _execute(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, *args)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
         result: _Result = await self._execute(_run, self._conn, sql, params)
@@ -152,7 +165,8 @@ class AsyncConnection:
 
     async def close(self) -> None:
         try:
-            await self._execute(self._conn.conn.close)
+            conn = self._conn.conn
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         finally:
             self._executor.shutdown(wait=False)
 
@@ -185,11 +199,10 @@ class PostgresStore(SQLiteStore):
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-pg")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(executor, self._connect)
+            db = await loop.run_in_executor(executor, AsyncConnection, self._connect, executor)
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        db = AsyncConnection(conn, executor)
         try:
             self._db = db  # type: ignore[assignment]  # aiosqlite's API, on psycopg
             await self._migrate()
