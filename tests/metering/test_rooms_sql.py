@@ -156,3 +156,38 @@ async def test_job_runs_claimed_once(any_store):
         1, "ok", None, T0 + 60)
     assert not await runs.claim("sweep", "p9", T0 + 59, T0 + 600)
     assert await runs.claim("sweep", "p9", T0 + 60, T0 + 600)
+
+
+async def test_two_schedulers_run_a_job_once_per_interval(any_store):
+    """Two processes' schedulers on one database: each due run goes to one."""
+    from tests.conftest import same_database
+    from voxgate.config import load_settings
+    from voxgate.jobs import Job, JobContext, Scheduler
+    from voxgate.models import load_catalog
+
+    other = same_database(any_store)
+    await other.open()
+    try:
+        ran: list[str] = []
+        now = [T0]
+
+        async def count(ctx: JobContext) -> str:
+            ran.append(ctx.store.instance_id or "?")
+            return "counted"
+
+        job = Job("count", 60.0, count)
+        settings = load_settings(None)
+        schedulers = [
+            Scheduler(JobContext(store, settings, lambda: now[0], None, load_catalog()),
+                      [job], owner=f"p{i}")
+            for i, store in enumerate((any_store, other, any_store, other))]
+        for store, name in ((any_store, "a"), (other, "b")):
+            store.instance_id = name
+        for _ in range(3):
+            results = await asyncio.gather(*(s.tick() for s in schedulers))
+            assert sum(len(r) for r in results) == 1  # one of the four ran it
+            assert await asyncio.gather(*(s.tick() for s in schedulers)) == [{}] * 4
+            now[0] += 60
+        assert len(ran) == 3
+    finally:
+        await other.close()
