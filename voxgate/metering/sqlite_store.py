@@ -6,8 +6,9 @@ durable across a process crash; the last commits may be lost on power loss),
 
 Schema: versioned migrations, ``migrations/NNNN_name.sql``, applied in
 version order at ``open()``, each in its own transaction, and recorded in
-``schema_migrations``. Other modules (billing, web) add their own migration
-files to the same directory and their own queries on ``store.db`` inside
+``schema_migrations`` (``migrations/postgresql/`` holds PostgreSQL's, with
+the same versions). The queries of billing, the dashboard and the jobs are
+in ``voxgate.metering.rooms``, on ``store.db`` inside
 ``async with store.transaction():``.
 
 Transactions: the connection is opened in autocommit mode

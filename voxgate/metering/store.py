@@ -1,8 +1,9 @@
 """The store interface: accounts, projects, keys, sessions and monthly usage.
 
-``SQLiteStore`` (``voxgate.metering.sqlite_store``) implements it; a
-PostgreSQL implementation can follow behind the same interface. All times are
-Unix seconds; periods are ``"YYYY-MM"`` in UTC.
+``SQLiteStore`` (``voxgate.metering.sqlite_store``) implements it on SQLite,
+``PostgresStore`` (``voxgate.metering.pg_store``) on PostgreSQL; the other
+rooms' queries are in ``voxgate.metering.rooms``. All times are Unix
+seconds; periods are ``"YYYY-MM"`` in UTC.
 """
 
 from __future__ import annotations
