@@ -118,13 +118,41 @@ async def _drain_and_close(served, key: str) -> None:
     assert rtc_record.measurements.ice_connected_ms is not None
 
 
-async def test_sigterm_without_sessions_exits_at_once(env, tmp_path):
+async def test_a_second_sigterm_closes_live_sessions_at_once(tmp_path, voice_url, catalog_path):
+    env = settings_env(tmp_path / "data", voice_url, catalog_path, drain_timeout_s="60")
+    _, _, key = await new_key(env, "roomy")
+    served = serve(env, tmp_path / "serve.log")
+    sdk = AsyncOpenAI(api_key=key, base_url=served.url + "/v1", max_retries=0)
+    try:
+        async with sdk.realtime.connect(model="gpt-realtime") as conn:
+            session_id = conn._connection.response.headers[SESSION_ID_HEADER]
+            assert (await conn.recv()).type == "session.created"
+            served.terminate()
+            await asyncio.sleep(0.5)  # draining, for up to 60 s
+            started = time.monotonic()
+            served.terminate()
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                async with asyncio.timeout(10 * SLOW):
+                    while True:
+                        await conn.recv()
+            assert time.monotonic() - started < 5 * SLOW
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert await asyncio.to_thread(served.wait, 30) == 0, served.stderr()[-3000:]
+        (record,) = await records(env, session_id)
+        assert (record.measurements.close_code, record.measurements.close_reason) == (
+            1001, "shutdown")
+    finally:
+        served.stop()
+
+
+async def test_sigterm_without_sessions_exits_at_once(tmp_path, voice_url, catalog_path):
+    env = settings_env(tmp_path / "data", voice_url, catalog_path, drain_timeout_s="60")
     served = serve(env, tmp_path / "serve.log")
     try:
         started = time.monotonic()
         served.terminate()
-        assert await asyncio.to_thread(served.wait, 20) == 0, served.stderr()[-3000:]
-        assert time.monotonic() - started < DRAIN_S  # nothing to wait for
+        assert await asyncio.to_thread(served.wait, 40) == 0, served.stderr()[-3000:]
+        assert time.monotonic() - started < 30  # nothing to wait for: not the 60 s drain
     finally:
         served.stop()
 

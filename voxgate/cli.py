@@ -113,13 +113,15 @@ def _serve(args: argparse.Namespace) -> int:
 async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
     """Serve ``app`` on ``listener`` until SIGTERM or SIGINT, then stop
     gracefully: ``voxgate.proxy.app.drain`` (readiness fails, new sessions
-    503, live ones get ``drain_timeout_s``, then close 1001), then the app's
-    clean-up. Returns normally (exit status 0)."""
+    503, live ones get ``drain_timeout_s``, then close 1001; a second signal
+    closes them at once), then the app's clean-up. Returns normally (exit
+    status 0)."""
     import signal
 
     from aiohttp import web
 
     from voxgate.proxy.app import drain
+    from voxgate.proxy.keys import GATEWAY
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,6 +135,8 @@ async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
         print(f"voxgate listening on {url}", flush=True)
         await stop.wait()
         logging.getLogger("voxgate").info("stopping: draining live sessions")
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second one: close them now
+            loop.add_signal_handler(sig, app[GATEWAY].end_drain)
         await drain(app)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

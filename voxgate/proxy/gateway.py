@@ -115,6 +115,7 @@ class Gateway:
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
         self.draining = False  # set by drain(): no new sessions, /readyz fails
+        self._drain_until = 0.0  # monotonic s: drain() waits for live sessions until then
         self._lease_retries: set[asyncio.Task] = set()  # completions waiting for Redis
         # (account, period) pairs with a completion since the last reconcile
         self._completed: set[tuple[str, str]] = set()
@@ -375,14 +376,21 @@ class Gateway:
     async def drain(self, timeout_s: float) -> None:
         """Stop admitting new sessions (``ServiceUnavailable``, ``/readyz``
         503), wait up to ``timeout_s`` (s) for the live ones to end, then
-        ``stop`` the rest."""
+        ``stop`` the rest (at once after ``end_drain``)."""
         self.draining = True
-        deadline = time.monotonic() + timeout_s
+        self._drain_until = time.monotonic() + timeout_s
         if self.active:
             log.info("draining: %d live session(s), up to %.0f s", len(self.active), timeout_s)
-        while self.active and time.monotonic() < deadline:
-            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        while self.active and time.monotonic() < self._drain_until:
+            await asyncio.sleep(min(0.1, max(0.0, self._drain_until - time.monotonic())))
         await self.stop()
+
+    def end_drain(self) -> None:
+        """Stop waiting for live sessions (a second SIGTERM or Ctrl-C): the
+        drain closes them now."""
+        if self.active:
+            log.info("drain cut short: closing %d live session(s) now", len(self.active))
+        self._drain_until = 0.0
 
     async def stop(self) -> None:
         """End every active session (an ``error`` event, then close 1001

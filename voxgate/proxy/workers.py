@@ -10,7 +10,8 @@ the worker holding a call through ``voxgate.proxy.cluster``.
 
 Signals: SIGTERM or SIGINT to the parent is forwarded (SIGTERM) to every
 worker; each drains (``drain_timeout_s``) and exits; the parent exits 0 when
-all exited 0. A worker that dies on its own (a crash, kill -9) is restarted
+all exited 0. A second signal is forwarded too: the workers then close their
+live sessions at once. A worker that dies on its own (a crash, kill -9) is restarted
 after ``RESTART_DELAY_S``, with the same instance id when ``instance_id`` is
 set (``<instance_id>-w<i>``), so its successor frees the dead run's leases
 at once; one that fails before it ever listened stops the whole group
@@ -93,6 +94,8 @@ async def supervise(workers: int, child_args: list[str], url: str, instance_id: 
         stopping.set()
         for worker in group:
             _signal(worker, signal.SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # again: the workers close their sessions now
+            loop.add_signal_handler(sig, lambda: [_signal(w, signal.SIGTERM) for w in group])
         statuses = await asyncio.gather(*runners)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -126,7 +129,9 @@ async def _run(worker: _Worker, child_args: list[str], instance_id: str, ready: 
     while True:
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "voxgate", "serve", *child_args, "--reuse-port",
-            stdout=asyncio.subprocess.PIPE, env=env)
+            # its own session: a terminal's Ctrl-C reaches the parent only, which
+            # forwards one SIGTERM (a second signal cuts a worker's drain short)
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True)
         if stopping.is_set():
             _signal(worker, signal.SIGTERM)
         await _relay_output(worker, ready)
