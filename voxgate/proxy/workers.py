@@ -92,10 +92,9 @@ async def supervise(workers: int, child_args: list[str], url: str, instance_id: 
         await _first(stopping, failed)
     finally:
         stopping.set()
-        for worker in group:
-            _signal(worker, signal.SIGTERM)
+        _signal_all(group, signal.SIGTERM)
         for sig in (signal.SIGTERM, signal.SIGINT):  # again: the workers close their sessions now
-            loop.add_signal_handler(sig, lambda: [_signal(w, signal.SIGTERM) for w in group])
+            loop.add_signal_handler(sig, _signal_all, group, signal.SIGTERM)
         statuses = await asyncio.gather(*runners)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -109,6 +108,11 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+def _signal_all(group: list[_Worker], sig: int) -> None:
+    for worker in group:
+        _signal(worker, sig)
 
 
 def _signal(worker: _Worker, sig: int) -> None:
