@@ -241,6 +241,37 @@ async def test_in_process_admission_leases():
     assert await adm.in_flight("acct") == 1 and b.session_id == "s6"
 
 
+async def test_in_process_churn_admits_exactly_the_quota():
+    """40 tasks cycling sessions that end billable against 30 left (10 of 40
+    used, read from a slow store while the first sessions already finish):
+    exactly 30 admitted."""
+    import asyncio
+
+    adm = InProcessAdmission()
+    plan = Plan(id="cap", name="Cap", sessions_included=40)
+    admitted = 0
+
+    async def slow_store() -> int:
+        await asyncio.sleep(0.01)
+        return 10
+
+    async def client(n: int) -> None:
+        nonlocal admitted
+        for i in range(5):
+            try:
+                lease = await adm.acquire("acct", f"s{n}-{i}", plan, "2026-01", slow_store,
+                                          now=0.0)
+            except QuotaExceeded:
+                continue
+            admitted += 1
+            await asyncio.sleep(0.001 * (n % 3))
+            await adm.complete(lease, billable=True)
+
+    await asyncio.gather(*(client(n) for n in range(40)))
+    assert admitted == 30
+    assert (await adm.usage("acct", "2026-01", slow_store, 0.0)).billable_used == 40
+
+
 async def test_rate_limit_raises_with_retry_after():
     adm = InProcessAdmission()
     plan = Plan(id="p", name="P", requests_per_minute=2)
