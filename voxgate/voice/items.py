@@ -278,15 +278,22 @@ def input_blocks(instructions: str, context: list[dict[str, Any]],
     audio is not counted again)."""
     blocks = [InputBlock("instructions\0" + instructions, text_tokens(instructions), 0)]
     for item in context:
-        words = [item.get("arguments", "") if item.get("type") == "function_call" else
-                 item.get("output", "") if item.get("type") == "function_call_output" else ""]
-        words += [part.get("text") or part.get("transcript") or "" for part in item.get("content", [])
-                  if part.get("type") != "input_audio"]
+        words = _counted_text(item)
         ms = item.get("_audio_ms", 0.0) if item.get("role") == "user" else 0.0
         ms += audio_ms.get(item.get("id", ""), 0.0)
         blocks.append(InputBlock(f"{item.get('id')}\0{ms}\0" + "\0".join(words),
                                  sum(text_tokens(w) for w in words), input_audio_tokens(ms) if ms else 0))
     return blocks
+
+
+def _counted_text(item: dict[str, Any]) -> list[str]:
+    """The texts of an item that count as input text tokens."""
+    if item.get("type") == "function_call":
+        return [item.get("arguments", "")]
+    if item.get("type") == "function_call_output":
+        return [item.get("output", "")]
+    return [part.get("text") or part.get("transcript") or "" for part in item.get("content", [])
+            if part.get("type") != "input_audio"]
 
 
 def cached_tokens(previous: list[InputBlock], current: list[InputBlock]) -> tuple[int, int]:
