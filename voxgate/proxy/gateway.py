@@ -311,6 +311,11 @@ class Gateway:
             self.instance_id, socket.gethostname(), os.getpid(), time.time(),
             Verdict(False, Reason.INTERRUPTED, "voxgate stopped while the session was active"))
         await release_orphans(self.admission, orphans)
+        try:  # leases of a previous run with no session row yet (died while admitting)
+            await self.admission.release_instance(self.instance_id)
+        except Exception as exc:  # noqa: BLE001 - they expire after lease_ttl_s anyway
+            log.warning("freeing instance %s's old leases: %s: %s", self.instance_id,
+                        type(exc).__name__, exc)
         if orphans:
             log.warning("completed %d session(s) left active by a previous run of instance %s",
                         len(orphans), self.instance_id)
