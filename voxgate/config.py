@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from voxgate.errors import ConfigError
@@ -226,10 +226,11 @@ class Settings(BaseSettings):
     # host:pid:random (a new identity each start); set a stable id (e.g. the
     # container or unit name) so that a restart frees its previous run's leases at once.
     instance_id: str = ""
-    heartbeat_interval_s: float = 10.0  # how often this process refreshes its heartbeat
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)  # how often this process beats
     # An instance whose heartbeat is older than this is dead: its sessions are
-    # completed interrupted and their leases freed by a live one (instance_sweep job).
-    heartbeat_ttl_s: float = 30.0
+    # completed interrupted and their leases freed by a live one (instance_sweep
+    # job). More than two intervals, so one late beat does not kill live sessions.
+    heartbeat_ttl_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
     # Development mode: customer webhook URLs may be http and may point at
     # loopback or private addresses. Never in production.
@@ -261,6 +262,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the TOML file, which is passed as init kwargs.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_beats(self) -> Settings:
+        if self.heartbeat_ttl_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError(f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must be more than twice "
+                             f"heartbeat_interval_s ({self.heartbeat_interval_s})")
+        return self
 
     @property
     def demo_enabled(self) -> bool:

@@ -182,3 +182,11 @@ async def test_settlement_claims_go_to_one_claimer_and_expire(stores):
     # the claimers die: after the lease every item is due again
     again = await b.claim_outbox(now + 300, now + 600)
     assert sorted(i.session_id for i in again) == sorted(ids)
+
+
+def test_heartbeat_ttl_must_outlive_two_beats():
+    from voxgate.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="more than twice heartbeat_interval_s"):
+        load_settings(None, heartbeat_ttl_s=20, heartbeat_interval_s=10)
+    assert load_settings(None, heartbeat_ttl_s=2, heartbeat_interval_s=0.5).heartbeat_ttl_s == 2

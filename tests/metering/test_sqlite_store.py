@@ -164,6 +164,14 @@ async def test_pragmas(tmp_path: Path):
         assert (await store.db.execute_fetchall("PRAGMA synchronous"))[0][0] == 1  # NORMAL
 
 
+async def test_ping(store):
+    await store.ping()
+    await store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.ping()
+    await store.open()
+
+
 async def test_transaction_rolls_back_on_error(store: SQLiteStore):
     with pytest.raises(RuntimeError):
         async with store.transaction() as db:

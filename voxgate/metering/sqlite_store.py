@@ -440,6 +440,12 @@ class SQLiteStore:
                     (migration.version, migration.name, time.time()),
                 )
 
+    async def ping(self) -> None:
+        """One trivial query (readiness checks): raises what the database
+        raises when it cannot answer (``sqlite3.OperationalError``,
+        ``psycopg.OperationalError``)."""
+        await self.db.execute_fetchall("SELECT 1")
+
     async def applied_migrations(self) -> list[tuple[int, str]]:
         """(version, name) of every applied migration, in order."""
         rows = await self.db.execute_fetchall(

@@ -132,6 +132,10 @@ class Store(Protocol):
         """Connect and apply pending migrations."""
 
     async def close(self) -> None: ...
+    async def ping(self) -> None:
+        """One trivial query; raises the database's error when it cannot answer
+        (for readiness checks)."""
+
 
     # accounts, projects, keys
     async def create_account(self, email: str, plan_id: str, *, name: str = "") -> Account: ...
