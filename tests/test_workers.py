@@ -7,6 +7,8 @@ is inspected, sideband-attached and hung up through the other
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,24 @@ def test_workers_without_shared_admission_are_refused(tmp_path, voice_url, catal
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "admission_url" in lines[0] and "redis://" in lines[0], lines
     assert not (tmp_path / "data").exists()  # nothing created
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port``
+    (its fds' socket inodes against /proc/net/tcp's LISTEN rows)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = row.split()
+        if int(cols[1].split(":")[1], 16) == port and cols[3] == "0A" and cols[9] in inodes:
+            return True
+    return False
 
 
 async def _call(http: aiohttp.ClientSession, url: str, key: str) -> Client:
@@ -61,8 +81,24 @@ async def test_two_workers_on_one_port_serve_and_stop_cleanly(
                                     headers={"Authorization": f"Bearer {key}"}) as resp:
                     assert (await resp.json())["status"] == "completed"
                 await call.close()
+        # a worker killed -9 is restarted; the group still serves and stops cleanly
+        os.kill(int(workers[0]), signal.SIGKILL)
+        for _ in range(int(600 * SLOW)):
+            now = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if len(now) == 2 and workers[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+        assert len(now) == 2 and workers[0] not in now, (workers, now)
+        assert "restarting it" in served.stderr()
+        (new,) = set(now) - set(workers)
+        port = int(served.url.rsplit(":", 1)[1])
+        for _ in range(int(600 * SLOW)):  # the replacement listens on the shared port
+            if _listens(int(new), port):
+                break
+            await asyncio.sleep(0.1)
+        assert _listens(int(new), port)
         served.terminate()
-        assert await asyncio.to_thread(served.wait, 60) == 0, served.stderr()[-3000:]
+        assert await asyncio.to_thread(served.wait, 90) == 0, served.stderr()[-3000:]
         for record in await records(env, *[c.session_id for c in calls]):
             assert record.status == "completed"
             assert (record.measurements.closed_by, record.measurements.close_reason) == (

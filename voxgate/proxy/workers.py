@@ -10,8 +10,9 @@ the worker holding a call through ``voxgate.proxy.cluster``.
 
 Signals: SIGTERM or SIGINT to the parent is forwarded (SIGTERM) to every
 worker; each drains (``drain_timeout_s``) and exits; the parent exits 0 when
-all exited 0. A second signal is forwarded too: the workers then close their
-live sessions at once. A worker that dies on its own (a crash, kill -9) is restarted
+the workers it was running exited 0 (one still starting, stopped by the
+SIGTERM before it listened, counts as clean). A second signal is forwarded
+too: the workers then close their live sessions at once. A worker that dies on its own (a crash, kill -9) is restarted
 after ``RESTART_DELAY_S``, with the same instance id when ``instance_id`` is
 set (``<instance_id>-w<i>``), so its successor frees the dead run's leases
 at once; one that fails before it ever listened stops the whole group
@@ -64,7 +65,8 @@ def workers_refusal(workers: int, admission_url: str, port: int) -> str | None:
 class _Worker:
     index: int
     proc: asyncio.subprocess.Process | None = None
-    listened: bool = False
+    listened: bool = False  # ever (a worker that never listens stops the group)
+    listening: bool = False  # its current process
 
 
 async def supervise(workers: int, child_args: list[str], url: str, instance_id: str) -> int:
@@ -136,12 +138,14 @@ async def _run(worker: _Worker, child_args: list[str], instance_id: str, ready: 
             # its own session: a terminal's Ctrl-C reaches the parent only, which
             # forwards one SIGTERM (a second signal cuts a worker's drain short)
             stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+        worker.listening = False
         if stopping.is_set():
             _signal(worker, signal.SIGTERM)
         await _relay_output(worker, ready)
         status = await worker.proc.wait()
         if stopping.is_set():
-            return status
+            # stopped while it was still starting (no session yet): a clean stop too
+            return 0 if status == -signal.SIGTERM and not worker.listening else status
         if not worker.listened:
             print(f"voxgate: worker {worker.index} exited with status {status} before it "
                   f"listened; stopping", file=sys.stderr, flush=True)
@@ -151,7 +155,7 @@ async def _run(worker: _Worker, child_args: list[str], instance_id: str, ready: 
               f"{status}; restarting it in {RESTART_DELAY_S:g} s", file=sys.stderr, flush=True)
         try:
             await asyncio.wait_for(stopping.wait(), RESTART_DELAY_S)
-            return status
+            return 0  # stopped before its replacement started: nothing left to stop
         except TimeoutError:
             pass
 
@@ -163,7 +167,7 @@ async def _relay_output(worker: _Worker, ready: asyncio.Event) -> None:
     async for raw in worker.proc.stdout:
         line = raw.decode(errors="replace")
         if line.startswith(READY_LINE):
-            worker.listened = True
+            worker.listened = worker.listening = True
             ready.set()
             continue
         sys.stdout.write(line)
