@@ -43,6 +43,7 @@ from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
 from voxgate.proxy import rtp_audio
+from voxgate.proxy.media import FRAME_GRID
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
@@ -55,7 +56,10 @@ _SESSION = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 
 class ClipTrack(MediaStreamTrack):
     """``ms`` of the clip (its Opus frames, looped) in real-time 20 ms
-    packets, then the track ends."""
+    packets, then the track ends. Frames fall due on the process's 20 ms
+    frame grid (``voxgate.proxy.media.FrameGrid``), so the sessions of a
+    load test wake together; ``late`` counts frames sent more than 20 ms
+    after they were due."""
 
     kind = "audio"
 
@@ -64,20 +68,21 @@ class ClipTrack(MediaStreamTrack):
         self.opus = opus
         self.frames = ms // 20
         self.index = 0
-        self.start: float | None = None
+        self.tick0: int | None = None  # the grid tick of frame 0
         self.late = 0
         self.finished = asyncio.Event()
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self.start is None:
-            self.start = time.monotonic()
+        if self.tick0 is None:
+            self.tick0 = FRAME_GRID.tick_at(time.monotonic())
         if self.index >= self.frames:
             self.finished.set()
             self.stop()
             raise MediaStreamError
-        delay = self.start + self.index * 0.02 - time.monotonic()
+        due = self.tick0 + self.index
+        delay = due * 0.02 - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await FRAME_GRID.wait(due)
         elif delay < -0.02:
             self.late += 1
         packet = av.Packet(self.opus[self.index % len(self.opus)])

@@ -31,7 +31,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voxgate.proxy.rtp_audio import OpusVoiceEncoder
 
-__all__ = ["pcm16_frame", "InboundAudio", "OutputAudioTrack", "PROVIDER_RATE", "RTP_RATE", "FRAME_MS"]
+__all__ = ["pcm16_frame", "InboundAudio", "OutputAudioTrack", "FrameGrid", "FRAME_GRID",
+           "PROVIDER_RATE", "RTP_RATE", "FRAME_MS"]
 
 PROVIDER_RATE = 24000  # Hz, Realtime audio/pcm
 RTP_RATE = 48000  # Hz, Opus clock rate (RFC 7587 §4.1)
@@ -184,7 +185,7 @@ class OutputAudioTrack(MediaStreamTrack):
     def __init__(self, on_event: AudioEvent | None = None, grid: FrameGrid | None = None) -> None:
         super().__init__()
         self._on_event = on_event or (lambda etype, rid: None)
-        self._grid = grid or _GRID
+        self._grid = grid or FRAME_GRID
         self._clock = self._grid.clock
         self._encoder = OpusVoiceEncoder(FRAME_MS)
         self._buf = bytearray()
@@ -261,4 +262,5 @@ class OutputAudioTrack(MediaStreamTrack):
         return self._encoder.silence(index)
 
 
-_GRID = FrameGrid()
+FRAME_GRID = FrameGrid()
+"""The process's frame grid."""
