@@ -64,7 +64,7 @@ from voxgate.errors import (
     new_event_id,
 )
 from voxgate.metering.events import classify
-from voxgate.metering.meter import CLIENT, SERVER, UPSTREAM
+from voxgate.metering.meter import CLIENT, SERVER, SHUTDOWN, UPSTREAM
 from voxgate.proxy import rtc_ice, rtp_audio, tokens
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import (
@@ -300,7 +300,7 @@ async def _read_multipart(request: web.Request) -> tuple[str, dict[str, Any]]:
 
 async def _close_calls(app: web.Application) -> None:
     calls: dict[str, Call] = app[CALLS]
-    await asyncio.gather(*(c.hangup(SERVER, 1001, "voxgate is shutting down")
+    await asyncio.gather(*(c.hangup(SERVER, 1001, SHUTDOWN)
                            for c in list(calls.values())), return_exceptions=True)
 
 
