@@ -15,6 +15,7 @@ processes and share the same 2 cores.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import tempfile
 import time
@@ -135,6 +136,8 @@ def _mints(served: Served, label: str) -> dict:
 
 def run() -> dict:
     sessions, mints = [], []
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()[0]
     with echo_provider() as echo:
         upstream = f"ws://127.0.0.1:{echo.port}/v1/realtime"
         single = Served(1, upstream, "")
@@ -150,7 +153,8 @@ def run() -> dict:
                     sessions.append(_sessions(served, level))
             finally:
                 served.stop()
-    return {"sessions": sessions, "mints": mints}
+    return {"sessions": sessions, "mints": mints, "measured": started,
+            "load_avg": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
 def render(r: dict, goal: str, table, f) -> str:
@@ -158,7 +162,10 @@ def render(r: dict, goal: str, table, f) -> str:
     are bench.run's table and number formatters)."""
     s = ["## Workers: `voxgate serve --workers 1` vs `--workers 2`\n\n"
          + (__doc__ or "").split("\n\n", 1)[1].replace("\n", " ").strip() + "\n\n"
-         f"Goal: {goal}.\n"]
+         f"Goal: {goal}.\n\n"
+         f"_Measured {r.get('measured', '?')}; 1-minute load average "
+         f"{' → '.join(str(x) for x in r.get('load_avg', []))} (before → after), other work "
+         "on the same cores included._\n"]
     s.append(table(
         ["workers", "sessions ok", "session-s", "CPU ms / session-s", "sessions / core",
          "CPU s by process", "echo RTT p50 / p99 ms", "audit"],
