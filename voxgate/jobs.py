@@ -394,7 +394,7 @@ def setup(app: web.Application) -> None:
     starts with the app when ``jobs.enabled``, after the store is open, and
     stops before the store closes. The mailer is billing's notifier when
     billing is plugged in."""
-    from voxgate.proxy.app import GATEWAY, SETTINGS
+    from voxgate.proxy.keys import GATEWAY, SETTINGS
 
     settings = app[SETTINGS]
     gateway = app[GATEWAY]

@@ -456,7 +456,7 @@ async def _billing_ctx(app: web.Application):
 
 def setup(app: web.Application) -> None:
     """Plug billing into the app (called by ``voxgate.proxy.app.create_app``)."""
-    from voxgate.proxy.app import GATEWAY, SETTINGS
+    from voxgate.proxy.keys import GATEWAY, SETTINGS
 
     gateway = app[GATEWAY]
     svc = BillingService(app[SETTINGS], gateway.store, gateway.catalog)

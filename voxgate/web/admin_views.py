@@ -109,7 +109,7 @@ async def admin_page(request: web.Request) -> web.Response:
 async def scheduled_jobs(request: web.Request, now: float) -> list[dict[str, Any]]:
     """The scheduled jobs with their last run, outcome and next run (``voxgate.jobs``)."""
     from voxgate.jobs import JOBS, JobRunsDB, job_table
-    from voxgate.proxy.app import SETTINGS
+    from voxgate.proxy.keys import SETTINGS
 
     state = _state(request)
     return job_table(JOBS, await JobRunsDB(state.store).runs(), request.app[SETTINGS], now)

@@ -159,7 +159,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 def setup(app: web.Application) -> None:
     """Add the dashboard's middleware, routes and start-up step."""
-    from voxgate.proxy.app import GATEWAY, SETTINGS
+    from voxgate.proxy.keys import GATEWAY, SETTINGS
 
     settings = app[SETTINGS]
     gateway = app[GATEWAY]
@@ -210,7 +210,7 @@ def setup(app: web.Application) -> None:
 async def _lifecycle(app: web.Application):
     """After the store is open (and the demo account made): open the web
     tables and give the demo account its dashboard user."""
-    from voxgate.proxy.app import SETTINGS
+    from voxgate.proxy.keys import SETTINGS
 
     settings = app[SETTINGS]
     state = app[WEB]

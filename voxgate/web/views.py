@@ -108,7 +108,7 @@ def plan_of(request: web.Request, account: Account) -> Plan:
 async def account_plan(request: web.Request, account: Account, now: float | None = None) -> Plan:
     """The account's plan as admission sees it: its enterprise plan if it
     has one, its add-on packs counted in (``Gateway.account_plan``)."""
-    from voxgate.proxy.app import GATEWAY
+    from voxgate.proxy.keys import GATEWAY
 
     return await request.app[GATEWAY].account_plan(account, now)
 
@@ -414,7 +414,7 @@ async def sessions_page(request: web.Request) -> web.Response:
 async def receipt(request: web.Request) -> web.Response:
     """The session's receipt: the verdict in a sentence, the timeline, the
     measurements with units, the cost, and the raw fields (``receipts``)."""
-    from voxgate.proxy.app import GATEWAY
+    from voxgate.proxy.keys import GATEWAY
 
     state = _state(request)
     account = _account(request)
