@@ -233,7 +233,7 @@ async def test_real_speech_through_a_call_comes_back_intact(make_server, rtc_set
     # no gap: the audio is never held back by more than 60 ms (the bench's
     # underrun) against its first lag
     drift_ms = (max(lag for _, lag, _ in lags) - lags[0][1]) / 48
-    assert drift_ms <= 60, lags
+    assert drift_ms <= 60 * SLOW, lags
     # metering: audio in = what the client sent, audio out = what the provider sent back
     m = (await server.session(client.session_id)).measurements
     assert abs(m.audio_in_ms - sent_ms) <= 20, (m.audio_in_ms, sent_ms)
@@ -271,8 +271,10 @@ async def test_clear_silences_the_call_at_once(make_server, rtc_settings, http, 
         assert call.track.queued_ms == 0
         cleared_at = time.monotonic()
         await asyncio.sleep(1.0)
-        after = [f for f in client.received if f[0] > cleared_at + 0.1 * SLOW]
-        assert len(after) > 30  # the call goes on, in silence
+        # what was already on the way: a frame in flight and the client's
+        # 80 ms jitter buffer (aiortc's), decoded in its own thread
+        after = [f for f in client.received if f[0] > cleared_at + 0.3 * SLOW]
+        assert len(after) > 20  # the call goes on, in silence
         assert max(np.abs(f[2]).max() for f in after) < 200
     finally:
         await client.close()
