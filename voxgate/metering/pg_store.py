@@ -5,10 +5,13 @@ jobs) in one database shared by any number of voxgate processes and hosts.
 It is ``SQLiteStore`` on another connection: the same queries (written
 portably, see ``voxgate.metering.sqlite_store``) run on one psycopg
 connection (https://www.psycopg.org/psycopg3/docs/) in autocommit mode,
-driven from one thread the way aiosqlite drives SQLite, so that billing, web
-and jobs keep using ``store.db`` and ``store.transaction()`` unchanged and a
-whole transaction on the hot paths (session completion, pack balance) is one
-thread hop on either database. Statements are translated once each (cached):
+driven from one thread exactly as the SQLite connection is
+(``voxgate.metering.connection``), so that the rooms' queries
+(``voxgate.metering.rooms``) use ``store.db`` and ``store.transaction()``
+unchanged and a whole transaction on the hot paths (session completion, pack
+balance) is one thread hop on either database. A connection the server
+dropped fails the call that finds it (``psycopg.OperationalError``) and is
+replaced at the next one. Statements are translated once each (cached):
 ``?`` placeholders become ``%s``.
 
 Write transactions (``store.transaction()``, ``BEGIN IMMEDIATE`` on SQLite)
@@ -27,18 +30,17 @@ Errors: ``psycopg.OperationalError`` when the server is unreachable.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
+from voxgate.metering.connection import AsyncConnection
 from voxgate.metering.sqlite_store import SQLiteStore, load_migrations
 from voxgate.metering.store import OutboxItem
 
@@ -86,6 +88,14 @@ class _Connection:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
+    @property
+    def broken(self) -> bool:
+        """The server dropped the connection (``AsyncConnection`` replaces it)."""
+        return self.conn.closed or self.conn.broken
+
+    def close(self) -> None:
+        self.conn.close()
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
         if sql == "BEGIN IMMEDIATE":
             self.conn.execute("BEGIN")
@@ -100,75 +110,6 @@ class _Connection:
         if rows:
             cur.executemany(translate(sql), rows)  # type: ignore[arg-type]
         return cur
-
-
-class _Result:
-    """What aiosqlite's ``execute`` returns, as far as voxgate uses it:
-    ``rowcount``, ``fetchone()``, ``fetchall()`` (rows read at once)."""
-
-    def __init__(self, rowcount: int, rows: list[Any]) -> None:
-        self.rowcount = rowcount
-        self._rows = rows
-
-    async def fetchone(self) -> Any:
-        return self._rows.pop(0) if self._rows else None
-
-    async def fetchall(self) -> list[Any]:
-        rows, self._rows = self._rows, []
-        return rows
-
-
-def _run(conn: _Connection, sql: str, params: Sequence[Any]) -> _Result:
-    cur = conn.execute(sql, params)
-    return _Result(cur.rowcount, cur.fetchall() if cur.description else [])
-
-
-def _run_many(conn: _Connection, sql: str, seq: Iterable[Sequence[Any]]) -> _Result:
-    return _Result(conn.executemany(sql, seq).rowcount, [])
-
-
-class AsyncConnection:
-    """aiosqlite's ``Connection`` API (``execute``, ``execute_fetchall``,
-    ``executemany``, ``_execute``, ``_conn``, ``close``) over one psycopg
-    connection driven from one thread.
-
-    A connection the server dropped (restart, failover) fails the call that
-    finds it broken (``psycopg.OperationalError``, answered 503) and is
-    replaced by a new one (``connect()``) at the next call."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection],
-                 executor: ThreadPoolExecutor) -> None:
-        self._connect = connect
-        self._conn = _Connection(connect())
-        self._executor = executor
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        conn = self._conn.conn
-        if conn.closed or conn.broken:
-            self._conn.conn = self._connect()
-        return fn(*args)
-
-    async def _execute(self, fn: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, *args)
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
-        result: _Result = await self._execute(_run, self._conn, sql, params)
-        return result
-
-    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await (await self.execute(sql, params)).fetchall()
-
-    async def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> _Result:
-        result: _Result = await self._execute(_run_many, self._conn, sql, list(seq))
-        return result
-
-    async def close(self) -> None:
-        try:
-            conn = self._conn.conn
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        finally:
-            self._executor.shutdown(wait=False)
 
 
 class PostgresStore(SQLiteStore):
@@ -196,28 +137,24 @@ class PostgresStore(SQLiteStore):
         """
         if self._db is not None:
             return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-pg")
-        loop = asyncio.get_running_loop()
+        db = AsyncConnection(self._connect_pg, "voxgate-pg")
+        await db.open()
         try:
-            db = await loop.run_in_executor(executor, AsyncConnection, self._connect, executor)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        try:
-            self._db = db  # type: ignore[assignment]  # aiosqlite's API, on psycopg
+            self._db = db
             await self._migrate()
         except BaseException:
             self._db = None
             await db.close()
             raise
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect_pg(self) -> _Connection:
+        """A new connection (autocommit, in ``schema`` when given)."""
         conn = psycopg.connect(self.url, autocommit=True, application_name="voxgate")
         if self.schema:
             ident = pgsql.Identifier(self.schema)
             conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
-        return conn
+        return _Connection(conn)
 
     async def claim_outbox(self, now: float, until: float, limit: int = 100) -> list[OutboxItem]:
         """``SQLiteStore.claim_outbox`` in one statement that locks only the

@@ -1,4 +1,5 @@
-"""``SQLiteStore``: the ``Store`` interface on one aiosqlite connection.
+"""``SQLiteStore``: the ``Store`` interface on one SQLite connection
+(``sqlite3`` on a thread of its own, ``voxgate.metering.connection``).
 
 The database runs in WAL mode with ``synchronous=NORMAL`` (a commit is
 durable across a process crash; the last commits may be lost on power loss),
@@ -39,9 +40,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import orjson
 
+from voxgate.metering.connection import AsyncConnection
 from voxgate.metering.store import (
     Instance,
     MonthlyUsage,
@@ -360,7 +361,7 @@ class SQLiteStore:
         self.lock = asyncio.Lock()
         # the instance this process's sessions are opened under (register_instance)
         self.instance_id: str | None = None
-        self._db: aiosqlite.Connection | None = None
+        self._db: AsyncConnection | None = None
         self._last_used_written: dict[str, float] = {}
         # key hash -> (key, project, account, fetched at, monotonic s); cleared
         # by every method that changes a key, project or account, and aged out
@@ -371,8 +372,8 @@ class SQLiteStore:
     # ------------------------------------------------------------ lifecycle
 
     @property
-    def db(self) -> aiosqlite.Connection:
-        """The aiosqlite connection (autocommit mode; write inside ``transaction()``).
+    def db(self) -> AsyncConnection:
+        """The connection (autocommit mode; write inside ``transaction()``).
 
         Raises:
             RuntimeError: the store is not open.
@@ -386,25 +387,26 @@ class SQLiteStore:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        if not (hasattr(db, "_execute") and hasattr(db, "_conn")):
-            await db.close()
-            raise RuntimeError(
-                f"aiosqlite {getattr(aiosqlite, '__version__', '?')} lacks Connection._execute, "
-                "which SQLiteStore uses to run a transaction in one thread hop; "
-                "install the aiosqlite range pinned in pyproject.toml")
+        db = AsyncConnection(self._connect, "voxgate-sqlite")
+        await db.open()
         try:
-            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.create_function("utc_day", 1, utc_day, deterministic=True)
             self._db = db
             await self._migrate()
         except BaseException:
             self._db = None
             await db.close()
             raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection with its pragmas and SQL functions (on the
+        connection's thread)."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("utc_day", 1, utc_day, deterministic=True)
+        return conn
 
     async def close(self) -> None:
         if self._db is not None:
@@ -453,7 +455,7 @@ class SQLiteStore:
         return [(r[0], r[1]) for r in rows]
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception),
         holding ``self.lock``. Not re-entrant: do not nest."""
         db = self.db
@@ -777,12 +779,11 @@ class SQLiteStore:
                 pack_from)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(sqlite3_connection, *args)`` on the connection's thread in
-        one hop (aiosqlite's ``_execute``): the hot paths pay one thread
-        round trip for a whole transaction instead of one per statement.
-        Callers hold ``self.lock``."""
-        db = self.db
-        return await db._execute(fn, db._conn, *args)  # noqa: SLF001
+        """Run ``fn(connection, *args)`` on the connection's thread in one hop
+        (``AsyncConnection.run``): the hot paths pay one thread round trip
+        for a whole transaction instead of one per statement. Callers hold
+        ``self.lock``."""
+        return await self.db.run(fn, *args)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         row = await self._one(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
@@ -1035,8 +1036,8 @@ class SQLiteStore:
             return pack_balance(_live_packs_sync(conn, account_id, now), int(used[0]), now)
 
         # both reads in one thread hop: this runs on every admission
-        db = self.db
-        return await db._execute(read, db._conn)  # noqa: SLF001
+        result: PackBalance = await self.db.run(read)
+        return result
 
     async def expire_packs(self, now: float) -> list[AccountPack]:
         """Mark the packs whose 30 days are over at ``now`` as expired; returns
