@@ -91,7 +91,10 @@ class AsyncConnection:
                 result, error = fn(*args), None
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 result, error = None, exc
-            loop.call_soon_threadsafe(_settle, future, result, error)
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the caller's event loop is closed: nobody waits
+                pass
         if self._conn is not None:
             self._conn.close()
             self._conn = None
