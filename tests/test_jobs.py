@@ -50,6 +50,7 @@ from voxgate.jobs import (
 from voxgate.metering.sqlite_store import SQLiteStore
 from voxgate.metering.store import MonthlyUsage, period_of
 from voxgate.models import Account, Measurements, SessionRecord, Verdict, load_catalog, new_id
+from voxgate.models.enterprise import enterprise_plan
 
 DAY = 86400.0
 T0 = float(calendar.timegm((2026, 6, 10, 12, 0, 0)))  # a Wednesday noon, period 2026-06
@@ -191,6 +192,10 @@ def test_summary_recipients(catalog_file):
         Account("new", "n@x", "starter", T0, stripe_subscription_id="sub_3"),  # after 2026-05
     ]
     assert [a.id for a in summary_recipients(accounts, cat, "2026-05")] == ["paying", "pastdue"]
+    terms = enterprise_plan("ent", {"price_cents": 50000, "sessions_included": 1000})
+    accounts.append(Account("ent", "e@x", "enterprise", before, stripe_subscription_id="sub_e"))
+    assert [a.id for a in summary_recipients(accounts, cat, "2026-05", {"ent": terms})] == [
+        "paying", "pastdue", "ent"]
 
 
 def test_catch_up_alerts_send_the_highest_missed_threshold(catalog_file):

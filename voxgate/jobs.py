@@ -64,7 +64,13 @@ from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
 from voxgate.metering.rooms.jobs import JobRun, JobRunsDB
-from voxgate.metering.store import account_plan, period_of, release_orphans
+from voxgate.metering.store import (
+    account_plan,
+    enterprise_plans,
+    period_of,
+    release_orphans,
+    subscribed_plan,
+)
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
 from voxgate.web.figures import period_bounds, previous_period, standing
 
@@ -172,14 +178,15 @@ def trial_reminders_due(trials: Iterable[TrialEnd], accounts: Mapping[str, Accou
 
 
 def summary_recipients(accounts: Iterable[Account], catalog: PlanCatalog,
-                       period: str) -> list[Account]:
+                       period: str, enterprise: Mapping[str, Plan] | None = None) -> list[Account]:
     """The accounts that get ``period``'s summary: paying now (a Stripe
-    subscription on a paid plan, ``voxgate.web.figures.standing``) and
-    created before the period ended."""
+    subscription on a paid plan, ``voxgate.web.figures.standing``; an
+    enterprise account by its own plan in ``enterprise``, account id →
+    Plan) and created before the period ended."""
     _, end = period_bounds(period)
     return [a for a in accounts if a.created_at < end
             and standing(a.plan_id, a.status, a.stripe_subscription_id is not None,
-                         catalog) == "paying"]
+                         catalog, a.id, enterprise) == "paying"]
 
 
 def job_table(jobs: Iterable[Job], runs: Mapping[str, JobRun], settings: Settings,
@@ -199,13 +206,6 @@ def job_table(jobs: Iterable[Job], runs: Mapping[str, JobRun], settings: Setting
             "running": run.lease_until > now,
         })
     return out
-
-
-def _plan(catalog: PlanCatalog, plan_id: str) -> Plan:
-    try:
-        return catalog.get(plan_id)
-    except KeyError:
-        return catalog.default
 
 
 # ---------------------------------------------------------------- the jobs
@@ -269,7 +269,8 @@ async def remind_trials_ending(ctx: JobContext) -> str:
     queued = 0
     for trial in trial_reminders_due(await ctx.mailer.trials(), accounts, ctx.clock()):
         account = accounts[trial.account_id]
-        if await ctx.mailer.trial_ending(account, _plan(ctx.catalog, account.plan_id), trial):
+        plan = await subscribed_plan(ctx.store, ctx.catalog, account)
+        if await ctx.mailer.trial_ending(account, plan, trial):
             queued += 1
     return f"{queued} trial reminder(s) queued"
 
@@ -278,10 +279,13 @@ async def send_monthly_summaries(ctx: JobContext) -> str:
     """Queue last period's usage summary for each paying account (once)."""
     period = previous_period(period_of(ctx.clock()))
     queued = 0
-    for account in summary_recipients(await ctx.store.list_accounts(), ctx.catalog, period):
+    enterprise = await enterprise_plans(ctx.store)
+    for account in summary_recipients(await ctx.store.list_accounts(), ctx.catalog, period,
+                                      enterprise):
         usage = await ctx.store.get_usage(account.id, period)
         covered = (await ctx.store.pack_balance(account.id, period, ctx.clock())).used_this_period
-        summary = usage_summary(_plan(ctx.catalog, account.plan_id), usage, covered)
+        summary = usage_summary(await subscribed_plan(ctx.store, ctx.catalog, account), usage,
+                                covered)
         if await ctx.mailer.monthly_summary(account, summary):
             queued += 1
     return f"{queued} summar{'y' if queued == 1 else 'ies'} for {period} queued"

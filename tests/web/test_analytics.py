@@ -15,6 +15,7 @@ from tests.web.conftest import WEB_CATALOG, add_session
 from voxgate.jobs import JOBS, JobRunsDB
 from voxgate.metering.store import period_of
 from voxgate.models import Account, load_catalog
+from voxgate.models.enterprise import enterprise_plan
 from voxgate.web import charts, figures
 from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
@@ -99,6 +100,28 @@ def test_standing():
     assert figures.standing(paid, "canceled", True, cat) == "free"
     assert figures.standing(cat.default_plan, "active", True, cat) == "free"
     assert figures.standing("no-such-plan", "active", True, cat) == "free"
+
+
+def test_enterprise_accounts_count_with_their_own_terms(tmp_path):
+    """An account on an enterprise plan pays its own monthly price: in MRR
+    when subscribed, comped without a subscription, free without terms."""
+    cat = catalog(tmp_path)
+    start, _ = figures.period_bounds("2026-05")
+    now = start + 10 * DAY
+    accounts = [Account("e1", "e1@x", "enterprise", start - DAY, stripe_subscription_id="sub_e1"),
+                Account("e2", "e2@x", "enterprise", start - DAY),
+                Account("e3", "e3@x", "enterprise", start - DAY, stripe_subscription_id="sub_e3"),
+                Account("s1", "s1@x", "starter", start - DAY, stripe_subscription_id="sub_s1")]
+    ent = {"e1": enterprise_plan("e1", {"price_cents": 50000, "sessions_included": 10000}),
+           "e2": enterprise_plan("e2", {"price_cents": 70000, "sessions_included": 10000})}
+    changes = [Change(a.created_at, a.id, a.plan_id, "active", a.stripe_subscription_id is not None)
+               for a in accounts]
+    figs = figures.analytics(accounts, cat, changes, set(), {}, "2026-05", now, enterprise=ent)
+    assert figs.mrr == 50000 + 2900  # e1 and s1; e2 comped; e3 has no terms
+    assert (figs.paid_users, figs.comped_users, figs.free_users) == (2, 1, 1)
+    assert figures.analytics(accounts, cat, changes, set(), {}, "2026-05", now).mrr == 2900
+    hist = figures.history(changes, cat, "2026-05", now, months=1, enterprise=ent)
+    assert (hist[0]["mrr"], hist[0]["paid_users"], hist[0]["comped_users"]) == (52900, 2, 1)
 
 
 def test_simulator_marks_cheapest_serving_plan(tmp_path):

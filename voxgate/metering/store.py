@@ -22,7 +22,7 @@ from voxgate.models import (
     SessionRecord,
     Verdict,
 )
-from voxgate.models.enterprise import plan_for
+from voxgate.models.enterprise import enterprise_plan, plan_for
 from voxgate.models.packs import AccountPack, PackBalance, with_packs
 from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog
 
@@ -311,16 +311,33 @@ class Store(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
 
-async def account_plan(store: Store, catalog: PlanCatalog, account: Account, now: float) -> Plan:
-    """The plan the account's sessions are admitted and charged under at
-    ``now`` (Unix s): its enterprise plan when its plan is ``enterprise``,
-    else its catalog plan (``voxgate.models.enterprise.plan_for``), with the
-    add-on packs live at ``now`` added to the included sessions
-    (``voxgate.models.packs.with_packs``)."""
+async def subscribed_plan(store: Store, catalog: PlanCatalog, account: Account) -> Plan:
+    """The account's plan without add-on packs: its enterprise plan when its
+    plan is ``enterprise``, else its catalog plan
+    (``voxgate.models.enterprise.plan_for``)."""
     terms = None
     if account.plan_id == ENTERPRISE_PLAN_ID:
         terms = await store.get_enterprise_terms(account.id)
-    plan = plan_for(catalog, account.id, account.plan_id, terms)
+    return plan_for(catalog, account.id, account.plan_id, terms)
+
+
+async def enterprise_plans(store: Store) -> dict[str, Plan]:
+    """Account id → enterprise Plan, for every account with valid stored
+    enterprise terms (whatever plan the account is on now)."""
+    plans = {}
+    for account_id, terms in (await store.list_enterprise_terms()).items():
+        try:
+            plans[account_id] = enterprise_plan(account_id, terms)
+        except ValueError:
+            continue
+    return plans
+
+
+async def account_plan(store: Store, catalog: PlanCatalog, account: Account, now: float) -> Plan:
+    """The plan the account's sessions are admitted and charged under at
+    ``now`` (Unix s): ``subscribed_plan`` with the add-on packs live at
+    ``now`` added to the included sessions (``voxgate.models.packs.with_packs``)."""
+    plan = await subscribed_plan(store, catalog, account)
     if plan.sessions_included is None:
         return plan
     return with_packs(plan, await store.pack_balance(account.id, period_of(now), now))

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from voxgate.metering.store import period_of
+from voxgate.metering.store import enterprise_plans, period_of
 from voxgate.proxy.http import json_response
 from voxgate.web import charts, figures
 from voxgate.web.auth import USER, form_post, operator
@@ -63,6 +63,7 @@ async def compute_analytics(state: Any, now: float | None = None) -> figures.Ana
         period=period,
         now=now,
         operator_account_ids=await state.db.operator_account_ids(),
+        enterprise=await enterprise_plans(state.store),
     )
 
 
@@ -82,7 +83,8 @@ async def admin_page(request: web.Request) -> web.Response:
     figs = await compute_analytics(state, now)
     hist = figures.history(await state.db.plan_changes(until=now + 1), state.catalog,
                            figs.period, now, HISTORY_MONTHS,
-                           operator_account_ids=await state.db.operator_account_ids())
+                           operator_account_ids=await state.db.operator_account_ids(),
+                           enterprise=await enterprise_plans(state.store))
     labels = [h["period"] for h in hist]
     days = await state.db.sessions_per_day_all(now - ACTIVE_DAYS * 86400)
     return await render(

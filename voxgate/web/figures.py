@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.models import Account, Plan, PlanCatalog
+from voxgate.models.plans import ENTERPRISE_PLAN_ID
 
 __all__ = [
     "PAYING_STATUSES",
@@ -104,31 +105,47 @@ def simulate(catalog: PlanCatalog, billable: int, current_plan: str = "") -> lis
 
 # ---------------------------------------------------------------- analytics
 
-def is_paying(plan_id: str | None, status: str | None, catalog: PlanCatalog) -> bool:
-    """On a paid plan (``Plan.is_paid``) with status active or past_due."""
-    if plan_id is None or status not in PAYING_STATUSES:
-        return False
+def plan_of(plan_id: str | None, account_id: str, catalog: PlanCatalog,
+            enterprise: Mapping[str, Plan] | None = None) -> Plan | None:
+    """The plan ``plan_id`` means for ``account_id``: the account's own
+    enterprise plan (``enterprise``: account id → Plan, from its stored
+    terms) when ``plan_id`` is ``enterprise``, else the catalog's; None when
+    neither knows it."""
+    if plan_id is None:
+        return None
+    if plan_id == ENTERPRISE_PLAN_ID:
+        return (enterprise or {}).get(account_id)
     try:
-        return catalog.get(plan_id).is_paid
+        return catalog.get(plan_id)
     except KeyError:
+        return None
+
+
+def is_paying(plan_id: str | None, status: str | None, catalog: PlanCatalog,
+              account_id: str = "", enterprise: Mapping[str, Plan] | None = None) -> bool:
+    """On a paid plan (``Plan.is_paid``) with status active or past_due."""
+    if status not in PAYING_STATUSES:
         return False
+    plan = plan_of(plan_id, account_id, catalog, enterprise)
+    return plan is not None and plan.is_paid
 
 
 def standing(plan_id: str | None, status: str | None, subscribed: bool,
-             catalog: PlanCatalog) -> str:
+             catalog: PlanCatalog, account_id: str = "",
+             enterprise: Mapping[str, Plan] | None = None) -> str:
     """``"paying"``: on a paid plan, active or past_due, through a Stripe
     subscription; ``"comped"``: the same without a subscription (a plan an
     operator set); ``"free"``: anything else."""
-    if not is_paying(plan_id, status, catalog):
+    if not is_paying(plan_id, status, catalog, account_id, enterprise):
         return "free"
     return "paying" if subscribed else "comped"
 
 
-def price_of(plan_id: str, catalog: PlanCatalog) -> int:
-    try:
-        return catalog.get(plan_id).price_cents
-    except KeyError:
-        return 0
+def price_of(plan_id: str, catalog: PlanCatalog, account_id: str = "",
+             enterprise: Mapping[str, Plan] | None = None) -> int:
+    """The plan's monthly subscription price, in cents (0 when unknown)."""
+    plan = plan_of(plan_id, account_id, catalog, enterprise)
+    return plan.price_cents if plan is not None else 0
 
 
 def states_at(changes: Iterable[Any], t: float) -> dict[str, tuple[str, str, bool]]:
@@ -144,7 +161,8 @@ def states_at(changes: Iterable[Any], t: float) -> dict[str, tuple[str, str, boo
     return state
 
 
-def churn(changes: list[Any], catalog: PlanCatalog, start: float, end: float) -> tuple[int, int]:
+def churn(changes: list[Any], catalog: PlanCatalog, start: float, end: float,
+          enterprise: Mapping[str, Plan] | None = None) -> tuple[int, int]:
     """(paying at ``start``, of those: stopped paying in [start, end)).
 
     "Stopped paying" is a recorded change to any standing but ``"paying"``
@@ -152,10 +170,11 @@ def churn(changes: list[Any], catalog: PlanCatalog, start: float, end: float) ->
     gone); an account that cancels and subscribes again within the period
     still counts as churned."""
     at_start = {a for a, (p, s, sub) in states_at(changes, start).items()
-                if standing(p, s, sub, catalog) == "paying"}
+                if standing(p, s, sub, catalog, a, enterprise) == "paying"}
     lost = {c.account_id for c in changes
             if start <= c.at < end and c.account_id in at_start
-            and standing(c.new_plan, c.new_status, bool(c.subscribed), catalog) != "paying"}
+            and standing(c.new_plan, c.new_status, bool(c.subscribed), catalog, c.account_id,
+                         enterprise) != "paying"}
     return len(at_start), len(lost)
 
 
@@ -202,6 +221,7 @@ def analytics(
     period: str,
     now: float,
     operator_account_ids: Collection[str] = frozenset(),
+    enterprise: Mapping[str, Plan] | None = None,
 ) -> Analytics:
     """The operator figures for ``period`` (normally the current one).
 
@@ -212,7 +232,9 @@ def analytics(
     - ``mrr``: sum of ``price_cents`` of the current plan of every paying
       customer (``standing`` ``"paying"``: a paid plan, status active or
       past_due, a Stripe subscription), in cents (pay-as-you-go plans add
-      their 0 subscription; overage is not recurring revenue).
+      their 0 subscription; overage is not recurring revenue). An account on
+      an enterprise plan counts with its own terms (``enterprise``: account
+      id → its enterprise Plan; without them the account is not paying).
     - ``paid_users``: those customers; ``comped_users``: customers on a paid
       plan without a Stripe subscription (set by an operator), no MRR;
       ``free_users``: every other customer (free plans, and canceled
@@ -236,19 +258,19 @@ def analytics(
     operators = set(operator_account_ids)
     customers = [a for a in accounts if a.id not in operators]
     standings = {a.id: standing(a.plan_id, a.status, a.stripe_subscription_id is not None,
-                                catalog) for a in customers}
+                                catalog, a.id, enterprise) for a in customers}
     paying = [a for a in customers if standings[a.id] == "paying"]
     comped = sum(1 for v in standings.values() if v == "comped")
     total = len(customers)
     start, end = period_bounds(period)
     paid_start, churned = churn([c for c in changes if c.account_id not in operators],
-                                catalog, start, min(end, now + 1))
+                                catalog, start, min(end, now + 1), enterprise)
     by_plan: dict[str, list[int]] = {}
     for a in customers:
         by_plan.setdefault(a.plan_id, []).append(sessions_per_account.get(a.id, 0))
     return Analytics(
         period=period,
-        mrr=sum(price_of(a.plan_id, catalog) for a in paying),
+        mrr=sum(price_of(a.plan_id, catalog, a.id, enterprise) for a in paying),
         active_users=len(set(standings) & active_account_ids),
         paid_users=len(paying),
         comped_users=comped,
@@ -265,11 +287,12 @@ def analytics(
 
 def history(changes: list[Any], catalog: PlanCatalog, period: str, now: float,
             months: int = 6, operator_account_ids: Collection[str] = frozenset(),
-            ) -> list[dict[str, Any]]:
+            enterprise: Mapping[str, Plan] | None = None) -> list[dict[str, Any]]:
     """MRR, paying, comped and all customers (at the end of each period, or
     now for the current one) and churn rate for the last ``months``
     periods, oldest first, replayed from the plan history; the accounts in
-    ``operator_account_ids`` are left out (definitions as in ``analytics``)."""
+    ``operator_account_ids`` are left out (definitions as in ``analytics``;
+    enterprise accounts count with their current terms)."""
     operators = set(operator_account_ids)
     changes = [c for c in changes if c.account_id not in operators]
     periods = [period]
@@ -280,13 +303,14 @@ def history(changes: list[Any], catalog: PlanCatalog, period: str, now: float,
         start, end = period_bounds(p)
         at = min(end, now + 1)
         state = states_at(changes, at)
-        kinds = [(pl, standing(pl, s, sub, catalog)) for pl, s, sub in state.values()]
-        paid_start, churned = churn(changes, catalog, start, at)
+        kinds = [(pl, a, standing(pl, s, sub, catalog, a, enterprise))
+                 for a, (pl, s, sub) in state.items()]
+        paid_start, churned = churn(changes, catalog, start, at, enterprise)
         out.append({
             "period": p,
-            "mrr": sum(price_of(pl, catalog) for pl, k in kinds if k == "paying"),
-            "paid_users": sum(1 for _, k in kinds if k == "paying"),
-            "comped_users": sum(1 for _, k in kinds if k == "comped"),
+            "mrr": sum(price_of(pl, catalog, a, enterprise) for pl, a, k in kinds if k == "paying"),
+            "paid_users": sum(1 for _, _, k in kinds if k == "paying"),
+            "comped_users": sum(1 for _, _, k in kinds if k == "comped"),
             "accounts": len(state),
             "churn_rate": round(100.0 * churned / paid_start, 2) if paid_start else 0.0,
         })
