@@ -101,10 +101,10 @@ def merge_sections(old: str, new: str, notes: str = "") -> str:
     out = []
     for heading, body in _sections(old):
         if heading in fresh:
-            body = fresh.pop(heading)
+            body = fresh.pop(heading).rstrip("\n") + "\n\n"
             if measured and heading not in notes_sections:
                 head, sep, rest = body.partition("\n| ")
-                body = head + "_" + measured[0].strip() + "_\n" + sep + rest if sep else body
+                body = head + "\n_" + measured[0].strip() + "_\n" + sep + rest if sep else body
         out.append(body)
     return "".join(out) + "".join(fresh.values())
 
