@@ -571,8 +571,14 @@ class Call:
                 self._ice_failed(f"iceConnectionState {state}")
             elif self._consent_timer is None:
                 self._consent_timer = asyncio.get_running_loop().call_later(
-                    self.settings.consent_grace_s, self._end, CLIENT, None,
-                    f"ICE consent lost (iceConnectionState {state})")
+                    self.settings.consent_grace_s, self._consent_expired, state)
+
+    def _consent_expired(self, state: str) -> None:
+        """End the call ``consent_grace_s`` after ICE consent was lost, its
+        duration ending at the client's last datagram (as the liveness
+        watchdog does)."""
+        self._end(CLIENT, None, f"ICE consent lost (iceConnectionState {state})",
+                  at_ms=self._last_seen_ms)
 
     def _watch_consent(self) -> None:
         """Tell lost consent from a hang-up. aiortc reports both as
@@ -625,6 +631,8 @@ class Call:
         while True:
             await asyncio.sleep(interval_s)
             last = self._last_seen_ms
+            if self._consent_timer is not None:
+                continue  # consent is lost: its own timer ends the call, with the reason
             if last is not None and monotonic_ms() - last > grace_ms:
                 self._end(CLIENT, None, f"client gone: nothing received for "
                           f"{self.settings.consent_grace_s:g} s", at_ms=last)
