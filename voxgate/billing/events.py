@@ -212,11 +212,17 @@ class EventProcessor:
             return await self.bdb.account_by_customer(customer)
         return None
 
-    async def _checkout_completed(self, session: dict[str, Any], event_id: str) -> str:
+    async def _checkout_account(self, session: dict[str, Any]) -> Account | None:
+        """The account a Checkout Session is for: its ``client_reference_id``,
+        else its customer or metadata (``_account_for``)."""
         account_id = session.get("client_reference_id")
         account = await self.store.get_account(account_id) if account_id else None
         if account is None:
             account = await self._account_for(session.get("customer"), session.get("metadata"))
+        return account
+
+    async def _checkout_completed(self, session: dict[str, Any], event_id: str) -> str:
+        account = await self._checkout_account(session)
         if account is None:
             return "no account"
         customer = session.get("customer")
@@ -248,10 +254,7 @@ class EventProcessor:
                 log.warning("checkout session %s paid for pack %r, which is not in the "
                             "catalog: nothing credited", session.get("id"), wanted)
             return "not a paid pack"
-        account_id = session.get("client_reference_id")
-        account = await self.store.get_account(account_id) if account_id else None
-        if account is None:
-            account = await self._account_for(session.get("customer"), session.get("metadata"))
+        account = await self._checkout_account(session)
         if account is None:
             return "no account"
         created = event.get("created")
