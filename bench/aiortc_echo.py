@@ -4,13 +4,20 @@ bridge, with no provider, metering or events: Opus in, decode, resample to
 --port P``). It speaks just enough of the Realtime WebRTC flow for
 ``voxgate loadtest --transport webrtc --direct``: a dummy client secret,
 ``POST /v1/realtime/calls`` → SDP answer, ``session.created`` on the data
-channel, ``POST …/hangup``."""
+channel, ``POST …/hangup``.
+
+Its own late frames, for the benchmark's "bridge late frames": a frame
+handed to aiortc's sender more than 60 ms later than its pts implies
+(against the earliest frame of the track); the running count goes to the
+file named by ``VOXGATE_BENCH_LATE_FILE`` each time it grows."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import fractions
+import os
+import time
 import uuid
 
 import av
@@ -19,6 +26,16 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 PCS: dict[str, RTCPeerConnection] = {}
+LATE_S = 0.060
+_FILE = os.environ.get("VOXGATE_BENCH_LATE_FILE")
+_late = [0]
+
+
+def _count_late() -> None:
+    _late[0] += 1
+    if _FILE:
+        with open(_FILE, "w") as fh:
+            fh.write(str(_late[0]))
 
 
 class EchoTrack(MediaStreamTrack):
@@ -31,6 +48,7 @@ class EchoTrack(MediaStreamTrack):
         self.up = av.AudioResampler(format="s16", layout="mono", rate=48000)
         self.pending: list[av.AudioFrame] = []
         self.pts = 0
+        self.min_offset: float | None = None  # s, arrival minus pts time
 
     async def recv(self) -> av.AudioFrame:
         while not self.pending:
@@ -42,6 +60,11 @@ class EchoTrack(MediaStreamTrack):
         frame.pts = self.pts
         frame.time_base = fractions.Fraction(1, 48000)
         self.pts += frame.samples
+        offset = time.monotonic() - frame.pts / 48000
+        if self.min_offset is None or offset < self.min_offset:
+            self.min_offset = offset
+        elif offset - self.min_offset > LATE_S:
+            _count_late()
         return frame
 
 

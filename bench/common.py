@@ -18,9 +18,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SPEECH = Path(os.environ.get("VOXGATE_SPEECH_DIR", ROOT.parent / "shared" / "speech"))
-if not SPEECH.is_dir():
-    SPEECH = Path("/work/shared/speech")
+SPEECH = Path(os.environ.get("VOXGATE_SPEECH_DIR", ROOT / "tests" / "data"))
+"""Speech files (jfk.flac, goforward-16k-s16le.raw, librivox-*.wav): the repo's own
+tests/data unless ``VOXGATE_SPEECH_DIR`` names another directory."""
 
 BENCH_CATALOG = """
 minutes_per_session = 2.0
@@ -52,12 +52,14 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout_s: float 
 class Proc:
     """A subprocess on a loopback port, stopped on exit (by its own pid)."""
 
-    def __init__(self, args: list[str], port: int, env: dict | None = None, log: Path | None = None):
+    def __init__(self, args: list[str], port: int, env: dict | None = None, log: Path | None = None,
+                 cpus: set[int] | None = None):
         self.port = port
         self.log = log or Path(tempfile.mkstemp(prefix="voxgate-bench-", suffix=".log")[1])
         self._fh = open(self.log, "wb")
         self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, cwd=str(ROOT))
+                                     env={**os.environ, **(env or {})}, cwd=str(ROOT),
+                                     preexec_fn=pinned(cpus))
         wait_port(port, self.proc)
 
     @property
@@ -85,18 +87,37 @@ class Proc:
         self.stop()
 
 
-def echo_provider() -> Proc:
+def pinned(cpus: set[int] | None):
+    """A ``preexec_fn`` that pins the child (and the threads it starts) to
+    ``cpus`` (``os.sched_setaffinity``), or ``None`` for no pinning."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(the bridge's core, everyone else's) on a machine of ≥ 2 usable cores:
+    the first usable core alone, the rest together; ``None`` with one core."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, set(cores[1:])) if len(cores) >= 2 else None
+
+
+def echo_provider(cpus: set[int] | None = None) -> Proc:
     """The local voice provider in echo mode (faults enabled), own process."""
     port = free_port()
     return Proc([PY, "-m", "voxgate", "voice", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                port, env={"VOXGATE_VOICE__RESPONDER": "echo", "VOXGATE_VOICE__FAULTS_ENABLED": "true"})
+                port, env={"VOXGATE_VOICE__RESPONDER": "echo", "VOXGATE_VOICE__FAULTS_ENABLED": "true"},
+                cpus=cpus)
 
 
 class Voxgate(Proc):
     """``voxgate serve`` against ``upstream_url``, a fresh data dir, the bench
-    catalog (one unlimited plan) and a project key in :attr:`key`."""
+    catalog (one unlimited plan) and a project key in :attr:`key`; ``module``
+    is what runs it (``voxgate``, or a wrapper taking the same arguments),
+    ``cpus`` the cores it is pinned to."""
 
-    def __init__(self, upstream_url: str, extra_toml: str = ""):
+    def __init__(self, upstream_url: str, extra_toml: str = "", *, module: str = "voxgate",
+                 env: dict | None = None, cpus: set[int] | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
         (self.dir / "catalog.toml").write_text(BENCH_CATALOG)
         port = free_port()
@@ -105,8 +126,8 @@ class Voxgate(Proc):
             f'port = {port}\ndata_dir = "{self.dir}/data"\ncatalog = "{self.dir}/catalog.toml"\n'
             f'log_level = "WARNING"\n[upstream]\nprovider = "local"\nurl = "{upstream_url}"\n'
             + extra_toml)
-        super().__init__([PY, "-m", "voxgate", "serve", "--config", str(self.config)], port,
-                         log=self.dir / "serve.log")
+        super().__init__([PY, "-m", module, "serve", "--config", str(self.config)], port,
+                         env=env, log=self.dir / "serve.log", cpus=cpus)
         self.url = f"http://127.0.0.1:{port}"
         key_file = self.dir / "data" / "demo_api_key"
         deadline = time.monotonic() + 10.0
@@ -117,8 +138,10 @@ class Voxgate(Proc):
 
 def loadtest(url: str, key: str, sessions: int, concurrency: int, duration_s: float, *,
              server_pid: int | None = None, direct: bool = False, faults: str = "",
-             transport: str = "ws", ramp_s: float = 0.0, max_time_s: float = 120.0) -> dict:
-    """``voxgate loadtest`` in its own process; its JSON report."""
+             transport: str = "ws", ramp_s: float = 0.0, max_time_s: float = 120.0,
+             cpus: set[int] | None = None) -> dict:
+    """``voxgate loadtest`` in its own process (pinned to ``cpus`` if given);
+    its JSON report."""
     out = Path(tempfile.mkstemp(prefix="voxgate-loadtest-", suffix=".json")[1])
     args = [PY, "-m", "voxgate", "loadtest", "--url", url, "--key", key,
             "--sessions", str(sessions), "--concurrency", str(concurrency),
@@ -134,7 +157,7 @@ def loadtest(url: str, key: str, sessions: int, concurrency: int, duration_s: fl
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(args, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=max_time_s + 120)
+                   timeout=max_time_s + 120, preexec_fn=pinned(cpus))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         report = json.loads(out.read_text())

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="ws,latency,tokens,admit,voice,webrtc,workers")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--webrtc-levels", default=None, metavar="N,N,…",
+                   help="the WebRTC benchmark's concurrent calls (default: bench_webrtc.LEVELS)")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
     results: dict = {}
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} …", file=sys.stderr, flush=True)
         mod = __import__(module, fromlist=["x"])
         t = time.time()
-        results[name] = ({"tts": mod.run_tts(), "stt": mod.run_stt()} if name == "voice"
-                         else getattr(mod, func)())
+        if name == "voice":
+            results[name] = {"tts": mod.run_tts(), "stt": mod.run_stt()}
+        elif name == "webrtc" and args.webrtc_levels:
+            results[name] = mod.run(tuple(int(x) for x in args.webrtc_levels.split(",")))
+        else:
+            results[name] = getattr(mod, func)()
         print(f"bench: {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -164,25 +170,39 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
         s.append("## WebRTC bridge\n\nvoxgate's WebRTC bridge (aiortc for ICE, DTLS, SRTP, SCTP, "
                  "RTCP; voxgate's own Opus path, `voxgate/proxy/rtp_audio.py`: decode on the "
                  "event loop, 24 kHz `input_audio_buffer.append`, echo deltas encoded from "
-                 "24 kHz) against a bare aiortc loopback doing the same job with aiortc's own "
-                 "media pipeline (`bench/aiortc_echo.py`: decode, resample to 24 kHz and back, "
-                 "encode), in one run: at each level the two run in turn, the order "
-                 "alternating, and each row is the median of its runs (CPU of each run in "
-                 "brackets). CPU is the bridge process's user + system time over the run "
-                 "(set-up and close included) per second of audio sent; calls per core = "
-                 "1000 / that; underruns = gaps > 60 ms in the returned audio plus "
-                 "load-generator frames sent late (the load generator shares the 2 cores); "
-                 "RSS per call = peak RSS during the run above the RSS before it, per call.\n\n"
+                 "24 kHz on a shared 20 ms grid) against a bare aiortc loopback doing the same "
+                 "job with aiortc's own media pipeline (`bench/aiortc_echo.py`: decode, resample "
+                 "to 24 kHz and back, encode), in one run: at each level the two run in turn, "
+                 "the order alternating, and each row is the median of its runs (CPU of each "
+                 "run in brackets). **The bridge under test has core 0 to itself** (pinned with "
+                 "`os.sched_setaffinity`; other work on the machine is not pinned away from it), "
+                 "the load generator and the echo provider are pinned to core 1, so calls per "
+                 "core is what one core holds. CPU is the bridge process's user + system time "
+                 "over the run (set-up and close included) per second of audio sent; calls per "
+                 "core = 1000 / that. Client underruns are counted by the load generator from "
+                 "the returned RTP packets without decoding them (a gap > 60 ms between "
+                 "arrivals, a missing sequence number, or a packet arriving > 60 ms later than "
+                 "its RTP timestamp implies against the earliest one) plus its own frames sent "
+                 "> 20 ms late; bridge late frames are counted inside the bridge (voxgate: a "
+                 "frame of its outgoing track handed to aiortc > 60 ms after its grid tick, or "
+                 "skipped, `bench/late_probe.py`; bare aiortc: a frame > 60 ms later than its "
+                 "pts implies), so a starved client can be told apart from a late bridge. "
+                 "Load generator CPU is per call-second too. RSS per call = peak RSS during the "
+                 "run above the RSS before it, per call.\n\n"
                  f"Goal: {GOALS['webrtc']}.\n")
         if r["webrtc"]:
             s.append(table(["bridge", "calls ok", "call-s", "CPU ms / call-s (runs)",
-                            "calls / core", "underruns (max)", "connect p50 / p99 ms",
-                            "RSS MiB / call"],
+                            "calls / core", "client underruns (max)",
+                            "bridge late frames (max)", "load generator CPU ms / call-s",
+                            "connect p50 / p99 ms", "RSS MiB / call"],
                            [[x["bridge"], f"{x['admitted']}/{x['sessions']}", x["session_s"],
                              f"{_f(x['cpu_ms_per_session_s'])} "
                              f"({', '.join(str(c) for c in x.get('cpu_ms_runs', []))})",
                              _f(x["sessions_per_core"], "{:.0f}"),
                              f"{_f(x['underruns'], '{:.0f}')} ({x.get('underruns_max', '-')})",
+                             f"{_f(x.get('bridge_late'), '{:.0f}')} "
+                             f"({x.get('bridge_late_max', '-')})",
+                             _f(x.get("loadgen_cpu_ms_per_session_s"), "{:.1f}"),
                              f"{_f(x['connect_p50_ms'], '{:.0f}')} / "
                              f"{_f(x.get('connect_p99_ms'), '{:.0f}')}",
                              _f(x.get("rss_per_call_mb"))] for x in r["webrtc"]]) + "\n")
@@ -206,7 +226,7 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
     if "voice" in r:
         s.append("## Local voice provider\n\nTTS (Piper, joe voice, warm): time to the audio of a "
                  "reply's first sentence, which is when the provider sends its first delta. "
-                 "STT (PocketSphinx): decode time / audio duration on `/work/shared/speech`.\n\n"
+                 "STT (PocketSphinx): decode time / audio duration on `tests/data`.\n\n"
                  f"Goal: {GOALS['voice']}.\n")
         s.append(table(["first sentence", "first audio p50 ms", "max ms", "audio ms"],
                        [[x["sentence"], _f(x["first_audio_ms_p50"], "{:.0f}"),

@@ -7,8 +7,9 @@ answer; events on the ``oai-events`` data channel, audio as Opus media.
 The client's audio track plays the plan's audio in real time (20 ms Opus
 frames of the clip, encoded once per process, so the load generator spends
 its CPU on RTP rather than on encoding) and then ends; the echo upstream's
-deltas come back as voxgate's outgoing track, decoded on the event loop
-(``voxgate.proxy.rtp_audio``). The session ends with
+deltas come back as voxgate's outgoing track, whose RTP packets are timed
+as they arrive and not decoded (:class:`ArrivalTiming`), so one load
+generator keeps up with many calls. The session ends with
 ``POST /v1/realtime/calls/{id}/hangup`` (or, for ``vanish``, by closing the
 peer connection with no hang-up).
 
@@ -20,9 +21,11 @@ which voxgate must record as ``turn_failure``.
 
 Client-side latency: ``connect_ms`` is offer start → ``session.created`` on
 the data channel. Audio round trips are not measured (Opus does not carry
-the chunk tags); ``underruns`` counts gaps of more than
-:data:`UNDERRUN_GAP_MS` between frames of voxgate's outgoing track (and
-frames the client's own sender sent late).
+the chunk tags); ``underruns`` counts, on voxgate's outgoing track, gaps of
+more than :data:`UNDERRUN_GAP_MS` between consecutive packets' arrival,
+missing sequence numbers, and packets arriving more than
+:data:`UNDERRUN_GAP_MS` later than their RTP timestamp implies (against the
+earliest-arriving packet), plus frames the client's own sender sent late.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from voxgate.proxy import rtp_audio
 from voxgate.proxy.media import FRAME_GRID
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
-__all__ = ["run_webrtc_session", "ClipTrack", "UNDERRUN_GAP_MS", "relay_only"]
+__all__ = ["run_webrtc_session", "ClipTrack", "ArrivalTiming", "UNDERRUN_GAP_MS", "relay_only"]
 
 FRAME_BYTES = 960  # 20 ms of PCM16 24 kHz
 UNDERRUN_GAP_MS = 60.0
@@ -92,6 +95,61 @@ class ClipTrack(MediaStreamTrack):
         return packet
 
 
+class ArrivalTiming:
+    """Stands in for an ``RTCRtpReceiver``'s jitter buffer and decoder queue
+    (the seams ``voxgate.proxy.rtp_audio.decode_inline`` uses) and times each
+    Opus RTP packet as it arrives, decoding nothing. Counts, in
+    :attr:`underruns`: arrival gaps > :data:`UNDERRUN_GAP_MS` between
+    consecutive packets; sequence numbers skipped; packets whose arrival,
+    minus their RTP timestamp (48 kHz clock) converted to s, is more than
+    :data:`UNDERRUN_GAP_MS` above the smallest such offset seen (the
+    earliest-arriving packet: a late frame). :attr:`audio_ms` is 20 ms per
+    packet longer than the canned silence packet (``rtp_audio.SILENCE_PACKET``)."""
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self._clock = clock
+        self._last_arrival: float | None = None
+        self._next_seq: int | None = None
+        self._min_offset: float | None = None
+        self._ts0: int | None = None  # the first packet's RTP timestamp
+        self.gaps = self.missing = self.late = 0
+        self.audio_ms = 0.0
+
+    @property
+    def underruns(self) -> int:
+        return self.gaps + self.missing + self.late
+
+    def add(self, packet) -> tuple[bool, None]:
+        now = self._clock()
+        limit = UNDERRUN_GAP_MS / 1000
+        if self._last_arrival is not None and now - self._last_arrival > limit:
+            self.gaps += 1
+        self._last_arrival = now
+        seq = packet.sequence_number
+        if self._next_seq is not None:
+            ahead = (seq - self._next_seq) & 0xFFFF
+            if ahead >= 0x8000:
+                return False, None  # repeated or reordered
+            self.missing += ahead
+        self._next_seq = (seq + 1) & 0xFFFF
+        if self._ts0 is None:
+            self._ts0 = packet.timestamp
+        offset = now - ((packet.timestamp - self._ts0) & 0xFFFFFFFF) / rtp_audio.RTP_CLOCK
+        if self._min_offset is None or offset < self._min_offset:
+            self._min_offset = offset
+        elif offset - self._min_offset > limit:
+            self.late += 1
+        if len(packet._data) > _SILENCE_BYTES:  # the depayloaded frame
+            self.audio_ms += 20.0
+        return False, None
+
+    def get(self, *args, **kwargs) -> None:
+        return None  # the receiver's decoder thread ends at once
+
+    def put(self, item, *args, **kwargs) -> None:
+        return None
+
+
 def relay_only(sdp: str, port: int = 9) -> str:
     """The offer with every candidate re-typed ``relay`` at ``port`` (RFC 8445
     §5.1.1: a relayed candidate; port 9 is *discard*, nobody answers)."""
@@ -106,6 +164,8 @@ def relay_only(sdp: str, port: int = 9) -> str:
 
 
 _TIME_BASE = fractions.Fraction(1, rtp_audio.RTP_CLOCK)
+_SILENCE_BYTES = len(rtp_audio.SILENCE_PACKET)
+_SEAMS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
 _OPUS: dict[int, list[bytes]] = {}
 
 
@@ -161,7 +221,6 @@ async def run_webrtc_session(
     channel = pc.createDataChannel("oai-events")
     created = asyncio.Event()
     error_seen = asyncio.Event()
-    last_frame = [0.0]
     t0 = clock()
 
     def on_message(data) -> None:
@@ -180,17 +239,12 @@ async def run_webrtc_session(
                 res.provider_error_seen = True
                 error_seen.set()
 
-    def on_pcm(pcm: bytes) -> None:
-        now = clock()
-        if last_frame[0] and (now - last_frame[0]) * 1000 > UNDERRUN_GAP_MS:
-            res.underruns += 1
-        last_frame[0] = now
-        if pcm.strip(b"\0"):
-            res.audio_out_ms += len(pcm) / 48  # PCM16 24 kHz: 48 bytes per ms
+    timing = ArrivalTiming(clock)
 
     def on_track(remote) -> None:
         receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is remote)
-        rtp_audio.decode_inline(receiver, on_pcm, lambda: None)
+        for name in _SEAMS:
+            setattr(receiver, name, timing)
 
     channel.on("message", on_message)
     pc.on("track", on_track)
@@ -227,9 +281,11 @@ async def run_webrtc_session(
         res.events_sent = 0
         # The last frames' echo: wait until the returned audio has caught up.
         deadline = clock() + 3.0
-        while clock() < deadline and res.audio_out_ms < res.audio_in_ms * 0.9:
+        while clock() < deadline and timing.audio_ms < res.audio_in_ms * 0.9:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
+        res.audio_out_ms = timing.audio_ms
+        res.underruns += timing.underruns
         if plan.kind == "provider_error":
             await asyncio.wait_for(error_seen.wait(), 5.0)
         res.underruns += track.late
