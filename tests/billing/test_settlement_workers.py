@@ -1,15 +1,22 @@
 """Settlement with two workers in two OS processes on one database (SQLite
 file and PostgreSQL): each billable session is settled exactly once, also
-when one worker is killed with SIGKILL in the middle of its batch.
+when one worker is killed with SIGKILL in the middle of its batch. Both
+settlement modes (``billing.settlement_mode``):
 
-Settlement runs in ``meter_events`` mode against ``FakeMeter`` of
+``invoice_items`` against a real localstripe, through ``IdempotentFront``,
+which adds what localstripe lacks and Stripe has, ``Idempotency-Key``
+replay (voxgate sends the settlement id as the key), one port per worker,
+and a short hold of each answer after localstripe created the item.
+
+``meter_events`` against ``FakeMeter`` of
 tests/billing/test_meter_events.py, as the other meter-event tests do:
 localstripe has no Billing Meters (``POST /v1/billing/meter_events`` is a
 404 there). The fake keeps ``identifier`` unique like Stripe; here it also
 listens on one port per worker (so each request is known by its sender) and
 holds each answer back a little, after recording the event, so that a worker
 can be killed while Stripe has its event and it has not marked it sent.
-The workers are tests/billing/settle_worker.py, claiming 4 items per pass.
+The workers are tests/billing/settle_worker.py: a meter-event pass claims 4
+outbox items, an invoice-item pass every due settlement.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.billing.conftest import BILLING_CATALOG, add_sessions
+from tests.billing.conftest import BILLING_CATALOG, add_sessions, last_month
 from tests.billing.test_meter_events import FakeMeter
 from tests.conftest import SLOW, drop_store, free_port, open_store
+from voxgate.billing.db import BillingDB
 from voxgate.metering.pg_store import PostgresStore
 from voxgate.models import load_catalog
 
@@ -116,29 +125,42 @@ async def _billable_sessions(store, tmp_path: Path) -> tuple[Path, list[str], li
     return catalog_path, ids[:BILLABLE], ids[BILLABLE:]
 
 
-async def _start_workers(store, catalog: Path, meter: TwoPortMeter,
-                         procs: list[asyncio.subprocess.Process], kill_victim_at: int = 0
-                         ) -> list[asyncio.subprocess.Process]:
-    """Two settle_worker processes, both ready; then both told to go at once.
-    ``kill_victim_at`` > 0: the first is killed at that event (``TwoPortMeter.kill``)."""
+async def _spawn(store, catalog: Path, mode: str, urls: list[str],
+                 procs: list[asyncio.subprocess.Process]) -> list[asyncio.subprocess.Process]:
+    """settle_worker processes, one per Stripe URL, each ready (not yet draining)."""
     if isinstance(store, PostgresStore):
         db, schema = store.url, store.schema
     else:
         db, schema = str(store.path), "-"
-    procs.extend([await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.billing.settle_worker", db, schema, str(catalog),
-        meter.url_of(worker), str(LEASE_S), str(BATCH), str(30 * SLOW),
+    started = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.billing.settle_worker", db, schema, str(catalog), mode,
+        url, str(LEASE_S), str(BATCH), str(30 * SLOW),
         cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        for worker in (0, 1)])
-    for proc in procs:
+        for url in urls]
+    procs.extend(started)
+    for proc in started:
         line = await asyncio.wait_for(proc.stdout.readline(), 20 * SLOW)
         assert line == b"ready\n"
+    return started
+
+
+async def _go(proc: asyncio.subprocess.Process) -> None:
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+
+
+async def _start_workers(store, catalog: Path, meter: TwoPortMeter,
+                         procs: list[asyncio.subprocess.Process], kill_victim_at: int = 0
+                         ) -> list[asyncio.subprocess.Process]:
+    """Two meter-event workers, both ready; then both told to go at once.
+    ``kill_victim_at`` > 0: the first is killed at that event (``TwoPortMeter.kill``)."""
+    started = await _spawn(store, catalog, "meter_events", [meter.url_of(0), meter.url_of(1)],
+                           procs)
     if kill_victim_at:
-        meter.kill = (meter.ports[0], kill_victim_at, procs[0])
-    for proc in procs:
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
-    return procs
+        meter.kill = (meter.ports[0], kill_victim_at, started[0])
+    for proc in started:
+        await _go(proc)
+    return started
 
 
 async def _finish(proc: asyncio.subprocess.Process) -> tuple[int, dict | None]:
@@ -165,7 +187,7 @@ async def test_two_workers_settle_each_session_once(store, meter, workers, tmp_p
     procs = await _start_workers(store, catalog, meter, workers)
     results = [await _finish(proc) for proc in procs]
 
-    assert [rc for rc, _ in results] == [0, 0]
+    assert [(rc, out["failed_passes"]) for rc, out in results] == [(0, 0), (0, 0)]
     settled = [out["settled"] for _, out in results]
     assert sum(settled) == BILLABLE and min(settled) > 0, settled  # both took a share
     # claims kept them apart: no session was even sent twice
@@ -203,3 +225,152 @@ async def test_killed_worker_rows_settled_once_by_the_survivor(store, meter, wor
     assert in_flight in survivor_sent
     assert len(meter.sent) == BILLABLE + 1
     await _assert_settled_once(store, meter, billable, others)
+
+
+# ---------------------------------------------------------------- invoice items, localstripe
+
+ACCOUNTS = 12
+PER_ACCOUNT = 3
+
+
+class IdempotentFront:
+    """``POST /v1/invoiceitems`` passed on to localstripe, on two ports (one
+    per worker), keeping the one thing of Stripe that localstripe lacks:
+    ``Idempotency-Key`` (a second request with a key answers the first's
+    response without creating anything,
+    https://docs.stripe.com/api/idempotent_requests). Each answer leaves
+    ``delay_s`` after localstripe created the item; ``kill`` as in
+    ``TwoPortMeter``, counting items created through that port."""
+
+    def __init__(self, localstripe_url: str, delay_s: float) -> None:
+        self.upstream = localstripe_url
+        self.ports = (free_port(), free_port())
+        self.delay_s = delay_s
+        self.answers: dict[str, tuple[int, bytes]] = {}
+        self.sent: list[tuple[int, str, bool]] = []  # (port, idempotency key, replayed)
+        self.kill: tuple[int, int, asyncio.subprocess.Process] | None = None
+        self.killed_during: str | None = None
+        self.first_request = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.runner: web.AppRunner | None = None
+
+    def url_of(self, worker: int) -> str:
+        return f"http://127.0.0.1:{self.ports[worker]}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        port = request.transport.get_extra_info("sockname")[1]
+        key = request.headers["Idempotency-Key"]
+        self.first_request.set()
+        async with self._lock:
+            replayed = key in self.answers
+            if not replayed:
+                async with aiohttp.ClientSession() as http, http.post(
+                        self.upstream + request.path, data=await request.read(),
+                        headers={"Authorization": request.headers["Authorization"],
+                                 "Content-Type": request.content_type}) as resp:
+                    self.answers[key] = (resp.status, await resp.read())
+        self.sent.append((port, key, replayed))
+        if self.kill is not None and self.kill[0] == port and not replayed:
+            if sum(1 for p, _, r in self.sent if p == port and not r) == self.kill[1]:
+                self.kill[2].kill()
+                self.killed_during = key
+        await asyncio.sleep(self.delay_s)
+        status, body = self.answers[key]
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/invoiceitems", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        for port in self.ports:
+            await web.TCPSite(self.runner, "127.0.0.1", port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def front(localstripe):
+    fake = IdempotentFront(localstripe.url, delay_s=0.05)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def _closed_period_sessions(store, localstripe, tmp_path: Path
+                                  ) -> tuple[Path, dict[str, tuple[str, list[str]]]]:
+    """``ACCOUNTS`` pay-as-you-go accounts, each with a localstripe customer
+    and ``PER_ACCOUNT`` billable sessions last month: (catalog, account id →
+    (customer, session ids))."""
+    catalog_path = tmp_path / "catalog.toml"
+    catalog_path.write_text(BILLING_CATALOG)
+    catalog = load_catalog(catalog_path)
+    accounts = {}
+    for n in range(ACCOUNTS):
+        account = await store.create_account(f"inv{n}@example.com", "payg")
+        customer = (await localstripe.call("POST", "/v1/customers",
+                                           {"email": account.email}))["id"]
+        await store.update_account(account.id, stripe_customer_id=customer)
+        project = await store.create_project(account.id, "p")
+        ids = await add_sessions(store, catalog, account.id, project.id, billable=PER_ACCOUNT,
+                                 not_billable=1, started_at=last_month())
+        accounts[account.id] = (customer, ids[:PER_ACCOUNT])
+    return catalog_path, accounts
+
+
+async def _assert_invoiced_once(store, localstripe, accounts) -> None:
+    """What localstripe holds: one invoice item per account for its
+    sessions' overage; the store: each session ``invoiced`` with that item."""
+    unit = 10  # payg overage_cents
+    for account_id, (customer, ids) in accounts.items():
+        items = (await localstripe.call("GET", "/v1/invoiceitems", {"customer": customer}))["data"]
+        assert [(i["amount"], i["metadata"]["voxgate_quantity"]) for i in items] == [
+            (PER_ACCOUNT * unit, str(PER_ACCOUNT))], account_id
+        records = [await store.get_session(i) for i in ids]
+        assert {(r.settlement, r.settlement_ref) for r in records} == {("invoiced", items[0]["id"])}
+        settlements = await BillingDB(store).list_settlements(account_id)
+        assert [(s.quantity, s.status) for s in settlements] == [(PER_ACCOUNT, "created")]
+    assert await store.due_outbox(time.time() + 1e9) == []
+
+
+async def test_two_workers_invoice_each_period_once(store, localstripe, front, workers, tmp_path):
+    catalog, accounts = await _closed_period_sessions(store, localstripe, tmp_path)
+    procs = await _spawn(store, catalog, "invoice_items", [front.url_of(0), front.url_of(1)],
+                         workers)
+    for proc in procs:
+        await _go(proc)
+    results = [await _finish(proc) for proc in procs]
+
+    assert [(rc, out["failed_passes"]) for rc, out in results] == [(0, 0), (0, 0)]
+    assert sum(out["settled"] for _, out in results) == ACCOUNTS * PER_ACCOUNT
+    # claims kept them apart: no invoice item was even requested twice
+    assert len(front.sent) == ACCOUNTS and not any(r for _, _, r in front.sent)
+    await _assert_invoiced_once(store, localstripe, accounts)
+
+
+async def test_killed_worker_settlements_invoiced_once_by_the_survivor(
+        store, localstripe, front, workers, tmp_path):
+    catalog, accounts = await _closed_period_sessions(store, localstripe, tmp_path)
+    victim, survivor = await _spawn(store, catalog, "invoice_items",
+                                    [front.url_of(0), front.url_of(1)], workers)
+    front.delay_s = 0.1
+    front.kill = (front.ports[0], 3, victim)
+    # the victim first: its pass claims every settlement; the survivor starts
+    # once the victim is sending, so finds them all claimed
+    await _go(victim)
+    await asyncio.wait_for(front.first_request.wait(), 20 * SLOW)
+    await _go(survivor)
+    assert (await _finish(victim))[0] == -9 and front.killed_during is not None
+
+    rc, out = await _finish(survivor)
+    assert rc == 0 and out["settled"] == (ACCOUNTS - 2) * PER_ACCOUNT
+    victim_keys = [k for p, k, _ in front.sent if p == front.ports[0]]
+    survivor_sent = [(k, r) for p, k, r in front.sent if p == front.ports[1]]
+    assert len(victim_keys) == 3 and victim_keys[-1] == front.killed_during
+    # the one repeat is the item whose answer the victim never got: the
+    # Idempotency-Key made it the same item
+    assert [k for k, replayed in survivor_sent if replayed] == [front.killed_during]
+    assert len(survivor_sent) == ACCOUNTS - 2
+    await _assert_invoiced_once(store, localstripe, accounts)
