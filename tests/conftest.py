@@ -247,7 +247,12 @@ async def http():
 
 # ---------------------------------------------------------------- stores on both databases
 
-PG_URL = os.environ.get("VOXGATE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# make test's scripts/test-services.sh writes .test-pg-url when it had to run a
+# private PostgreSQL (the system's asked for a password)
+_PG_URL_FILE = ROOT / ".test-pg-url"
+PG_URL = os.environ.get("VOXGATE_TEST_PG_URL") or (
+    _PG_URL_FILE.read_text().strip() if _PG_URL_FILE.is_file()
+    else "postgresql://postgres@127.0.0.1:5432/test")
 
 
 async def open_store(kind: str, tmp_path: Path):
