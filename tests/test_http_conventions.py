@@ -7,6 +7,7 @@ decides (retries, ``e.request_id``)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -273,6 +274,17 @@ async def test_json_logs_carry_request_and_session_context(make_server, catalog,
     assert ours, lines
     assert all(line["request_id"] == rid and line["account_id"] == server.account_id
                and line["project_id"] == server.project_id for line in ours)
+
+
+def test_text_log_line_names_each_context_field_once():
+    def line() -> str:
+        logs.bind(request_id="req_1", session_id="sess_1")
+        record = logging.getLogRecordFactory()("t", logging.INFO, __file__, 1,
+                                               "GET / 200 request_id=%s", ("req_1",), None)
+        return logs.TextFormatter("%(message)s").format(record)
+
+    logs.install()
+    assert contextvars.copy_context().run(line) == "GET / 200 request_id=req_1 session_id=sess_1"
 
 
 async def test_metrics_operators_expect(make_server, catalog, http):

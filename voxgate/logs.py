@@ -95,11 +95,15 @@ def install() -> None:
 
 class TextFormatter(logging.Formatter):
     """The text line, with the known context fields appended as ``key=value``
-    and keys redacted from the whole line (tracebacks included)."""
+    (those the message does not already carry, as the access log line does
+    its ``request_id``) and keys redacted from the whole line (tracebacks
+    included)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS if hasattr(record, k))
+        message = record.getMessage()
+        extra = " ".join(f"{k}={getattr(record, k)}" for k in CONTEXT_FIELDS
+                         if hasattr(record, k) and f"{k}=" not in message)
         return redact(f"{line} {extra}" if extra else line)
 
 
