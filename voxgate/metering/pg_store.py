@@ -40,7 +40,6 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from voxgate.metering.connection import AsyncConnection
 from voxgate.metering.sqlite_store import SQLiteStore, load_migrations
 from voxgate.metering.store import OutboxItem
 
@@ -137,15 +136,7 @@ class PostgresStore(SQLiteStore):
         """
         if self._db is not None:
             return
-        db = AsyncConnection(self._connect_pg, "voxgate-pg")
-        await db.open()
-        try:
-            self._db = db
-            await self._migrate()
-        except BaseException:
-            self._db = None
-            await db.close()
-            raise
+        await self._open_with(self._connect_pg, "voxgate-pg")
 
     def _connect_pg(self) -> _Connection:
         """A new connection (autocommit, in ``schema`` when given)."""

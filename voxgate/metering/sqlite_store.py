@@ -387,7 +387,13 @@ class SQLiteStore:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = AsyncConnection(self._connect, "voxgate-sqlite")
+        await self._open_with(self._connect, "voxgate-sqlite")
+
+    async def _open_with(self, connect: Any, thread_name: str) -> None:
+        """Open the connection ``connect`` makes (on its own thread named
+        ``thread_name``) and apply pending migrations; closed again when
+        they fail."""
+        db = AsyncConnection(connect, thread_name)
         await db.open()
         try:
             self._db = db
