@@ -64,6 +64,22 @@ requests_per_minute = 100000
 """
 
 
+class TotpClock:
+    """The clock test servers check TOTP codes against (``WebState.totp_clock``,
+    set by ``start_server``): frozen in the middle of a 30 s step, which
+    ``tests.web.conftest.totp_code`` moves on when it needs a fresh step
+    instead of waiting for the wall clock to get there."""
+
+    def __init__(self) -> None:
+        self.step = int(time.time()) // 30
+
+    def now(self) -> float:
+        return self.step * 30 + 15.0
+
+
+TOTP_CLOCK = TotpClock()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -202,6 +218,10 @@ async def start_server(settings_data: dict, plan: str, *, plugins: tuple[str, ..
     port = settings_data.get("port") or free_port()
     settings = load_settings(None, **{**settings_data, "port": port})
     app = create_app(settings, **({} if plugins is None else {"plugins": plugins}))
+    from voxgate.web.app import WEB
+
+    if WEB in app:
+        app[WEB].totp_clock = TOTP_CLOCK.now
     runner = web.AppRunner(app, shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

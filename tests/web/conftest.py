@@ -1,11 +1,11 @@
 """Dashboard fixtures: a catalog with priced plans, and ``WebClient``, an
 aiohttp client that signs up or in through the real forms (cookies and
 CSRF tokens included), enrolls two-factor sign-in and computes its codes
-with ``pyotp`` like an authenticator app."""
+with ``pyotp`` like an authenticator app (at the test servers' TOTP
+clock, ``tests.conftest.TOTP_CLOCK``)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from pathlib import Path
@@ -15,6 +15,7 @@ import pyotp
 import pytest
 import pytest_asyncio
 
+from tests.conftest import TOTP_CLOCK
 from voxgate.metering.store import period_of
 from voxgate.models import Measurements, SessionRecord, Verdict, new_id
 
@@ -63,18 +64,15 @@ RECOVERY_RE = re.compile(r"\b[0-9a-f]{5}-[0-9a-f]{5}\b")
 _LAST_STEP: dict[str, int] = {}  # secret → last time step a code was made for
 
 
-async def totp_code(secret: str) -> str:
-    """A code the server has not seen yet (a step is accepted once): the
-    current step, or the next one (± 1 step is accepted), waiting when
-    both were used."""
-    totp = pyotp.TOTP(secret)
-    while True:
-        now_step = int(time.time()) // totp.interval
-        step = max(now_step, _LAST_STEP.get(secret, 0) + 1)
-        if step <= now_step + 1:
-            _LAST_STEP[secret] = step
-            return totp.generate_otp(step)
-        await asyncio.sleep(1)
+def totp_code(secret: str) -> str:
+    """The code an authenticator app shows for ``secret`` at ``TOTP_CLOCK``
+    (the test servers' TOTP clock). The server accepts a step once, so when
+    this step's code was already made, the clock first moves on one step
+    (what waiting 30 s for the next code would do)."""
+    if _LAST_STEP.get(secret, -1) >= TOTP_CLOCK.step:
+        TOTP_CLOCK.step = _LAST_STEP[secret] + 1
+    _LAST_STEP[secret] = TOTP_CLOCK.step
+    return pyotp.TOTP(secret).at(TOTP_CLOCK.now())
 
 
 @pytest.fixture
@@ -131,7 +129,7 @@ class WebClient:
         if status == 303 and resp.headers["Location"] == "/signin/2fa" and totp_secret:
             await self.get("/signin/2fa")
             status, _, resp = await self.post("/signin/2fa",
-                                              {"code": await totp_code(totp_secret)})
+                                              {"code": totp_code(totp_secret)})
         if status == 303:
             await self.get("/dashboard")
         return status
@@ -143,7 +141,7 @@ class WebClient:
         assert status == 200, text
         secret = SECRET_RE.search(text).group(1)
         status, text, _ = await self.post("/account/2fa", {"action": "confirm",
-                                                           "code": await totp_code(secret)})
+                                                           "code": totp_code(secret)})
         assert status == 200 and "shown only once" in text, text
         return secret, RECOVERY_RE.findall(text)
 

@@ -55,13 +55,15 @@ async def _check_code(request: web.Request, user: User, code: str, secret: str |
                       now: float | None = None) -> tuple[str, int] | None:
     """(``"totp"``, its time step) or (``"recovery"``, 0) when ``code`` is a
     right code of ``user`` (the TOTP step or the recovery code is spent),
-    else None.
+    else None. TOTP steps are those of ``WebState.totp_clock``.
     ``secret``: check against this (pending) secret instead, TOTP only."""
-    db = _state(request).db
+    state = _state(request)
+    db = state.db
     now = time.time() if now is None else now
     key = secret or user.totp_secret
     if key and twofactor.is_totp_code(code):
-        step = twofactor.verify_totp(key, code, now, 0 if secret else user.totp_last_counter)
+        step = twofactor.verify_totp(key, code, state.totp_clock(),
+                                     0 if secret else user.totp_last_counter)
         if step is not None and (secret is not None or await db.accept_totp_step(user.id, step)):
             return "totp", step
         return None

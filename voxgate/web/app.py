@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,9 @@ class WebState:
     base_url: str
     db: WebDB | None = None  # set when the store is open
     limits: DashboardLimits = field(default_factory=DashboardLimits)
+    # The clock TOTP codes are checked against (Unix seconds): the wall clock;
+    # tests set a clock they step, so that a fresh step needs no 30 s wait.
+    totp_clock: Callable[[], float] = time.time
 
 
 WEB = web.AppKey("voxgate.web", WebState)
