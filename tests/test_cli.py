@@ -50,8 +50,10 @@ def voxgate(*args, cwd, env, timeout=120):
 
 
 def test_call_without_arguments_is_a_billable_session(served):
-    """The README's first call: `voxgate call` and nothing else, against a
-    fresh server, streams the shipped sample and prints a billable session."""
+    """The README's first call: `voxgate call` with no argument but
+    ``--speed 4`` (the 11 s sample at 4× real time instead of the default
+    1×: the verdict counts audio, not wall time), against a fresh server,
+    streams the shipped sample and prints a billable session."""
     _, lines, env, cwd = served
     demo = [line for line in lines if line.startswith("demo API key: ")]
     assert demo, lines
@@ -59,7 +61,11 @@ def test_call_without_arguments_is_a_billable_session(served):
     assert (cwd / "data" / "demo_api_key").read_text().strip() == key
     assert oct((cwd / "data" / "demo_api_key").stat().st_mode & 0o777) == "0o600"
 
-    result = voxgate("call", cwd=cwd, env=env)
+    from voxgate.cli import build_parser
+
+    defaults = build_parser().parse_args(["call"])
+    assert (defaults.speed, defaults.audio, defaults.out) == (1.0, None, "reply.wav")
+    result = voxgate("call", "--speed", "4", cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "streaming the sample jfk.flac (11.0 s)" in out, out
