@@ -196,6 +196,7 @@ class OutputAudioTrack(MediaStreamTrack):
         self._playing = False
         self.frames_sent = 0
         self.audio_frames_sent = 0
+        self.frames_skipped = 0  # fell behind by more than MAX_LAG_S
 
     # -- fed by the call ---------------------------------------------------
 
@@ -230,17 +231,36 @@ class OutputAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock()
-        if self._tick0 is None or now - (self._tick0 + self._index) * FRAME_S > MAX_LAG_S:
-            self._tick0 = self._grid.tick_at(now) - self._index
-        due = self._tick0 + self._index
+        due = self.due_tick(now)
         if due * FRAME_S > now:
             await self._grid.wait(due)
-        packet = self._next_packet(self._index)
-        self._index += 1
-        self.frames_sent += 1
-        return packet
+        payload, index = self.next_frame()
+        return self._encoder.packet(payload, index)
 
-    def _next_packet(self, index: int) -> av.Packet:
+    # -- the frame source of ``rtp_pump.RtpPump`` ----------------------------
+
+    def due_tick(self, now: float) -> int:
+        """The grid tick the next frame falls due on. Behind schedule by
+        more than :data:`MAX_LAG_S` at ``now`` (monotonic s), the clock
+        restarts at the next tick and the frames in between are skipped
+        (counted in :attr:`frames_skipped`)."""
+        if self._tick0 is None or now - (self._tick0 + self._index) * FRAME_S > MAX_LAG_S:
+            tick0 = self._grid.tick_at(now) - self._index
+            if self._tick0 is not None:
+                self.frames_skipped += tick0 - self._tick0
+            self._tick0 = tick0
+        return self._tick0 + self._index
+
+    def next_frame(self) -> tuple[bytes, int]:
+        """The next frame's Opus payload and its index (frame *n* is due
+        at tick ``tick0 + n``)."""
+        index = self._index
+        payload = self._next_payload(index)
+        self._index = index + 1
+        self.frames_sent += 1
+        return payload, index
+
+    def _next_payload(self, index: int) -> bytes:
         """Frame ``index``: queued audio once :data:`PREBUFFER_MS` of a
         response (or all of it) is in, whole frames only until the
         response's audio is done (then the last one is padded); else

@@ -26,10 +26,12 @@ from typing import Any
 
 import av
 import numpy as np
+import pylibsrtp
+from aiortc import clock as rtc_clock
 from av.audio.codeccontext import AudioCodecContext
 
 __all__ = ["OpusVoiceEncoder", "OpusDecoder48", "InlineAudioReceiver", "decode_inline",
-           "SILENCE_PACKET", "RTP_CLOCK", "ENCODE_RATE"]
+           "InboundRtp", "receive_inline", "SILENCE_PACKET", "RTP_CLOCK", "ENCODE_RATE"]
 
 log = logging.getLogger("voxgate.webrtc")
 
@@ -74,8 +76,8 @@ SILENCE_PACKET = _silence_packet(20)
 
 
 class OpusVoiceEncoder:
-    """PCM16 24 kHz mono frames → Opus RTP payloads, as ``av.Packet`` s
-    stamped in the 48 kHz RTP clock (``pts``, ``time_base`` 1/48000).
+    """PCM16 24 kHz mono frames → Opus RTP payloads (bytes; :meth:`packet`
+    makes the ``av.Packet`` stamped in the 48 kHz RTP clock).
 
     Args:
         frame_ms: the frame (and packet) duration, in ms (20 ms: ``ptime``
@@ -92,23 +94,23 @@ class OpusVoiceEncoder:
         self._codec = _encoder(frame_ms)
         self._zeros = bytes(self.frame_bytes)
         self._flush = 0
-        self._index = 0
 
-    def encode(self, pcm: bytes, index: int) -> av.Packet:
+    def encode(self, pcm: bytes, index: int) -> bytes:
         """Frame ``index`` of the stream: ``pcm`` (``frame_bytes`` of PCM16
-        24 kHz mono) encoded. Raises ValueError on a wrong size."""
+        24 kHz mono) encoded, as an Opus RTP payload. Raises ValueError on a
+        wrong size."""
         if len(pcm) != self.frame_bytes:
             raise ValueError(f"an Opus frame is {self.frame_bytes} bytes of PCM16, not {len(pcm)}")
         self._flush = self.FLUSH_FRAMES
-        return self._packet(self._encode(pcm, index), index)
+        return self._encode(pcm, index)
 
-    def silence(self, index: int) -> av.Packet:
+    def silence(self, index: int) -> bytes:
         """Frame ``index`` as silence: the end of the last speech (a couple
         of encoded zero frames), then the canned silence packet."""
         if self._flush:
             self._flush -= 1
-            return self._packet(self._encode(self._zeros, index), index)
-        return self._packet(SILENCE_PACKET, index)
+            return self._encode(self._zeros, index)
+        return SILENCE_PACKET
 
     def _encode(self, pcm: bytes, index: int) -> bytes:
         frame = av.AudioFrame.from_ndarray(
@@ -120,7 +122,9 @@ class OpusVoiceEncoder:
             payload = bytes(packet)
         return payload or SILENCE_PACKET
 
-    def _packet(self, payload: bytes, index: int) -> av.Packet:
+    def packet(self, payload: bytes, index: int) -> av.Packet:
+        """``payload`` as frame ``index``'s ``av.Packet`` (``pts`` in the
+        48 kHz RTP clock), what aiortc's ``RTCRtpSender`` packs."""
         packet = av.Packet(payload)
         packet.pts = index * self._ticks
         packet.time_base = _TIME_BASE
@@ -183,24 +187,28 @@ class InlineAudioReceiver:
     # -- the jitter buffer's API -------------------------------------------
 
     def add(self, packet: Any) -> tuple[bool, None]:
-        seq = packet.sequence_number
+        # ``packet._data``: the depayloaded frame, set by RTCRtpReceiver
+        self.add_payload(packet.sequence_number, packet._data)
+        return False, None
+
+    def add_payload(self, seq: int, data: bytes) -> None:
+        """The Opus payload of the RTP packet numbered ``seq``."""
         if self._ended:
-            return False, None
+            return
         if self._next is None:
             self._next = seq
         ahead = (seq - self._next) & 0xFFFF
         if ahead >= 0x8000:
-            return False, None  # late or repeated
-        data = packet._data  # the depayloaded frame, set by RTCRtpReceiver
+            return  # late or repeated
         if ahead == 0:
             self._decode(data)
             self._next = (seq + 1) & 0xFFFF
-            self._release()
+            if self._held:
+                self._release()
         else:
             self._held[seq] = data
             if len(self._held) > self.MAX_HELD:
                 self._skip_to_held()
-        return False, None
 
     # -- the decoder queue's API ---------------------------------------------
 
@@ -263,3 +271,102 @@ def decode_inline(receiver: Any, on_pcm: Callable[[bytes], None],
     for name in _SEAMS:
         setattr(receiver, name, inline)
     return inline
+
+
+class _Seen:
+    """What aiortc's ``StreamStatistics.add`` reads of an RTP packet."""
+
+    __slots__ = ("sequence_number", "timestamp")
+
+    def __init__(self) -> None:
+        self.sequence_number = 0
+        self.timestamp = 0
+
+
+class InboundRtp:
+    """The browser's audio RTP straight from the ICE connection's datagram
+    callback to :class:`InlineAudioReceiver`: no ``asyncio.Queue`` and task
+    wake-up per packet (aioice's ``Connection.recv``, the DTLS transport's
+    receive loop), no ``RtpPacket`` with header extensions, no RTP router.
+    aiortc's SRTP session does the unprotecting, its receive statistics
+    (RTCP receiver reports) and transport counters are kept as it keeps
+    them.
+
+    Only a packet of the audio receiver's SSRC (once aiortc's RTP router
+    has learnt it from the first packet) and payload type, after the DTLS
+    handshake, takes this path; everything else (STUN, DTLS, SCTP, RTCP,
+    other streams) goes on to aioice as before. The RTP header is read as
+    RFC 3550 §5.1 lays it out (CSRCs, the RFC 8285 extension block and
+    padding skipped); SRTP leaves it in the clear (RFC 3711 §3.1).
+
+    Args:
+        receiver: the ``aiortc.RTCRtpReceiver`` whose jitter buffer
+            :func:`decode_inline` replaced with ``inline``.
+        inline: that :class:`InlineAudioReceiver`.
+    """
+
+    def __init__(self, receiver: Any, inline: InlineAudioReceiver) -> None:
+        self._receiver = receiver
+        self._inline = inline
+        self._dtls = receiver.transport
+        self._router = self._dtls._rtp_router
+        self._streams = receiver._RTCRtpReceiver__remote_streams
+        self._active = receiver._RTCRtpReceiver__active_ssrc
+        self._seen = _Seen()
+        self.packets = 0  # taken on this path
+
+    def __call__(self, data: bytes) -> bool:
+        """Take ``data`` (one datagram) if it is this receiver's RTP; False
+        leaves it to aioice."""
+        if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
+            return False  # not RTP (RFC 7983 demultiplexing; 192-223: RTCP)
+        dtls = self._dtls
+        srtp = dtls._rx_srtp
+        if srtp is None or not self._receiver._enabled:
+            return False
+        ssrc = int.from_bytes(data[8:12], "big")
+        receiver = self._router.ssrc_table.get(ssrc)
+        if receiver is not self._receiver:
+            return False  # an unknown SSRC: aiortc's router learns it
+        stats = self._streams.get(ssrc)
+        if stats is None or receiver not in self._router.payload_type_table.get(data[1] & 0x7F, ()):
+            return False
+        try:
+            plain = srtp.unprotect(data)
+        except pylibsrtp.Error as exc:  # dropped, as aiortc drops it
+            log.debug("SRTP unprotect failed: %s", exc)
+            return True
+        dtls._RTCDtlsTransport__rx_bytes += len(data)
+        dtls._RTCDtlsTransport__rx_packets += 1
+        first = plain[0]
+        pos = 12 + 4 * (first & 0x0F)
+        end = len(plain)
+        if first & 0x10:  # header extension: profile, length in 32-bit words
+            if end < pos + 4:
+                return True
+            pos += 4 + 4 * int.from_bytes(plain[pos + 2:pos + 4], "big")
+        if first & 0x20:  # padding: its length is the last byte
+            end -= plain[-1]
+        if end < pos:
+            return True  # malformed: dropped, as aiortc drops it
+        seq = int.from_bytes(plain[2:4], "big")
+        seen = self._seen
+        seen.sequence_number = seq
+        seen.timestamp = int.from_bytes(plain[4:8], "big")
+        stats.add(seen)
+        self.packets += 1
+        if not self.packets & 63:  # getSynchronizationSources(): about every 1.3 s
+            self._active[ssrc] = rtc_clock.current_datetime()
+        self._inline.add_payload(seq, plain[pos:end])
+        return True
+
+
+def receive_inline(receiver: Any, inline: InlineAudioReceiver) -> InboundRtp | None:
+    """The fast path for ``receiver``'s packets (:class:`InboundRtp`), or
+    None when this aiortc lacks the seams it reads (then every packet goes
+    the way aiortc takes it, through :func:`decode_inline`'s receiver)."""
+    try:
+        return InboundRtp(receiver, inline)
+    except AttributeError as exc:
+        log.debug("no inbound RTP fast path on this aiortc: %s", exc)
+        return None

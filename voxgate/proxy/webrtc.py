@@ -65,7 +65,7 @@ from voxgate.errors import (
 )
 from voxgate.metering.events import classify
 from voxgate.metering.meter import CLIENT, SERVER, SHUTDOWN, UPSTREAM
-from voxgate.proxy import rtc_ice, rtp_audio, tokens
+from voxgate.proxy import rtc_ice, rtp_audio, rtp_pump, tokens
 from voxgate.proxy.auth import authenticate, session_model
 from voxgate.proxy.events import (
     AUDIO_APPEND,
@@ -362,6 +362,7 @@ class Call:
         self._response_id: str | None = None  # response in progress upstream
         self._dropped: set[str | None] = set()  # responses whose audio was cleared
         self._inbound: InboundAudio | None = None  # the browser's audio, once its track is in
+        self._rtp_in: rtp_audio.InboundRtp | None = None  # its RTP's fast path
         self._consent_timer: asyncio.TimerHandle | None = None
         self._consent_lost = False
         self._runner: asyncio.Task | None = None
@@ -392,7 +393,7 @@ class Call:
         # before gathering) is the usual browser flow: the client's addresses
         # are learnt from its connectivity checks as peer-reflexive
         # candidates (RFC 8445 §7.3.1.3), and ``ice_timeout_s`` bounds it.
-        pc.addTrack(self.track)
+        rtp_pump.pump_sender(pc.addTrack(self.track), self.track)
         answer = await pc.createAnswer()
         with rtc_ice.host_addresses(self.settings.host_addresses):
             await pc.setLocalDescription(answer)
@@ -618,7 +619,9 @@ class Call:
         def wrap(received: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
             def seen(data: Any, addr: Any) -> None:
                 self._last_seen_ms = monotonic_ms()
-                received(data, addr)
+                rtp = self._rtp_in
+                if rtp is None or not rtp(data):
+                    received(data, addr)
             return seen
 
         for protocol in protocols:
@@ -739,7 +742,8 @@ class Call:
         receiver = next(t.receiver for t in self.pc.getTransceivers()
                         if t.receiver.track is track)
         self._inbound = InboundAudio(chunk_ms=40)
-        rtp_audio.decode_inline(receiver, self._inbound.feed, self._inbound.end)
+        inline = rtp_audio.decode_inline(receiver, self._inbound.feed, self._inbound.end)
+        self._rtp_in = rtp_audio.receive_inline(receiver, inline)
         self._spawn(self._inbound_audio(self._inbound), "inbound audio")
 
     async def _inbound_audio(self, audio: InboundAudio) -> None:
