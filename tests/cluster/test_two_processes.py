@@ -77,9 +77,11 @@ def fresh_pg():
 
 
 @pytest.fixture
-async def cluster(tmp_path, voice_url):
+async def cluster(tmp_path, voice_url, fresh_pg):
     """A factory of two voxgate processes sharing ``tmp_path``'s database
-    and one Redis prefix: ``await cluster(**settings)`` → (env, [a, b])."""
+    and one Redis prefix: ``await cluster(**settings)`` → (env, [a, b]).
+    It uses ``fresh_pg`` so that the processes stop before ``fresh_pg``
+    drops their database (else they retry writes to it until killed)."""
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
     prefix = f"voxgate-test-{uuid.uuid4().hex[:8]}:"

@@ -4,6 +4,7 @@ WebSocket session for the CSV export). Each fails without its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -433,7 +434,7 @@ async def test_csv_formula_injection_via_model(make_server, clients):
         if rows and rows[0].status == "completed":
             break
         assert time.monotonic() < deadline, rows
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)  # the in-process server completes it meanwhile
     assert rows[0].model == model
     status, text, _ = await c.get("/sessions.csv")
     assert status == 200
