@@ -22,7 +22,7 @@ import uuid
 
 import av
 from aiohttp import web
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 PCS: dict[str, RTCPeerConnection] = {}
@@ -75,7 +75,7 @@ async def client_secrets(request: web.Request) -> web.Response:
 async def calls(request: web.Request) -> web.Response:
     from voxgate.proxy import rtc_ice
 
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # as voxgate: no STUN server
     call_id = "rtc_" + uuid.uuid4().hex
     PCS[call_id] = pc
 

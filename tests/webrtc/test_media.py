@@ -305,3 +305,69 @@ def test_host_addresses_are_scoped_to_the_context():
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
         assert aioice.ice.get_host_addresses(use_ipv4=False, use_ipv6=True) == []
     assert "127.0.0.1" not in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+
+
+def _stats(report, kind: str) -> list:
+    return [s for s in report.values() if s.type == kind]
+
+
+async def test_rtp_both_ways_at_the_rtp_layer_keeps_rtcp_and_stats(make_server, rtc_settings,
+                                                                    http, jfk48):
+    """The browser's RTP goes from the ICE datagram callback to the decoder
+    (``rtp_audio.InboundRtp``) and voxgate's RTP leaves from the process's
+    pump (``rtp_pump.RTP_PUMP``), and both still count as aiortc counts: the
+    packets each side sent are the packets the other received (receive
+    statistics, transport counters), RTCP sender and receiver reports cross
+    both ways, and the pump lets go of the stream when the call ends."""
+    from voxgate.proxy.rtp_pump import RTP_PUMP
+    from voxgate.proxy.webrtc import CALLS
+
+    server = await make_server(**rtc_settings)
+    resp = await http.post(server.url + "/v1/realtime/client_secrets", json={"session": NO_VAD},
+                           headers={"Authorization": f"Bearer {server.key}"})
+    ek = (await resp.json())["value"]
+    client = Client(server.url, jfk48[: 48000 * 2 * 3], then_silence=True)
+    try:
+        await client.connect(http, ek, params={"voxgate_fault": "echo"})
+        await client.wait_event("session.created", 10)
+        call = server.app[CALLS][client.call_id]
+        assert RTP_PUMP.streams >= 1
+        await asyncio.wait_for(client.track.finished.wait(), 10 * SLOW)
+        await asyncio.sleep(2.5)  # RTCP reports go every 0.5-1.5 s
+        vg_sender = call.pc.getSenders()[0]
+        vg_receiver = next(t.receiver for t in call.pc.getTransceivers())
+        c_sender = client.pc.getSenders()[0]
+        c_receiver = next(t.receiver for t in client.pc.getTransceivers())
+        vg_out = _stats(await vg_sender.getStats(), "outbound-rtp")[0]
+        c_in = _stats(await c_receiver.getStats(), "inbound-rtp")[0]
+        c_out = _stats(await c_sender.getStats(), "outbound-rtp")[0]
+        vg_in = _stats(await vg_receiver.getStats(), "inbound-rtp")[0]
+        # voxgate → client: every packet the pump sent arrived (a few in flight)
+        assert vg_out.packetsSent > 100 and 0 <= vg_out.packetsSent - c_in.packetsReceived <= 3
+        assert vg_out.bytesSent > vg_out.packetsSent * 3
+        # client → voxgate: all but the first packet or two took the fast path,
+        # and aiortc's receive statistics saw every one of them
+        assert 0 <= c_out.packetsSent - vg_in.packetsReceived <= 3
+        assert call._rtp_in is not None and call._rtp_in.packets >= vg_in.packetsReceived - 3
+        assert vg_in.packetsLost == 0
+        # RTCP: voxgate's sender reports carry the pump's counts to the client,
+        # the client's receiver reports come back
+        remote_out = _stats(await c_receiver.getStats(), "remote-outbound-rtp")
+        assert remote_out and 0 < remote_out[0].packetsSent <= vg_out.packetsSent
+        remote_in = _stats(await vg_sender.getStats(), "remote-inbound-rtp")
+        assert remote_in and remote_in[0].packetsLost == 0
+        transport = _stats(await call.pc.getStats(), "transport")[0]
+        assert transport.packetsReceived >= vg_in.packetsReceived
+        assert transport.packetsSent >= vg_out.packetsSent
+        streams = RTP_PUMP.streams
+        r = await http.post(server.url + client.location + "/hangup",
+                            headers={"Authorization": f"Bearer {ek}"})
+        assert r.status == 200
+        for _ in range(100):
+            if RTP_PUMP.streams < streams:
+                break
+            await asyncio.sleep(0.02)
+        assert RTP_PUMP.streams == streams - 1  # the call's stream is gone
+        assert call.track.readyState == "ended"
+    finally:
+        await client.close()

@@ -38,7 +38,7 @@ import time
 import aiohttp
 import av
 import orjson
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from voxgate.loadtest.audio import Clip
@@ -215,7 +215,10 @@ async def run_webrtc_session(
         res.error = f"client_secrets: {type(exc).__name__}: {exc}"[:200]
         return res
 
-    pc = RTCPeerConnection()
+    # No STUN server (aiortc's default is Google's, whose lookup waits up to
+    # 5 s for a server-reflexive candidate offline), as OpenAI's guide code
+    # has none: host candidates reach voxgate.
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = ClipTrack(_opus(clip), plan.audio_ms)
     pc.addTrack(track)
     channel = pc.createDataChannel("oai-events")
