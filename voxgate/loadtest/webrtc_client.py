@@ -45,7 +45,7 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
-from voxgate.proxy import rtp_audio
+from voxgate.proxy import rtp_audio, rtp_pump
 from voxgate.proxy.media import FRAME_GRID
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
@@ -60,9 +60,10 @@ _SESSION = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 class ClipTrack(MediaStreamTrack):
     """``ms`` of the clip (its Opus frames, looped) in real-time 20 ms
     packets, then the track ends. Frames fall due on the process's 20 ms
-    frame grid (``voxgate.proxy.media.FrameGrid``), so the sessions of a
-    load test wake together; ``late`` counts frames sent more than 20 ms
-    after they were due."""
+    frame grid (``voxgate.proxy.media.FrameGrid``) and are sent by the
+    process's RTP pump (``voxgate.proxy.rtp_pump``), as voxgate sends its
+    own, so the sessions of a load test go out in one pass per tick;
+    ``late`` counts frames sent more than 20 ms after they were due."""
 
     kind = "audio"
 
@@ -73,26 +74,44 @@ class ClipTrack(MediaStreamTrack):
         self.index = 0
         self.tick0: int | None = None  # the grid tick of frame 0
         self.late = 0
+        self._late_pending = False
         self.finished = asyncio.Event()
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
+        now = time.monotonic()
+        due = self.due_tick(now)
+        if self.readyState != "live":
+            raise MediaStreamError
+        if due * 0.02 > now:
+            await FRAME_GRID.wait(due)
+        payload, index = self.next_frame()
+        packet = av.Packet(payload)
+        packet.pts = index * 960
+        packet.time_base = _TIME_BASE
+        return packet
+
+    # -- the frame source of ``voxgate.proxy.rtp_pump`` (which sends it) ------
+
+    def due_tick(self, now: float) -> int:
+        """The grid tick of the next frame; past the last frame the track
+        ends (``finished``)."""
         if self.tick0 is None:
-            self.tick0 = FRAME_GRID.tick_at(time.monotonic())
+            self.tick0 = FRAME_GRID.tick_at(now)
         if self.index >= self.frames:
             self.finished.set()
             self.stop()
-            raise MediaStreamError
         due = self.tick0 + self.index
-        delay = due * 0.02 - time.monotonic()
-        if delay > 0:
-            await FRAME_GRID.wait(due)
-        elif delay < -0.02:
+        if now - due * 0.02 > 0.02:
+            self._late_pending = True
+        return due
+
+    def next_frame(self) -> tuple[bytes, int]:
+        if self._late_pending:
             self.late += 1
-        packet = av.Packet(self.opus[self.index % len(self.opus)])
-        packet.pts = self.index * 960
-        packet.time_base = _TIME_BASE
+            self._late_pending = False
+        index = self.index
         self.index += 1
-        return packet
+        return self.opus[index % len(self.opus)], index
 
 
 class ArrivalTiming:
@@ -220,7 +239,7 @@ async def run_webrtc_session(
     # has none: host candidates reach voxgate.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = ClipTrack(_opus(clip), plan.audio_ms)
-    pc.addTrack(track)
+    rtp_pump.pump_sender(pc.addTrack(track), track)
     channel = pc.createDataChannel("oai-events")
     created = asyncio.Event()
     error_seen = asyncio.Event()

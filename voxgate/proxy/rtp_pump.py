@@ -107,6 +107,8 @@ class RtpStream:
         try:
             while source.readyState == "live":
                 due = source.due_tick(now)
+                if source.readyState != "live":
+                    break  # the track ended (its last frame was sent)
                 if due > tick:
                     return
                 if now - due * FRAME_S > LATE_S:
