@@ -26,8 +26,9 @@ from typing import Any, Protocol
 import pylibsrtp
 from aiortc import clock as rtc_clock
 from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RtpPacket
-from aiortc.utils import random16, random32
+from aiortc.utils import random32
 
 from voxgate.proxy.media import FRAME_GRID, FRAME_S, FrameGrid
 
@@ -78,7 +79,7 @@ class RtpStream:
         self.source = source
         self.dtls = sender.transport
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq = random16()
+        self._seq = random_sequence_number()  # low half: no early wrap (SRTP's ROC)
         self._ts0 = random32()
         mid = sender._RTCRtpSender__mid
         extensions = sender._RTCRtpSender__rtp_header_extensions_map
@@ -170,12 +171,17 @@ class RtpPump:
         self.grid = grid
         self._streams: dict[RtpStream, None] = {}
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.late_frames = 0
 
     def add(self, stream: RtpStream) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests run one per test)
+            self._loop, self._task = loop, None
+            self._streams.clear()
         self._streams[stream] = None
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="rtp pump")
+            self._task = loop.create_task(self._run(), name="rtp pump")
 
     def remove(self, stream: RtpStream) -> None:
         self._streams.pop(stream, None)
@@ -193,7 +199,12 @@ class RtpPump:
             now = grid.clock()
             ntp = rtc_clock.current_ntp_time()
             for stream in list(self._streams):
-                stream.send_due(tick, now, ntp, self)
+                try:
+                    stream.send_due(tick, now, ntp, self)
+                except Exception:  # one stream's bug must not silence the others
+                    log.exception("RTP stream failed: it ends")
+                    stream.finish()
+                    self.remove(stream)
 
 
 RTP_PUMP = RtpPump()
