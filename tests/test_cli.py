@@ -190,3 +190,22 @@ def test_admin_commands_print_json_and_name_valid_plans(admin):
     assert status == 2 and out == "" and "not an origin" in err
     assert json.loads(admin("set-origins", project["id"])[1])["allowed_origins"] == []
     assert json.loads(admin("revoke-key", key["id"])[1]) == {"id": key["id"], "revoked": True}
+
+
+def test_serving_freezes_the_start_up_heap():
+    """What start-up made is out of the cyclic collector's sight, so a full
+    collection during calls scans only what sessions made (a whole-heap pass
+    paused the event loop for 100-146 ms with 50 WebRTC calls live)."""
+    import gc
+
+    from voxgate.cli import freeze_startup_heap
+
+    before = gc.get_freeze_count()
+    made = [[i] for i in range(1000)]  # start-up objects
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() >= before + 1000
+        scanned = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
+        assert not any(id(x) in scanned for x in made)  # frozen: in no generation
+    finally:
+        gc.unfreeze()

@@ -110,6 +110,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def freeze_startup_heap() -> None:
+    """Take what start-up made (modules, the app, its stores and models) out
+    of the cyclic garbage collector's sight (``gc.freeze``), so a full
+    collection scans only what sessions made since. A full collection stops
+    the event loop: over the whole heap it took 100-146 ms with 50 WebRTC
+    calls live, and every call heard the gap at once (a call's audio goes
+    out every 20 ms)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
     """Serve ``app`` on ``listener`` until SIGTERM or SIGINT, then stop
     gracefully: ``voxgate.proxy.app.drain`` (readiness fails, new sessions
@@ -132,6 +145,7 @@ async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
         await runner.setup()
         site = web.SockSite(runner, listener)
         await site.start()
+        freeze_startup_heap()
         print(f"voxgate listening on {url}", flush=True)
         await stop.wait()
         logging.getLogger("voxgate").info("stopping: draining live sessions")

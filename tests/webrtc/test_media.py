@@ -360,6 +360,10 @@ async def test_rtp_both_ways_at_the_rtp_layer_keeps_rtcp_and_stats(make_server, 
         assert transport.packetsReceived >= vg_in.packetsReceived
         assert transport.packetsSent >= vg_out.packetsSent
         streams = RTP_PUMP.streams
+        async with http.get(server.url + "/metrics") as resp:
+            text = await resp.text()
+        assert f"voxgate_webrtc_rtp_streams {float(streams)}" in text
+        assert "# TYPE voxgate_webrtc_late_frames_total counter" in text
         r = await http.post(server.url + client.location + "/hangup",
                             headers={"Authorization": f"Bearer {ek}"})
         assert r.status == 200

@@ -35,6 +35,9 @@ class SessionResult:
         audio_out_ms: audio received back, in ms.
         events_sent, events_received: Realtime events each way.
         rtt_ms: per echoed chunk, send → matching delta received, in ms.
+        underruns: gaps in the returned audio plus frames the client sent late
+            (``underrun_kinds`` splits them: ``arrival_gap``, ``missing``,
+            ``late_arrival``, ``sent_late``, for WebRTC).
         provider_error_seen: an upstream ``error`` event reached the client.
         expected: the ground-truth reason (:func:`plan.ground_truth`).
         recorded: voxgate's recorded reason, and ``billable``.
@@ -55,6 +58,7 @@ class SessionResult:
     events_received: int = 0
     rtt_ms: list[float] = field(default_factory=list)
     underruns: int = 0
+    underrun_kinds: dict[str, int] = field(default_factory=dict)
     provider_error_seen: bool = False
     started_s: float = 0.0
     ended_s: float = 0.0

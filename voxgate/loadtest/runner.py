@@ -183,6 +183,8 @@ async def run_loadtest(cfg: LoadtestConfig,
 
         if probe is not None:
             probe.start()
+        lag = LoopLag()
+        lag_task = asyncio.create_task(lag.run())
         tasks = [asyncio.create_task(session(p)) for p in plans]
         _, pending = await asyncio.wait(tasks, timeout=cfg.max_time_s)
         for task in pending:
@@ -193,6 +195,7 @@ async def run_loadtest(cfg: LoadtestConfig,
                 # A bug in the client, not the server: keep it visible.
                 raise task.exception()  # type: ignore[misc]
         wall_s = time.perf_counter() - t0
+        lag_task.cancel()
         usage = await probe.stop() if probe is not None else None
 
         ordered = [results[p.index] for p in plans]
@@ -202,7 +205,7 @@ async def run_loadtest(cfg: LoadtestConfig,
             records = await fetch_records(http, base, cfg.key, ids, since=wall0 - 5,
                                           wait_s=cfg.audit_wait_s) if ids else {}
             audit_report = audit(ordered, records, cfg.min_audio_ms)
-    return build_report(cfg, ordered, wall0, wall_s, usage, audit_report)
+    return build_report(cfg, ordered, wall0, wall_s, usage, audit_report, loop_lag=lag.report())
 
 
 def _transport_name(transport: str) -> str:
@@ -225,8 +228,35 @@ def _session_runner(cfg: LoadtestConfig, http: aiohttp.ClientSession, base: str,
     return one_ws
 
 
+class LoopLag:
+    """The load generator's own event loop lag, sampled every
+    :attr:`INTERVAL_S`: when its loop is late by more than
+    :attr:`STALL_MS`, the gaps it counts in the returned audio may be its
+    own, not the server's."""
+
+    INTERVAL_S = 0.01
+    STALL_MS = 60.0
+
+    def __init__(self) -> None:
+        self.stalls = 0
+        self.max_ms = 0.0
+
+    async def run(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.INTERVAL_S)
+            late_ms = (time.perf_counter() - t - self.INTERVAL_S) * 1000
+            self.max_ms = max(self.max_ms, late_ms)
+            if late_ms > self.STALL_MS:
+                self.stalls += 1
+
+    def report(self) -> dict[str, Any]:
+        return {"stalls_over_60_ms": self.stalls, "max_lag_ms": round(self.max_ms, 1)}
+
+
 def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float, wall_s: float,
-                 usage, audit_report: dict[str, Any] | None) -> dict[str, Any]:
+                 usage, audit_report: dict[str, Any] | None, *,
+                 loop_lag: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's report (JSON-ready)."""
     counts = {ADMITTED: 0, REFUSED: 0, FAILED: 0}
     by_kind: dict[str, dict[str, int]] = {}
@@ -236,6 +266,7 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
     connect_slow: list[float] = []
     rtt: list[float] = []
     events_sent = events_received = underruns = 0
+    underrun_kinds: dict[str, int] = {}
     audio_s = 0.0
     for r in results:
         counts[r.outcome] += 1
@@ -254,6 +285,8 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
         events_sent += r.events_sent
         events_received += r.events_received
         underruns += r.underruns
+        for kind, n in r.underrun_kinds.items():
+            underrun_kinds[kind] = underrun_kinds.get(kind, 0) + n
         audio_s += r.audio_in_ms / 1000.0
     server = None
     if usage is not None:
@@ -285,6 +318,8 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
                    "per_s": round((events_sent + events_received) / wall_s, 1) if wall_s else None},
         "audio_sent_s": round(audio_s, 3),
         "sender_underruns": underruns,
+        "underruns_by_kind": underrun_kinds,
+        "loadgen_loop": loop_lag,
         "server": server,
         "audit": audit_report,
         "session_results": [r.summary() for r in results],

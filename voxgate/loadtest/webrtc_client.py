@@ -311,6 +311,8 @@ async def run_webrtc_session(
         if plan.kind == "provider_error":
             await asyncio.wait_for(error_seen.wait(), 5.0)
         res.underruns += track.late
+        res.underrun_kinds = {"arrival_gap": timing.gaps, "missing": timing.missing,
+                              "late_arrival": timing.late, "sent_late": track.late}
         if plan.kind != "vanish":
             assert location is not None  # sent with every 201 answer
             async with http.post(base_url + location + "/hangup",

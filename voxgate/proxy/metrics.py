@@ -15,6 +15,13 @@ Sessions and admission:
   ``not_connected`` (ICE never reached connected), with the selected
   candidate pair type (``host``, ``srflx``, ``prflx``, ``relay``, ``none``)
 
+WebRTC media (read from the process's RTP pump, ``voxgate.proxy.rtp_pump``,
+at each scrape):
+
+- ``voxgate_webrtc_rtp_streams`` — outgoing audio streams the pump sends
+- ``voxgate_webrtc_late_frames_total`` — frames it sent more than 60 ms
+  after their 20 ms tick (an event loop short of CPU: calls hear gaps)
+
 Settlement (read from the store at each scrape):
 
 - ``voxgate_outbox_depth`` — billable sessions waiting to be settled
@@ -34,7 +41,9 @@ Process (``prometheus_client.ProcessCollector``, Linux ``/proc``):
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -47,6 +56,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from voxgate.metering.store import MonthlyUsage
@@ -58,6 +69,21 @@ __all__ = ["Metrics", "metrics_handler", "METRICS", "setup", "OUTBOX_SCAN_LIMIT"
 log = logging.getLogger("voxgate.metrics")
 
 OUTBOX_SCAN_LIMIT = 10_000  # outbox rows read per scrape; the depth saturates there
+
+
+class RtpPumpCollector(Collector):
+    """The RTP pump's figures at scrape time (0 before any WebRTC call: the
+    pump's module, which imports aiortc, is not imported for a scrape)."""
+
+    def collect(self) -> Iterator[Metric]:
+        module = sys.modules.get("voxgate.proxy.rtp_pump")
+        pump = getattr(module, "RTP_PUMP", None)
+        yield GaugeMetricFamily("voxgate_webrtc_rtp_streams",
+                                "Outgoing WebRTC audio streams sent by the RTP pump",
+                                value=pump.streams if pump is not None else 0)
+        yield CounterMetricFamily("voxgate_webrtc_late_frames",
+                                  "WebRTC audio frames sent more than 60 ms after their tick",
+                                  value=pump.late_frames if pump is not None else 0)
 
 
 class Metrics:
@@ -92,6 +118,7 @@ class Metrics:
             "voxgate_http_request_duration_seconds", "HTTP request handling time",
             ["method", "route"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0), registry=r)
+        r.register(RtpPumpCollector())
         ProcessCollector(registry=r)
 
     def http_request(self, method: str, route: str, status: int, elapsed_s: float) -> None:
