@@ -196,11 +196,10 @@ class RtpPump:
         while self._streams:
             tick = max(tick + 1, grid.tick_at(grid.clock()) - 1)
             await grid.wait(tick)
-            now = grid.clock()
             ntp = rtc_clock.current_ntp_time()
             for stream in list(self._streams):
-                try:
-                    stream.send_due(tick, now, ntp, self)
+                try:  # the clock per stream: a pause mid-pass makes the rest late
+                    stream.send_due(tick, grid.clock(), ntp, self)
                 except Exception:  # one stream's bug must not silence the others
                     log.exception("RTP stream failed: it ends")
                     stream.finish()
