@@ -6,7 +6,7 @@ decode/resample/encode (``bench/aiortc_echo.py``), in one run.
 The bridge under test (voxgate, or the bare loopback in its turn) is pinned
 to one core of its own, the load generator and the echo provider to the
 other core(s) (``os.sched_setaffinity``), so calls per core is what one
-core holds. At each level (5, 10, 20, 40, 50, 80 concurrent calls) the two bridges
+core holds. At each level (5, 10, 20, 40, 50, 80, 100 concurrent calls) the two bridges
 run in turn, the order alternating, ``REPEATS`` times; each row is the
 median of its runs. CPU is the bridge process's user + system time over the
 run (calls' set-up and close included, from ``/proc`` via psutil) per
@@ -30,7 +30,7 @@ import psutil
 
 from bench.common import PY, Proc, Voxgate, echo_provider, free_port, loadtest, split_cores
 
-LEVELS = (5, 10, 20, 40, 50, 80)
+LEVELS = (5, 10, 20, 40, 50, 80, 100)
 DURATION_S = 8.0
 REPEATS = 3
 VOXGATE = "voxgate WebRTC bridge"

@@ -7,8 +7,10 @@ and no aiortc thread hops either way (``voxgate.proxy.rtp_audio``).
   ``input_audio_buffer.append``.
 - :class:`OutputAudioTrack` is the outgoing ``MediaStreamTrack``: it plays
   the provider's ``response.output_audio.delta`` audio in 20 ms Opus frames
-  encoded from 24 kHz (``av.Packet`` s, which aiortc's sender only packs),
-  canned silence when idle. Frame *n* is due at
+  encoded from 24 kHz, canned silence when idle; the process's RTP pump
+  (``voxgate.proxy.rtp_pump``) takes its frames (``due_tick`` /
+  ``next_frame``) and sends them, and ``recv`` still serves aiortc's own
+  sender (``av.Packet`` s, which it only packs). Frame *n* is due at
   ``start + n × 20 ms`` (never accumulated sleeps), so a long call does not
   drift; every track's start is on one 20 ms grid (:class:`FrameGrid`), so
   a tick is one timer for all the calls of the process. It reports the WebRTC-only server events
@@ -171,7 +173,8 @@ class InboundAudio:
 
 class OutputAudioTrack(MediaStreamTrack):
     """The outgoing audio track: the provider's voice, paced in 20 ms Opus
-    frames (:meth:`recv` returns ``av.Packet`` s in the 48 kHz RTP clock).
+    frames (:meth:`next_frame` for the RTP pump; :meth:`recv` returns
+    ``av.Packet`` s in the 48 kHz RTP clock for aiortc's sender).
 
     Args:
         on_event: called with (``output_audio_buffer.started`` | ``stopped`` |
