@@ -170,15 +170,23 @@ def sender_with(tx: pylibsrtp.Session, sent: list[bytes]) -> Obj:
                _RTCRtpSender__octet_count=0, _RTCRtpSender__packet_count=0)
 
 
-async def test_pump_writes_what_aiortc_writes_and_keeps_rtcp_counters():
+def pumped(frames: int = 1000):
+    """A pump on the real clock with one stream of ``frames`` frames due from
+    the next tick: (pump, stream, its source, its sender, the datagrams it
+    sent, the SRTP session that reads them)."""
     tx, rx = srtp_pair()
     sent: list[bytes] = []
     grid = FrameGrid()
     pump = rtp_pump.RtpPump(grid)
     sender = sender_with(tx, sent)
-    source = Frames(grid.tick_at(grid.clock()) + 1, frames=10)
+    source = Frames(grid.tick_at(grid.clock()) + 1, frames=frames)
     stream = rtp_pump.RtpStream(sender, source, PT)
     pump.add(stream)
+    return pump, stream, source, sender, sent, rx
+
+
+async def test_pump_writes_what_aiortc_writes_and_keeps_rtcp_counters():
+    pump, stream, _, sender, sent, rx = pumped(frames=10)
     await asyncio.wait_for(stream.ended, 2)
     packets = [RtpPacket.parse(rx.unprotect(d), extensions_map()) for d in sent]
     assert [p.payload for p in packets] == [bytes([0xF8, i % 256]) for i in range(1, 11)]
@@ -198,18 +206,12 @@ async def test_pump_writes_what_aiortc_writes_and_keeps_rtcp_counters():
 
 
 async def test_pump_catches_up_after_a_stall_and_counts_late_frames():
-    tx, _ = srtp_pair()
-    sent: list[bytes] = []
-    grid = FrameGrid()
-    pump = rtp_pump.RtpPump(grid)
-    source = Frames(grid.tick_at(grid.clock()) + 1)
-    stream = rtp_pump.RtpStream(sender_with(tx, sent), source, PT)
-    pump.add(stream)
+    pump, stream, source, _, sent, _ = pumped()
     await asyncio.sleep(5 * FRAME_S)
     before = len(sent)
     time.sleep(0.2)  # the event loop itself is blocked, as a starved loop is
     await asyncio.sleep(2 * FRAME_S)
-    due = (grid.clock() // FRAME_S) - source.tick0
+    due = (pump.grid.clock() // FRAME_S) - source.tick0
     assert len(sent) >= due - 1  # every frame due went out once the loop was back
     assert len(sent) - before >= 10
     assert pump.late_frames >= 5  # the ones more than 60 ms after their tick
@@ -234,13 +236,7 @@ async def test_one_failing_stream_does_not_silence_the_others():
 
 
 async def test_pump_ends_a_stream_whose_transport_is_gone():
-    tx, _ = srtp_pair()
-    sent: list[bytes] = []
-    grid = FrameGrid()
-    pump = rtp_pump.RtpPump(grid)
-    sender = sender_with(tx, sent)
-    stream = rtp_pump.RtpStream(sender, Frames(grid.tick_at(grid.clock()) + 1), PT)
-    pump.add(stream)
+    pump, stream, _, sender, sent, _ = pumped()
     await asyncio.sleep(4 * FRAME_S)
     sender.transport._state = State.CLOSED
     await asyncio.wait_for(stream.ended, 1)
