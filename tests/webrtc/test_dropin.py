@@ -30,8 +30,12 @@ def chromium_installed() -> None:
 
 @pytest.fixture
 def speech_file(tmp_path, speech_dir):
+    # The microphone plays from getUserMedia on, before the call is up; on a
+    # loaded machine (the whole suite on 2 cores) Chromium's start and the
+    # call's set-up can take more than the second of silence (one run of the
+    # suite heard only the second half of the speech). Three seconds first.
     wav = tmp_path / "speech.wav"
-    speech_wav(wav, speech_dir)
+    speech_wav(wav, speech_dir, lead_s=3.0)
     return wav
 
 

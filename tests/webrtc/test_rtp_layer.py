@@ -255,3 +255,24 @@ def test_pump_leaves_an_unknown_aiortc_sender_alone(missing):
     delattr(sender, missing)
     assert rtp_pump.pump_sender(sender, Frames(0)) is False
     assert sender._run_rtp == "aiortc's"
+
+
+def test_frame_grid_serves_a_new_event_loop():
+    """A tick waited for on an event loop that then closed (a test's, or a
+    restarted server's) still comes on the next loop: its timer died with
+    the old loop."""
+    grid = FrameGrid()
+
+    async def abandon() -> int:
+        tick = grid.tick_at(grid.clock()) + 10  # 200 ms ahead
+        asyncio.ensure_future(grid.wait(tick))
+        await asyncio.sleep(0)
+        return tick
+
+    tick = asyncio.run(abandon())  # closed with the wait pending
+
+    async def again() -> None:
+        await asyncio.wait_for(grid.wait(tick), 2)
+
+    asyncio.run(again())
+    assert grid.clock() >= tick * FRAME_S

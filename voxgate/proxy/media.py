@@ -66,6 +66,7 @@ class FrameGrid:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def tick_at(self, t: float) -> int:
         """The first tick at or after ``t`` (monotonic s)."""
@@ -74,6 +75,9 @@ class FrameGrid:
     async def wait(self, tick: int) -> None:
         """Return at tick ``tick`` (at once if it has passed)."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop: the old one's timers are gone
+            self._loop = loop
+            self._waiters = {}
         waiters = self._waiters.get(tick)
         if waiters is None:
             waiters = self._waiters[tick] = []
