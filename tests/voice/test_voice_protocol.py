@@ -567,3 +567,33 @@ async def test_transcription_events_follow_the_session_setting(provider):
         events = await _audio_turn(conn)
         assert not any(e.startswith("conversation.item.input_audio_transcription") for e in types(events))
         assert "forward" in the(events, "response.output_text.done")["text"]
+
+
+async def test_cancelled_response_keeps_the_turns_transcription(provider):
+    """A response cancelled while it waits for the committed turn's input
+    transcription (barge-in, ``response.cancel``) does not take the
+    transcription with it: ``conversation.item.input_audio_transcription.completed``
+    still comes, with the words."""
+    from pathlib import Path
+
+    from voxgate.voice.audio import load_pcm16
+
+    speech = load_pcm16(Path(__file__).resolve().parents[2] / "voxgate" / "data" / "speech"
+                        / "jfk.flac", 24000)
+    async with session(provider, audio={"input": {"turn_detection": None,
+                                                  "transcription": {"model": "whisper-1"}}}) as conn:
+        for i in range(0, len(speech), 24000):
+            await conn.send(type="input_audio_buffer.append",
+                            audio=base64.b64encode(speech[i:i + 24000]).decode())
+        await conn.send(type="input_audio_buffer.commit")
+        item_id = (await conn.until("input_audio_buffer.committed"))[-1]["item_id"]
+        await conn.send(type="response.create")
+        await conn.until("response.created")
+        await conn.send(type="response.cancel")  # before the ~2 s of decoding is done
+        events = await asyncio.wait_for(
+            conn.until("conversation.item.input_audio_transcription.completed"), 30)
+        done = events[-1]
+        assert done["item_id"] == item_id
+        assert "country" in done["transcript"], done["transcript"]
+        assert any(e["type"] == "response.done" and e["response"]["status"] == "cancelled"
+                   for e in conn.seen)

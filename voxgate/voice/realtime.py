@@ -741,7 +741,11 @@ class RealtimeSession:
         await self._rsend({"type": "response.created", "response": resp.obj("in_progress", fmt, voice)})
         if self.faults.rate_limits:
             await self._rsend({"type": "rate_limits.updated", "rate_limits": PROVIDER_RATE_LIMITS})
-        pending = list(self.transcriptions.values())
+        # The conversation's input transcriptions are the items', not this
+        # response's: shielded, so cancelling the response (barge-in,
+        # response.cancel) does not cancel them, and every committed turn gets
+        # its conversation.item.input_audio_transcription.completed.
+        pending: list[asyncio.Future[Any]] = [asyncio.shield(t) for t in self.transcriptions.values()]
         if resp.params.input_pcm:
             pending += [self.spawn(self._transcribe_input(resp, item_id, pcm))
                         for item_id, pcm in resp.params.input_pcm.items()]
