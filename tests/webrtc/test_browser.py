@@ -24,15 +24,13 @@ def chromium_args(wav) -> list[str]:
     ]
 
 
-def speech_wav(path, speech_dir, lead_s: float = 1.0) -> None:
-    """jfk.flac at 48 kHz, after ``lead_s`` of silence and before a second
-    of it (played once, from when the page opens the microphone)."""
+def speech_wav(path, speech_dir) -> None:
+    """jfk.flac at 48 kHz, with a second of silence around it (played once)."""
     from voxgate.voice.audio import load_pcm16, pcm16_to_wav
 
     pcm = load_pcm16(speech_dir / "jfk.flac", 48000)
     silence = bytes(48000 * 2)
-    lead = bytes(int(48000 * lead_s) * 2)
-    path.write_bytes(pcm16_to_wav(lead + pcm + silence, 48000))
+    path.write_bytes(pcm16_to_wav(silence + pcm + silence, 48000))
 
 
 async def test_voice_page_call_in_chromium(make_server, rtc_settings, tmp_path, speech_dir):

@@ -30,12 +30,8 @@ def chromium_installed() -> None:
 
 @pytest.fixture
 def speech_file(tmp_path, speech_dir):
-    # The microphone plays from getUserMedia on, before the call is up; on a
-    # loaded machine (the whole suite on 2 cores) Chromium's start and the
-    # call's set-up can take more than the second of silence (one run of the
-    # suite heard only the second half of the speech). Three seconds first.
     wav = tmp_path / "speech.wav"
-    speech_wav(wav, speech_dir, lead_s=3.0)
+    speech_wav(wav, speech_dir)
     return wav
 
 
@@ -141,16 +137,7 @@ async def test_openai_guide_code_from_another_origin(make_server, http, tmp_path
         assert r.status == 200
     record = await server.session("sess_" + call_id_of(call["location"])[4:])
     m = record.measurements
-    # The speech reached the provider (metered audio in goes past the 3 s of
-    # silence and the first turn) and was transcribed. Which words PocketSphinx gets right depends on where
-    # the local provider's VAD cut the turns, which moves with timing: in runs
-    # after other WebRTC tests in the same process it heard the same PCM (saved
-    # and compared: identical) as "like your kind drink and you are you ...".
-    # The words are asserted when found; the PCM itself is checked against the
-    # speech in tests/webrtc/test_media.py.
-    assert heard.strip() and m.audio_in_ms >= 5_000, (heard, m.audio_in_ms)
-    if not any(w in heard.lower() for w in ("country", "americans", "fellow", "ask")):
-        print(f"guide page: transcript without the expected words: {heard!r}")
+    assert any(w in heard.lower() for w in ("country", "americans", "fellow", "ask")), heard
     assert packets > 50
     assert record.transport == "webrtc"
     assert record.billable is True and record.reason == "billable", record.rule
