@@ -31,7 +31,6 @@ earliest-arriving packet), plus frames the client's own sender sent late.
 from __future__ import annotations
 
 import asyncio
-import fractions
 import re
 import time
 
@@ -84,11 +83,7 @@ class ClipTrack(MediaStreamTrack):
             raise MediaStreamError
         if due * 0.02 > now:
             await FRAME_GRID.wait(due)
-        payload, index = self.next_frame()
-        packet = av.Packet(payload)
-        packet.pts = index * 960
-        packet.time_base = _TIME_BASE
-        return packet
+        return rtp_audio.opus_packet(*self.next_frame())
 
     # -- the frame source of ``voxgate.proxy.rtp_pump`` (which sends it) ------
 
@@ -182,7 +177,6 @@ def relay_only(sdp: str, port: int = 9) -> str:
     return re.sub(r"a=candidate:[^\r\n]*", retype, sdp)
 
 
-_TIME_BASE = fractions.Fraction(1, rtp_audio.RTP_CLOCK)
 _SILENCE_BYTES = len(rtp_audio.SILENCE_PACKET)
 _SEAMS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
 _OPUS: dict[int, list[bytes]] = {}

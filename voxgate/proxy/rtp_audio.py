@@ -31,7 +31,7 @@ from aiortc import clock as rtc_clock
 from av.audio.codeccontext import AudioCodecContext
 
 __all__ = ["OpusVoiceEncoder", "OpusDecoder48", "InlineAudioReceiver", "decode_inline",
-           "InboundRtp", "receive_inline", "SILENCE_PACKET", "RTP_CLOCK", "ENCODE_RATE"]
+           "InboundRtp", "receive_inline", "opus_packet", "SILENCE_PACKET", "RTP_CLOCK", "ENCODE_RATE"]
 
 log = logging.getLogger("voxgate.webrtc")
 
@@ -90,7 +90,6 @@ class OpusVoiceEncoder:
         self.frame_ms = frame_ms
         self.frame_samples = ENCODE_RATE * frame_ms // 1000
         self.frame_bytes = self.frame_samples * 2
-        self._ticks = RTP_CLOCK * frame_ms // 1000
         self._codec = _encoder(frame_ms)
         self._zeros = bytes(self.frame_bytes)
         self._flush = 0
@@ -123,12 +122,18 @@ class OpusVoiceEncoder:
         return payload or SILENCE_PACKET
 
     def packet(self, payload: bytes, index: int) -> av.Packet:
-        """``payload`` as frame ``index``'s ``av.Packet`` (``pts`` in the
-        48 kHz RTP clock), what aiortc's ``RTCRtpSender`` packs."""
-        packet = av.Packet(payload)
-        packet.pts = index * self._ticks
-        packet.time_base = _TIME_BASE
-        return packet
+        """``payload`` as frame ``index``'s ``av.Packet`` (:func:`opus_packet`)."""
+        return opus_packet(payload, index, self.frame_ms)
+
+
+def opus_packet(payload: bytes, index: int, frame_ms: int = 20) -> av.Packet:
+    """Opus ``payload`` as frame ``index`` of a stream of ``frame_ms`` frames:
+    the ``av.Packet`` (``pts`` in the 48 kHz RTP clock, RFC 7587 §4.1) that
+    aiortc's ``RTCRtpSender`` packs as it is."""
+    packet = av.Packet(payload)
+    packet.pts = index * (RTP_CLOCK * frame_ms // 1000)
+    packet.time_base = _TIME_BASE
+    return packet
 
 
 class OpusDecoder48:
