@@ -18,9 +18,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY voxgate ./voxgate
-RUN pip install .
+RUN pip install -c constraints.txt .
 
 RUN useradd --system --uid 10001 --home-dir /data --create-home voxgate
 USER voxgate

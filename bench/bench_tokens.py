@@ -1,7 +1,9 @@
 """Token endpoint throughput: ``POST /v1/realtime/client_secrets`` mints per
 second and latency p99, against an aiohttp hello world (``POST /hello``) on
-the same machine; and session admit + finalize per second on SQLite
-(``Gateway.admit``/``finish`` called directly on a ``SQLiteStore``)."""
+the same machine; and session admit + finalize per second on SQLite and on
+PostgreSQL (``Gateway.admit``/``finish`` called directly on a
+``SQLiteStore``, and on a ``PostgresStore`` in a fresh database of
+``bench.bench_store.PG_URL``'s server)."""
 
 from __future__ import annotations
 
@@ -67,13 +69,18 @@ def run_tokens(n: int = REQUESTS, concurrency: int = CONCURRENCY) -> list[dict]:
     return rows
 
 
-async def _admit_finish(n: int, concurrency: int) -> dict:
+async def _admit_finish(n: int, concurrency: int, kind: str = "sqlite") -> dict:
+    import uuid
     from pathlib import Path
 
+    import psycopg
+
+    from bench.bench_store import PG_URL
     from bench.common import BENCH_CATALOG
     from voxgate.config import load_settings
     from voxgate.metering.admission import InProcessAdmission
     from voxgate.metering.events import CLIENT, UPSTREAM, classify
+    from voxgate.metering.pg_store import PostgresStore
     from voxgate.metering.sqlite_store import SQLiteStore
     from voxgate.models import PlanCatalog, load_catalog
     from voxgate.proxy.gateway import Gateway, monotonic_ms
@@ -82,7 +89,13 @@ async def _admit_finish(n: int, concurrency: int) -> dict:
     (d / "catalog.toml").write_text(BENCH_CATALOG)
     settings = load_settings(None, data_dir=str(d), catalog=str(d / "catalog.toml"))
     catalog: PlanCatalog = load_catalog(settings.catalog)
-    store = SQLiteStore(d / "voxgate.db")
+    pg_name = f"voxgate_bench_{uuid.uuid4().hex[:10]}"
+    if kind == "postgresql":
+        async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
+            await admin.execute(f'CREATE DATABASE "{pg_name}"')
+        store: SQLiteStore = PostgresStore(PG_URL.rsplit("/", 1)[0] + "/" + pg_name)
+    else:
+        store = SQLiteStore(d / "voxgate.db")
     await store.open()
     try:
         gw = Gateway(settings, store, InProcessAdmission(), catalog)
@@ -111,13 +124,18 @@ async def _admit_finish(n: int, concurrency: int) -> dict:
         wall = time.perf_counter() - t0
     finally:
         await store.close()
-    return {"sessions": n, "concurrency": concurrency, "per_s": n / wall}
+        if kind == "postgresql":
+            async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    return {"store": "PostgreSQL" if kind == "postgresql" else "SQLite", "sessions": n,
+            "concurrency": concurrency, "per_s": n / wall}
 
 
 def run_admit(n: int = 3000) -> list[dict]:
     import uvloop
 
-    return [uvloop.run(_admit_finish(n, c)) for c in (1, 32)]
+    return [uvloop.run(_admit_finish(n, c, kind))
+            for kind in ("sqlite", "postgresql") for c in (1, 32)]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The ``voxgate`` command line.
 
 - ``voxgate serve [--host] [--port] [--config FILE] [--workers N|auto]``
+- ``voxgate migrate [--check] [--config FILE]`` — apply the pending schema
+  migrations (``--check``: list them, exit status 1 if any)
 - ``voxgate call [--audio FILE] [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
 - ``voxgate admin create-account|create-project|create-key|revoke-key|create-admin-key|
@@ -26,7 +28,8 @@ from typing import Any
 from voxgate.config import Settings, load_settings
 from voxgate.errors import ConfigError
 
-__all__ = ["main", "run_async", "settings_from_args", "bind_listener", "bind_error_message"]
+__all__ = ["main", "run_async", "settings_from_args", "bind_listener", "bind_error_message",
+           "run_migrate"]
 
 EXTENSIONS = ("voxgate.billing.cli", "voxgate.web.cli", "voxgate.loadtest.cli")
 
@@ -72,7 +75,7 @@ def bind_error_message(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from voxgate.proxy.app import create_app
+    from voxgate.proxy.app import REFUSE_UNSHARED, create_app
     from voxgate.proxy.workers import parse_workers, supervise, workers_refusal
 
     settings = settings_from_args(args)
@@ -103,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         return int(run_async(supervise(workers, child_args, f"http://{settings.host}:"
                                        f"{settings.port}", settings.instance_id)))
     app = create_app(settings)
+    app[REFUSE_UNSHARED] = True  # PostgreSQL + in-process admission: alone or not at all
     try:
         run_async(serve_app(app, listener, f"http://{settings.host}:{listener.getsockname()[1]}"))
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
@@ -158,6 +162,48 @@ async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
         await runner.cleanup()
 
 
+async def run_migrate(settings: Settings, *, check: bool = False) -> int:
+    """``voxgate migrate``: open the database the settings name, verify the
+    checksums of the applied migrations and apply the pending ones (each in
+    a transaction of its own, under the migration lock), printing one line
+    per migration applied. With ``check`` nothing is applied: the pending
+    ones are listed and the exit status is 1 if there are any.
+
+    Returns the exit status (0, or 1 for ``check`` with pending migrations).
+
+    Raises:
+        MigrationError: an applied migration's file changed, or a migration
+            failed (a ``ConfigError``: ``main`` prints it, exit status 2).
+    """
+    from voxgate.metering.sqlite_store import PendingMigrations
+    from voxgate.proxy.app import open_store
+
+    store: Any = open_store(settings)
+    store.auto_migrate = not check
+    try:
+        await store.open()
+    except PendingMigrations as pending:
+        print(f"{len(pending.pending)} pending migration(s):")
+        for migration in pending.pending:
+            print(f"  {migration.label}")
+        return 1
+    try:
+        version = max((v for v, _ in await store.applied_migrations()), default=0)
+        for migration in store.migrations_applied:
+            print(f"applied {migration.label}")
+        if not store.migrations_applied:
+            print(f"no pending migrations: the schema is at version {version:04d}")
+    finally:
+        await store.close()
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.basicConfig(level=settings.log_level)
+    return int(run_async(run_migrate(settings, check=args.check)))
+
+
 def _voice_serve(args: argparse.Namespace) -> int:
     from voxgate.voice.server import serve_forever
 
@@ -201,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "more than 1 needs admission_url = \"redis://...\" (default 1)")
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a worker
     serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="apply the pending schema migrations and say which")
+    migrate.add_argument("--check", action="store_true",
+                         help="apply nothing: list the pending migrations, exit status 1 if any")
+    migrate.add_argument("--config", help="TOML configuration file")
+    migrate.set_defaults(func=_migrate)
 
     call = sub.add_parser("call", help="stream a recording through voxgate with the openai SDK")
     call.add_argument("--audio", default=None,

@@ -33,6 +33,8 @@ __all__ = [
     "SmtpSettings",
     "WebSettings",
     "JobSettings",
+    "DatabaseSettings",
+    "RetentionSettings",
     "load_settings",
 ]
 
@@ -198,6 +200,50 @@ class JobSettings(BaseModel):
     stale_session_s: float = 0.0
 
 
+class RetentionSettings(BaseModel):
+    """How long rows nobody needs any more are kept, pruned by the
+    housekeeping jobs (``voxgate.jobs``, docs/jobs.md).
+
+    ``outbox_days``: sent emails and delivered customer webhooks are deleted
+    this many days after they went out (0 = kept for ever).
+    ``webhook_payload_days``: a processed Stripe event's payload is emptied
+    this many days after it was processed; the event's row (its id, type,
+    times) stays, so a replay is still recognized (0 = kept for ever).
+    ``ephemeral_key_grace_s``: an expired ephemeral key is deleted this many
+    seconds after it expired (until then using it says "expired").
+    ``batch_size``: rows per statement (each a short transaction of its
+    own); ``max_batches``: statements per job run at most (a larger backlog
+    is taken up by the next runs).
+    """
+
+    outbox_days: float = Field(default=30.0, ge=0)
+    webhook_payload_days: float = Field(default=30.0, ge=0)
+    ephemeral_key_grace_s: float = Field(default=86400.0, ge=0)
+    batch_size: int = Field(default=500, ge=1)
+    max_batches: int = Field(default=100, ge=1)
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL's connection pool (``[database]``; SQLite has one
+    connection). Lanes (docs/database.md): ``session_connections`` for the
+    session hot path, one connection for heartbeats and checkpoints,
+    ``background_connections`` for jobs, dashboard and settlement.
+    Timeouts in seconds, set on every connection (PostgreSQL's
+    ``lock_timeout`` and ``statement_timeout``): a statement past them fails
+    (a 503, or a retry on the session path) instead of holding a connection
+    for ever; ``heartbeat_timeout_s`` is both for the heartbeat connection.
+    ``acquire_timeout_s``: how long a call waits for a free connection of
+    its lane (then 503)."""
+
+    session_connections: int = Field(default=4, ge=1)
+    background_connections: int = Field(default=2, ge=1)
+    lock_timeout_s: float = Field(default=5.0, gt=0)
+    statement_timeout_s: float = Field(default=15.0, gt=0)
+    background_statement_timeout_s: float = Field(default=60.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=2.0, gt=0)
+    acquire_timeout_s: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of voxgate's settings. See the module docstring for precedence."""
 
@@ -210,6 +256,9 @@ class Settings(BaseSettings):
     public_url: str = ""  # base URL users reach voxgate at (links in emails)
     data_dir: Path = Path("data")
     database_url: str = ""  # default sqlite:///<data_dir>/voxgate.db
+    # Apply pending schema migrations at start. false: a start with pending
+    # migrations is refused (run ``voxgate migrate`` first, e.g. from a deploy step).
+    auto_migrate: bool = True
     catalog: Path | None = None  # plan catalog TOML; default: the packaged one
     # Admission state (leases, rate buckets): "" = in this process; "redis://…" =
     # shared by every voxgate process using that Redis.
@@ -226,11 +275,20 @@ class Settings(BaseSettings):
     # host:pid:random (a new identity each start); set a stable id (e.g. the
     # container or unit name) so that a restart frees its previous run's leases at once.
     instance_id: str = ""
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)  # how often this process beats
+    # How often this process beats (s); each beat also checkpoints its live
+    # sessions' measurements, so at most 10 s of a lost instance's sessions is unrecorded.
+    # Live sessions survive a database stall of up to heartbeat_ttl_s -
+    # heartbeat_interval_s - fence_margin_s (23 s by default) without being fenced.
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, le=10.0)
     # An instance whose heartbeat is older than this is dead: its sessions are
-    # completed interrupted and their leases freed by a live one (instance_sweep
-    # job). More than two intervals, so one late beat does not kill live sessions.
+    # completed from their last checkpoint by a live one (instance_sweep job);
+    # their leases expire after lease_ttl_s. More than two intervals, so one late
+    # beat does not kill live sessions.
     heartbeat_ttl_s: float = Field(default=30.0, gt=0)
+    # Fencing: this process relays a session only until (its last lease renewal
+    # + lease_ttl_s) and (its last heartbeat + heartbeat_ttl_s), each timed when
+    # the call was sent, minus this margin (s), capped at a tenth of the shorter TTL.
+    fence_margin_s: float = Field(default=2.0, ge=0)
     log_level: str = "INFO"
     # Development mode: customer webhook URLs may be http and may point at
     # loopback or private addresses. Never in production.
@@ -250,6 +308,8 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     @classmethod
     def settings_customise_sources(

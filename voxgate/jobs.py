@@ -19,10 +19,15 @@ lease until ``jobs.lease_s`` has passed; then any process may take it over.
 The jobs:
 
 - ``instance_sweep`` (10 s): instances (processes, ``Store.register_instance``)
-  whose heartbeat is older than ``heartbeat_ttl_s`` are dead: their active
-  sessions are completed as not billable (``interrupted``), their admission
-  leases freed at once, and the instance deleted. Live instances' sessions
-  are never touched.
+  whose heartbeat is older than ``heartbeat_ttl_s`` are dead: the instance
+  row (of that epoch) is deleted, so its heartbeats fail from then on, and
+  its active sessions are completed provisionally from their last
+  checkpoint (``complete_orphans``: verdict by the rules on the checkpointed
+  measurements, ``closed_by`` server, close reason ``instance_lost``). Their
+  admission leases are not freed: they expire after ``lease_ttl_s``, by
+  which time the instance, if only paused, has fenced them by its own clock;
+  admission's counters of the accounts concerned are reconciled with the
+  store. Live instances' sessions are never touched.
 - ``stale_session_sweep`` (10 min): sessions still ``active`` that started
   more than ``jobs.stale_session_s`` ago (default ``relay.max_session_s`` +
   10 min, longer than any live session may last) were left by a process that
@@ -38,6 +43,13 @@ The jobs:
 - ``addon_expiry`` (hourly): add-on packs 30 days after purchase are marked
   expired and noted once in the audit log (they stop counting at their
   expiry whether or not it ran).
+- housekeeping (hourly; ``retention`` settings): ``ephemeral_key_purge``
+  deletes ephemeral keys ``ephemeral_key_grace_s`` after they expired,
+  ``outbox_prune`` deletes emails sent and customer webhooks delivered
+  ``outbox_days`` ago, ``stripe_payload_prune`` empties the payload of
+  Stripe events processed ``webhook_payload_days`` ago (the event rows stay);
+  each in batches of ``batch_size`` rows, one short transaction per batch
+  (``HousekeepingDB.prune``).
 
 The decisions (``is_due``, ``next_run_at``, ``trial_reminders_due``,
 ``summary_recipients``, ``stale_cutoff``, ``job_table``) are pure functions;
@@ -63,14 +75,16 @@ from aiohttp import web
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
-from voxgate.metering.rooms.jobs import JobRun, JobRunsDB
+from voxgate.metering.rooms.jobs import HousekeepingDB, JobRun, JobRunsDB
 from voxgate.metering.store import (
+    Orphan,
     account_plan,
+    complete_orphans,
     enterprise_plans,
     period_of,
-    release_orphans,
     subscribed_plan,
 )
+from voxgate.metering.verdict import VerdictPolicy
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
 from voxgate.web.figures import period_bounds, previous_period, standing
 
@@ -94,6 +108,10 @@ __all__ = [
     "check_usage_limits",
     "remind_trials_ending",
     "send_monthly_summaries",
+    "purge_ephemeral_keys",
+    "prune_outbox",
+    "prune_stripe_payloads",
+    "retention_cutoff",
     "TRIAL_REMINDER_DAYS",
     "SCHEDULER",
     "setup",
@@ -222,22 +240,61 @@ async def sweep_stale_sessions(ctx: JobContext) -> str:
     return f"{n} stale session(s) completed"
 
 
+def verdict_policy(settings: Settings) -> VerdictPolicy:
+    """The verdict policy the gateway decides with (``policy`` settings)."""
+    return VerdictPolicy(min_audio_ms=settings.policy.min_audio_s * 1000.0,
+                         max_connect_ms=settings.policy.max_connect_ms,
+                         min_text_responses=settings.policy.min_text_responses)
+
+
 async def sweep_expired_instances(ctx: JobContext) -> str:
-    """Complete the active sessions of instances whose heartbeat is older
-    than ``heartbeat_ttl_s`` as interrupted, free their leases, delete them."""
+    """Sweep the instances whose heartbeat is older than ``heartbeat_ttl_s``:
+    delete each (its epoch's row) and complete its active sessions from
+    their last checkpoint, provisionally (``complete_orphans``); then the
+    sessions an earlier sweep left active (it died between the two steps).
+    Leases are left to expire; admission's counters of the accounts
+    concerned are reconciled (``Admission.reconcile``)."""
     now = ctx.clock()
     cutoff = now - ctx.settings.heartbeat_ttl_s
-    verdict = Verdict(False, Reason.INTERRUPTED,
-                      "its voxgate instance stopped sending heartbeats while it was active")
+    policy = verdict_policy(ctx.settings)
     dead = await ctx.store.expired_instances(cutoff)
-    completed = 0
+    done: list[Orphan] = []
     for instance in dead:
-        orphans = await ctx.store.sweep_instance(instance.id, verdict, now, heartbeat_before=cutoff)
-        await release_orphans(ctx.admission, orphans)
-        completed += len(orphans)
-        log.warning("instance %s (%s pid %d) expired: %d session(s) completed interrupted",
-                    instance.id, instance.host, instance.pid, len(orphans))
-    return f"{len(dead)} expired instance(s), {completed} session(s) completed"
+        orphans = await ctx.store.sweep_instance(instance.id, instance.epoch, now,
+                                                 heartbeat_before=cutoff)
+        verdicts = await complete_orphans(
+            ctx.store, ctx.catalog, policy, orphans, now,
+            f"instance {instance.id} lost (no heartbeat for {now - instance.heartbeat_at:.0f} s)")
+        done += orphans
+        log.warning("instance %s (%s pid %d, epoch %d) expired: %d session(s) completed from "
+                    "their last checkpoint (%d billable)", instance.id, instance.host,
+                    instance.pid, instance.epoch, len(orphans),
+                    sum(1 for v in verdicts if v.billable))
+    left = await ctx.store.orphaned_sessions(cutoff)
+    if left:
+        await complete_orphans(ctx.store, ctx.catalog, policy, left, now,
+                               "its instance was lost (no heartbeat)")
+        log.warning("completed %d session(s) of lost instances left active", len(left))
+        done += left
+    await _reconcile(ctx, {(o.account_id, o.record.period if o.record else period_of(now))
+                           for o in done})
+    return f"{len(dead)} expired instance(s), {len(done)} session(s) completed"
+
+
+async def _reconcile(ctx: JobContext, pairs: set[tuple[str, str]]) -> None:
+    """``Admission.reconcile`` of each (account id, period) with the store's
+    billable count; failures are logged (the gateways reconcile too)."""
+    if ctx.admission is None:
+        return
+    for account_id, period in sorted(pairs):
+        async def seed(account_id: str = account_id, period: str = period) -> int:
+            return (await ctx.store.get_usage(account_id, period)).billable_sessions
+
+        try:
+            await ctx.admission.reconcile(account_id, period, seed, time.monotonic())
+        except Exception as exc:  # noqa: BLE001 - reconciled again later
+            log.warning("reconciling admission of %s %s: %s: %s", account_id, period,
+                        type(exc).__name__, exc)
 
 
 async def check_usage_limits(ctx: JobContext) -> str:
@@ -291,6 +348,52 @@ async def send_monthly_summaries(ctx: JobContext) -> str:
     return f"{queued} summar{'y' if queued == 1 else 'ies'} for {period} queued"
 
 
+def retention_cutoff(now: float, keep_s: float) -> float | None:
+    """Rows whose time (sent, delivered, processed, expired) is before this
+    are pruned; None when ``keep_s`` is 0 or less (kept for ever)."""
+    return now - keep_s if keep_s > 0 else None
+
+
+async def _prune(ctx: JobContext, kinds: tuple[str, ...], cutoff: float | None) -> dict[str, int]:
+    """Rows pruned per kind (``HousekeepingDB.prune``); {} when ``cutoff`` is None."""
+    if cutoff is None:
+        return {}
+    retention = ctx.settings.retention
+    db = HousekeepingDB(ctx.store)
+    return {kind: await db.prune(kind, cutoff, batch=retention.batch_size,
+                                 max_batches=retention.max_batches) for kind in kinds}
+
+
+async def purge_ephemeral_keys(ctx: JobContext) -> str:
+    """Delete the ephemeral keys expired more than
+    ``retention.ephemeral_key_grace_s`` ago."""
+    cutoff = ctx.clock() - ctx.settings.retention.ephemeral_key_grace_s
+    n = (await _prune(ctx, ("ephemeral_keys",), cutoff))["ephemeral_keys"]
+    return f"{n} expired ephemeral key(s) deleted"
+
+
+async def prune_outbox(ctx: JobContext) -> str:
+    """Delete the emails sent and customer webhooks delivered more than
+    ``retention.outbox_days`` ago (never unsent ones)."""
+    pruned = await _prune(ctx, ("email_outbox", "webhook_outbox"), retention_cutoff(
+        ctx.clock(), ctx.settings.retention.outbox_days * DAY_S))
+    if not pruned:
+        return "kept (retention.outbox_days = 0)"
+    return (f"{pruned['email_outbox']} sent email(s), {pruned['webhook_outbox']} delivered "
+            f"webhook(s) deleted")
+
+
+async def prune_stripe_payloads(ctx: JobContext) -> str:
+    """Empty the payload of the Stripe events processed more than
+    ``retention.webhook_payload_days`` ago (the rows stay: replays are
+    still recognized by their id)."""
+    pruned = await _prune(ctx, ("stripe_events",), retention_cutoff(
+        ctx.clock(), ctx.settings.retention.webhook_payload_days * DAY_S))
+    if not pruned:
+        return "kept (retention.webhook_payload_days = 0)"
+    return f"{pruned['stripe_events']} processed Stripe event payload(s) emptied"
+
+
 JOBS: list[Job] = [
     Job("instance_sweep", 10.0, sweep_expired_instances,
         "complete the sessions of voxgate instances whose heartbeat expired"),
@@ -304,6 +407,12 @@ JOBS: list[Job] = [
         "email last month's usage to each paying account"),
     Job("addon_expiry", 3600.0, expire_addon_packs,
         "mark add-on packs 30 days after purchase as expired"),
+    Job("ephemeral_key_purge", 3600.0, purge_ephemeral_keys,
+        "delete ephemeral keys a day (retention.ephemeral_key_grace_s) after they expired"),
+    Job("outbox_prune", 3600.0, prune_outbox,
+        "delete emails sent and customer webhooks delivered retention.outbox_days ago"),
+    Job("stripe_payload_prune", 3600.0, prune_stripe_payloads,
+        "empty the payloads of Stripe events processed retention.webhook_payload_days ago"),
 ]
 
 

@@ -53,10 +53,11 @@ async def test_two_servers_on_one_postgresql_database(make_server, pg_database):
 
 async def test_a_dropped_connection_is_replaced(tmp_path):
     """The server ends the store's connection (as a restart would): the call
-    that finds it broken fails with OperationalError (a 503 at the edge),
-    the next one runs on a new connection."""
+    that finds it broken fails with ServiceUnavailable (a 503 at the edge,
+    translated where raised from psycopg's OperationalError), the next one
+    runs on a new connection."""
     from tests.conftest import drop_store, open_store
-    from voxgate.errors import dependency_error
+    from voxgate.errors import ServiceUnavailable, dependency_error
 
     store = await open_store("postgresql", tmp_path)
     try:
@@ -64,8 +65,9 @@ async def test_a_dropped_connection_is_replaced(tmp_path):
         [(pid,)] = await store.db.execute_fetchall("SELECT pg_backend_pid()")
         async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
             await admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(psycopg.OperationalError) as failed:
+        with pytest.raises(ServiceUnavailable) as failed:
             await store.get_account(account.id)
+        assert isinstance(failed.value.__cause__, psycopg.OperationalError)
         assert dependency_error(failed.value).status == 503
         assert (await store.get_account(account.id)).email == "ada@example.com"
         [(new_pid,)] = await store.db.execute_fetchall("SELECT pg_backend_pid()")

@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
+from voxgate.metering.admission import Lease
 from voxgate.metering.decide import Usage
 from voxgate.metering.redis_admission import RedisAdmission
 from voxgate.models import Plan
@@ -105,10 +106,9 @@ async def test_a_seed_read_while_sessions_complete_misses_none(pair):
     assert await a.usage("acct", P, seed_racing_a_completion) == Usage(1, 0)
 
 
-async def test_reconcile_resets_to_the_database_only_when_nothing_runs(pair):
+async def test_reconcile_resets_to_the_database_unless_a_completion_ran(pair):
     a, b = pair
     lease = await a.acquire("acct", "s1", PLAN, P, billable(2))
-    assert not await b.reconcile("acct", P, billable(0))  # a session in flight
     await a.complete(lease, billable=False)
 
     async def completion_during_read() -> int:
@@ -120,6 +120,136 @@ async def test_reconcile_resets_to_the_database_only_when_nothing_runs(pair):
     assert (await a.usage("acct", P, billable(0))).billable_used == 3
     assert await a.reconcile("acct", P, billable(1))  # e.g. a session credited back
     assert await b.usage("acct", P, billable(0)) == Usage(1, 0)
+
+
+async def test_reconcile_converges_while_leases_are_live(pair):
+    """A busy account (leases always in flight) whose count went one too
+    high (a completion retried across a Redis restart) is brought back to
+    the database's count: live leases are a separate figure."""
+    a, b = pair
+    roomy = Plan(id="r", name="R", sessions_included=10, concurrency=5)
+    live = [await a.acquire("acct", f"s{i}", roomy, P, billable(4)) for i in range(2)]
+    await a.redis.incr(f"{a.prefix}used:acct:{P}")  # the overcount: 5 where the store says 4
+    assert await b.usage("acct", P, billable(0)) == Usage(5, 2)
+    assert await b.reconcile("acct", P, billable(4))
+    assert await a.usage("acct", P, billable(0)) == Usage(4, 2)
+    # and a billable completion of a live lease after the reconcile counts on top
+    await a.complete(live[0], billable=True)
+    assert await b.usage("acct", P, billable(0)) == Usage(5, 1)
+
+
+async def test_a_retried_completion_counts_once(pair):
+    """The same completion retried (its reply lost, or by another process)
+    counts the billable session once; a release first does not stop a later
+    billable completion (a fenced instance's final record), once."""
+    a, b = pair
+    first = await a.acquire("acct", "s1", PLAN, P, billable(0))
+    await a.complete(first, billable=True)
+    retried = Lease(first.id, "acct", "s1", 0.0, period=P)  # the retry's own copy
+    await b.complete(retried, billable=True)
+    await b.complete(retried, billable=True)
+    await b.release(Lease(first.id, "acct", "s1", 0.0, period=P))
+    assert await a.usage("acct", P, billable(0)) == Usage(1, 0)
+
+    swept = await a.acquire("acct", "s2", PLAN, P, billable(0))
+    await b.release(Lease(swept.id, "acct", "s2", 0.0))  # the sweeper frees it (no period)
+    await a.complete(swept, billable=True)  # its holder's final record: billable
+    await a.complete(swept, billable=True)
+    await b.complete(Lease(swept.id, "acct", "s2", 0.0, period=P), billable=True)
+    assert await b.usage("acct", P, billable(0)) == Usage(2, 0)
+    assert await a.redis.get(f"{a.prefix}done:{swept.id}") == "1"
+    assert 0 < await a.redis.ttl(f"{a.prefix}done:{swept.id}") <= a.done_ttl_s
+
+
+async def test_a_completion_after_the_lease_expired_counts_once(pair):
+    a, b = pair
+    short = RedisAdmission(URL, lease_ttl_s=0.2, prefix=a.prefix)
+    try:
+        lease = await short.acquire("acct", "s1", PLAN, P, billable(0))
+        await asyncio.sleep(0.3)
+        assert await b.in_flight("acct") == 0  # expired: its slot is free
+        await short.complete(lease, billable=True)
+        await short.complete(lease, billable=True)
+        await b.complete(Lease(lease.id, "acct", "s1", 0.0, period=P), billable=True)
+        assert await b.usage("acct", P, billable(0)) == Usage(1, 0)
+    finally:
+        await short.close()
+
+
+async def test_renew_many_renews_restores_or_loses(pair):
+    """One call over leases of several accounts: live ones renewed; missing
+    ones (here: Redis lost the account's leases) restored while the plan's
+    concurrency has room, the rest lost; released ones lost."""
+    a, b = pair
+    two = Plan(id="two", name="Two", concurrency=2)
+    x1 = await a.acquire("x", "s1", two, P, billable(0))
+    x2 = await a.acquire("x", "s2", two, P, billable(0))
+    y1 = await a.acquire("y", "s3", two, P, billable(0))
+    unbounded = await a.acquire("z", "s4", Plan(id="u", name="U"), P, billable(0))
+    assert x1.max_in_flight == 2 and unbounded.max_in_flight is None
+    assert await a.renew_many([], 0.0) == {}
+    before = x1.expires_at
+    assert await a.renew_many([x1, y1], 0.0) == {x1.id: "renewed", y1.id: "renewed"}
+    assert x1.expires_at >= before
+
+    await a.redis.delete(a._leases_key("x"), a._leases_key("y"), a._leases_key("z"))  # a flush
+    taken = await b.acquire("x", "s5", two, P, billable(0))  # another process's new session
+    assert await a.renew_many([x1, x2, y1, unbounded], 0.0) == {
+        x1.id: "restored", x2.id: "lost", y1.id: "restored", unbounded.id: "restored"}
+    assert (await a.in_flight("x"), await a.in_flight("y"), await a.in_flight("z")) == (2, 1, 1)
+    assert await a.renew(x1) == "renewed"
+
+    await b.release(taken)
+    await a.release(y1)
+    assert await a.renew_many([x2, y1], 0.0) == {x2.id: "restored", y1.id: "lost"}
+    assert await a.release_instance(a.instance_id) == 3  # x1, x2, the unbounded one
+    assert await a.renew_many([x1, x2, unbounded], 0.0) == {
+        x1.id: "lost", x2.id: "lost", unbounded.id: "lost"}  # freed by the sweep: not put back
+    assert (await a.in_flight("x"), await a.in_flight("z")) == (0, 0)
+
+
+async def test_rate_limit_figures_agree_with_the_separate_calls(pair):
+    a, b = pair
+    reads: list[int] = []
+    await a.acquire("acct", "s1", PLAN, P, billable(1, reads))
+    await a.check_rate("key", PLAN)
+    rate, usage = await b.rate_limit_figures("key", PLAN, "acct", P, billable(99, reads))
+    peeked = await b.peek_rate("key", PLAN)
+    assert usage == await b.usage("acct", P, billable(99)) == Usage(1, 1)
+    assert (rate.limit, rate.remaining) == (peeked.limit, peeked.remaining) == (3, 2)
+    assert peeked.reset_s - 1 < rate.reset_s <= peeked.reset_s + 1
+    assert reads == [1]  # held in Redis: no database read
+    # a key and a period never seen: full budget, the period seeded once
+    rate, usage = await b.rate_limit_figures("new-key", PLAN, "acct", "2026-02",
+                                             billable(7, reads))
+    assert rate == (3, 3, 0.0) and usage == Usage(7, 1) and reads == [1, 7]
+    assert await a.redis.hkeys(f"{a.prefix}rate:new-key") == []  # nothing written
+
+
+async def test_redis_errors_become_service_unavailable():
+    """Every method raises ServiceUnavailable (from the redis exception) when
+    Redis cannot be reached; the edge recognizes it as a dependency error."""
+    import redis.exceptions
+
+    from tests.conftest import free_port
+    from voxgate.errors import ServiceUnavailable, dependency_error
+
+    down = RedisAdmission(f"redis://127.0.0.1:{free_port()}/0", pool_timeout_s=1)
+    lease = Lease("l1", "acct", "s1", 0.0, period=P)
+    calls = [down.check_rate("k", PLAN), down.peek_rate("k", PLAN),
+             down.usage("acct", P, billable(0)), down.acquire("acct", "s", PLAN, P, billable(0)),
+             down.rate_limit_figures("k", PLAN, "acct", P, billable(0)),
+             down.renew_many([lease]), down.renew(lease), down.complete(lease, True),
+             down.release(lease), down.reconcile("acct", P, billable(0)),
+             down.release_instance("i"), down.in_flight("acct")]
+    try:
+        for call in calls:
+            with pytest.raises(ServiceUnavailable, match=r"^admission \(Redis\) is unavailable") as err:
+                await call
+            assert isinstance(err.value.__cause__, redis.exceptions.ConnectionError)
+            assert dependency_error(err.value) is err.value
+    finally:
+        await down.close()
 
 
 async def test_release_instance_frees_a_dead_instance_at_once(pair):
@@ -217,3 +347,26 @@ async def test_relay_sessions_with_redis_admission(make_server):
     await c2.close()
     await server.session(session_id_of(c2))
     assert await server.gateway.admission.in_flight(server.account_id) == 0
+
+
+async def test_a_cancelled_caller_never_keeps_running(pair):
+    """300 tasks reading the rate_limits.updated figures in a loop (as a
+    relay does after each response.done), each cancelled at a random point:
+    every one ends cancelled. redis-py 8.2 swallows some of these
+    cancellations (the task would loop on for good); admission raises them."""
+    import random
+
+    a, _ = pair
+
+    async def relay() -> None:
+        while True:
+            await a.rate_limit_figures("key", PLAN, "acct", P, billable(0))
+
+    tasks = [asyncio.create_task(relay()) for _ in range(300)]
+    await asyncio.sleep(0.05)
+    for task in tasks:
+        await asyncio.sleep(random.random() / 1000)
+        task.cancel()
+    done, running = await asyncio.wait(tasks, timeout=10)
+    assert not running, f"{len(running)} of 300 cancelled tasks still running"
+    assert all(task.cancelled() for task in done)

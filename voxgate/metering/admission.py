@@ -18,15 +18,18 @@ hard-capped plan.
 
 The database stays the source of truth: a period's ``billable_used`` is
 seeded from it (``Seed``, the store's billable count) the first time it is
-needed, and ``reconcile`` resets it to the database's count when nothing is
-in flight. Each billable completion bumps the period's sequence number; a
+needed, and ``reconcile`` resets it to the database's count, sessions in
+flight or not. Each billable completion bumps the period's sequence number; a
 seed read while completions ran adds them (it may count one twice, never
 miss one: the store writes a verdict before ``complete`` is called), and
-``reconcile`` gives up when one ran. Concurrency: sessions in flight per
-account, held by leases that are released on every exit path and expire
+``reconcile`` gives up when one ran. ``complete`` counts a billable session
+once per lease, however often it is retried. Concurrency: sessions in flight
+per account, held by leases that are released on every exit path and expire
 (``lease_ttl_s``) if never renewed, e.g. when the holder died; every lease
 names the instance that holds it, so ``release_instance`` frees a dead
-instance's leases at once.
+instance's leases at once. ``renew_many`` renews a process's leases and puts
+back a missing one (expired, or Redis restarted) only while the account's
+concurrency has room, so that a restart never lets an account exceed it.
 """
 
 from __future__ import annotations
@@ -51,12 +54,22 @@ __all__ = [
     "check_concurrency",
     "plan_rate_limits",
     "new_instance_id",
+    "RENEWED",
+    "RESTORED",
+    "LOST",
 ]
 
 Seed = Callable[[], Awaitable[int]]
 """Reads the database's billable sessions of one account and period."""
 
 ACTIVE = "active"
+
+# Outcomes of renewing a lease (``Admission.renew_many``)
+RENEWED = "renewed"    # it was live: it expires lease_ttl_s from now
+RESTORED = "restored"  # it was missing (expired, Redis restarted) and was put back
+LOST = "lost"          # missing and the account had no room, or released: fence the session
+
+BUCKET_IDLE_S = 120.0  # an in-process bucket idle this long is full again: dropped
 
 
 def new_instance_id() -> str:
@@ -186,8 +199,14 @@ class Lease:
     Attributes:
         expires_at: when it expires unless renewed: monotonic seconds
             (in-process) or Redis time (Redis).
+        released: completed or released through this object (a later
+            ``renew_many`` finds it lost).
         period: the usage period (``"YYYY-MM"``) whose quota it reserves.
         instance_id: the admission instance (voxgate process) holding it.
+        max_in_flight: the plan's concurrency when it was acquired (None =
+            unbounded): ``renew_many`` puts a missing lease back only below it.
+        billed: a billable completion of it was recorded (a retry counts
+            nothing more).
     """
 
     id: str
@@ -197,6 +216,8 @@ class Lease:
     released: bool = False
     period: str = ""
     instance_id: str = ""
+    max_in_flight: int | None = None
+    billed: bool = False
 
 
 class Admission(Protocol):
@@ -224,20 +245,38 @@ class Admission(Protocol):
         Raises the refusal: ``PermissionDenied``, ``ConcurrencyLimited``,
         ``QuotaExceeded``."""
 
-    async def renew(self, lease: Lease, now: float) -> None: ...
+    async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
+                                 seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+        """``peek_rate`` and ``usage`` together, as ``rate_limits.updated``
+        shows them: one Redis round trip (in-process: from memory, ``seed``
+        read only when the period is not held yet)."""
+
+    async def renew(self, lease: Lease, now: float) -> str:
+        """``renew_many`` of one lease: ``RENEWED``, ``RESTORED`` or ``LOST``."""
+
+    async def renew_many(self, leases: list[Lease], now: float) -> dict[str, str]:
+        """Renew every lease (one round trip): lease id → ``RENEWED``;
+        ``RESTORED`` when it was missing (expired, Redis restarted or
+        flushed) and put back because the account's live leases were below
+        ``lease.max_in_flight`` (or it is unbounded); ``LOST`` when missing
+        without room, or released. The caller fences sessions whose lease is
+        lost."""
 
     async def complete(self, lease: Lease, billable: bool) -> None:
         """The session ended: free its slot and, when ``billable``, count it
         in its period's ``billable_used`` (after the store recorded it).
-        Idempotent."""
+        Idempotent per lease: a billable session counts once however often it
+        is completed, and counts also when its lease already expired or was
+        lost; a non-billable completion or release first does not stop a
+        later billable one from counting."""
 
     async def release(self, lease: Lease) -> None:
         """Free the slot and the reservation, counting nothing. Idempotent."""
 
     async def reconcile(self, account_id: str, period: str, seed: Seed, now: float) -> bool:
         """Reset the period's ``billable_used`` to the database's count
-        (``seed``) if no session of the account is in flight and none
-        completed while it was read; whether it did."""
+        (``seed``) unless a billable session completed while it was read
+        (sessions in flight do not matter); whether it did."""
 
     async def release_instance(self, instance_id: str) -> int:
         """Free every lease held by ``instance_id`` (a dead process); how many."""
@@ -263,6 +302,13 @@ class InProcessAdmission:
     without an ``await`` between the check and the reservation, so it is
     atomic on the event loop.
 
+    Memory stays flat however many keys, accounts and months go by: a bucket
+    idle for ``BUCKET_IDLE_S`` (full again by then) is dropped, period
+    counters older than the previous month are dropped when a new month is
+    first seen, and an account without leases holds no lease map. A lease is
+    idempotent through its ``Lease`` object (the one ``acquire`` returned,
+    which the process keeps until it completes it).
+
     Args:
         lease_ttl_s: a lease not renewed for this long is freed.
         instance_id: the id its leases carry.
@@ -272,13 +318,17 @@ class InProcessAdmission:
     instance_id: str = field(default_factory=new_instance_id)
     _leases: dict[str, dict[str, Lease]] = field(default_factory=dict)
     _periods: dict[tuple[str, str], _Period] = field(default_factory=dict)
+    # least recently taken first, so idle buckets are dropped from the front
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _latest_period: str = ""
 
     async def check_rate(self, rate_key: str, plan: Plan, now: float) -> RateLimitState:
-        bucket = self._buckets.get(rate_key)
+        bucket = self._buckets.pop(rate_key, None)
         if bucket is None:
-            bucket = self._buckets[rate_key] = TokenBucket.full(plan.requests_per_minute, now)
+            bucket = TokenBucket.full(plan.requests_per_minute, now)
+        self._buckets[rate_key] = bucket  # to the back: the most recently taken
         wait = bucket.take(now, plan.requests_per_minute)
+        self._drop_idle_buckets(now)
         if wait:
             raise rate_limited(plan, wait)
         return bucket.state(plan.requests_per_minute)
@@ -294,6 +344,12 @@ class InProcessAdmission:
         counters = await self._seeded(account_id, period, seed)
         return Usage(counters.used or 0, len(self._live(account_id, now)))
 
+    async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
+                                 seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+        counters = await self._seeded(account_id, period, seed)
+        return (await self.peek_rate(rate_key, plan, now),
+                Usage(counters.used or 0, len(self._live(account_id, now))))
+
     async def acquire(self, account_id: str, session_id: str, plan: Plan, period: str,
                       seed: Seed, now: float, *, account_status: str = ACTIVE) -> Lease:
         counters = await self._seeded(account_id, period, seed)
@@ -304,16 +360,34 @@ class InProcessAdmission:
         if isinstance(decision, Refuse):
             raise decision.error
         lease = Lease(uuid.uuid4().hex, account_id, session_id, now + self.lease_ttl_s,
-                      period=period, instance_id=self.instance_id)
-        leases[lease.id] = lease
+                      period=period, instance_id=self.instance_id,
+                      max_in_flight=decision.bounds.max_in_flight)
+        self._leases.setdefault(account_id, leases)[lease.id] = lease
         return lease
 
-    async def renew(self, lease: Lease, now: float) -> None:
-        if not lease.released:
-            lease.expires_at = now + self.lease_ttl_s
+    async def renew(self, lease: Lease, now: float) -> str:
+        return (await self.renew_many([lease], now))[lease.id]
+
+    async def renew_many(self, leases: list[Lease], now: float) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for lease in leases:
+            if lease.released:
+                out[lease.id] = LOST
+                continue
+            live = self._live(lease.account_id, now)
+            if lease.id in live:
+                out[lease.id] = RENEWED
+            elif lease.max_in_flight is None or len(live) < lease.max_in_flight:
+                out[lease.id] = RESTORED  # expired while this process was paused
+                self._leases.setdefault(lease.account_id, live)[lease.id] = lease
+            else:
+                out[lease.id] = LOST
+                continue
+            lease.expires_at = live[lease.id].expires_at = now + self.lease_ttl_s
+        return out
 
     async def complete(self, lease: Lease, billable: bool) -> None:
-        if lease.released:
+        if lease.released and (lease.billed or not billable):
             return
         lease.released = True
         leases = self._leases.get(lease.account_id)
@@ -322,19 +396,22 @@ class InProcessAdmission:
             if not leases:
                 del self._leases[lease.account_id]
         if billable:
-            counters = self._periods.setdefault((lease.account_id, lease.period), _Period())
-            counters.seq += 1
-            if counters.used is not None:
-                counters.used += 1
+            lease.billed = True
+            if lease.period:
+                counters = self._period(lease.account_id, lease.period)
+                counters.seq += 1
+                if counters.used is not None:
+                    counters.used += 1
 
     async def release(self, lease: Lease) -> None:
         await self.complete(lease, billable=False)
 
     async def reconcile(self, account_id: str, period: str, seed: Seed, now: float) -> bool:
-        counters = self._periods.setdefault((account_id, period), _Period())
+        # the sequence number alone guards it: see RedisAdmission.reconcile
+        counters = self._period(account_id, period)
         seq = counters.seq
         value = await seed()
-        if counters.seq != seq or self._live(account_id, now):
+        if counters.seq != seq:
             return False
         counters.used = value
         return True
@@ -355,7 +432,7 @@ class InProcessAdmission:
     async def _seeded(self, account_id: str, period: str, seed: Seed) -> _Period:
         """The period's counters, ``used`` read from ``seed`` the first time
         (plus the billable completions that ran meanwhile)."""
-        counters = self._periods.setdefault((account_id, period), _Period())
+        counters = self._period(account_id, period)
         if counters.used is None:
             seq = counters.seq
             value = await seed()
@@ -363,9 +440,47 @@ class InProcessAdmission:
                 counters.used = value + (counters.seq - seq)
         return counters
 
+    def _period(self, account_id: str, period: str) -> _Period:
+        """The counters of ``(account_id, period)``, made when missing; the
+        first time a later period than any before is seen (a new month),
+        those of periods before the previous month are dropped."""
+        if period > self._latest_period:
+            self._latest_period = period
+            keep = _previous_period(period)
+            for key in [key for key in self._periods if key[1] < keep]:
+                del self._periods[key]
+        counters = self._periods.get((account_id, period))
+        if counters is None:
+            counters = self._periods[(account_id, period)] = _Period()
+        return counters
+
     def _live(self, account_id: str, now: float) -> dict[str, Lease]:
-        leases = self._leases.setdefault(account_id, {})
+        """The account's unexpired leases (expired ones dropped); a new empty
+        map, not stored, for an account without leases."""
+        leases = self._leases.get(account_id)
+        if leases is None:
+            return {}
         expired = [k for k, lease in leases.items() if lease.expires_at <= now]
         for k in expired:
-            leases.pop(k).released = True
+            del leases[k]  # not marked released: its completion still counts
+        if not leases:
+            del self._leases[account_id]
         return leases
+
+    def _drop_idle_buckets(self, now: float) -> None:
+        """Drop buckets not taken from for ``BUCKET_IDLE_S`` (they are full
+        again, as a new one would be), oldest first."""
+        while self._buckets:
+            key, bucket = next(iter(self._buckets.items()))
+            if now - bucket.updated_s < BUCKET_IDLE_S:
+                return
+            del self._buckets[key]
+
+
+def _previous_period(period: str) -> str:
+    """``"2026-01"`` → ``"2025-12"``; ``""`` for a period that is not
+    ``YYYY-MM`` (nothing sorts before it, so nothing is dropped)."""
+    if len(period) != 7 or period[4] != "-" or not (period[:4] + period[5:]).isdigit():
+        return ""
+    year, month = int(period[:4]), int(period[5:])
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"

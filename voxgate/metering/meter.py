@@ -24,7 +24,7 @@ What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent, Usage
@@ -206,6 +206,16 @@ class SessionMeter:
     def measurements(self) -> Measurements:
         """The measurements so far (a live object; copy it to keep a snapshot)."""
         return self._m
+
+    def snapshot(self, now_ms: float) -> Measurements:
+        """A copy of the measurements as of ``now_ms`` (monotonic ms), the
+        session left running: ``duration_ms`` is the time since accepted
+        (the final one once ended), the rest as ``measurements()``. For the
+        heartbeat's checkpoints."""
+        m = replace(self._m, event_counts=dict(self._m.event_counts))
+        if not self._ended:
+            m.duration_ms = max(0.0, now_ms - self._t0)
+        return m
 
     # -- helpers ---------------------------------------------------------
 

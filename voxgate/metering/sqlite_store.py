@@ -6,10 +6,12 @@ durable across a process crash; the last commits may be lost on power loss),
 ``foreign_keys=ON`` and a busy timeout.
 
 Schema: versioned migrations, ``migrations/NNNN_name.sql``, applied in
-version order at ``open()``, each in its own transaction, and recorded in
-``schema_migrations`` (``migrations/postgresql/`` holds PostgreSQL's, with
-the same versions). The queries of billing, the dashboard and the jobs are
-in ``voxgate.metering.rooms``, on ``store.db`` inside
+version order at ``open()`` (``auto_migrate``; else ``PendingMigrations``),
+each in its own transaction, and recorded in ``schema_migrations`` with the
+file's checksum, verified at every ``open()`` (``ChecksumMismatch``)
+(``migrations/postgresql/`` holds PostgreSQL's, with the same versions).
+The queries of billing, the dashboard and the jobs are in
+``voxgate.metering.rooms``, on ``store.db`` inside
 ``async with store.transaction():``.
 
 Transactions: the connection is opened in autocommit mode
@@ -29,12 +31,11 @@ NOTHING/UPDATE`` (never ``INSERT OR IGNORE``), columns qualified in upsert
 from __future__ import annotations
 
 import asyncio
-import os
+import hashlib
 import re
-import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +43,9 @@ from typing import Any
 
 import orjson
 
-from voxgate.metering.connection import AsyncConnection
+from voxgate.caches import BoundedDict
+from voxgate.errors import ConfigError
+from voxgate.metering.connection import LANES, AsyncConnection, lane, rollback_open
 from voxgate.metering.store import (
     Instance,
     MonthlyUsage,
@@ -68,7 +71,8 @@ from voxgate.models import (
 )
 from voxgate.models.packs import AccountPack, PackBalance, pack_balance, pack_expiry, pack_to_use
 
-__all__ = ["SQLiteStore", "Migration", "load_migrations", "split_sql", "MIGRATIONS_DIR"]
+__all__ = ["SQLiteStore", "Migration", "load_migrations", "split_sql", "MIGRATIONS_DIR",
+           "MigrationError", "ChecksumMismatch", "PendingMigrations", "pending_migrations"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 5000
@@ -76,6 +80,7 @@ API_KEY_PREFIX_LEN = 12  # "vg_live_AbCd"
 ADMIN_KEY_PREFIX_LEN = 13  # "vg_admin_AbCd"
 LAST_USED_INTERVAL_S = 60.0  # write api_keys.last_used_at at most this often per key
 KEY_CACHE_TTL_S = 5.0  # bound on how long another process's key change may go unseen
+KEY_CACHE_MAX = 16_384  # keys remembered (lookups, last-used writes), least recently used out
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -89,9 +94,25 @@ _ACCOUNT_FIELDS = frozenset({
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One ``NNNN_name.sql`` file. ``checksum``: the SHA-256 (hex) of its
+    text with line endings as LF, recorded in ``schema_migrations`` when it
+    is applied and compared with the file at every start."""
+
     version: int
     name: str
     path: Path
+    checksum: str = ""
+
+    @property
+    def label(self) -> str:
+        """``"0012 (0012_housekeeping.sql)"``, as messages name it."""
+        return f"{self.version:04d} ({self.path.name})"
+
+
+def migration_checksum(text: bytes) -> str:
+    """SHA-256 (hex) of a migration file's bytes, CRLF read as LF (so a
+    checkout with Windows line endings is the same file)."""
+    return hashlib.sha256(text.replace(b"\r\n", b"\n")).hexdigest()
 
 
 def load_migrations(directory: str | Path) -> list[Migration]:
@@ -109,8 +130,141 @@ def load_migrations(directory: str | Path) -> list[Migration]:
         if version in found:
             raise ValueError(f"duplicate migration version {version}: "
                              f"{found[version].path.name}, {path.name}")
-        found[version] = Migration(version, m.group(2), path)
+        found[version] = Migration(version, m.group(2), path,
+                                   migration_checksum(path.read_bytes()))
     return [found[v] for v in sorted(found)]
+
+
+class MigrationError(ConfigError):
+    """The schema cannot be brought to this voxgate's version: a migration
+    failed (nothing of it applied), or waited too long for a lock. A
+    ``ConfigError``: the command line prints its one-line message and stops."""
+
+
+class ChecksumMismatch(MigrationError):
+    """An applied migration's file is no longer what was applied (its
+    checksum differs from the one recorded): voxgate refuses to start."""
+
+    def __init__(self, migration: Migration, recorded: str) -> None:
+        super().__init__(
+            f"migration {migration.label} was changed after it was applied to this database "
+            f"(checksum now {migration.checksum[:12]}…, {recorded[:12]}… when applied): "
+            f"restore {migration.path} as it was; change a schema with a new migration, "
+            f"never by editing an applied one")
+        self.migration = migration
+        self.recorded = recorded
+
+
+class PendingMigrations(MigrationError):
+    """Migrations are pending and this store may not apply them at open
+    (``auto_migrate = false``): ``pending`` lists them."""
+
+    def __init__(self, pending: list[Migration]) -> None:
+        names = ", ".join(m.path.name for m in pending)
+        super().__init__(
+            f"{len(pending)} schema migration(s) pending ({names}) and auto_migrate is off: "
+            f"run `voxgate migrate` first (or set auto_migrate = true)")
+        self.pending = pending
+
+
+def pending_migrations(migrations: Iterable[Migration],
+                       applied: dict[int, str | None]) -> list[Migration]:
+    """The migrations not applied yet, in version order, after checking
+    that each applied one is still the file that was applied.
+
+    Args:
+        migrations: the files (``load_migrations``).
+        applied: ``schema_migrations``: version → recorded checksum (None:
+            recorded before checksums were kept; not checked).
+
+    Raises:
+        ChecksumMismatch: an applied migration's file changed since.
+    """
+    pending = []
+    for migration in migrations:
+        if migration.version not in applied:
+            pending.append(migration)
+            continue
+        recorded = applied[migration.version]
+        if recorded is not None and recorded != migration.checksum:
+            raise ChecksumMismatch(migration, recorded)
+    return pending
+
+
+# schema_migrations: one row per applied migration; checksum NULL only for
+# rows written before checksums were kept, until the first start that has them
+_SCHEMA_MIGRATIONS = ("CREATE TABLE IF NOT EXISTS schema_migrations (version {int} PRIMARY KEY,"
+                      " name TEXT NOT NULL, applied_at {real} NOT NULL, checksum TEXT)")
+
+
+def _recorded_migrations(execute: Callable[..., Any],
+                         migrations: Iterable[Migration]) -> dict[int, str | None]:
+    """``schema_migrations`` as version → checksum, after recording the
+    checksum of the files of the rows that have none (written before
+    checksums were kept: the files are taken as they are now). Runs inside
+    the caller's transaction (``execute`` is its connection's)."""
+    files = {m.version: m for m in migrations}
+    applied: dict[int, str | None] = {}
+    for version, checksum in execute("SELECT version, checksum FROM schema_migrations").fetchall():
+        if checksum is None and version in files:
+            checksum = files[version].checksum
+            execute("UPDATE schema_migrations SET checksum = ? WHERE version = ?"
+                    " AND checksum IS NULL", (checksum, version))
+        applied[int(version)] = checksum
+    return applied
+
+
+def _record_migration(execute: Callable[..., Any], migration: Migration) -> None:
+    execute("INSERT INTO schema_migrations (version, name, applied_at, checksum)"
+            " VALUES (?, ?, ?, ?)", (migration.version, migration.name, time.time(),
+                                     migration.checksum))
+
+
+def _migrate_sqlite(conn: sqlite3.Connection, migrations: list[Migration],
+                    apply: bool) -> list[Migration]:
+    """``SQLiteStore._migrate`` on the connection's thread: checksums
+    recorded where missing and verified, then each pending migration
+    applied statement by statement in a ``BEGIN IMMEDIATE`` transaction of
+    its own (SQLite's one writer: another process waits for it, then finds
+    it applied). Returns the migrations applied.
+
+    Raises:
+        ChecksumMismatch, PendingMigrations (``apply`` False), MigrationError.
+    """
+    conn.execute(_SCHEMA_MIGRATIONS.format(int="INTEGER", real="REAL"))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(schema_migrations)")}
+        if "checksum" not in columns:
+            conn.execute("ALTER TABLE schema_migrations ADD COLUMN checksum TEXT")
+        applied = _recorded_migrations(conn.execute, migrations)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    pending = pending_migrations(migrations, applied)
+    if pending and not apply:
+        raise PendingMigrations(pending)
+    done = []
+    for migration in pending:
+        statements = split_sql(migration.path.read_text())
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                            (migration.version,)).fetchone() is None:
+                for statement in statements:
+                    conn.execute(statement)
+                _record_migration(conn.execute, migration)
+                done.append(migration)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise MigrationError(f"migration {migration.label} failed, nothing of it was "
+                                 f"applied: {exc}") from exc
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return done
 
 
 def split_sql(script: str) -> list[str]:
@@ -164,7 +318,7 @@ _SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_
 _USAGE_COLS = "sessions, billable_sessions, minutes_used, audio_seconds, bytes"
 _OUTBOX_COLS = ("session_id, account_id, period, created_at, attempts, next_attempt_at, "
                 "last_error")
-_INSTANCE_COLS = "id, host, pid, started_at, heartbeat_at"
+_INSTANCE_COLS = "id, host, pid, started_at, heartbeat_at, epoch"
 
 
 def _account(row: Any) -> Account:
@@ -218,28 +372,51 @@ VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Insert-or-complete: updates only a session not yet completed, so the
-# rowcount (0 or 1) tells whether this call is the one completing it.
+# rowcount (0 or 1) tells whether this call is the one completing it. On
+# PostgreSQL it also locks the row, completed or not, until the commit.
+# _COMPLETE_PROVISIONAL_SQL also sets ``provisional`` = 1 (a sweeper's
+# completion); an active row's is 0 already.
 _COMPLETE_SESSION_SQL = """
 INSERT INTO sessions (id, account_id, project_id, api_key_id, ephemeral_key_id, transport,
     model, status, started_at, ended_at, period, billable, reason, rule, settlement,
-    connect_ms, duration_ms, audio_in_ms, audio_out_ms, bytes_in, bytes_out, measurements)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    connect_ms, duration_ms, audio_in_ms, audio_out_ms, bytes_in, bytes_out, measurements{p})
+VALUES (?, ?, ?, ?, ?, ?, ?, 'completed', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{v})
 ON CONFLICT (id) DO UPDATE SET
     status = 'completed', ended_at = excluded.ended_at, billable = excluded.billable,
     reason = excluded.reason, rule = excluded.rule, settlement = excluded.settlement,
     connect_ms = excluded.connect_ms, duration_ms = excluded.duration_ms,
     audio_in_ms = excluded.audio_in_ms, audio_out_ms = excluded.audio_out_ms,
     bytes_in = excluded.bytes_in, bytes_out = excluded.bytes_out,
-    measurements = excluded.measurements
+    measurements = excluded.measurements{u}
 WHERE sessions.status <> 'completed'
 """
+_COMPLETE_PROVISIONAL_SQL = _COMPLETE_SESSION_SQL.format(
+    p=", provisional", v=", 1", u=", provisional = excluded.provisional")
+_COMPLETE_SESSION_SQL = _COMPLETE_SESSION_SQL.format(p="", v="", u="")
 
+# The owning instance's final record replacing a provisional one
+# (complete_session's upgrade rule): with the verdict (billable upgrade) or
+# measurements only.
+_UPGRADE_SESSION_SQL = """
+UPDATE sessions SET ended_at = ?, billable = 1, reason = ?, rule = ?, settlement = ?,
+    connect_ms = ?, duration_ms = ?, audio_in_ms = ?, audio_out_ms = ?, bytes_in = ?,
+    bytes_out = ?, measurements = ?, provisional = 0
+WHERE id = ?
+"""
+_REMEASURE_SESSION_SQL = """
+UPDATE sessions SET ended_at = ?, connect_ms = ?, duration_ms = ?, audio_in_ms = ?,
+    audio_out_ms = ?, bytes_in = ?, bytes_out = ?, measurements = ?, provisional = 0
+WHERE id = ?
+"""
+
+# Adds to the period's usage and returns it: under this row's lock (held to
+# the commit) the returned billable_sessions numbers a billable session.
 _ADD_USAGE_SQL = f"""
 INSERT INTO monthly_usage (account_id, period, sessions, billable_sessions, minutes_used,
     audio_seconds, bytes)
-VALUES (?, ?, 1, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (account_id, period) DO UPDATE SET
-    sessions = monthly_usage.sessions + 1,
+    sessions = monthly_usage.sessions + excluded.sessions,
     billable_sessions = monthly_usage.billable_sessions + excluded.billable_sessions,
     minutes_used = monthly_usage.minutes_used + excluded.minutes_used,
     audio_seconds = monthly_usage.audio_seconds + excluded.audio_seconds,
@@ -264,68 +441,114 @@ def _live_packs_sync(conn: sqlite3.Connection, account_id: str, now: float) -> l
 
 
 def _transact(conn: sqlite3.Connection, fn: Any, *args: Any) -> Any:
-    """``fn(conn, *args)`` inside BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
+    """``fn(conn, *args)`` inside BEGIN IMMEDIATE … COMMIT (ROLLBACK on error;
+    a plain BEGIN on PostgreSQL, where row locks serialize what must be)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, *args)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_open(conn)
         raise
-    conn.execute("COMMIT")
     return result
+
+
+def _take_pack_sync(conn: sqlite3.Connection, account_id: str, now: float) -> str | None:
+    """Take one session from the account's pack ``pack_to_use`` picks (live,
+    sessions left, first to expire, then the older purchase, then id), with
+    a guarded UPDATE (``sessions_used < sessions``); when another
+    transaction took that pack's last session meanwhile, the next pack is
+    tried. Returns the pack's id, None when no pack has a session left."""
+    packs = _live_packs_sync(conn, account_id, now)
+    while (pack := pack_to_use(packs, now)) is not None:
+        if conn.execute("UPDATE session_packs SET sessions_used = sessions_used + 1"
+                        " WHERE id = ? AND sessions_used < sessions", (pack.id,)).rowcount == 1:
+            return pack.id
+        packs = [p for p in packs if p.id != pack.id]
+    return None
+
+
+def _usage_now_sync(conn: sqlite3.Connection, account_id: str, period: str) -> MonthlyUsage:
+    row = conn.execute(
+        f"SELECT {_USAGE_COLS} FROM monthly_usage WHERE account_id = ? AND period = ?",
+        (account_id, period)).fetchone()
+    return _usage_of(account_id, period, row) if row else MonthlyUsage(account_id, period)
 
 
 def _complete_sync(
     conn: sqlite3.Connection, record: SessionRecord, verdict: Verdict, settle: bool,
     ended_at: float, settle_from: int | None = None, pack_from: int | None = None,
+    provisional: bool = False,
 ) -> MonthlyUsage:
-    """The statements of ``complete_session``; the caller holds the transaction."""
+    """The statements of ``complete_session``; the caller holds the
+    transaction. The same rules, statement for statement, as PostgreSQL's
+    ``voxgate_complete_session`` (``migrations/postgresql/0011_hot_path.sql``);
+    locks in this order: the session row, the usage row, packs, outbox.
+
+    1. Complete the row if not completed yet (``_COMPLETE_SESSION_SQL``).
+       Already completed: no change, unless it is provisional and this is
+       the owning instance's final record (``provisional`` False): then a
+       billable verdict upgrades a not-billable one (counted as a billable
+       session now, settled below), otherwise the stored verdict stays and
+       only the measurements (and their difference in usage) change.
+    2. Add to the period's usage; its ``RETURNING billable_sessions`` under
+       the usage row lock numbers a billable session (before = it − 1).
+    3. A billable session past ``pack_from`` takes a pack session
+       (``_take_pack_sync``); else past ``settle_from`` it is settled
+       (``settlement="pending"``, outbox).
+    """
     period = record.period or period_of(record.started_at)
     m = record.measurements
     billable = bool(verdict.billable)
-    pack: AccountPack | None = None
-    if billable and not settle and (settle_from is not None or pack_from is not None):
-        # Decided inside the write transaction, so concurrent completions
-        # (in any process) each see the count the one before them left.
-        row = conn.execute(
-            "SELECT billable_sessions FROM monthly_usage WHERE account_id = ? AND period = ?",
-            (record.account_id, period)).fetchone()
-        before = row[0] if row else 0
-        if pack_from is not None and before >= pack_from:
-            pack = pack_to_use(_live_packs_sync(conn, record.account_id, ended_at), ended_at)
-        settle = pack is None and settle_from is not None and before >= settle_from
-    if settle:
-        settlement = "pending"
-    elif pack is not None:
-        settlement = "pack"
-    else:
-        settlement = "included" if billable else "none"
-    cursor = conn.execute(_COMPLETE_SESSION_SQL, (
+    measured = (m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
+                m.bytes_out, orjson.dumps(m.to_dict()).decode())
+    settlement = "pending" if settle else ("included" if billable else "none")
+    audio_s = (m.audio_in_ms + m.audio_out_ms) / 1000.0
+    nbytes = m.bytes_in + m.bytes_out
+    counted, decide, pending = 1, billable, settle
+    add_billable = int(billable)
+    minutes = m.duration_ms / 60000.0 if billable else 0.0
+    cursor = conn.execute(_COMPLETE_PROVISIONAL_SQL if provisional else _COMPLETE_SESSION_SQL, (
         record.id, record.account_id, record.project_id, record.api_key_id,
         record.ephemeral_key_id, record.transport, record.model, record.started_at,
-        ended_at, period, int(billable), verdict.reason, verdict.rule, settlement,
-        m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
-        m.bytes_out, orjson.dumps(m.to_dict()).decode(),
+        ended_at, period, int(billable), verdict.reason, verdict.rule, settlement, *measured,
     ))
-    if cursor.rowcount == 0:  # already completed: count it once only
-        row = conn.execute(
-            f"SELECT {_USAGE_COLS} FROM monthly_usage WHERE account_id = ? AND period = ?",
-            (record.account_id, period)).fetchone()
-        return (_usage_of(record.account_id, period, row) if row
-                else MonthlyUsage(record.account_id, period))
+    if cursor.rowcount == 0:  # already completed
+        old = conn.execute(
+            "SELECT provisional, billable, duration_ms, audio_in_ms, audio_out_ms, bytes_in,"
+            " bytes_out FROM sessions WHERE id = ?", (record.id,)).fetchone()
+        if old is None or not old[0] or provisional:  # a retry: counted once only
+            return _usage_now_sync(conn, record.account_id, period)
+        counted = 0
+        audio_s -= (old[3] + old[4]) / 1000.0
+        nbytes -= old[5] + old[6]
+        if billable and not old[1]:  # the final record upgrades a not-billable one
+            settlement = "pending" if settle else "included"
+            conn.execute(_UPGRADE_SESSION_SQL, (ended_at, verdict.reason, verdict.rule,
+                                                settlement, *measured, record.id))
+        else:  # the stored verdict and settlement stay; measurements replaced
+            decide = pending = False
+            add_billable = 0
+            minutes = (m.duration_ms - old[2]) / 60000.0 if old[1] else 0.0
+            conn.execute(_REMEASURE_SESSION_SQL, (ended_at, *measured, record.id))
     row = conn.execute(_ADD_USAGE_SQL, (
-        record.account_id, period, int(billable),
-        m.duration_ms / 60000.0 if billable else 0.0,
-        (m.audio_in_ms + m.audio_out_ms) / 1000.0,
-        m.bytes_in + m.bytes_out,
-    )).fetchone()
-    if pack is not None:
-        conn.execute("UPDATE session_packs SET sessions_used = sessions_used + 1 WHERE id = ?",
-                     (pack.id,))
-        conn.execute("INSERT INTO pack_sessions (session_id, account_pack_id, account_id, period,"
-                     " used_at) VALUES (?, ?, ?, ?, ?)",
-                     (record.id, pack.id, record.account_id, period, ended_at))
-    if settle:
+        record.account_id, period, counted, add_billable, minutes, audio_s, nbytes)).fetchone()
+    if decide and not settle and (settle_from is not None or pack_from is not None):
+        before = int(row[1]) - 1  # billable sessions of the period before this one
+        pack_id = None
+        if pack_from is not None and before >= pack_from:
+            pack_id = _take_pack_sync(conn, record.account_id, ended_at)
+        final = settlement
+        if pack_id is not None:
+            conn.execute("INSERT INTO pack_sessions (session_id, account_pack_id, account_id,"
+                         " period, used_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         (record.id, pack_id, record.account_id, period, ended_at))
+            final = "pack"
+        elif settle_from is not None and before >= settle_from:
+            final, pending = "pending", True
+        if final != settlement:
+            conn.execute("UPDATE sessions SET settlement = ? WHERE id = ?", (final, record.id))
+    if pending:
         conn.execute(
             f"INSERT INTO settlement_outbox ({_OUTBOX_COLS})"
             " VALUES (?, ?, ?, ?, 0, ?, NULL) ON CONFLICT DO NOTHING",
@@ -333,17 +556,33 @@ def _complete_sync(
     return _usage_of(record.account_id, period, row)
 
 
-def _complete_instance_sync(conn: sqlite3.Connection, instance_id: str, verdict: Verdict,
-                            now: float) -> list[Orphan]:
-    """Complete the instance's active sessions as not billable with
-    ``verdict``'s reason and rule; the caller holds the transaction."""
-    not_billable = Verdict(False, verdict.reason, verdict.rule)
+def _orphans_sync(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> list[Orphan]:
+    """The active sessions matching ``where`` (on ``sessions s``) with their
+    lease ids and last checkpoints, for ``complete_orphans``."""
     rows = conn.execute(
-        f"SELECT {_SESSION_COLS}, lease_id FROM sessions"
-        " WHERE status = 'active' AND instance_id = ?", (instance_id,)).fetchall()
-    for row in rows:
-        _complete_sync(conn, _session(row[:-1]), not_billable, False, now)
-    return [Orphan(row[0], row[1], row[-1]) for row in rows]
+        f"SELECT {_prefixed(_SESSION_COLS, 's')}, s.lease_id, s.checkpoint_at FROM sessions s"
+        f" WHERE s.status = 'active' AND {where} ORDER BY s.started_at, s.id", params).fetchall()
+    return [Orphan(row[0], row[1], row[-2], _session(row[:-2]), row[-1]) for row in rows]
+
+
+_CHECKPOINT_SQL = """
+UPDATE sessions SET measurements = ?, connect_ms = ?, duration_ms = ?, audio_in_ms = ?,
+    audio_out_ms = ?, bytes_in = ?, bytes_out = ?, checkpoint_at = ?
+WHERE id = ? AND status = 'active' AND instance_id = ?
+"""
+
+
+def _checkpoint_sync(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """``_CHECKPOINT_SQL`` for every row in one transaction (a plain BEGIN:
+    no write lock of the whole database on PostgreSQL)."""
+    conn.execute("BEGIN")
+    try:
+        count = conn.executemany(_CHECKPOINT_SQL, rows).rowcount
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return max(0, count or 0)
 
 
 class SQLiteStore:
@@ -361,12 +600,20 @@ class SQLiteStore:
         self.lock = asyncio.Lock()
         # the instance this process's sessions are opened under (register_instance)
         self.instance_id: str | None = None
-        self._db: AsyncConnection | None = None
-        self._last_used_written: dict[str, float] = {}
+        # AsyncConnection (SQLite: one writer) or connection.Pool (PostgreSQL)
+        self._db: Any = None
+        # open(): apply pending migrations (else refuse: PendingMigrations);
+        # what the last open() applied (``voxgate migrate`` prints it)
+        self.auto_migrate = True
+        self.migrations_applied: tuple[Migration, ...] = ()
+        # key id -> when last_used_at was last written (KEY_CACHE_MAX keys at most)
+        self._last_used_written: BoundedDict[str, float] = BoundedDict(KEY_CACHE_MAX)
         # key hash -> (key, project, account, fetched at, monotonic s); cleared
         # by every method that changes a key, project or account, and aged out
-        # after KEY_CACHE_TTL_S as a bound for changes made by other processes.
-        self._key_cache: dict[str, tuple[ApiKey, Project, Account, float]] = {}
+        # after KEY_CACHE_TTL_S as a bound for changes made by other processes;
+        # KEY_CACHE_MAX keys at most (least recently used out).
+        self._key_cache: BoundedDict[str, tuple[ApiKey, Project, Account, float]] = \
+            BoundedDict(KEY_CACHE_MAX)
         self._key_generation = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -387,13 +634,12 @@ class SQLiteStore:
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._open_with(self._connect, "voxgate-sqlite")
+        await self._open_with(AsyncConnection(self._connect, "voxgate-sqlite"))
 
-    async def _open_with(self, connect: Any, thread_name: str) -> None:
-        """Open the connection ``connect`` makes (on its own thread named
-        ``thread_name``) and apply pending migrations; closed again when
-        they fail."""
-        db = AsyncConnection(connect, thread_name)
+    async def _open_with(self, db: Any) -> None:
+        """Open ``db`` (an ``AsyncConnection``, or PostgreSQL's ``Pool``) as
+        ``self.db`` and apply pending migrations; closed again when they
+        fail."""
         await db.open()
         try:
             self._db = db
@@ -427,26 +673,19 @@ class SQLiteStore:
         await self.close()
 
     async def _migrate(self) -> None:
-        db = self.db
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        for migration in load_migrations(self.migrations_dir):
-            statements = split_sql(migration.path.read_text())
-            async with self.transaction():
-                # re-checked inside the write transaction: another process may
-                # have applied it since we looked
-                rows = await db.execute_fetchall(
-                    "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,))
-                if rows:
-                    continue
-                for statement in statements:
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
-                )
+        """Verify the applied migrations' checksums and apply the pending
+        ones (``auto_migrate``), in one hop to the connection's thread;
+        ``migrations_applied`` lists what this call applied.
+
+        Raises:
+            ChecksumMismatch: an applied migration's file changed.
+            PendingMigrations: some are pending and ``auto_migrate`` is False.
+            MigrationError: a migration failed (nothing of it applied).
+        """
+        migrations = load_migrations(self.migrations_dir)
+        async with self.lock:
+            applied = await self.db.run(_migrate_sqlite, migrations, self.auto_migrate)
+        self.migrations_applied = tuple(applied)
 
     async def ping(self) -> None:
         """One trivial query (readiness checks): raises what the database
@@ -462,18 +701,38 @@ class SQLiteStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception),
-        holding ``self.lock``. Not re-entrant: do not nest."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception,
+        a cancellation included, even one while waiting for ``BEGIN``),
+        holding ``self.lock``. Not re-entrant: do not nest.
+
+        The ROLLBACK is queued on the connection's thread, not awaited: it
+        runs after whatever the thread is still doing for this transaction
+        (the thread runs work in order) and before the next transaction's
+        BEGIN, so a cancelled caller can never leave the transaction open."""
         db = self.db
         async with self.lock:
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            else:
                 await db.execute("COMMIT")
+            except BaseException:
+                db.rollback_later()
+                raise
+
+    dialect = "sqlite"  # "postgresql" on PostgresStore (rooms' dialect-specific SQL)
+
+    @staticmethod
+    def lane(name: str) -> Any:
+        """``with store.lane("heartbeat"): …``: the block's statements run on
+        that lane of the PostgreSQL pool (``voxgate.metering.connection``:
+        ``"session"``, ``"heartbeat"``, ``"background"``); nothing on SQLite.
+
+        Raises:
+            ValueError: an unknown lane (one of ``connection.LANES``).
+        """
+        if name not in LANES:
+            raise ValueError(f"unknown database lane {name!r}")
+        return lane(name)
 
     async def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """One autocommit statement under the lock; returns its rowcount."""
@@ -759,30 +1018,38 @@ class SQLiteStore:
     async def open_session(self, record: SessionRecord, *, lease_id: str | None = None) -> None:
         """Insert the session row with ``status="active"`` (one statement),
         owned by ``instance_id``, holding admission lease ``lease_id``."""
+        await self._write(_OPEN_SESSION_SQL, self._open_params(record, lease_id))
+
+    def _open_params(self, record: SessionRecord, lease_id: str | None) -> tuple[Any, ...]:
+        """``_OPEN_SESSION_SQL``'s parameters."""
         m = record.measurements
-        await self._write(_OPEN_SESSION_SQL, (
+        return (
             record.id, record.account_id, record.project_id, record.api_key_id,
             record.ephemeral_key_id, record.transport, record.model, record.started_at,
             record.period or period_of(record.started_at),
             m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
             m.bytes_out, orjson.dumps(m.to_dict()).decode(), self.instance_id, lease_id,
-        ))
+        )
 
     async def complete_session(
         self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
         settle_from: int | None = None, pack_from: int | None = None,
+        provisional: bool = False,
     ) -> MonthlyUsage:
-        """Complete the session in one transaction (see ``Store``).
+        """Complete the session in one transaction (see ``Store`` and
+        ``_complete_sync``), in one hop to the connection's thread.
 
         Idempotent: completing a session already completed changes nothing
-        and returns the period's current usage. A session never opened is
-        inserted completed.
+        and returns the period's current usage — except the owning
+        instance's final record (``provisional`` False) for a row a sweeper
+        completed ``provisional``, which replaces it once (the upgrade rule).
+        A session never opened is inserted completed.
         """
         ended_at = record.ended_at or time.time()
         async with self.lock:
             return await self._in_thread(
                 _transact, _complete_sync, record, verdict, settle, ended_at, settle_from,
-                pack_from)
+                pack_from, provisional)
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(connection, *args)`` on the connection's thread in one hop
@@ -852,35 +1119,55 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ instances
 
-    async def register_instance(self, instance_id: str, host: str, pid: int, now: float,
-                                verdict: Verdict) -> list[Orphan]:
-        """Record this process as ``instance_id`` and open sessions under it
-        from now on; the sessions a previous run of the same identity left
-        active are completed with ``verdict`` (not billable) in the same
-        transaction and returned (see ``Store``)."""
-        def register(conn: sqlite3.Connection) -> list[Orphan]:
+    async def register_instance(self, instance_id: str, host: str, pid: int,
+                                now: float) -> tuple[int, list[Orphan]]:
+        """Record this process as ``instance_id`` under a new epoch (Unix ms
+        of ``now``, or the previous epoch + 1 if larger) and open sessions
+        under it from now on; returns (epoch, the sessions still active
+        under that id with their last checkpoints), not completed (see
+        ``Store``)."""
+        def register(conn: sqlite3.Connection) -> tuple[int, list[Orphan]]:
+            row = conn.execute("SELECT epoch FROM instances WHERE id = ?",
+                               (instance_id,)).fetchone()
+            epoch = max(int(now * 1000), (int(row[0]) + 1) if row else 1)
             conn.execute(
-                f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES (?, ?, ?, ?, ?)"
+                f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
-                " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-                (instance_id, host, pid, now, now))
-            return _complete_instance_sync(conn, instance_id, verdict, now)
+                " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,"
+                " epoch = excluded.epoch",
+                (instance_id, host, pid, now, now, epoch))
+            return epoch, _orphans_sync(conn, "s.instance_id = ?", (instance_id,))
 
         async with self.lock:
-            orphans: list[Orphan] = await self._in_thread(_transact, register)
+            result: tuple[int, list[Orphan]] = await self._in_thread(_transact, register)
         self.instance_id = instance_id
-        return orphans
+        return result
 
-    async def heartbeat(self, instance_id: str, now: float) -> None:
-        """Refresh the instance's heartbeat; re-register it if a sweeper
-        deleted it meanwhile (host and pid of this process)."""
-        await self._write(
-            f"INSERT INTO instances ({_INSTANCE_COLS}) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-            (instance_id, socket.gethostname(), os.getpid(), now, now))
+    async def heartbeat(self, instance_id: str, epoch: int, now: float) -> bool:
+        """Refresh the heartbeat of the instance's row of ``epoch`` (one
+        UPDATE); False when there is none: declared dead, never re-created."""
+        return await self._write("UPDATE instances SET heartbeat_at = ? WHERE id = ? AND epoch = ?",
+                                 (now, instance_id, epoch)) > 0
 
-    async def unregister_instance(self, instance_id: str) -> None:
-        await self._write("DELETE FROM instances WHERE id = ?", (instance_id,))
+    async def checkpoint_sessions(self, instance_id: str,
+                                  sessions: list[tuple[str, Measurements]], now: float) -> int:
+        """Write the live sessions' measurements as of ``now`` (one
+        executemany in one transaction; see ``Store``); how many rows."""
+        if not sessions:
+            return 0
+        rows = [(orjson.dumps(m.to_dict()).decode(), m.connect_ms, m.duration_ms, m.audio_in_ms,
+                 m.audio_out_ms, m.bytes_in, m.bytes_out, now, session_id, instance_id)
+                for session_id, m in sorted(sessions, key=lambda s: s[0])]  # one lock order
+        async with self.lock:
+            count: int = await self._in_thread(_checkpoint_sync, rows)
+        return count
+
+    async def unregister_instance(self, instance_id: str, epoch: int | None = None) -> None:
+        if epoch is None:
+            await self._write("DELETE FROM instances WHERE id = ?", (instance_id,))
+        else:
+            await self._write("DELETE FROM instances WHERE id = ? AND epoch = ?",
+                              (instance_id, epoch))
         if self.instance_id == instance_id:
             self.instance_id = None
 
@@ -896,17 +1183,28 @@ class SQLiteStore:
             " ORDER BY heartbeat_at, id", (heartbeat_before,))
         return [Instance(*r) for r in rows]
 
-    async def sweep_instance(self, instance_id: str, verdict: Verdict, now: float, *,
+    async def sweep_instance(self, instance_id: str, epoch: int, now: float, *,
                              heartbeat_before: float) -> list[Orphan]:
-        """Complete a dead instance's active sessions and delete it, if its
-        heartbeat is still older than ``heartbeat_before`` (see ``Store``)."""
+        """Delete a dead instance's row of ``epoch`` if its heartbeat is
+        still older than ``heartbeat_before`` and return its active
+        sessions with their checkpoints, in one transaction (see ``Store``)."""
         def sweep(conn: sqlite3.Connection) -> list[Orphan]:
-            gone = conn.execute("DELETE FROM instances WHERE id = ? AND heartbeat_at < ?",
-                                (instance_id, heartbeat_before)).rowcount
-            return _complete_instance_sync(conn, instance_id, verdict, now) if gone else []
+            gone = conn.execute(
+                "DELETE FROM instances WHERE id = ? AND epoch = ? AND heartbeat_at < ?",
+                (instance_id, epoch, heartbeat_before)).rowcount
+            return _orphans_sync(conn, "s.instance_id = ?", (instance_id,)) if gone else []
 
         async with self.lock:
             result: list[Orphan] = await self._in_thread(_transact, sweep)
+        return result
+
+    async def orphaned_sessions(self, before: float) -> list[Orphan]:
+        """Active sessions of an instance with no row whose last sign of
+        life is older than ``before`` (see ``Store``)."""
+        where = ("s.instance_id IS NOT NULL AND COALESCE(s.checkpoint_at, s.started_at) < ?"
+                 " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = s.instance_id)")
+        async with self.lock:
+            result: list[Orphan] = await self._in_thread(_orphans_sync, where, (before,))
         return result
 
     async def abandon_active_sessions(self, verdict: Verdict, now: float,

@@ -8,16 +8,19 @@ seconds; periods are ``"YYYY-MM"`` in UTC.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from voxgate.metering.admission import Admission, Lease
+from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
     AdminKey,
     ApiKey,
     EphemeralKey,
+    Measurements,
     Project,
     SessionRecord,
     Verdict,
@@ -27,7 +30,7 @@ from voxgate.models.packs import AccountPack, PackBalance, with_packs
 from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog
 
 __all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "account_plan",
-           "Instance", "Orphan", "release_orphans"]
+           "Instance", "Orphan", "release_orphans", "complete_orphans", "LOST_CLOSE_REASON"]
 
 
 def period_of(ts: float | None = None) -> str:
@@ -87,38 +90,105 @@ class OutboxItem:
 class Instance:
     """A voxgate process sharing the database (``instances`` row): its id
     (``Settings.instance_id``), host name, pid, when it started and when it
-    last sent its heartbeat (Unix s)."""
+    last sent its heartbeat (Unix s), and the epoch of its registration (a
+    new one each time the id registers; a heartbeat counts only for the
+    epoch it names)."""
 
     id: str
     host: str
     pid: int
     started_at: float
     heartbeat_at: float
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Orphan:
-    """An active session whose instance is gone, as it was completed
-    ``interrupted``: its id, account and admission lease id (None for a
-    session opened without one)."""
+    """An active session whose instance is gone (declared dead by a
+    sweeper, or a previous run of the same instance id): its id, account
+    and admission lease id (None for a session opened without one), and its
+    record as last checkpointed (``record.measurements`` as of
+    ``checkpoint_at``, Unix s; None = never checkpointed: the measurements
+    of the row as opened)."""
 
     session_id: str
     account_id: str
     lease_id: str | None
+    record: SessionRecord | None = None
+    checkpoint_at: float | None = None
 
     def lease(self) -> Lease:
         """The session's admission lease, for ``Admission.release``."""
         return Lease(self.lease_id or "", self.account_id, self.session_id, 0.0)
 
 
+LOST_CLOSE_REASON = "instance_lost"  # Measurements.close_reason of a session completed for a lost instance
+
+
 async def release_orphans(admission: Admission | None, orphans: list[Orphan]) -> None:
     """Free the admission leases of ``orphans`` at once (instead of after
-    their TTL); nothing for those without a lease or without an admission."""
+    their TTL); nothing for those without a lease or without an admission.
+    Only for sessions whose holder is known to be gone for good (a previous
+    run of this very instance id): a sweeper never frees another instance's
+    leases early (a paused instance may still be relaying until its own
+    clock fences it; the leases expire after ``lease_ttl_s``)."""
     if admission is None:
         return
     for orphan in orphans:
         if orphan.lease_id:
             await admission.release(orphan.lease())
+
+
+def _accepts_provisional(store: Any) -> bool:
+    try:
+        return "provisional" in inspect.signature(store.complete_session).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def complete_orphans(store: Store, catalog: PlanCatalog, policy: VerdictPolicy,
+                           orphans: list[Orphan], now: float, detail: str) -> list[Verdict]:
+    """Complete each orphan from its last checkpoint, provisionally: its
+    checkpointed measurements closed by ``server`` with close reason
+    ``instance_lost``, the verdict decided on them by the verdict rules
+    (``voxgate.metering.verdict.decide`` with ``policy``; ``detail``, e.g.
+    "instance X lost", prefixes the rule), ending at the checkpoint (``now``
+    if never checkpointed), charged under the account's plan at ``now``
+    exactly as ``Gateway.finish`` charges (``settle_from``/``pack_from``),
+    with ``provisional=True`` so that the owning instance's own final record
+    may still replace it (``Store.complete_session``). Returns the verdicts
+    in ``orphans``' order. A session completed meanwhile is left as it is
+    (``complete_session`` is idempotent)."""
+    plans: dict[str, Plan | None] = {}
+    provisional = {"provisional": True} if _accepts_provisional(store) else {}
+    verdicts = []
+    for orphan in orphans:
+        record = orphan.record
+        if record is None:
+            record = await store.get_session(orphan.session_id)
+            if record is None or record.status != "active":
+                continue
+        if record.account_id not in plans:
+            account = await store.get_account(record.account_id)
+            plans[record.account_id] = (None if account is None
+                                        else await account_plan(store, catalog, account, now))
+        plan = plans[record.account_id]
+        m = record.measurements
+        m.closed_by, m.close_code, m.close_reason = "server", None, LOST_CLOSE_REASON
+        decided = decide(m, policy)
+        checkpoint = ("its last checkpoint" if orphan.checkpoint_at is not None
+                      else "no checkpoint (as opened)")
+        verdict = Verdict(decided.billable, decided.reason,
+                          f"{detail}; decided on {checkpoint}: {decided.rule}")
+        record.status = "completed"
+        record.ended_at = orphan.checkpoint_at if orphan.checkpoint_at is not None else now
+        record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
+        included = None if plan is None else plan.plan_sessions_included
+        settle_from = None if plan is None or plan.overage_cents is None else (included or 0)
+        await store.complete_session(record, verdict, settle_from=settle_from,
+                                     pack_from=included, **provisional)
+        verdicts.append(verdict)
+    return verdicts
 
 
 class Store(Protocol):
@@ -204,31 +274,50 @@ class Store(Protocol):
     # instances (the processes sharing the database)
     instance_id: str | None
 
-    async def register_instance(self, instance_id: str, host: str, pid: int, now: float,
-                                verdict: Verdict) -> list[Orphan]:
-        """Record this process as ``instance_id`` (heartbeat at ``now``) and
-        open this store's sessions under it from now on. Sessions still
-        active under that id were left by a previous run of the same
-        identity: completed with ``verdict`` (not billable) in the same
-        transaction and returned, for their leases to be freed."""
+    async def register_instance(self, instance_id: str, host: str, pid: int,
+                                now: float) -> tuple[int, list[Orphan]]:
+        """Record this process as ``instance_id`` under a new epoch
+        (heartbeat at ``now``) and open this store's sessions under it from
+        now on. Returns (the epoch, the sessions still active under that id
+        with their last checkpoints): left by a previous run of the same
+        identity, or by this process before a sweeper declared it dead.
+        They are not completed here: the caller completes them
+        (``complete_orphans``)."""
 
-    async def heartbeat(self, instance_id: str, now: float) -> None:
-        """Refresh the instance's heartbeat (re-registering it if a sweeper
-        took it for dead meanwhile)."""
+    async def heartbeat(self, instance_id: str, epoch: int, now: float) -> bool:
+        """Refresh the heartbeat of the instance's row of ``epoch``; False
+        when there is none (a sweeper declared that epoch dead): the row is
+        never re-created, the instance must fence its sessions and register
+        anew."""
 
-    async def unregister_instance(self, instance_id: str) -> None:
-        """Delete the instance's row (a clean stop, its sessions finished)."""
+    async def checkpoint_sessions(self, instance_id: str,
+                                  sessions: list[tuple[str, Measurements]], now: float) -> int:
+        """Write each live session's current measurements (the
+        ``measurements`` JSON, the audio/duration/bytes columns and
+        ``checkpoint_at`` = ``now``) in one round trip, for the sessions
+        still ``active`` under ``instance_id``; returns how many rows."""
+
+    async def unregister_instance(self, instance_id: str, epoch: int | None = None) -> None:
+        """Delete the instance's row (of ``epoch`` when given): a clean stop,
+        its sessions finished."""
 
     async def list_instances(self) -> list[Instance]: ...
     async def expired_instances(self, heartbeat_before: float) -> list[Instance]:
         """Instances whose last heartbeat is older than ``heartbeat_before``."""
 
-    async def sweep_instance(self, instance_id: str, verdict: Verdict, now: float, *,
+    async def sweep_instance(self, instance_id: str, epoch: int, now: float, *,
                              heartbeat_before: float) -> list[Orphan]:
-        """If the instance's heartbeat is still older than
-        ``heartbeat_before``: complete its active sessions with ``verdict``
-        (not billable, ending at ``now``) and delete it, in one transaction;
-        returns those sessions (empty when it came back meanwhile)."""
+        """If the instance's row of ``epoch`` still has a heartbeat older
+        than ``heartbeat_before``: delete it (its heartbeats fail from then
+        on) and return its active sessions with their last checkpoints, in
+        one transaction (empty when it came back meanwhile). The caller
+        completes them (``complete_orphans``)."""
+
+    async def orphaned_sessions(self, before: float) -> list[Orphan]:
+        """Active sessions of an instance that has no row any more (swept,
+        or stopped uncleanly) whose last sign of life (``checkpoint_at``,
+        else ``started_at``) is older than ``before``: those a sweep left
+        uncompleted (its process died between the two steps)."""
 
     # sessions
     async def open_session(self, record: SessionRecord, *, lease_id: str | None = None) -> None:
@@ -238,6 +327,7 @@ class Store(Protocol):
     async def complete_session(
         self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
         settle_from: int | None = None, pack_from: int | None = None,
+        provisional: bool = False,
     ) -> MonthlyUsage:
         """In one transaction: write the session's measurements and verdict
         (``status="completed"``), add it to its account's monthly usage, and
@@ -252,6 +342,14 @@ class Store(Protocol):
         from the account's live add-on pack that expires first
         (``voxgate.models.packs.pack_to_use``), is then not settled, and gets
         ``settlement="pack"``; None = packs are not used.
+        ``provisional``: a sweeper's completion from the last checkpoint of a
+        lost instance's session. Completing an already completed session
+        changes nothing, except the owning instance's final record
+        (``provisional`` False) for a provisional row: a billable verdict
+        upgrades a not-billable one (counted and settled as a fresh billable
+        completion), otherwise the stored verdict and settlement stay and
+        the measurements are replaced (usage gets the difference); either
+        way the row is no longer provisional. Never counted twice.
         Returns the period's usage after the update."""
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...

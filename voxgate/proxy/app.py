@@ -47,7 +47,8 @@ from voxgate.web import app as web_app
 from voxgate.web import voice_client
 
 __all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "drain", "readiness",
-           "GATEWAY", "CONNECTOR", "SETTINGS", "PROVIDER", "DEMO_KEY_FILE", "PLUGINS"]
+           "GATEWAY", "CONNECTOR", "SETTINGS", "PROVIDER", "DEMO_KEY_FILE", "PLUGINS",
+           "REFUSE_UNSHARED", "unshared_admission_refusal"]
 
 log = logging.getLogger("voxgate")
 
@@ -73,17 +74,47 @@ PLUGINS: dict[str, Callable[[web.Application], None]] = {
 def open_store(settings: Settings) -> Store:
     """The store the settings name: SQLite by default (``sqlite:///path``),
     PostgreSQL for ``postgresql://…`` (``voxgate.metering.pg_store``)."""
-    from voxgate.metering.pg_store import PostgresStore, is_postgres_url
+    from voxgate.metering.pg_store import PostgresStore, is_postgres_url, lane_limits
 
     url = settings.database_url
     if is_postgres_url(url):
-        return PostgresStore(url)
+        pg = PostgresStore(url, lanes=lane_limits(settings.database),
+                           acquire_timeout_s=settings.database.acquire_timeout_s)
+        pg.auto_migrate = settings.auto_migrate  # else a start with pending ones is refused
+        return pg
     if url and not url.startswith("sqlite:///"):
         raise ConfigError(f"unsupported database_url {url.split('://')[0]}://…: "
                           "use sqlite:///path or postgresql://user@host:port/dbname")
     from voxgate.metering.sqlite_store import SQLiteStore
 
-    return SQLiteStore(settings.sqlite_path)
+    store = SQLiteStore(settings.sqlite_path)
+    store.auto_migrate = settings.auto_migrate
+    return store
+
+
+# Set by `voxgate serve`: refuse to start on PostgreSQL with in-process
+# admission while another instance is live (unshared_admission_refusal).
+REFUSE_UNSHARED: web.AppKey[bool] = web.AppKey("refuse_unshared_admission", bool)
+
+
+async def unshared_admission_refusal(store: Store, settings: Settings, instance_id: str,
+                                     now: float) -> str | None:
+    """The one line ``voxgate serve`` stops with when it would share a
+    PostgreSQL database with another live instance (heartbeat younger than
+    ``heartbeat_ttl_s``, another ``instance_id``) while its admission is
+    in-process: each instance would admit against its own limits and the
+    cluster would overshoot them. None when the start is fine (SQLite,
+    ``admission_url`` set, or no other live instance)."""
+    if settings.admission_url or getattr(store, "dialect", "sqlite") != "postgresql":
+        return None
+    live = [i for i in await store.list_instances()
+            if i.id != instance_id and i.heartbeat_at >= now - settings.heartbeat_ttl_s]
+    if not live:
+        return None
+    return (f"another voxgate instance ({live[0].id} on {live[0].host}) is live on this "
+            f"PostgreSQL database and admission is in-process, so each would admit against "
+            f"its own limits: set admission_url = \"redis://host:6379/0\" (or "
+            f"VOXGATE_ADMISSION_URL) on every instance")
 
 
 def open_admission(settings: Settings) -> Admission:
@@ -216,6 +247,14 @@ async def _lifecycle(app: web.Application):
     settings = app[SETTINGS]
     gw = app[GATEWAY]
     await gw.store.open()
+    if app.get(REFUSE_UNSHARED):
+        import time
+
+        refusal = await unshared_admission_refusal(gw.store, settings, gw.instance_id,
+                                                   time.time())
+        if refusal is not None:
+            await gw.store.close()
+            raise ConfigError(refusal)
     provider = None
     upstream = settings.upstream
     url = upstream.url

@@ -28,6 +28,7 @@ import orjson
 from voxgate.errors import MalformedEvent, MessageTooLarge, new_event_id
 from voxgate.metering.admission import plan_rate_limits
 from voxgate.metering.events import AUDIO_APPEND
+from voxgate.metering.store import period_of
 from voxgate.models.realtime import CLIENT_EVENTS
 
 __all__ = ["parse_client_event", "valid_base64", "utf8_len", "AUDIO_APPEND",
@@ -200,16 +201,21 @@ async def customer_rate_limits(gw: Gateway, active: ActiveSession) -> str | None
     """The session's customer's ``rate_limits.updated`` now (their plan's
     figures, ``plan_rate_limits``): the key's request budget peeked (nothing
     counted), the account's billable sessions this period and sessions in
-    progress. None, logged, when admission or the store cannot answer (the
+    progress, from admission's counters in one call
+    (``Admission.rate_limit_figures``: one Redis round trip, from memory
+    in-process; the store is read only to seed a period admission does not
+    hold yet). None, logged, when admission or the store cannot answer (the
     session goes on without it)."""
     principal, plan = active.principal, active.plan
+    account_id, now_s = principal.account.id, time.time()
+    period = period_of(now_s)
     try:
-        rate = await gw.admission.peek_rate(principal.rate_key, plan, time.monotonic())
-        in_flight = await gw.admission.in_flight(principal.account.id)
-        usage = await gw.usage(principal.account.id)
+        rate, usage = await gw.admission.rate_limit_figures(
+            principal.rate_key, plan, account_id, period, gw._seed(account_id, period),
+            time.monotonic())
     except Exception as exc:  # noqa: BLE001 - a missing figure must not end the session
         log.warning("session %s: no rate_limits.updated: %s: %s", active.record.id,
                     type(exc).__name__, exc)
         return None
-    return rate_limits_event(plan_rate_limits(plan, rate, usage.billable_sessions, in_flight,
-                                              time.time()))
+    return rate_limits_event(plan_rate_limits(plan, rate, usage.billable_used, usage.in_flight,
+                                              now_s))

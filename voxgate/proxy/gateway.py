@@ -9,6 +9,21 @@ including cancellation, exactly once per session. When the store or Redis is
 unreachable at that moment, the record is written as soon as the store is
 back: the session is never lost.
 
+Fencing: a session is relayed only while this instance can prove that no
+other instance may have taken its place: ``ActiveSession.valid_until``
+(monotonic s) is the earlier of (the last successful lease renewal + the
+lease TTL) and (the last successful heartbeat + ``heartbeat_ttl_s``), each
+timed before its call was sent, minus ``fence_margin_s``. Past it (after a
+pause, a partition, a lost lease or a heartbeat refused because a sweeper
+declared this instance dead) the session is fenced (``Gateway.fence``): an
+``error`` event, close 1011, recorded ``closed_by`` server, reason
+``lease_expired``. A heartbeat refused (``Store.heartbeat`` False) fences
+every live session at once and registers the instance anew under a new
+epoch. Each heartbeat also checkpoints the live sessions' measurements, so
+that a sweeper completes a lost instance's sessions from them
+(``voxgate.metering.store.complete_orphans``; docs/database.md, "Instances
+and recovery").
+
 Shutdown: ``drain`` stops admitting (``ServiceUnavailable``; ``/readyz``
 fails), lets live sessions run for ``drain_timeout_s``, then ``stop`` ends
 the rest, each recorded ``closed_by`` server, code 1001, reason ``shutdown``.
@@ -19,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import secrets
 import socket
@@ -28,19 +44,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate import logs
+from voxgate.caches import BoundedDict
 from voxgate.config import Settings
 from voxgate.errors import RateLimited, ServiceUnavailable, VoxgateError, dependency_error
 from voxgate.metering import decide as rules
 from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState, Seed
+from voxgate.metering.connection import lane
 from voxgate.metering.meter import SERVER, SHUTDOWN, SessionMeter
-from voxgate.metering.store import MonthlyUsage, Store, account_plan, period_of, release_orphans
+from voxgate.metering.store import (
+    MonthlyUsage,
+    Orphan,
+    Store,
+    account_plan,
+    complete_orphans,
+    period_of,
+    release_orphans,
+)
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
     Plan,
     PlanCatalog,
     Principal,
-    Reason,
     SessionRecord,
     Verdict,
     new_id,
@@ -59,6 +84,10 @@ RATE_LIMIT: contextvars.ContextVar[RateLimitState | None] = contextvars.ContextV
 SessionHook = Callable[["ActiveSession", Verdict, MonthlyUsage], Awaitable[None]]
 
 SHUTDOWN_MESSAGE = "server shutting down"  # the close reason clients get (1001)
+FENCE_MESSAGE = "session lease expired"  # the close reason clients get when fenced (1011)
+FENCE_REASON = "lease_expired"  # the recorded close reason of a fenced session
+TRANSPORT_GRACE_S = 2.0  # a session whose sockets are both closed this long is finished
+USAGE_CACHE_MAX = 16_384  # (account, period) usages kept in memory at most
 _RETRY_MAX_S = 5.0  # longest wait between two attempts to record a finished session
 
 
@@ -72,7 +101,19 @@ class ActiveSession:
 
     Attributes:
         close: set by the transport: a coroutine function ``(code, reason)``
-            that ends the session from outside (shutdown, admin).
+            that ends the session from outside (shutdown, admin, fencing);
+            for any code but 1000 it sends an ``error`` event first.
+        valid_until: monotonic s; past it this instance must not relay
+            another frame of the session (``Gateway.fence`` it): the lease or
+            the instance heartbeat is no longer provably valid. ``math.inf``
+            while nothing bounds it (in-process admission, gateway not started).
+        transport_open: set by the transport: True while either of the
+            session's sockets (client or upstream) is open. The gateway
+            finishes a session whose sockets are closed for more than
+            ``TRANSPORT_GRACE_S`` (2 s) that nobody finished.
+        lease_valid_until: monotonic s: when the lease was last renewed (timed
+            before the call was sent) + the lease TTL; ``math.inf`` for
+            in-process admission (no other process can take it).
     """
 
     record: SessionRecord
@@ -83,6 +124,10 @@ class ActiveSession:
     close: Callable[[int, str], Awaitable[None]] | None = None
     finishing: asyncio.Task | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    valid_until: float = math.inf
+    transport_open: Callable[[], bool] | None = None
+    lease_valid_until: float = math.inf
+    fencing: asyncio.Task | None = None
 
 
 class Gateway:
@@ -111,7 +156,9 @@ class Gateway:
         )
         self.active: dict[str, ActiveSession] = {}
         self.on_completed: list[SessionHook] = []
-        self._usage: dict[tuple[str, str], MonthlyUsage] = {}
+        # (account, period) -> usage, in-process admission only; the least recently
+        # used out past USAGE_CACHE_MAX (read again from the store when needed)
+        self._usage: BoundedDict[tuple[str, str], MonthlyUsage] = BoundedDict(USAGE_CACHE_MAX)
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
         self.draining = False  # set by drain(): no new sessions, /readyz fails
@@ -123,6 +170,20 @@ class Gateway:
         self.instance_id = (settings.instance_id
                             or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
         self._heartbeat: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self.epoch = 0  # this instance's epoch in the instances table (register_instance)
+        # Fencing (module docstring): monotonic s until which the last
+        # heartbeat proves this instance alive (inf until it registered);
+        # leases bound validity only when another process can take them.
+        self.lease_ttl_s = float(getattr(admission, "lease_ttl_s", 90.0))
+        self._lease_fences = not isinstance(admission, InProcessAdmission)
+        self._beat_valid_until = math.inf
+        shortest = min(settings.heartbeat_ttl_s,
+                       self.lease_ttl_s if self._lease_fences else math.inf)
+        self.fence_margin_s = min(settings.fence_margin_s, shortest / 10)
+        self._reregistering = False  # declared dead: admission refused until registered anew
+        self._closed_since: dict[str, float] = {}  # session id → monotonic s sockets seen closed
+        self._tasks: set[asyncio.Task] = set()  # fences and watchdog finishes in flight
         admission.instance_id = self.instance_id  # its leases name this instance
         from voxgate.proxy.metrics import Metrics
 
@@ -202,11 +263,18 @@ class Gateway:
 
         Raises:
             RateLimited, QuotaExceeded, ConcurrencyLimited; ServiceUnavailable
-            (503) while draining.
+            (503) while draining, registering anew, or while the instance's
+            last heartbeat is too old for a session to be relayed (fencing).
         """
         try:
             if self.draining:
                 raise ServiceUnavailable(f"{SHUTDOWN_MESSAGE}; retry on another instance")
+            if self._reregistering:
+                raise ServiceUnavailable("this instance is registering anew after missing its "
+                                         "heartbeat; retry")
+            if time.monotonic() >= self._beat_valid_until - self.fence_margin_s:
+                # it would be fenced at once: the database has not taken a heartbeat lately
+                raise ServiceUnavailable("this instance cannot reach its database; retry")
             active = await self._admit(principal, transport, model)
         except VoxgateError as err:
             self.metrics.refusals.labels(err.code or err.type).inc()
@@ -223,9 +291,10 @@ class Gateway:
         session_id = new_id("sess")
         logs.bind(session_id=session_id)
         # the decision and the reservation: one atomic step across processes
+        sent = time.monotonic()
         lease = await self.admission.acquire(
             account.id, session_id, plan, period, self._seed(account.id, period),
-            time.monotonic(), account_status=account.status)
+            sent, account_status=account.status)
         record = SessionRecord(
             id=session_id,
             account_id=account.id,
@@ -248,9 +317,51 @@ class Gateway:
             plan=plan,
             lease=lease,
             meter=SessionMeter(monotonic_ms()),
+            lease_valid_until=sent + self.lease_ttl_s if self._lease_fences else math.inf,
         )
+        self._refresh(active)
         self.active[session_id] = active
         return active
+
+    # -- fencing ---------------------------------------------------------
+
+    def _refresh(self, active: ActiveSession) -> None:
+        """Recompute ``active.valid_until`` from its lease and the heartbeat
+        (never moves a fenced session's back)."""
+        if active.fencing is not None:
+            return
+        active.valid_until = (min(active.lease_valid_until, self._beat_valid_until)
+                              - self.fence_margin_s)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def fence(self, active: ActiveSession) -> None:
+        """End a session this instance may no longer relay (its lease or
+        heartbeat not provably valid): record the close (``closed_by``
+        server, 1011, ``lease_expired``; the first close counts), close it
+        through its transport (an ``error`` event, then close 1011 "session
+        lease expired"), then ``finish`` it. Idempotent; relays call it when
+        ``time.monotonic() >= active.valid_until`` on a frame, before
+        forwarding that frame, then stop relaying."""
+        if active.fencing is None:
+            active.valid_until = -math.inf  # before the first await: nothing more is relayed
+            active.fencing = asyncio.ensure_future(self._fence(active))
+        await asyncio.shield(active.fencing)
+
+    async def _fence(self, active: ActiveSession) -> None:
+        active.meter.closed(SERVER, 1011, FENCE_REASON, monotonic_ms())
+        log.warning("session %s fenced: its lease or this instance's heartbeat is no longer "
+                    "valid", active.record.id)
+        if active.close is not None:
+            try:
+                await asyncio.wait_for(active.close(1011, FENCE_MESSAGE), 5)
+            except Exception:  # noqa: BLE001 - the finish below records it anyway
+                log.exception("closing fenced session %s", active.record.id)
+        await self.finish(active)
 
     async def finish(self, active: ActiveSession) -> Verdict:
         """Decide and record the verdict, then free the lease. Idempotent:
@@ -285,6 +396,7 @@ class Gateway:
             await self._complete_lease(active.lease, verdict.billable)
             self._completed.add((record.account_id, record.period))
             self.active.pop(record.id, None)
+            self._closed_since.pop(record.id, None)
             self.metrics.active.dec()
         self.metrics.completed.labels(record.transport, verdict.reason).inc()
         self.metrics.audio.labels("in").inc(measurements.audio_in_ms / 1000)
@@ -302,14 +414,13 @@ class Gateway:
     # -- background ------------------------------------------------------
 
     async def start(self) -> None:
-        """Register this process's instance and start its heartbeat and lease
-        renewal. Sessions of other instances are left alone (those of dead
-        ones are the ``instance_sweep`` job's); those a previous run of the
-        same ``instance_id`` left active are completed interrupted and their
-        leases freed now."""
-        orphans = await self.store.register_instance(
-            self.instance_id, socket.gethostname(), os.getpid(), time.time(),
-            Verdict(False, Reason.INTERRUPTED, "voxgate stopped while the session was active"))
+        """Register this process's instance (a new epoch) and start its
+        heartbeat (with checkpoints), lease renewal and watchdog. Sessions
+        of other instances are left alone (those of dead ones are the
+        ``instance_sweep`` job's); those a previous run of the same
+        ``instance_id`` left active are completed from their last checkpoint
+        now and their leases freed at once (that run is gone for good)."""
+        orphans = await self._register()
         await release_orphans(self.admission, orphans)
         try:  # leases of a previous run with no session row yet (died while admitting)
             await self.admission.release_instance(self.instance_id)
@@ -321,14 +432,126 @@ class Gateway:
                         len(orphans), self.instance_id)
         self._heartbeat = asyncio.create_task(self._beat(), name="instance-heartbeat")
         self._renewer = asyncio.create_task(self._renew_leases(), name="lease-renewal")
+        self._watchdog = asyncio.create_task(self._watch(), name="session-watchdog")
+
+    async def _register(self) -> list[Orphan]:
+        """``Store.register_instance`` under a new epoch; the sessions left
+        active under this id that this process is not finishing itself are
+        completed from their last checkpoint (``complete_orphans``) and
+        returned."""
+        sent = time.monotonic()
+        epoch, orphans = await self.store.register_instance(
+            self.instance_id, socket.gethostname(), os.getpid(), time.time())
+        self.epoch = epoch
+        self._beat_valid_until = sent + self.settings.heartbeat_ttl_s
+        for active in self.active.values():
+            self._refresh(active)
+        orphans = [o for o in orphans if o.session_id not in self.active]
+        await complete_orphans(self.store, self.catalog, self.policy, orphans, time.time(),
+                               f"instance {self.instance_id} stopped while the session was active")
+        return orphans
 
     async def _beat(self) -> None:
+        """Every ``heartbeat_interval_s``: ``_beat_once``."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await self.store.heartbeat(self.instance_id, time.time())
+                await self._beat_once()
             except Exception:  # noqa: BLE001 - retried at the next beat
                 log.exception("instance heartbeat failed")
+
+    async def _beat_once(self) -> None:
+        """One heartbeat of this epoch, then one checkpoint of every live
+        session's measurements (a separate statement: a lock on session rows
+        never delays the heartbeat). A heartbeat refused (a sweeper declared
+        this epoch dead) fences every live session and registers anew."""
+        if self._reregistering:
+            await self._declared_dead()
+            return
+        ttl = self.settings.heartbeat_ttl_s
+        sent, now = time.monotonic(), time.time()
+        try:
+            with lane("heartbeat"):  # its own connection: never behind session writes
+                alive = await asyncio.wait_for(
+                    self.store.heartbeat(self.instance_id, self.epoch, now), ttl)
+        except Exception as exc:  # noqa: BLE001 - the sessions fence if it stays down
+            log.warning("instance heartbeat failed (%s: %s); live sessions are fenced %.1f s "
+                        "after the last one", type(exc).__name__, exc, ttl)
+            return
+        if not alive:
+            await self._declared_dead()
+            return
+        self._beat_valid_until = sent + ttl
+        live = [active for active in self.active.values()
+                if active.finishing is None and active.fencing is None]
+        for active in live:
+            self._refresh(active)
+        if not live:
+            return
+        now_ms = monotonic_ms()
+        checkpoints = [(active.record.id, active.meter.snapshot(now_ms)) for active in live]
+        try:
+            with lane("heartbeat"):
+                await asyncio.wait_for(
+                    self.store.checkpoint_sessions(self.instance_id, checkpoints, now), ttl)
+        except Exception as exc:  # noqa: BLE001 - the next beat writes newer ones
+            log.warning("checkpoint of %d session(s) failed: %s: %s", len(checkpoints),
+                        type(exc).__name__, exc)
+
+    async def _declared_dead(self) -> None:
+        """A sweeper declared this instance's epoch dead (its heartbeat was
+        late, e.g. the process was paused): fence every live session at once
+        (their records, completed from their checkpoints by the sweeper, are
+        replaced by the final ones), then register anew under a new epoch to
+        serve new sessions (refused with 503 meanwhile)."""
+        self._reregistering = True
+        self._beat_valid_until = -math.inf
+        sessions = list(self.active.values())
+        for active in sessions:
+            self._refresh(active)
+        log.error("instance %s (epoch %d) was declared dead by a sweeper: fencing %d live "
+                  "session(s) and registering anew", self.instance_id, self.epoch, len(sessions))
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self.fence(active), 15) for active in sessions),
+            return_exceptions=True)
+        for active, result in zip(sessions, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("fencing session %s: %s: %s", active.record.id,
+                            type(result).__name__, result)
+        await self._register()
+        self._reregistering = False
+        log.warning("instance %s registered anew (epoch %d)", self.instance_id, self.epoch)
+
+    async def _watch(self) -> None:
+        """Several times a second: fence the sessions past ``valid_until``
+        (so a resumed instance fences at once, even with no frame to relay),
+        and finish those whose sockets are both closed for more than
+        ``TRANSPORT_GRACE_S`` that nobody finished."""
+        tick = min(0.5, max(0.05, self.fence_margin_s / 2))
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self._watch_once(time.monotonic())
+            except Exception:  # noqa: BLE001 - the watchdog must survive
+                log.exception("session watchdog failed")
+
+    def _watch_once(self, now: float) -> None:
+        for active in list(self.active.values()):
+            if active.finishing is not None or active.fencing is not None:
+                continue
+            sid = active.record.id
+            if now >= active.valid_until:
+                self._spawn(self.fence(active), f"fence {sid}")
+                continue
+            if active.transport_open is None or active.transport_open():
+                self._closed_since.pop(sid, None)
+                continue
+            since = self._closed_since.setdefault(sid, now)
+            if now - since > TRANSPORT_GRACE_S:
+                log.warning("session %s: its sockets are closed and nothing finished it; "
+                            "finishing it", sid)
+                active.meter.closed(SERVER, None, "transport closed", monotonic_ms())
+                self._spawn(self.finish(active), f"finish {sid}")
 
     async def _until_stored(self, session_id: str, write: Callable[[], Awaitable[MonthlyUsage]]
                             ) -> MonthlyUsage:
@@ -426,27 +649,30 @@ class Gateway:
 
     async def _unregister(self) -> None:
         """Stop the heartbeat (kept through the drain, so no sweeper takes
-        this instance's sessions for dead) and delete this instance's row."""
+        this instance's sessions for dead) and delete this instance's row
+        (of its epoch)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._heartbeat is None:
             return
         self._heartbeat.cancel()
         self._heartbeat = None
         try:
-            await self.store.unregister_instance(self.instance_id)
+            await self.store.unregister_instance(self.instance_id, self.epoch)
         except Exception:  # noqa: BLE001 - its row then expires like a dead one's
             log.exception("unregistering instance %s", self.instance_id)
 
     async def _renew_leases(self) -> None:
-        """Every third of the lease TTL: renew this process's leases, then
-        reconcile admission's period counters of the accounts that completed
-        sessions here with the store (``Admission.reconcile``)."""
-        ttl = getattr(self.admission, "lease_ttl_s", 90.0)
+        """Every third of the lease TTL: renew this process's leases
+        (``_renew_once``), then reconcile admission's period counters of the
+        accounts that completed sessions here with the store
+        (``Admission.reconcile``)."""
         while True:
-            await asyncio.sleep(ttl / 3)
+            await asyncio.sleep(self.lease_ttl_s / 3)
             try:
+                await self._renew_once()
                 now = time.monotonic()
-                for active in list(self.active.values()):
-                    await self.admission.renew(active.lease, now)
                 completed, self._completed = self._completed, set()
                 for account_id, period in completed:
                     await self.admission.reconcile(account_id, period,
@@ -454,3 +680,37 @@ class Gateway:
             except Exception:  # noqa: BLE001 - retried at the next round
                 log.exception("lease renewal or admission reconcile failed")
 
+    async def _renew_once(self) -> None:
+        """Renew every live session's lease in one call
+        (``Admission.renew_many``; one ``renew`` each where the admission
+        has no ``renew_many``): a lease renewed or restored is valid for the
+        lease TTL from when the call was sent; a lease ``lost`` (gone, and
+        the account has no room for it) fences its session."""
+        live = [active for active in self.active.values()
+                if active.finishing is None and active.fencing is None]
+        if not live:
+            return
+        sent = time.monotonic()
+        bound = max(1.0, self.lease_ttl_s / 3)
+        renew_many = getattr(self.admission, "renew_many", None)
+        outcomes: dict[str, str] = {}
+        if renew_many is not None:
+            outcomes = await asyncio.wait_for(renew_many([a.lease for a in live], sent), bound)
+        else:
+            for active in live:
+                try:
+                    await asyncio.wait_for(self.admission.renew(active.lease, sent), bound)
+                except Exception as exc:  # noqa: BLE001 - fenced once its validity passes
+                    log.warning("renewing the lease of session %s: %s: %s",
+                                active.record.id, type(exc).__name__, exc)
+                    continue
+                outcomes[active.lease.id] = "renewed"
+        for active in live:
+            outcome = outcomes.get(active.lease.id)
+            if outcome in ("renewed", "restored"):
+                if self._lease_fences:
+                    active.lease_valid_until = sent + self.lease_ttl_s
+                    self._refresh(active)
+            elif outcome == "lost" and active.fencing is None:
+                log.warning("session %s lost its lease", active.record.id)
+                self._spawn(self.fence(active), f"fence {active.record.id}")

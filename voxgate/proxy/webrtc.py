@@ -43,6 +43,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +72,6 @@ from voxgate.proxy.events import (
     AUDIO_APPEND,
     RATE_LIMITS,
     KeySession,
-    customer_rate_limits,
     parse_client_event,
     pin_session_model,
     utf8_len,
@@ -83,7 +83,15 @@ from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
-from voxgate.proxy.ws_relay import CALL_ATTACH, SESSION_ID_HEADER
+from voxgate.proxy.ws_relay import (
+    CALL_ATTACH,
+    SESSION_ID_HEADER,
+    close_unused_upstream,
+    closing_error,
+    rate_limits_within,
+    stop_tasks,
+    within,
+)
 
 __all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX", "sideband"]
 
@@ -95,6 +103,7 @@ DATA_CHANNEL = "oai-events"
 _OUT_AUDIO = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _OUT_AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
 _MAX_PENDING_EVENTS = 2000  # upstream events held until the data channel opens
+_PEER_CLOSE_S = 0.25  # the upstream's or a sideband's answer to voxgate's close frame
 
 
 def call_id_of(session_id: str) -> str:
@@ -367,6 +376,7 @@ class Call:
         self._consent_lost = False
         self._runner: asyncio.Task | None = None
         self.active.close = self._close_from_outside
+        self.active.transport_open = self._transport_open
         self.active.extra["call_id"] = self.id
 
     # -- signalling ------------------------------------------------------
@@ -427,12 +437,26 @@ class Call:
         """The call has ended (it may still be tearing down)."""
         return self._done.is_set()
 
+    def _transport_open(self) -> bool:
+        """Whether the client's peer connection or the upstream's socket is
+        still open (``ActiveSession.transport_open``)."""
+        upstream = self.upstream
+        return (self.pc.connectionState != "closed"
+                or (upstream is not None and not upstream.closed))
+
     async def _close_from_outside(self, code: int, reason: str) -> None:
-        if code == 1001:  # shutdown: say why on the data channel (and sidebands) first
-            self._send_event(error_event(ServiceUnavailable(reason)))
+        """End the call from outside (shutdown 1001, fencing 1011): for
+        every code but 1000 an ``error`` event (``closing_error``) says why
+        on the data channel and sidebands first."""
+        err = closing_error(code, reason)
+        if err is not None:
+            self._send_event(error_event(err))
             channel = self.channel
-            for _ in range(20):  # up to 0.5 s for it to leave before the peer connection closes
-                if channel is None or channel.readyState != "open" or not channel.bufferedAmount:
+            # up to 0.5 s for it to leave (the data channel's buffer, the
+            # sidebands' queues) before the peer connection closes
+            for _ in range(20):
+                if ((channel is None or channel.readyState != "open" or not channel.bufferedAmount)
+                        and all(queue.empty() for queue in self._sidebands.values())):
                     break
                 await asyncio.sleep(0.025)
         self._end(SERVER, code, reason)
@@ -468,9 +492,20 @@ class Call:
                 on_done()
 
     async def _connect_upstream(self) -> None:
-        assert self._upstream_task is not None
+        task = self._upstream_task
+        assert task is not None
+        if not task.done():
+            # a hang-up (any end) while the provider's handshake is under
+            # way ends the call at once; the teardown gives up the connect
+            ended = asyncio.ensure_future(self._done.wait())
+            try:
+                await asyncio.wait((task, ended), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+            if not task.done():
+                return
         try:
-            self.upstream = await self._upstream_task
+            self.upstream = await task
         except UpstreamRefused as exc:
             self.meter.upstream_refused(monotonic_ms(), exc.message)
             self._send_event(error_event(exc))
@@ -487,21 +522,32 @@ class Call:
         self._upstream_open.set()
 
     async def _teardown(self) -> None:
+        """Stop the bridge and finish the session. No task is trusted to
+        honour its cancellation (a dependency may swallow it): the upstream
+        is closed first, so its reader ends whatever it awaited, the tasks
+        get ``TASKS_STOP_S``, and every close handshake is bounded."""
         self._end(SERVER, None, "call ended")
         if self._consent_timer is not None:
             self._consent_timer.cancel()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        reason = ("call ended: " + (self.meter.measurements().close_reason or ""))[:120]
-        code = 1001 if self.meter.measurements().close_code == 1001 else 1000  # 1001: shutdown
-        await asyncio.gather(*(ws.close(code=code, message=reason.encode())
-                               for ws in list(self._sidebands)), return_exceptions=True)
+        self._client_queue.put_nowait(None)
         try:
             if self.upstream is not None and not self.upstream.closed:
-                await self.upstream.close(code=1000, message=b"call ended")
+                await within(self.upstream.close(code=1000, message=b"call ended"),
+                             _PEER_CLOSE_S)
             elif self.upstream is None and self._upstream_task is not None:
                 self._upstream_task.cancel()
+                self._upstream_task.add_done_callback(close_unused_upstream)
+        except Exception:  # noqa: BLE001
+            log.exception("call %s: closing the upstream", self.id)
+        await stop_tasks(tasks)
+        reason = ("call ended: " + (self.meter.measurements().close_reason or ""))[:120]
+        code = 1001 if self.meter.measurements().close_code == 1001 else 1000  # 1001: shutdown
+        await asyncio.gather(*(within(ws.close(code=code, message=reason.encode()), _PEER_CLOSE_S)
+                               for ws in list(self._sidebands)), return_exceptions=True)
+        try:
             self.track.stop()
             await asyncio.wait_for(self.pc.close(), 5)
         except Exception:  # noqa: BLE001
@@ -762,6 +808,9 @@ class Call:
         upstream = self.upstream
         if upstream is None or upstream.closed:
             return
+        if time.monotonic() >= self.active.valid_until:
+            await self.gw.fence(self.active)
+            return
         b64 = base64.b64encode(pcm).decode()
         event = {"type": AUDIO_APPEND, "audio": b64}
         data = orjson.dumps(event).decode()
@@ -821,6 +870,9 @@ class Call:
             if item is None:
                 return
             data, reply = item
+            if time.monotonic() >= self.active.valid_until:
+                await self.gw.fence(self.active)
+                return
             n = utf8_len(data)
             try:
                 event, etype = parse_client_event(data, self.max_bytes)
@@ -850,7 +902,11 @@ class Call:
     async def _upstream_to_client(self) -> None:
         upstream, meter = self.upstream, self.meter
         assert upstream is not None
+        active = self.active
         async for msg in upstream:
+            if time.monotonic() >= active.valid_until:
+                await self.gw.fence(active)
+                return
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
                     meter.record(classify(UPSTREAM, "binary", len(msg.data)))
@@ -923,7 +979,7 @@ class Call:
             return  # voxgate reports its own output buffer
         self._send_event(data)
         if etype == "session.created" or etype == "response.done":
-            limits = await customer_rate_limits(self.gw, self.active)
+            limits = await rate_limits_within(self.gw, self.active)
             if limits is not None:
                 self._send_event(limits)
 

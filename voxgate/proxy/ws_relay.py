@@ -19,7 +19,23 @@ sendable) and vice versa; an abnormal upstream close reaches the client as
 1011 with an ``error`` event first. voxgate itself ends a session on idle
 timeout and maximum duration (1000, with the reason), and on shutdown (1001).
 The session is finished (verdict written, concurrency slot freed) before the
-client's close handshake completes.
+client's close handshake completes — unless that takes longer than 0.6 s
+(the database or Redis slow or down): the close is answered then, and the
+record lands when it can.
+
+No close waits on a dependency: when one side ends, the other socket is
+closed and the relay tasks cancelled, then waited for at most
+``TASKS_STOP_S`` (a task that swallowed its cancellation — redis-py can —
+is left to end on its closed socket); the customer's ``rate_limits.updated``
+is read within ``RATE_LIMITS_WAIT_S`` (else skipped), the upstream's and the
+client's close handshakes and the wait for the record are bounded too, so a
+close is answered and recorded within a second whatever Redis, the database
+or the provider do (the client is read from its upgrade on: a close while
+the provider's handshake is under way ends the session at once).
+
+Fencing: a frame received once the session's lease is no longer provably
+valid (``ActiveSession.valid_until``) is not relayed; the gateway fences the
+session (``error`` event ``lease_expired``, then close 1011).
 
 Keepalive: one watchdog per session pings a side that has been quiet for
 ``relay.ping_interval_s`` and ends the session (1006 on that side) when such a
@@ -31,7 +47,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -60,7 +77,9 @@ from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.keys import CONNECTOR, GATEWAY
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
-__all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH"]
+__all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH", "within",
+           "rate_limits_within", "stop_tasks", "closing_error", "LEASE_EXPIRED",
+           "RATE_LIMITS_WAIT_S", "TASKS_STOP_S", "close_unused_upstream", "close_reason"]
 
 log = logging.getLogger("voxgate.relay")
 
@@ -70,7 +89,21 @@ SESSION_ID_HEADER = "X-Voxgate-Session-Id"
 CALL_ATTACH = web.AppKey("call_attach", object)
 # After these upstream events the client gets the customer's rate_limits.updated.
 _RATE_LIMITS_AFTER = frozenset({"session.created", "response.done"})
+# Bounds on what a close awaits (s); together under the one second in which a
+# close is answered and recorded.
+RATE_LIMITS_WAIT_S = 1.0
+"""Longest wait for the customer's ``rate_limits.updated`` figures (Redis,
+the database); past it the event is skipped."""
+TASKS_STOP_S = 0.1
+"""How long a relay task gets to end once cancelled and its socket closed."""
+_PEER_CLOSE_S = 0.25  # a peer's answer to voxgate's close frame; then the TCP connection is dropped
+_RECORD_WAIT_S = 0.6  # the session's record, before the client's close is answered anyway
+LEASE_EXPIRED = "lease_expired"
+"""``error.code`` of the event sent before a fenced session's 1011 close."""
+T = TypeVar("T")
 # RFC 6455 §7.4: codes an endpoint may send in a Close frame.
+_DATA_FRAMES = frozenset({WSMsgType.TEXT, WSMsgType.BINARY})  # what a relay forwards
+_OPEN_FRAMES = _DATA_FRAMES | {WSMsgType.PING, WSMsgType.PONG}  # frames of a socket still open
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
@@ -79,6 +112,89 @@ def sendable(code: int | None, fallback: int = 1011) -> int:
     if code is not None and (code in _SENDABLE or 3000 <= code <= 4999):
         return code
     return fallback
+
+
+def close_reason(text: str) -> bytes:
+    """``text`` as a close frame's reason: UTF-8, cut to the 123 bytes a
+    close frame has room for (RFC 6455 §5.5), on a character boundary."""
+    return text.encode()[:123].decode("utf-8", "ignore").encode()
+
+
+def close_unused_upstream(task: asyncio.Future[aiohttp.ClientWebSocketResponse]) -> None:
+    """Done callback of an upstream connect given up on: a socket it
+    opened all the same is closed."""
+    if not task.cancelled() and task.exception() is None:
+        closing = asyncio.ensure_future(task.result().close())
+        closing.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Done callback of a task nobody awaits any more: its outcome is read
+    (no "exception was never retrieved"), an unexpected failure logged."""
+    if not task.cancelled():
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, (ConnectionError, RuntimeError)):
+            log.warning("abandoned task %s failed: %s: %s", task.get_name() if isinstance(
+                task, asyncio.Task) else task, type(exc).__name__, exc)
+
+
+async def within(aw: Awaitable[T], timeout_s: float) -> tuple[bool, T | None]:
+    """``aw`` run as a task of its own, waited for at most ``timeout_s``
+    seconds → (True, its result), or (False, None) when it took longer: it
+    is then cancelled and left to end (nothing waits on a dependency that
+    swallows its cancellation). Cancelling the caller cancels ``aw`` too and
+    is always honoured. Raises what ``aw`` raised."""
+    task = asyncio.ensure_future(aw)
+    try:
+        await asyncio.wait((task,), timeout=timeout_s)
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_consume)
+    if not task.done():
+        return False, None
+    return True, task.result()
+
+
+async def rate_limits_within(gw: Gateway, active: ActiveSession) -> str | None:
+    """The customer's ``rate_limits.updated`` (``customer_rate_limits``) as
+    JSON text, or None when it cannot be had within ``RATE_LIMITS_WAIT_S``
+    (logged; the session goes on without it)."""
+    done, limits = await within(customer_rate_limits(gw, active), RATE_LIMITS_WAIT_S)
+    if not done:
+        log.warning("session %s: no rate_limits.updated: no figures within %g s",
+                    active.record.id, RATE_LIMITS_WAIT_S)
+    return limits
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task], timeout_s: float = TASKS_STOP_S) -> None:
+    """Cancel ``tasks`` and wait at most ``timeout_s`` seconds for them to
+    end; one still running after that (it swallowed its cancellation) is
+    logged and left to end on its own. Their exceptions are read, never
+    raised."""
+    pending = [t for t in tasks if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)
+    for task in tasks:
+        if task.done():
+            _consume(task)
+        else:
+            log.warning("task %s ignored its cancellation; left to end", task.get_name())
+            task.add_done_callback(_consume)
+
+
+def closing_error(code: int, reason: str) -> VoxgateError | None:
+    """The ``error`` event's error sent before voxgate closes a session with
+    ``code`` (None for 1000): 1001 (shutdown) ``service_unavailable``, 1011
+    (fenced: the lease is no longer valid) ``lease_expired``, any other
+    ``session_closed``; all ``server_error``."""
+    if code == 1000:
+        return None
+    if code == 1001:
+        return ServiceUnavailable(reason)
+    return VoxgateError(reason, code=LEASE_EXPIRED if code == 1011 else "session_closed")
 
 
 async def realtime_websocket(request: web.Request) -> web.StreamResponse:
@@ -170,38 +286,72 @@ class Relay:
         client.headers[SESSION_ID_HEADER] = self.active.record.id
         self.client = client
         self.active.close = self._close_from_outside
+        self.active.transport_open = self._transport_open
         try:
             await client.prepare(self.request)
         except BaseException:
             upstream_task.cancel()
             raise
         self.meter.accepted(monotonic_ms())
+        # The client is read while the upstream connects: a close then ends
+        # the session at once instead of after the provider's handshake.
+        first: asyncio.Task[aiohttp.WSMessage] = asyncio.ensure_future(client.receive())
         try:
+            await asyncio.wait((upstream_task, first), return_when=asyncio.FIRST_COMPLETED)
+            if not upstream_task.done() and first.result().type not in _OPEN_FRAMES:
+                upstream_task.cancel()
+                upstream_task.add_done_callback(close_unused_upstream)
+                await self._client_left_early(first.result())
+                return client
             self.upstream = await upstream_task
         except UpstreamRefused as exc:
+            first.cancel()
             self.meter.upstream_refused(monotonic_ms(), exc.message)
             await self._fail_client(exc, 1008)
             return client
         except UpstreamError as exc:
+            first.cancel()
             log.warning("session %s: %s", self.active.record.id, exc.message)
             self.meter.upstream_connect_failed(monotonic_ms(), exc.message)
             await self._fail_client(exc, 1011)
             return client
         except asyncio.CancelledError:
             upstream_task.cancel()
+            upstream_task.add_done_callback(close_unused_upstream)
+            first.cancel()
             raise
         try:
-            await self._relay()
+            await self._relay(first)
         finally:
             if not self.upstream.closed:
-                await self.upstream.close()
+                await within(self.upstream.close(), _PEER_CLOSE_S)
         return client
 
-    async def _relay(self) -> None:
+    def _transport_open(self) -> bool:
+        """Whether the client's or the upstream's socket is still open."""
+        client, upstream = self.client, self.upstream
+        return ((client is not None and not client.closed)
+                or (upstream is not None and not upstream.closed))
+
+    async def _client_left_early(self, msg: aiohttp.WSMessage) -> None:
+        """The client closed (or its connection ended) before the upstream
+        was open: record the close, finish the session, answer the close."""
+        client = self.client
+        assert client is not None
+        code = msg.data if msg.type is WSMsgType.CLOSE else client.close_code
+        self.client_close_code = code
+        self._end(CLIENT, code, None)
+        await within(self.gw.finish(self.active), _RECORD_WAIT_S)
+        if not client.closed:
+            await self._close_client(sendable(code, 1000))
+
+    async def _relay(self, first: asyncio.Future[aiohttp.WSMessage]) -> None:
+        """Relay both ways until one side ends; ``first`` is the client's
+        first frame (perhaps still to come)."""
         assert self.client is not None and self.upstream is not None
         if self.key_session.update is not None:
             await self.upstream.send_str(self.key_session.update)
-        c2u = asyncio.create_task(self._client_to_upstream(), name="client->upstream")
+        c2u = asyncio.create_task(self._client_to_upstream(first), name="client->upstream")
         u2c = asyncio.create_task(self._upstream_to_client(), name="upstream->client")
         started = time.monotonic()
         next_ping = started + (self.ping_s or float("inf"))
@@ -229,10 +379,14 @@ class Relay:
                     if not await self._keepalive(now):
                         break
         finally:
+            # Neither task is trusted to honour its cancellation: the
+            # upstream is closed first (a receive() on it returns), the
+            # tasks get TASKS_STOP_S, and the session is finished and the
+            # client answered whatever they do.
             for task in (c2u, u2c):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(c2u, u2c, return_exceptions=True)
+                task.cancel()
+            await self._close_upstream()
+            await stop_tasks((c2u, u2c))
             await self._close_both()
 
     async def _keepalive(self, now: float) -> bool:
@@ -257,14 +411,21 @@ class Relay:
                     pass  # the reader sees the connection end
         return True
 
-    async def _client_to_upstream(self) -> None:
+    async def _client_to_upstream(self, first: asyncio.Future[aiohttp.WSMessage] | None) -> None:
         client, upstream, meter = self.client, self.upstream, self.meter
         assert client is not None and upstream is not None
         max_bytes = self.max_bytes
         code: int | None = None
+        active = self.active
         while True:
-            msg = await client.receive()
+            if first is not None:
+                msg, first = await first, None
+            else:
+                msg = await client.receive()
             self.client_rx = now = time.monotonic()
+            if now >= active.valid_until and msg.type in _DATA_FRAMES:
+                await self._fence()
+                return
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 n = utf8_len(data)
@@ -300,9 +461,13 @@ class Relay:
         key_session = self.key_session
         code: int | None = None
         reason: str | None = None
+        active = self.active
         while True:
             msg = await upstream.receive()
             self.upstream_rx = now = time.monotonic()
+            if now >= active.valid_until and msg.type in _DATA_FRAMES:
+                await self._fence()
+                return
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
                 self.last_activity = now
@@ -352,62 +517,99 @@ class Relay:
                           monotonic_ms() if etype == "session.created" else 0.0)
         await self.client.send_str(data)
         if etype in _RATE_LIMITS_AFTER:
-            limits = await customer_rate_limits(self.gw, self.active)
+            limits = await rate_limits_within(self.gw, self.active)
             if limits is not None:
                 await self.client.send_str(limits)
+
+    async def _fence(self) -> None:
+        """A frame came in once the session's lease was no longer provably
+        valid (``ActiveSession.valid_until``): it is not relayed; the gateway
+        records the close, sends the client an ``error`` event
+        (``lease_expired``), closes 1011 and finishes the session."""
+        await self.gw.fence(self.active)
 
     def _end(self, by: str, code: int | None, reason: str | None) -> None:
         if self._closing_by is None:
             self._closing_by = by
             self.meter.closed(by, code, reason, monotonic_ms())
 
+    async def _close_upstream(self) -> None:
+        """Close the upstream if still open (the client's close code when
+        the client closed), waiting at most ``_PEER_CLOSE_S`` for the
+        provider's answer; then the connection is dropped."""
+        upstream = self.upstream
+        assert upstream is not None
+        if upstream.closed:
+            return
+        if self._closing_by == CLIENT:
+            closing = upstream.close(code=sendable(self.client_close_code, 1000),
+                                     message=b"client closed")
+        else:
+            closing = upstream.close()
+        await within(closing, _PEER_CLOSE_S)
+
+    async def _close_client(self, code: int, message: bytes = b"") -> None:
+        """Close the client's socket, waiting at most ``_PEER_CLOSE_S`` for
+        its answer (none is awaited when the client closed first)."""
+        assert self.client is not None
+        try:
+            await within(self.client.close(code=code, message=message), _PEER_CLOSE_S)
+        except (ConnectionError, RuntimeError):
+            pass
+
     async def _close_both(self) -> None:
         """Close whichever side is still open, with a meaningful code. The
         session is finished (verdict written, concurrency slot freed) before
         the client's close completes, so a client that reconnects at once is
-        never refused for its own previous session."""
-        client, upstream = self.client, self.upstream
-        assert client is not None and upstream is not None
+        never refused for its own previous session — unless recording takes
+        longer than ``_RECORD_WAIT_S`` (the database or Redis slow or down):
+        the close is answered then and the record lands when it can."""
+        client = self.client
+        assert client is not None
         by = self._closing_by
-        if not upstream.closed:
-            if by == CLIENT:
-                await upstream.close(code=sendable(self.client_close_code, 1000),
-                                     message=b"client closed")
-            else:
-                await upstream.close()
-        await self.gw.finish(self.active)
+        await self._close_upstream()
+        recorded, _ = await within(self.gw.finish(self.active), _RECORD_WAIT_S)
+        if not recorded:
+            log.warning("session %s: close answered before the session was finished (record "
+                        "and lease not done within %g s)", self.active.record.id, _RECORD_WAIT_S)
         if client.closed:
             return
         if by == CLIENT:  # answer the client's close frame with its own code
-            await client.close(code=sendable(self.client_close_code, 1000))
+            await self._close_client(sendable(self.client_close_code, 1000))
         elif by == UPSTREAM:
             code = self.upstream_close_code
             if code in (1000, 1001):
-                await client.close(code=code, message=b"upstream closed the session")
+                await self._close_client(code, b"upstream closed the session")
             else:
                 err = UpstreamError(
                     f"the voice provider closed the connection (code {code})",
                     code="upstream_closed")
                 try:
-                    await client.send_str(error_event(err))
+                    await within(client.send_str(error_event(err)), _PEER_CLOSE_S)
                 except (ConnectionError, RuntimeError):
                     pass
-                await client.close(code=sendable(code, 1011), message=b"upstream connection lost")
+                await self._close_client(sendable(code, 1011), b"upstream connection lost")
         else:
-            await client.close()
+            await self._close_client(1000)
 
     async def _server_close(self, code: int, reason: str) -> None:
         self._end(SERVER, code, reason)
         assert self.client is not None and self.upstream is not None
-        await self.client.close(code=code, message=reason.encode())
-        await self.upstream.close(code=code, message=reason.encode())
+        message = close_reason(reason)
+        await asyncio.gather(self._close_client(code, message),
+                             within(self.upstream.close(code=code, message=message),
+                                    _PEER_CLOSE_S), return_exceptions=True)
 
     async def _close_from_outside(self, code: int, reason: str) -> None:
+        """End the session from outside (shutdown 1001, fencing 1011): an
+        ``error`` event says why before the close frame, for every code but
+        1000 (``closing_error``)."""
         if self.client is None or self.upstream is None:
             return
-        if code == 1001:  # shutdown: an error event says why before the close frame
+        err = closing_error(code, reason)
+        if err is not None and not self.client.closed:
             try:
-                await self.client.send_str(error_event(ServiceUnavailable(reason)))
+                await within(self.client.send_str(error_event(err)), _PEER_CLOSE_S)
             except (ConnectionError, RuntimeError):
                 pass
         await self._server_close(code, reason)
@@ -423,8 +625,8 @@ class Relay:
         assert client is not None
         self.meter.closed(SERVER, code, err.message, monotonic_ms())
         try:
-            await client.send_str(error_event(err))
+            await within(client.send_str(error_event(err)), _PEER_CLOSE_S)
         except (ConnectionError, RuntimeError):
             pass
-        await client.close(code=code, message=err.message[:120].encode())
+        await self._close_client(code, close_reason(err.message))
 

@@ -6,7 +6,8 @@ PostgreSQL, see ``voxgate.metering.pg_store``), written in portable SQL.
   outboxes, invoice settlements, quota alerts).
 - ``web``: ``WebDB``, the dashboard's tables (users, cookie sessions,
   two-factor, plan history, aggregates).
-- ``jobs``: ``JobRunsDB``, the scheduled jobs' claims.
+- ``jobs``: ``JobRunsDB``, the scheduled jobs' claims; ``HousekeepingDB``,
+  the housekeeping jobs' pruning (``PRUNABLE``).
 
 Billing, web and jobs import these classes (``voxgate.billing.db`` and
 ``voxgate.web.db`` re-export them) and call their methods; they run no SQL

@@ -1,6 +1,13 @@
 """Billing's own tables (``migrations/0002_billing.sql``) on the store's
 connection (SQLite or PostgreSQL): writes inside ``store.transaction()``,
-reads direct. Used by ``voxgate.billing`` (re-exported as ``voxgate.billing.db``).
+reads direct, all on the pool's background lane on PostgreSQL
+(``voxgate.metering.connection``). Used by ``voxgate.billing`` (re-exported
+as ``voxgate.billing.db``).
+
+Claims are bounded: ``claim_settlements`` takes at most ``limit`` due
+invoice settlements, ``unclaimed_closed`` lists at most ``limit`` sessions
+and ``claim_settlement`` claims them in one statement (on PostgreSQL with
+``FOR UPDATE SKIP LOCKED``), never one round trip per session.
 
 Times are Unix seconds; periods ``"YYYY-MM"`` (UTC).
 """
@@ -14,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from voxgate.metering.connection import lane
 from voxgate.models import Account
 
 __all__ = ["BillingDB", "EmailItem", "WebhookItem", "InvoiceSettlement", "backoff_s"]
@@ -71,6 +79,8 @@ _SETTLEMENT_COLS = ("id, account_id, period, seq, quantity, unit_cents, amount_c
                     " invoice_item_id, attempts, next_attempt_at, last_error")
 _ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
                  "stripe_subscription_id, past_due_since, name")
+CLAIM_BATCH = 1000  # sessions per invoice settlement claim, settlements per claim
+_SQLITE_IN_BATCH = 500  # ids per "IN (?, …)" (SQLite's bound-parameter limit)
 
 
 class BillingDB:
@@ -83,8 +93,13 @@ class BillingDB:
     def db(self):
         return self.store.db
 
+    @property
+    def _postgres(self) -> bool:
+        return getattr(self.store, "dialect", "sqlite") == "postgresql"
+
     async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        return list(await self.db.execute_fetchall(sql, params))
+        with lane("background"):
+            return list(await self.db.execute_fetchall(sql, params))
 
     # -- accounts --------------------------------------------------------
 
@@ -290,15 +305,29 @@ class BillingDB:
 
     # -- invoice-item settlement ------------------------------------------
 
-    async def claim_settlements(self, now: float, until: float) -> list[InvoiceSettlement]:
-        """Take the pending invoice settlements due at ``now`` for sending
-        until ``until`` (their next attempt moves there, so a dead worker's
-        are due again then); read and moved in one write transaction, so
-        each goes to one caller in any process. Returned as before the claim."""
+    async def claim_settlements(self, now: float, until: float,
+                                limit: int = CLAIM_BATCH) -> list[InvoiceSettlement]:
+        """Take up to ``limit`` pending invoice settlements due at ``now``,
+        oldest first, for sending until ``until`` (their next attempt moves
+        there, so a dead worker's are due again then); each goes to one
+        caller in any process. Returned as before the claim. PostgreSQL:
+        one statement locking only the rows it takes (``FOR UPDATE SKIP
+        LOCKED``: concurrent claimers get disjoint ones without waiting);
+        SQLite: read and moved in one write transaction."""
+        if self._postgres:
+            cols = ", ".join(f"i.{c.strip()}" for c in _SETTLEMENT_COLS.split(","))
+            cols = cols.replace("i.next_attempt_at", "c.next_attempt_at")
+            rows = await self._rows(
+                f"UPDATE invoice_settlements i SET next_attempt_at = ? FROM ("
+                " SELECT id, next_attempt_at FROM invoice_settlements WHERE status = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY created_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+                f") c WHERE i.id = c.id RETURNING {cols}, i.created_at", (until, now, limit))
+            rows.sort(key=lambda r: (r[-1], r[0]))
+            return [InvoiceSettlement(*r[:-1]) for r in rows]
         async with self.store.transaction() as db:
             cur = await db.execute(
                 f"SELECT {_SETTLEMENT_COLS} FROM invoice_settlements WHERE status = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY created_at, id", (now,))
+                " AND next_attempt_at <= ? ORDER BY created_at, id LIMIT ?", (now, limit))
             rows = await cur.fetchall()
             await db.executemany(
                 "UPDATE invoice_settlements SET next_attempt_at = ? WHERE id = ?",
@@ -311,14 +340,18 @@ class BillingDB:
             " ORDER BY period, seq", (account_id,))
         return [InvoiceSettlement(*r) for r in rows]
 
-    async def unclaimed_closed(self, current_period: str) -> list[tuple[str, str, list[str]]]:
+    async def unclaimed_closed(self, current_period: str, limit: int = CLAIM_BATCH,
+                               ) -> list[tuple[str, str, list[str]]]:
         """(account_id, period, session ids) of outbox sessions of periods
-        before ``current_period`` not yet claimed by an invoice settlement."""
+        before ``current_period`` not yet claimed by an invoice settlement:
+        at most ``limit`` sessions (the next call lists the next ones, once
+        these are claimed)."""
         rows = await self._rows(
             "SELECT o.account_id, o.period, o.session_id FROM settlement_outbox o"
             " LEFT JOIN invoice_settlement_sessions s ON s.session_id = o.session_id"
             " WHERE s.session_id IS NULL AND o.period < ?"
-            " ORDER BY o.account_id, o.period, o.created_at, o.session_id", (current_period,))
+            " ORDER BY o.account_id, o.period, o.created_at, o.session_id LIMIT ?",
+            (current_period, limit))
         groups: dict[tuple[str, str], list[str]] = {}
         for account_id, period, session_id in rows:
             groups.setdefault((account_id, period), []).append(session_id)
@@ -327,12 +360,17 @@ class BillingDB:
     async def claim_settlement(self, account_id: str, period: str, session_ids: list[str],
                                unit_cents: int, now: float,
                                amount_of: Callable[[int, int], int] | None = None,
-                               ) -> InvoiceSettlement | None:
+                               limit: int = CLAIM_BATCH) -> InvoiceSettlement | None:
         """Create the next invoice settlement of (account, period) covering
-        ``session_ids`` (those not claimed meanwhile); None if none was left.
+        the first ``limit`` of ``session_ids`` that are still in the
+        account's outbox for the period and not claimed meanwhile; None if
+        none was left. The sessions are claimed in one statement (on
+        PostgreSQL ``FOR UPDATE SKIP LOCKED``; on SQLite one per
+        ``_SQLITE_IN_BATCH`` ids), in one write transaction.
         ``amount_of(before, quantity)``: the cents of ``quantity`` sessions
         after ``before`` were settled in earlier settlements of the period
         (graduated tiers); default ``quantity × unit_cents``."""
+        session_ids = list(session_ids[:max(0, limit)])
         async with self.store.transaction() as db:
             cur = await db.execute(
                 "SELECT COALESCE(MAX(seq), 0), COALESCE(SUM(quantity), 0) FROM invoice_settlements"
@@ -346,10 +384,23 @@ class BillingDB:
                 " VALUES (?, ?, ?, ?, 0, ?, 0, 'pending', ?, ?)",
                 (settlement_id, account_id, period, seq, unit_cents, now, now))
             claimed = 0
-            for session_id in session_ids:
+            if self._postgres:
                 c = await db.execute(
                     "INSERT INTO invoice_settlement_sessions (settlement_id, session_id)"
-                    " VALUES (?, ?) ON CONFLICT DO NOTHING", (settlement_id, session_id))
+                    " SELECT ?, o.session_id FROM settlement_outbox o WHERE o.account_id = ?"
+                    " AND o.period = ? AND o.session_id = ANY(?) AND NOT EXISTS (SELECT 1 FROM"
+                    " invoice_settlement_sessions s WHERE s.session_id = o.session_id)"
+                    " ORDER BY o.created_at, o.session_id LIMIT ? FOR UPDATE OF o SKIP LOCKED"
+                    " ON CONFLICT DO NOTHING",
+                    (settlement_id, account_id, period, session_ids, limit))
+                claimed = c.rowcount
+            for i in range(0, 0 if self._postgres else len(session_ids), _SQLITE_IN_BATCH):
+                batch = session_ids[i:i + _SQLITE_IN_BATCH]
+                c = await db.execute(
+                    "INSERT INTO invoice_settlement_sessions (settlement_id, session_id)"
+                    " SELECT ?, o.session_id FROM settlement_outbox o WHERE o.account_id = ?"
+                    f" AND o.period = ? AND o.session_id IN ({', '.join('?' * len(batch))})"
+                    " ON CONFLICT DO NOTHING", (settlement_id, account_id, period, *batch))
                 claimed += c.rowcount
             if claimed == 0:
                 await db.execute("DELETE FROM invoice_settlements WHERE id = ?", (settlement_id,))

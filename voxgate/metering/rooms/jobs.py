@@ -1,13 +1,16 @@
-"""The scheduled jobs' claims (``job_runs``, ``migrations/0008_jobs.sql``):
-``JobRunsDB`` on the store's connection, used by ``voxgate.jobs`` (which
-re-exports it). Times are Unix seconds."""
+"""The scheduled jobs' SQL on the store's connection, used by
+``voxgate.jobs`` (which re-exports these classes): ``JobRunsDB``, the
+claims of runs (``job_runs``, ``migrations/0008_jobs.sql``), and
+``HousekeepingDB``, what the housekeeping jobs prune, in bounded batches.
+Times are Unix seconds."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["JobRun", "JobRunsDB"]
+__all__ = ["JobRun", "JobRunsDB", "HousekeepingDB", "PRUNABLE"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +68,58 @@ class JobRunsDB:
                 " WHERE name = ? AND lease_owner = ?",
                 (finished_at, "ok" if ok else "failed", detail[:500], next_at, name, owner))
             return cur.rowcount == 1
+
+
+# What the housekeeping jobs prune: one statement per kind of row, taking at
+# most ``limit`` rows whose time is before the cutoff (oldest first), each
+# the subject of an index (migrations/0012_housekeeping.sql). Parameters:
+# (cutoff, limit).
+PRUNABLE: dict[str, str] = {
+    # expired ephemeral keys (no row refers to them: sessions keep the id only)
+    "ephemeral_keys": (
+        "DELETE FROM ephemeral_keys WHERE id IN (SELECT id FROM ephemeral_keys"
+        " WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"),
+    # sent emails
+    "email_outbox": (
+        "DELETE FROM email_outbox WHERE id IN (SELECT id FROM email_outbox"
+        " WHERE sent_at IS NOT NULL AND sent_at < ? ORDER BY sent_at LIMIT ?)"),
+    # delivered customer webhooks
+    "webhook_outbox": (
+        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox"
+        " WHERE delivered_at IS NOT NULL AND delivered_at < ? ORDER BY delivered_at LIMIT ?)"),
+    # processed Stripe events: the payload is emptied, the row kept (its id
+    # makes a replay of the event a no-op)
+    "stripe_events": (
+        "UPDATE stripe_events SET payload = '' WHERE id IN (SELECT id FROM stripe_events"
+        " WHERE processed_at < ? AND payload <> '' ORDER BY processed_at LIMIT ?)"),
+}
+
+
+class HousekeepingDB:
+    """Pruning of rows nobody needs any more (``PRUNABLE``) on an open
+    store (SQLite or PostgreSQL), for the housekeeping jobs of
+    ``voxgate.jobs``."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def prune(self, kind: str, before: float, *, batch: int, max_batches: int) -> int:
+        """Prune the rows of ``kind`` (a key of ``PRUNABLE``) whose time is
+        before ``before`` (Unix s): ``batch`` rows per statement, each in a
+        write transaction of its own, so a large backlog never holds the
+        database for long; at most ``max_batches`` statements (the rest is
+        left for the next run). Returns the number of rows pruned.
+
+        Raises:
+            KeyError: ``kind`` is not in ``PRUNABLE``.
+        """
+        sql = PRUNABLE[kind]
+        pruned = 0
+        for _ in range(max_batches):
+            async with self.store.transaction() as db:
+                cur = await db.execute(sql, (before, batch))
+            pruned += max(cur.rowcount, 0)
+            if cur.rowcount < batch:
+                break
+            await asyncio.sleep(0)  # let the session path in between batches
+        return pruned

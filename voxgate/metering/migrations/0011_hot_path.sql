@@ -1,0 +1,9 @@
+-- 0011_hot_path: the session path without a database-wide lock
+-- (docs/database.md, "How it works").
+--
+-- Nothing to change on SQLite: completion runs as Python statements in one
+-- BEGIN IMMEDIATE transaction (sqlite_store._complete_sync), SQLite's one
+-- writer. On PostgreSQL this version creates voxgate_complete_session(), the
+-- same rules in one round trip with row locks only
+-- (postgresql/0011_hot_path.sql). The indexes it uses exist on both:
+-- sessions and monthly_usage primary keys, session_packs_account.
