@@ -1,7 +1,7 @@
 """``make bench``: run every benchmark on loopback (bounded: a few minutes
 in all) and write ``docs/benchmarks.md``.
 
-``python -m bench.run [--only ws,latency,tokens,admit,voice,webrtc] [--out FILE]``
+``python -m bench.run [--only ws,latency,tokens,admit,store,voice,webrtc,workers,scale] [--out FILE]``
 
 With ``--only``, the sections run replace theirs in an existing ``--out``
 file and the rest of it (other sections, notes) stays.
@@ -26,6 +26,10 @@ GOALS = {
     "admit": "≥ 2 000 admit + finalize/s",
     "voice": "TTS first audio ≤ 250 ms",
     "workers": "--workers 2 carries more sessions and mints per second than --workers 1 on 2 cores",
+    "soak": "30 minutes, two instances: flat memory, no leaked lease, no `active` row left",
+    "scale": ("PostgreSQL + Redis one process ≥ 0.9× SQLite in sessions/s and mints/s, CPU per "
+              "session ≤ 1.3× SQLite; no hung session"),
+    "store": "admit + finalize on the PostgreSQL store ≥ 2 000/s per process",
 }
 
 
@@ -45,7 +49,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run")
-    p.add_argument("--only", default="ws,latency,tokens,admit,voice,webrtc,workers")
+    p.add_argument("--only", default="ws,latency,tokens,admit,store,voice,webrtc,workers,scale")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--webrtc-levels", default=None, metavar="N,N,…",
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = [("ws", "bench.bench_ws_relay", "run"), ("latency", "bench.bench_latency", "run"),
              ("tokens", "bench.bench_tokens", "run_tokens"), ("admit", "bench.bench_tokens", "run_admit"),
              ("voice", "bench.bench_voice", None), ("webrtc", "bench.bench_webrtc", "run"),
-             ("workers", "bench.bench_workers", "run")]
+             ("workers", "bench.bench_workers", "run"), ("scale", "bench.bench_scale", "run"),
+             ("store", "bench.bench_store", "run")]
     for name, module, func in steps:
         if name not in only:
             continue
@@ -220,12 +225,13 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
                        [[x["endpoint"], x["requests"], _f(x["per_s"], "{:.0f}"), _f(x["p50_ms"]),
                          _f(x["p99_ms"]), _f(x["server_cpu_s"]), x["errors"]] for x in r["tokens"]]) + "\n")
     if "admit" in r:
-        s.append("## Session admit + finalize on SQLite\n\n`Gateway.admit` then `Gateway.finish` "
-                 "(verdict, session row, monthly usage, lease) directly on a `SQLiteStore`, "
-                 "sequentially and 32 at a time.\n\n"
+        s.append("## Session admit + finalize\n\n`Gateway.admit` then `Gateway.finish` "
+                 "(verdict, session row, monthly usage, lease) directly on a `SQLiteStore` and on "
+                 "a `PostgresStore` (TCP to 127.0.0.1), sequentially and 32 at a time.\n\n"
                  f"Goal: {GOALS['admit']}.\n")
-        s.append(table(["concurrency", "sessions", "admit + finalize / s"],
-                       [[x["concurrency"], x["sessions"], _f(x["per_s"], "{:.0f}")] for x in r["admit"]]) + "\n")
+        s.append(table(["store", "concurrency", "sessions", "admit + finalize / s"],
+                       [[x.get("store", "SQLite"), x["concurrency"], x["sessions"],
+                         _f(x["per_s"], "{:.0f}")] for x in r["admit"]]) + "\n")
     if "voice" in r:
         s.append("## Local voice provider\n\nTTS (Piper, joe voice, warm): time to the audio of a "
                  "reply's first sentence, which is when the provider sends its first delta. "
@@ -241,6 +247,15 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
     if "workers" in r:
         s.append(__import__("bench.bench_workers", fromlist=["x"]).render(
             r["workers"], GOALS["workers"], table, _f))
+    if "scale" in r:
+        s.append(__import__("bench.bench_scale", fromlist=["x"]).render(
+            r["scale"], GOALS["scale"], table, _f))
+    if "soak" in r:
+        s.append(__import__("bench.bench_soak", fromlist=["x"]).render(
+            r["soak"], GOALS["soak"], table, _f))
+    if "store" in r:
+        s.append(__import__("bench.bench_store", fromlist=["x"]).render(
+            r["store"], GOALS["store"], table, _f))
     if notes and NOTES.exists():
         s.append(NOTES.read_text())
     return "\n".join(s)
