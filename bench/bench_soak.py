@@ -135,7 +135,7 @@ async def _leftovers(db_url: str, prefix: str) -> tuple[int, int]:
 
 
 async def _new_key(db_url: str) -> str:
-    from voxgate.metering.pg_store import PostgresStore
+    from voxgate.store.sql import PostgresStore
 
     store = PostgresStore(db_url)
     await store.open()

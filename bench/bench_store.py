@@ -60,13 +60,13 @@ async def _run(store, n: int, concurrency: int) -> dict:
 
 
 def record_period() -> str:
-    from voxgate.metering.store import period_of
+    from voxgate.store.base import period_of
 
     return period_of()
 
 
 async def _sqlite(n: int, levels: tuple[int, ...]) -> list[dict]:
-    from voxgate.metering.sqlite_store import SQLiteStore
+    from voxgate.store.sql import SQLiteStore
 
     d = Path(tempfile.mkdtemp(prefix="voxgate-bench-store-"))
     store = SQLiteStore(d / "voxgate.db")
@@ -80,7 +80,7 @@ async def _sqlite(n: int, levels: tuple[int, ...]) -> list[dict]:
 async def _postgres(n: int, levels: tuple[int, ...]) -> list[dict]:
     import psycopg
 
-    from voxgate.metering.pg_store import PostgresStore
+    from voxgate.store.sql import PostgresStore
 
     name = f"voxgate_bench_{uuid.uuid4().hex[:10]}"
     async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:

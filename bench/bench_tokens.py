@@ -77,13 +77,12 @@ async def _admit_finish(n: int, concurrency: int, kind: str = "sqlite") -> dict:
 
     from bench.bench_store import PG_URL
     from bench.common import BENCH_CATALOG
+    from voxgate.admission.base import InProcessAdmission
     from voxgate.config import load_settings
-    from voxgate.metering.admission import InProcessAdmission
     from voxgate.metering.events import CLIENT, UPSTREAM, classify
-    from voxgate.metering.pg_store import PostgresStore
-    from voxgate.metering.sqlite_store import SQLiteStore
     from voxgate.models import PlanCatalog, load_catalog
     from voxgate.proxy.gateway import Gateway, monotonic_ms
+    from voxgate.store.sql import PostgresStore, SQLiteStore, SQLStore
 
     d = Path(tempfile.mkdtemp(prefix="voxgate-bench-admit-"))
     (d / "catalog.toml").write_text(BENCH_CATALOG)
@@ -93,7 +92,7 @@ async def _admit_finish(n: int, concurrency: int, kind: str = "sqlite") -> dict:
     if kind == "postgresql":
         async with await psycopg.AsyncConnection.connect(PG_URL, autocommit=True) as admin:
             await admin.execute(f'CREATE DATABASE "{pg_name}"')
-        store: SQLiteStore = PostgresStore(PG_URL.rsplit("/", 1)[0] + "/" + pg_name)
+        store: SQLStore = PostgresStore(PG_URL.rsplit("/", 1)[0] + "/" + pg_name)
     else:
         store = SQLiteStore(d / "voxgate.db")
     await store.open()

@@ -86,7 +86,7 @@ class Served:
 
 async def _new_key(config: Path) -> str:
     from voxgate.config import load_settings
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load_settings(config))
     await store.open()

@@ -281,8 +281,7 @@ async def open_store(kind: str, tmp_path: Path):
     unreachable fails the test (``make test`` starts it)."""
     import uuid
 
-    from voxgate.metering.pg_store import PostgresStore
-    from voxgate.metering.sqlite_store import SQLiteStore
+    from voxgate.store.sql import PostgresStore, SQLiteStore
 
     if kind == "sqlite":
         store = SQLiteStore(tmp_path / "data" / "voxgate.db")
@@ -299,17 +298,16 @@ async def open_store(kind: str, tmp_path: Path):
 
 def same_database(store):
     """A second store (a "process") on ``store``'s database, not yet open."""
-    from voxgate.metering.pg_store import PostgresStore
-    from voxgate.metering.sqlite_store import SQLiteStore
+    from voxgate.store.sql import PostgresStore, SQLiteStore
 
-    if isinstance(store, PostgresStore):
-        return PostgresStore(store.url, schema=store.schema)
-    return SQLiteStore(store.path)
+    if store.dialect.name == "postgresql":
+        return PostgresStore(store.dialect.url, schema=store.dialect.schema)
+    return SQLiteStore(store.dialect.path)
 
 
 async def drop_store(store) -> None:
     """Close the store; a PostgreSQL store's schema is dropped."""
-    schema = getattr(store, "schema", None)
+    schema = getattr(store.dialect, "schema", None)
     if schema:
         await store.db.execute(f'DROP SCHEMA "{schema}" CASCADE')
     await store.close()

@@ -18,8 +18,8 @@ from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
 from voxgate.config import load_settings
 from voxgate.jobs import JobContext, Scheduler
-from voxgate.metering.sqlite_store import SQLiteStore
 from voxgate.models import load_catalog
+from voxgate.store.sql import SQLiteStore
 
 
 async def main(db: str, catalog: str, clock: float, start_at: float, owner: str) -> None:

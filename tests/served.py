@@ -103,7 +103,7 @@ def load(env: dict[str, str]):
 async def new_key(env: dict[str, str], plan: str) -> tuple[str, str, str]:
     """(account id, project id, API key) of a fresh account on ``plan``, made
     in the store ``env`` names (before or while voxgate runs)."""
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load(env))
     await store.open()
@@ -118,7 +118,7 @@ async def new_key(env: dict[str, str], plan: str) -> tuple[str, str, str]:
 
 async def records(env: dict[str, str], *session_ids: str):
     """The stored records of ``session_ids`` (None for a missing one)."""
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load(env))
     await store.open()

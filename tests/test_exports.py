@@ -1,6 +1,7 @@
 """Every public name a module lists in ``__all__`` exists, and the layering
-rule holds: ``models`` and ``metering`` import nothing from ``proxy``,
-``billing`` or ``web``."""
+rule holds: ``models`` and ``metering`` import nothing from ``store``,
+``admission``, ``proxy``, ``billing`` or ``web``; the adapters ``store`` and
+``admission`` import neither each other nor anything above them."""
 
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ def test_all_names_exist(name):
         assert hasattr(module, public), f"{name}.__all__ lists missing {public!r}"
 
 
-@pytest.mark.parametrize("room", ["models", "metering"])
+_ABOVE = ("voxgate.proxy", "voxgate.billing", "voxgate.web", "voxgate.jobs", "voxgate.server",
+          "voxgate.cli", "voxgate.admin")
+FORBIDDEN = {
+    "models": ("voxgate.store", "voxgate.admission", *_ABOVE),
+    "metering": ("voxgate.store", "voxgate.admission", *_ABOVE),
+    "store": ("voxgate.admission", *_ABOVE),
+    "admission": ("voxgate.store", *_ABOVE),
+}
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
 def test_core_rooms_do_not_import_edges(room):
     for path in (PACKAGE_DIR / room).rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -37,5 +48,5 @@ def test_core_rooms_do_not_import_edges(room):
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for n in names:
-                assert not n.startswith(("voxgate.proxy", "voxgate.billing", "voxgate.web")), \
+                assert not any(n == f or n.startswith(f + ".") for f in FORBIDDEN[room]), \
                     f"{path.relative_to(PACKAGE_DIR)} imports {n}"

@@ -47,10 +47,10 @@ from voxgate.jobs import (
     summary_recipients,
     trial_reminders_due,
 )
-from voxgate.metering.sqlite_store import SQLiteStore
-from voxgate.metering.store import MonthlyUsage, period_of
 from voxgate.models import Account, Measurements, SessionRecord, Verdict, load_catalog, new_id
 from voxgate.models.enterprise import enterprise_plan
+from voxgate.store.base import MonthlyUsage, period_of
+from voxgate.store.sql import SQLiteStore
 
 DAY = 86400.0
 T0 = float(calendar.timegm((2026, 6, 10, 12, 0, 0)))  # a Wednesday noon, period 2026-06

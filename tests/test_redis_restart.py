@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 
 from tests.served import redis_server  # noqa: F401
+from voxgate.admission.base import Lease
+from voxgate.admission.redis import RedisAdmission
 from voxgate.errors import ServiceUnavailable
-from voxgate.metering.admission import Lease
 from voxgate.metering.decide import Usage
-from voxgate.metering.redis_admission import RedisAdmission
 from voxgate.models import Plan
 
 PLAN = Plan(id="two", name="Two", sessions_included=10, concurrency=2)

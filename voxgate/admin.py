@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 from voxgate.config import load_settings
-from voxgate.metering.store import account_plan, period_of
 from voxgate.models import Plan, PlanCatalog, load_catalog
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
-from voxgate.proxy.app import open_store
+from voxgate.store import open_store
+from voxgate.store.base import period_of
+from voxgate.store.plans import account_plan
 
 __all__ = ["run_admin", "PIN_COMMANDS", "cli_actor", "resolve_plan"]
 

@@ -175,8 +175,8 @@ async def run_migrate(settings: Settings, *, check: bool = False) -> int:
         MigrationError: an applied migration's file changed, or a migration
             failed (a ``ConfigError``: ``main`` prints it, exit status 2).
     """
-    from voxgate.metering.sqlite_store import PendingMigrations
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
+    from voxgate.store.migrate import PendingMigrations
 
     store: Any = open_store(settings)
     store.auto_migrate = not check

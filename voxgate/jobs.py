@@ -75,17 +75,12 @@ from aiohttp import web
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
-from voxgate.metering.rooms.jobs import HousekeepingDB, JobRun, JobRunsDB
-from voxgate.metering.store import (
-    Orphan,
-    account_plan,
-    complete_orphans,
-    enterprise_plans,
-    period_of,
-    subscribed_plan,
-)
 from voxgate.metering.verdict import VerdictPolicy
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
+from voxgate.proxy.recovery import complete_orphans
+from voxgate.store.base import Orphan, period_of
+from voxgate.store.plans import account_plan, enterprise_plans, subscribed_plan
+from voxgate.store.queries.jobs import HousekeepingDB, JobRun, JobRunsDB
 from voxgate.web.figures import period_bounds, previous_period, standing
 
 __all__ = [
@@ -128,7 +123,7 @@ STALE_MARGIN_S = 600.0  # beyond relay.max_session_s, before an active session i
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """What a job gets: the open store (a ``SQLiteStore``), the settings, the
+    """What a job gets: the open store (a ``voxgate.store.sql.SQLStore``), the settings, the
     clock (Unix seconds), the mailer (queues email in the outbox), the plan
     catalog and the admission (to free leases; None = nothing to free)."""
 

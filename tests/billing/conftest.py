@@ -24,8 +24,8 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import SLOW, Server, free_port, merge_settings, start_server, wait_port
-from voxgate.metering.store import period_of
 from voxgate.models import Measurements, SessionRecord, Verdict, new_id
+from voxgate.store.base import period_of
 
 LOCALSTRIPE = Path(sys.executable).parent / "localstripe"
 SECRET_KEY = "sk_test_voxgate"

@@ -27,9 +27,8 @@ from voxgate.billing.db import BillingDB
 from voxgate.billing.settlement import SettlementWorker
 from voxgate.billing.stripe_api import StripeApi
 from voxgate.config import BillingSettings
-from voxgate.metering.pg_store import PostgresStore
-from voxgate.metering.sqlite_store import SQLiteStore
 from voxgate.models import load_catalog
+from voxgate.store.sql import PostgresStore, SQLiteStore
 
 
 def open_store(db: str, schema: str):

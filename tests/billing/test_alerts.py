@@ -21,7 +21,6 @@ from voxgate.billing.notify import (
     thresholds_reached,
     verify_signature,
 )
-from voxgate.metering.store import period_of
 from voxgate.models import (
     Measurements,
     Principal,
@@ -32,6 +31,7 @@ from voxgate.models import (
 )
 from voxgate.proxy.app import SETTINGS
 from voxgate.proxy.gateway import ActiveSession
+from voxgate.store.base import period_of
 
 
 class SmtpSink:

@@ -98,7 +98,7 @@ async def test_set_enterprise_from_the_command_line(fake_stripe, tmp_path, capsy
     Stripe serves on the test's loop."""
     import asyncio
 
-    from voxgate.metering.sqlite_store import SQLiteStore
+    from voxgate.store.sql import SQLiteStore
 
     async def cli(*args: str) -> int:
         return await asyncio.to_thread(main, ["billing", "--config", str(config), *args])

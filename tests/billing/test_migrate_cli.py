@@ -8,8 +8,8 @@ import asyncio
 from tests.billing.conftest import SECRET_KEY
 from voxgate.billing.migrate import plan_migrations
 from voxgate.cli import main
-from voxgate.metering.sqlite_store import SQLiteStore
 from voxgate.models import Account, load_catalog
+from voxgate.store.sql import SQLiteStore
 
 
 def test_plan_migrations_pure():

@@ -23,10 +23,10 @@ from tests.conftest import SLOW
 from voxgate.billing.addons import Addons
 from voxgate.billing.db import BillingDB
 from voxgate.cli import main
-from voxgate.metering.sqlite_store import SQLiteStore
-from voxgate.metering.store import period_of
 from voxgate.models import Measurements, SessionRecord, Verdict, new_id
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.store.base import period_of
+from voxgate.store.sql import SQLiteStore
 
 DAY = 86400.0
 

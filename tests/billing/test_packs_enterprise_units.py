@@ -144,7 +144,7 @@ def test_catalog_packs(tmp_path):
 
 def test_monthly_summary_does_not_charge_pack_sessions():
     from voxgate.billing.notify import usage_summary
-    from voxgate.metering.store import MonthlyUsage
+    from voxgate.store.base import MonthlyUsage
 
     pro = Plan("pro", "Pro", price_cents=2900, sessions_included=3, overage_cents=7)
     summary = usage_summary(pro, MonthlyUsage("acct_1", "2026-05", 9, 8), pack_covered=2)

@@ -36,7 +36,6 @@ from tests.billing.conftest import BILLING_CATALOG, add_sessions, last_month
 from tests.billing.test_meter_events import FakeMeter
 from tests.conftest import SLOW, drop_store, free_port, open_store
 from voxgate.billing.db import BillingDB
-from voxgate.metering.pg_store import PostgresStore
 from voxgate.models import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,10 +127,10 @@ async def _billable_sessions(store, tmp_path: Path) -> tuple[Path, list[str], li
 async def _spawn(store, catalog: Path, mode: str, urls: list[str],
                  procs: list[asyncio.subprocess.Process]) -> list[asyncio.subprocess.Process]:
     """settle_worker processes, one per Stripe URL, each ready (not yet draining)."""
-    if isinstance(store, PostgresStore):
-        db, schema = store.url, store.schema
+    if store.dialect.name == "postgresql":
+        db, schema = store.dialect.url, store.dialect.schema
     else:
-        db, schema = str(store.path), "-"
+        db, schema = str(store.dialect.path), "-"
     started = [await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.billing.settle_worker", db, schema, str(catalog), mode,
         url, str(LEASE_S), str(BATCH), str(30 * SLOW),

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from tests.cluster.test_two_processes import fresh_pg  # noqa: F401 - a fixture
 from tests.conftest import SLOW, TEST_CATALOG
 from tests.served import Served, load, new_key, serve, settings_env
-from voxgate.metering.store import SessionFilter, period_of
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.store.base import SessionFilter, period_of
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 CATALOG = TEST_CATALOG + """
@@ -184,7 +184,7 @@ async def test_paused_instance_is_fenced_and_its_sessions_billed(pair):
     session counts once, and A registers anew under a new epoch."""
     env, a, b = pair
     account_id, _, key = await new_key(env, "trio")
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load(env))
     await store.open()

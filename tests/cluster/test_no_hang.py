@@ -42,8 +42,8 @@ from redis.asyncio import Redis
 from tests.cluster.test_two_processes import fresh_pg  # noqa: F401 - fixture
 from tests.conftest import SLOW, TEST_CATALOG
 from tests.served import Served, load, new_key, serve, settings_env
-from voxgate.metering.store import SessionFilter
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER, stop_tasks, within
+from voxgate.store.base import SessionFilter
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 CATALOG = TEST_CATALOG + """
@@ -182,7 +182,7 @@ async def _assert_all_finished(env: dict[str, str], prefix: str, account_id: str
     ``sessions`` of them, and no lease of the account left in Redis, within
     ``FINISHED_WAIT_S`` (a dropped client's session ends when the server
     sees its connection gone)."""
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load(env))
     await store.open()

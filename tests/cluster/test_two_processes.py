@@ -27,8 +27,8 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, REFUSED
 from voxgate.loadtest.ws_client import refusal_trace, run_ws_session
-from voxgate.metering.store import SessionFilter, period_of
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.store.base import SessionFilter, period_of
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 CATALOG = TEST_CATALOG + """
@@ -110,7 +110,7 @@ async def cluster(tmp_path, voice_url, fresh_pg):
 
 async def stored(env: dict[str, str], account_id: str, **filters):
     """The account's stored sessions matching ``filters``, once none is active."""
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     store = open_store(load(env))
     await store.open()

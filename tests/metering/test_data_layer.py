@@ -31,10 +31,11 @@ import pytest
 from tests.cluster.test_two_processes import fresh_pg  # noqa: F401 - fixture
 from tests.conftest import PG_URL, SLOW, TEST_CATALOG, drop_store, open_store, same_database
 from tests.served import new_key, serve, settings_env
-from voxgate.metering.pg_store import WRITE_LOCK_KEY, PostgresStore
-from voxgate.metering.store import period_of
 from voxgate.models import Measurements, Reason, SessionRecord, Verdict, new_id
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.store.base import period_of
+from voxgate.store.dialects.postgresql import WRITE_LOCK_KEY
+from voxgate.store.sql import PostgresStore
 
 BILLABLE = Verdict(True, Reason.BILLABLE, "connected and long enough")
 NOT_BILLABLE = Verdict(False, Reason.TOO_SHORT, "short")
@@ -237,7 +238,7 @@ async def test_a_held_row_lock_blocks_neither_heartbeats_nor_other_accounts(pg_p
     held = record(ada.id, ada_p.id)
     await store.open_session(held)
     async with await _locker() as locker:
-        await locker.execute(f'SET search_path TO "{store.schema}"')
+        await locker.execute(f'SET search_path TO "{store.dialect.schema}"')
         await locker.execute("BEGIN")
         await locker.execute("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (held.id,))
         await locker.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
@@ -306,7 +307,7 @@ async def test_cancelled_while_waiting_for_begin_leaves_nothing_held_sqlite(tmp_
     """The same on SQLite: BEGIN IMMEDIATE waits for another writer; the
     cancelled transaction is rolled back as soon as it begins."""
     store = await open_store("sqlite", tmp_path)
-    other = sqlite3.connect(store.path, isolation_level=None)
+    other = sqlite3.connect(store.dialect.path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
 
@@ -338,9 +339,9 @@ async def test_lanes_and_timeouts_are_set_per_connection(pg_pair):
     """Each lane's connections carry their own lock and statement timeouts;
     a statement past the session lane's statement_timeout is a 503."""
     from voxgate.errors import ServiceUnavailable, dependency_error
-    from voxgate.metering.connection import LaneLimits
+    from voxgate.store.connection import LaneLimits
 
-    store = PostgresStore(PG_URL, schema=pg_pair[0].schema, lanes={
+    store = PostgresStore(PG_URL, schema=pg_pair[0].dialect.schema, lanes={
         "session": LaneLimits(2, 0.5, 1.0), "heartbeat": LaneLimits(1, 0.25, 0.75)})
     await store.open()
     try:
@@ -354,7 +355,7 @@ async def test_lanes_and_timeouts_are_set_per_connection(pg_pair):
         assert isinstance(failed.value.__cause__, psycopg.errors.QueryCanceled)
         assert dependency_error(failed.value) is failed.value
         assert await rows(store, "SELECT 1") == [(1,)]
-        assert store.pool.sizes() == {"session": 1, "heartbeat": 1, "background": 1}
+        assert store.db.sizes() == {"session": 1, "heartbeat": 1, "background": 1}
     finally:
         await store.close()
 
@@ -499,9 +500,9 @@ async def test_group_commit_isolates_a_failing_statement(pg_pair):
                                   return_exceptions=True)
     failed = [r for r in opened if r is not None]
     assert len(failed) == 1 and isinstance(failed[0], psycopg.errors.ForeignKeyViolation)
-    assert store._group.groups == 0  # its group failed: each ran alone
+    assert store.dialect.group.groups == 0  # its group failed: each ran alone
     usages = await asyncio.gather(*(store.complete_session(r, BILLABLE) for r in good))
-    assert store._group.groups >= 1 and store._group.grouped > store._group.groups
+    assert store.dialect.group.groups >= 1 and store.dialect.group.grouped > store.dialect.group.groups
     assert sorted(u.billable_sessions for u in usages) == list(range(1, 41))
     assert await rows(store, "SELECT status, COUNT(*) FROM sessions GROUP BY status") == [
         ("completed", 40)]
@@ -513,9 +514,9 @@ async def test_a_blocked_completion_does_not_fail_the_others_of_its_group(pg_pai
     503 the gateway retries); the others are stored; once the row is free
     it completes."""
     from voxgate.errors import ServiceUnavailable
-    from voxgate.metering.connection import LaneLimits
+    from voxgate.store.connection import LaneLimits
 
-    store = PostgresStore(PG_URL, schema=pg_pair[0].schema,
+    store = PostgresStore(PG_URL, schema=pg_pair[0].dialect.schema,
                           lanes={"session": LaneLimits(4, 0.5, 10.0)})
     await store.open()
     try:
@@ -524,7 +525,7 @@ async def test_a_blocked_completion_does_not_fail_the_others_of_its_group(pg_pai
         held, *others = [record(account.id, project.id, T0 + i) for i in range(21)]
         await store.open_session(held)
         async with await _locker() as locker:
-            await locker.execute(f'SET search_path TO "{store.schema}"')
+            await locker.execute(f'SET search_path TO "{store.dialect.schema}"')
             await locker.execute("BEGIN")
             await locker.execute("SELECT id FROM sessions WHERE id = %s FOR UPDATE", (held.id,))
             results = await asyncio.gather(

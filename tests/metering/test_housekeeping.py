@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.conftest import drop_store, open_store
+from voxgate.admission.base import InProcessAdmission
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
 from voxgate.caches import BoundedDict
@@ -26,10 +27,9 @@ from voxgate.jobs import (
     purge_ephemeral_keys,
     retention_cutoff,
 )
-from voxgate.metering import sqlite_store
-from voxgate.metering.admission import InProcessAdmission
-from voxgate.metering.store import period_of
 from voxgate.models import load_catalog
+from voxgate.store import accounts as store_accounts
+from voxgate.store.base import period_of
 
 
 class Clock:
@@ -171,7 +171,7 @@ async def test_store_key_maps_stay_bounded(tmp_path, monkeypatch):
     """However many API keys pass through one process, the store remembers
     at most KEY_CACHE_MAX of them (lookups and last-used writes), and keys
     it forgot are still found."""
-    monkeypatch.setattr(sqlite_store, "KEY_CACHE_MAX", 4)
+    monkeypatch.setattr(store_accounts, "KEY_CACHE_MAX", 4)
     store = await open_store("sqlite", tmp_path)
     try:
         account = await store.create_account("ada@example.com", "starter")

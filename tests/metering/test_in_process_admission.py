@@ -6,8 +6,9 @@ churn. Time is passed in (monotonic seconds)."""
 
 from __future__ import annotations
 
-from voxgate.metering.admission import BUCKET_IDLE_S, InProcessAdmission, RateLimitState
+from voxgate.admission.base import BUCKET_IDLE_S, InProcessAdmission
 from voxgate.metering.decide import Usage
+from voxgate.metering.rate import RateLimitState
 from voxgate.models import Plan
 
 PLAN = Plan(id="p", name="P", sessions_included=10, concurrency=2, requests_per_minute=3)

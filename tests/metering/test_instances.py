@@ -22,18 +22,18 @@ import pytest_asyncio
 
 from tests.conftest import SLOW, same_database
 from tests.test_ws_relay import recv_until, sdk, session_id_of
+from voxgate.admission.base import InProcessAdmission
+from voxgate.admission.redis import RedisAdmission
 from voxgate.billing.db import BillingDB
 from voxgate.billing.notify import Notifier
 from voxgate.config import load_settings
 from voxgate.jobs import JobContext, sweep_expired_instances, verdict_policy
-from voxgate.metering.admission import InProcessAdmission
 from voxgate.metering.meter import SessionMeter
-from voxgate.metering.redis_admission import RedisAdmission
-from voxgate.metering.sqlite_store import SQLiteStore
-from voxgate.metering.store import LOST_CLOSE_REASON, complete_orphans, release_orphans
 from voxgate.models import Measurements, Principal, Reason, SessionRecord, Verdict, load_catalog, new_id
 from voxgate.proxy.gateway import FENCE_REASON, Gateway
+from voxgate.proxy.recovery import LOST_CLOSE_REASON, complete_orphans, release_orphans
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
+from voxgate.store.sql import SQLiteStore, SQLStore
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 STOPPED = Verdict(False, Reason.INTERRUPTED, "stopped")
@@ -71,7 +71,7 @@ async def stores(any_store):
     await other.close()
 
 
-async def open_leased(store: SQLiteStore, admission, project,
+async def open_leased(store: SQLStore, admission, project,
                       started_at: float = T0) -> SessionRecord:
     """A session admitted (a lease taken) and opened under the store's instance."""
     record = SessionRecord(id=new_id("sess"), account_id=project.account_id,
@@ -84,7 +84,7 @@ async def open_leased(store: SQLiteStore, admission, project,
     return record
 
 
-def job_context(store: SQLiteStore, admission, now: float, ttl_s: float = 30.0) -> JobContext:
+def job_context(store: SQLStore, admission, now: float, ttl_s: float = 30.0) -> JobContext:
     settings = load_settings(None, heartbeat_ttl_s=ttl_s)
     return JobContext(store, settings, lambda: now, Notifier(settings, BillingDB(store)),
                       load_catalog(), admission)

@@ -7,10 +7,12 @@ import base64
 
 import pytest
 
+from voxgate.admission.base import InProcessAdmission
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
-from voxgate.metering.admission import InProcessAdmission, RateLimitState, TokenBucket, check_quota, plan_rate_limits
+from voxgate.metering.decide import check_quota
 from voxgate.metering.events import CLIENT, UPSTREAM, EventError, Usage, b64_audio_bytes, classify
 from voxgate.metering.meter import SessionMeter
+from voxgate.metering.rate import RateLimitState, TokenBucket, plan_rate_limits
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import Plan
 from voxgate.models.realtime import PCM24K, b64_decoded_len

@@ -9,10 +9,10 @@ import uuid
 import pytest
 import pytest_asyncio
 
+from voxgate.admission.base import Lease
+from voxgate.admission.redis import RedisAdmission
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
-from voxgate.metering.admission import Lease
 from voxgate.metering.decide import Usage
-from voxgate.metering.redis_admission import RedisAdmission
 from voxgate.models import Plan
 
 URL = "redis://127.0.0.1:6379/15"

@@ -22,23 +22,18 @@ import psycopg
 import pytest
 
 from tests.conftest import PG_URL, drop_store, open_store
-from voxgate.metering.pg_store import (
-    MIGRATION_LOCK_KEY,
-    PG_MIGRATIONS_DIR,
-    WRITE_LOCK_KEY,
-    PostgresStore,
-    translate,
-)
-from voxgate.metering.rooms.jobs import PRUNABLE
-from voxgate.metering.rooms.web import WebDB
-from voxgate.metering.sqlite_store import (
+from voxgate.store.dialects.postgresql import MIGRATION_LOCK_KEY, WRITE_LOCK_KEY, translate
+from voxgate.store.migrate import (
     MIGRATIONS_DIR,
+    PG_MIGRATIONS_DIR,
     ChecksumMismatch,
     MigrationError,
     PendingMigrations,
-    SQLiteStore,
     load_migrations,
 )
+from voxgate.store.queries.jobs import PRUNABLE
+from voxgate.store.queries.web import WebDB
+from voxgate.store.sql import PostgresStore, SQLiteStore, SQLStore
 
 # ---------------------------------------------------------------- schema of each database
 
@@ -180,7 +175,7 @@ async def both(tmp_path):
 async def test_sqlite_and_postgresql_schemas_match(both):
     sqlite, pg = both
     assert (await sqlite.applied_migrations())[-1] == (await pg.applied_migrations())[-1]
-    lite, post = sqlite_schema(sqlite.path), pg_schema(pg.schema)
+    lite, post = sqlite_schema(sqlite.dialect.path), pg_schema(pg.dialect.schema)
     assert sorted(lite.columns) == sorted(post.columns)
     for table in lite.columns:
         assert lite.columns[table] == post.columns[table], table
@@ -302,10 +297,10 @@ def _sqlite_index_names(conn: sqlite3.Connection) -> dict[str, str]:
     return names
 
 
-async def sqlite_plan_indexes(store: SQLiteStore, sql: str, params: tuple[Any, ...]) -> set[str]:
+async def sqlite_plan_indexes(store: SQLStore, sql: str, params: tuple[Any, ...]) -> set[str]:
     """The indexes SQLite searches for ``sql`` (``EXPLAIN QUERY PLAN``)."""
     rows = await store.db.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
-    conn = sqlite3.connect(store.path)
+    conn = sqlite3.connect(store.dialect.path)
     try:
         auto = _sqlite_index_names(conn)
     finally:
@@ -354,7 +349,7 @@ async def test_every_hot_query_uses_an_index(both):
         used = await sqlite_plan_indexes(sqlite, sql, params)
         if not used & indexes:
             missing.append(f"SQLite: {what} uses {sorted(used) or 'no index'}")
-        used, seq = pg_plan_indexes(pg.schema, sql, params)
+        used, seq = pg_plan_indexes(pg.dialect.schema, sql, params)
         if not used & indexes or seq:
             missing.append(f"PostgreSQL: {what} uses {sorted(used) or 'no index'}"
                            + (f", reads {sorted(seq)} whole" if seq else ""))
@@ -400,7 +395,7 @@ def _copy_migrations(source: Path, to: Path) -> Path:
     return to
 
 
-def _store(kind: str, tmp_path: Path, migrations: Path, schema: str) -> SQLiteStore:
+def _store(kind: str, tmp_path: Path, migrations: Path, schema: str) -> SQLStore:
     if kind == "sqlite":
         return SQLiteStore(tmp_path / "v.db", migrations_dir=migrations)
     return PostgresStore(PG_URL, schema=schema, migrations_dir=migrations)
@@ -518,7 +513,7 @@ async def test_postgresql_migrations_take_their_own_lock_with_a_lock_timeout(tmp
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
         conn.execute("LOCK TABLE sessions IN ROW EXCLUSIVE MODE")
         blocked = _store("postgresql", tmp_path, migrations, schema)
-        blocked.migration_lock_timeout_s = 0.2
+        blocked.dialect.migration_lock_timeout_s = 0.2
         with pytest.raises(MigrationError, match=r"^migration 0998 \(0998_held\.sql\) waited more"
                                                  r" than 0\.2 s for a lock held by live traffic"):
             await blocked.open()
@@ -535,7 +530,7 @@ async def test_postgresql_migrations_take_their_own_lock_with_a_lock_timeout(tmp
         (migrations / "0999_later.sql").write_text("CREATE TABLE later (x TEXT);\n")
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         waiting = _store("postgresql", tmp_path, migrations, schema)
-        waiting.migration_lock_wait_s = 0.2
+        waiting.dialect.migration_lock_wait_s = 0.2
         with pytest.raises(MigrationError, match="another voxgate process has been migrating"):
             await waiting.open()
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

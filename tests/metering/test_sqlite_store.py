@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from voxgate.metering.pg_store import PostgresStore
-from voxgate.metering.sqlite_store import (
-    MIGRATIONS_DIR,
-    MigrationError,
-    SQLiteStore,
-    load_migrations,
-    split_sql,
-)
-from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Measurements, Reason, SessionRecord, Verdict, new_id
+from voxgate.store.base import SessionFilter, period_of
+from voxgate.store.migrate import MIGRATIONS_DIR, MigrationError, load_migrations, split_sql
+from voxgate.store.sql import SQLiteStore, SQLStore
 
 BILLABLE = Verdict(True, Reason.BILLABLE, "connected and long enough")
 TOO_SHORT = Verdict(False, Reason.TOO_SHORT, "duration 900 ms < 3000 ms")
@@ -36,7 +30,7 @@ async def store(any_store):
 
 
 @pytest.fixture
-async def project(store: SQLiteStore):
+async def project(store: SQLStore):
     account = await store.create_account("ada@example.com", "starter", name="Ada")
     return await store.create_project(account.id, "main")
 
@@ -180,7 +174,7 @@ async def test_ping(store):
     await store.open()
 
 
-async def test_transaction_rolls_back_on_error(store: SQLiteStore):
+async def test_transaction_rolls_back_on_error(store: SQLStore):
     with pytest.raises(RuntimeError):
         async with store.transaction() as db:
             await db.execute("INSERT INTO meta (key, value) VALUES ('k', 'v')")
@@ -194,7 +188,7 @@ async def test_transaction_rolls_back_on_error(store: SQLiteStore):
 # ---------------------------------------------------------------- accounts, projects, keys
 
 
-async def test_accounts(store: SQLiteStore):
+async def test_accounts(store: SQLStore):
     a = await store.create_account("ada@example.com", "free", name="Ada")
     b = await store.create_account("bob@example.com", "starter")
     assert await store.get_account(a.id) == a
@@ -212,7 +206,7 @@ async def test_accounts(store: SQLiteStore):
         await store.update_account(a.id, created_at=0)
 
 
-async def test_projects_and_delete_revokes_keys(store: SQLiteStore, project):
+async def test_projects_and_delete_revokes_keys(store: SQLStore, project):
     other = await store.create_project(project.account_id, "second")
     assert await store.get_project(project.id) == project
     assert [p.id for p in await store.list_projects(project.account_id)] == [project.id, other.id]
@@ -224,7 +218,7 @@ async def test_projects_and_delete_revokes_keys(store: SQLiteStore, project):
     assert found is not None and found[0].revoked_at is not None
 
 
-async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLiteStore, project):
+async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLStore, project):
     key, plaintext = await store.create_api_key(project.id, "server")
     assert plaintext.startswith("vg_live_")
     assert key.prefix == plaintext[:12]
@@ -241,7 +235,7 @@ async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLiteStore, proje
     assert revoked is not None and not revoked[0].active
 
     ek, ek_plain = await store.create_ephemeral_key(project.id, {"voice": "marin"}, T0 + 60)
-    if isinstance(store, PostgresStore):  # every row of the key tables, as PostgreSQL has them
+    if store.dialect.name == "postgresql":  # every row of the key tables, as PostgreSQL has them
         rows = await store.db.execute_fetchall(
             "SELECT (SELECT string_agg(t::text, ' ') FROM api_keys t)"
             " || (SELECT string_agg(t::text, ' ') FROM ephemeral_keys t)")
@@ -250,7 +244,7 @@ async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLiteStore, proje
     else:
         await store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         await store.close()
-        blob = b"".join(p.read_bytes() for p in store.path.parent.iterdir() if p.is_file())
+        blob = b"".join(p.read_bytes() for p in store.dialect.path.parent.iterdir() if p.is_file())
     assert key.key_hash.encode() in blob  # the check below can fail: the file is readable
     assert plaintext.encode() not in blob
     assert plaintext[12:].encode() not in blob
@@ -258,7 +252,7 @@ async def test_api_key_lookup_and_no_plaintext_on_disk(store: SQLiteStore, proje
     await store.open()
 
 
-async def test_last_used_written_at_most_once_a_minute(store: SQLiteStore, project):
+async def test_last_used_written_at_most_once_a_minute(store: SQLStore, project):
     key, plaintext = await store.create_api_key(project.id)
     first = (await store.find_api_key(plaintext))[0].last_used_at
     second = (await store.find_api_key(plaintext))[0].last_used_at
@@ -268,7 +262,7 @@ async def test_last_used_written_at_most_once_a_minute(store: SQLiteStore, proje
     assert row[0][0] == first
 
 
-async def test_ephemeral_key_round_trip(store: SQLiteStore, project):
+async def test_ephemeral_key_round_trip(store: SQLStore, project):
     api_key, _ = await store.create_api_key(project.id)
     session = {"type": "realtime", "audio": {"output": {"voice": "marin"}}, "n": [1, 2.5]}
     ek, plaintext = await store.create_ephemeral_key(project.id, session, T0 + 600, api_key.id)
@@ -286,7 +280,7 @@ async def test_ephemeral_key_round_trip(store: SQLiteStore, project):
 # ---------------------------------------------------------------- sessions and usage
 
 
-async def test_open_complete_usage_exact(store: SQLiteStore, project):
+async def test_open_complete_usage_exact(store: SQLStore, project):
     r1 = make_record(project, duration_ms=90_000, audio_in_ms=1_500, audio_out_ms=2_500,
                      bytes_in=1_000, bytes_out=24, connected=True, connect_ms=120.0,
                      event_counts={"response.done": 2})
@@ -318,7 +312,7 @@ async def test_open_complete_usage_exact(store: SQLiteStore, project):
     assert (await store.get_session(r2.id)).settlement == "none"
 
 
-async def test_completion_is_idempotent(store: SQLiteStore, project):
+async def test_completion_is_idempotent(store: SQLStore, project):
     r = make_record(project, duration_ms=120_000, bytes_in=10)
     await store.open_session(r)
     first = await store.complete_session(ended(r), BILLABLE, settle=True)
@@ -332,7 +326,7 @@ async def test_completion_is_idempotent(store: SQLiteStore, project):
     assert len(await store.due_outbox(T0 + 1e6)) == 1
 
 
-async def test_concurrent_completions_exact(store: SQLiteStore, project):
+async def test_concurrent_completions_exact(store: SQLStore, project):
     records = [make_record(project, T0 + i, duration_ms=30_000, audio_in_ms=250, bytes_out=3)
                for i in range(50)]
     await asyncio.gather(*(store.open_session(r) for r in records))
@@ -352,14 +346,14 @@ async def test_concurrent_completions_exact(store: SQLiteStore, project):
     assert len(await store.due_outbox(T0 + 1e6)) == 10
 
 
-async def test_complete_without_open_inserts(store: SQLiteStore, project):
+async def test_complete_without_open_inserts(store: SQLStore, project):
     r = make_record(project, duration_ms=60_000)
     usage = await store.complete_session(ended(r), BILLABLE)
     assert usage.sessions == 1
     assert (await store.get_session(r.id)).status == "completed"
 
 
-async def test_usage_by_period(store: SQLiteStore, project):
+async def test_usage_by_period(store: SQLStore, project):
     october = make_record(project, T0, duration_ms=60_000)
     november = make_record(project, T0 + 40 * 86400, duration_ms=120_000)
     for r in (october, november):
@@ -371,7 +365,7 @@ async def test_usage_by_period(store: SQLiteStore, project):
     assert (empty.sessions, empty.minutes_used) == (0, 0.0)
 
 
-async def test_list_paginate_filter(store: SQLiteStore, project):
+async def test_list_paginate_filter(store: SQLStore, project):
     other_project = await store.create_project(project.account_id, "other")
     stranger = await store.create_account("eve@example.com", "free")
     stranger_project = await store.create_project(stranger.id, "x")
@@ -422,7 +416,7 @@ async def test_list_paginate_filter(store: SQLiteStore, project):
     assert [r.id for r in billable + rest] == [r.id for r in expected if r.id in billable_ids]
 
 
-async def test_abandon_active_sessions(store: SQLiteStore, project):
+async def test_abandon_active_sessions(store: SQLStore, project):
     done = make_record(project, duration_ms=60_000)
     await store.open_session(done)
     await store.complete_session(ended(done), BILLABLE)
@@ -448,7 +442,7 @@ async def test_abandon_active_sessions(store: SQLiteStore, project):
 # ---------------------------------------------------------------- outbox and meta
 
 
-async def test_outbox_due_retry_settle(store: SQLiteStore, project):
+async def test_outbox_due_retry_settle(store: SQLStore, project):
     a = make_record(project, T0, duration_ms=60_000)
     b = make_record(project, T0 + 10, duration_ms=60_000)
     for r in (a, b):
@@ -477,7 +471,7 @@ async def test_outbox_due_retry_settle(store: SQLiteStore, project):
     assert (settled.settlement, settled.settlement_ref) == ("charged", "mev_b")
 
 
-async def test_meta(store: SQLiteStore):
+async def test_meta(store: SQLStore):
     assert await store.get_meta("cursor") is None
     await store.set_meta("cursor", "1")
     await store.set_meta("cursor", "2")
@@ -497,7 +491,7 @@ async def test_data_survives_reopen(tmp_path: Path):
         assert (await s.get_session(r.id)).status == "completed"
 
 
-async def test_key_lookups_cached_but_changes_seen_at_once(store: SQLiteStore, project):
+async def test_key_lookups_cached_but_changes_seen_at_once(store: SQLStore, project):
     key, plaintext = await store.create_api_key(project.id)
     found = await store.find_api_key(plaintext)
     assert found[0].active and found[2].plan_id == "starter"
@@ -509,7 +503,7 @@ async def test_key_lookups_cached_but_changes_seen_at_once(store: SQLiteStore, p
     assert not (await store.find_api_key(plaintext))[0].active
 
 
-async def test_settle_from_decided_inside_the_transaction(store: SQLiteStore, project):
+async def test_settle_from_decided_inside_the_transaction(store: SQLStore, project):
     """A plan with 3 included sessions and an overage price: of 10 billable
     sessions completed at once, exactly the 7 beyond the included go to the
     outbox, whatever order the completions run in; a non-billable one never."""
@@ -524,7 +518,7 @@ async def test_settle_from_decided_inside_the_transaction(store: SQLiteStore, pr
     assert len(await store.due_outbox(T0 + 10_000, limit=100)) == 7
 
 
-async def test_concurrent_ephemeral_keys(store: SQLiteStore, project):
+async def test_concurrent_ephemeral_keys(store: SQLStore, project):
     minted = await asyncio.gather(*(
         store.create_ephemeral_key(project.id, {"n": i}, T0 + 600) for i in range(100)))
     for i, (key, plaintext) in enumerate(minted):

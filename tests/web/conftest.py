@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import TOTP_CLOCK
-from voxgate.metering.store import period_of
 from voxgate.models import Measurements, SessionRecord, Verdict, new_id
+from voxgate.store.base import period_of
 
 WEB_CATALOG = """
 minutes_per_session = 2.0

@@ -258,7 +258,7 @@ async def test_projects_and_keys(make_server, clients):
 
 async def test_demo_account_gets_a_dashboard_user(make_server, clients, tmp_path):
     server = await make_server()
-    settings_dir = Path(server.app[WEB].store.path).parent
+    settings_dir = Path(server.app[WEB].store.dialect.path).parent
     password = (settings_dir / "demo_password").read_text().strip()
     assert oct((settings_dir / "demo_password").stat().st_mode & 0o777) == "0o600"
     c = clients(server)

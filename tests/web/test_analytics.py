@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from tests.conftest import SLOW
 from tests.web.conftest import WEB_CATALOG, add_session
 from voxgate.jobs import JOBS, JobRunsDB
-from voxgate.metering.store import period_of
 from voxgate.models import Account, load_catalog
 from voxgate.models.enterprise import enterprise_plan
+from voxgate.store.base import period_of
 from voxgate.web import charts, figures
 from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator

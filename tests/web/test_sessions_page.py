@@ -9,7 +9,7 @@ import re
 import time
 
 from tests.web.conftest import add_session
-from voxgate.metering.store import period_of
+from voxgate.store.base import period_of
 from voxgate.web.views import PAGE_SIZE
 
 DAY = 86400.0

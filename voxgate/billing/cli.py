@@ -85,7 +85,7 @@ async def _main(args: argparse.Namespace) -> int:
     from voxgate.billing.service import BillingService
     from voxgate.config import load_settings
     from voxgate.models import load_catalog
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
 
     settings = load_settings(getattr(args, "config", None))
     catalog = load_catalog(settings.catalog)

@@ -1,7 +1,7 @@
 """Billing's tables: ``BillingDB`` and its records, kept with the store's
-other queries in ``voxgate.metering.rooms.billing`` (re-exported here)."""
+other queries in ``voxgate.store.queries.billing`` (re-exported here)."""
 
-from voxgate.metering.rooms.billing import (
+from voxgate.store.queries.billing import (
     BillingDB,
     EmailItem,
     InvoiceSettlement,

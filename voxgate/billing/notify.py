@@ -38,8 +38,8 @@ import aiosmtplib
 from voxgate.billing.db import BillingDB, backoff_s
 from voxgate.billing.outbound import UnsafeUrl, check_url, client_session
 from voxgate.config import Settings
-from voxgate.metering.store import MonthlyUsage
 from voxgate.models import Account, Plan
+from voxgate.store.base import MonthlyUsage
 from voxgate.web.figures import minutes_used
 
 __all__ = [

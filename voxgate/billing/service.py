@@ -64,7 +64,7 @@ class BillingService:
     """Stripe billing for one voxgate instance.
 
     Args:
-        store: the open store (a ``SQLiteStore``).
+        store: the open store (a ``voxgate.store.sql.SQLStore``).
     """
 
     def __init__(self, settings: Settings, store: Any, catalog: PlanCatalog) -> None:

@@ -36,10 +36,10 @@ from typing import Any
 from voxgate.billing.db import BillingDB, InvoiceSettlement, backoff_s
 from voxgate.billing.stripe_api import BillingError, StripeApi, is_duplicate_meter_event
 from voxgate.config import BillingSettings
-from voxgate.metering.store import OutboxItem, period_of
 from voxgate.models import Account, Plan, PlanCatalog
 from voxgate.models.enterprise import plan_for
 from voxgate.models.plans import ENTERPRISE_PLAN_ID
+from voxgate.store.base import OutboxItem, period_of
 
 __all__ = ["SettlementWorker", "meter_event_params", "invoice_item_params", "period_bounds",
            "NO_CUSTOMER"]

@@ -47,9 +47,10 @@ from voxgate.errors import (
 from voxgate.models.plans import Plan
 
 __all__ = ["Ask", "Usage", "Bounds", "Admit", "Refuse", "Decision", "bounds", "decide",
-           "rate_limited", "CLOSED_STATUS"]
+           "rate_limited", "check_quota", "check_concurrency", "ACTIVE_STATUS", "CLOSED_STATUS"]
 
 CLOSED_STATUS = "canceled"
+ACTIVE_STATUS = "active"  # an account in good standing (``Account.status``)
 
 
 class Ask(enum.Enum):
@@ -142,3 +143,19 @@ def decide(ask: Ask, plan: Plan, account_status: str, usage: Usage,
             f"The {plan.name} plan allows {n} project{'s' if n != 1 else ''}: upgrade for more.",
             code="project_limit_reached"))
     return Admit(limits)
+
+
+def check_quota(plan: Plan, billable_used: int, in_flight: int) -> None:
+    """Raise ``QuotaExceeded`` when a hard-capped plan has no session left:
+    ``billable_used + in_flight ≥ sessions_included`` (``decide``)."""
+    decision = decide(Ask.MINT, plan, ACTIVE_STATUS, Usage(billable_used, in_flight))
+    if isinstance(decision, Refuse):
+        raise decision.error
+
+
+def check_concurrency(plan: Plan, in_flight: int) -> None:
+    """Raise ``ConcurrencyLimited`` when ``in_flight`` sessions already fill
+    the plan's concurrency (``decide``, quota left out)."""
+    decision = decide(Ask.SESSION, plan, ACTIVE_STATUS, Usage(0, in_flight))
+    if isinstance(decision, Refuse) and decision.error.code == "concurrency_limit_exceeded":
+        raise decision.error

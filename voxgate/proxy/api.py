@@ -25,7 +25,6 @@ from typing import Any
 from aiohttp import web
 
 from voxgate.errors import InvalidRequest, NotFound, PermissionDenied
-from voxgate.metering.store import MonthlyUsage, SessionFilter, period_of
 from voxgate.models import ADMIN_KEY_PREFIX, API_KEY_PREFIX, Account, Plan, PlanCatalog, Project
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.models.packs import PackBalance
@@ -33,6 +32,7 @@ from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_ad
 from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
 from voxgate.proxy.keys import GATEWAY
+from voxgate.store.base import MonthlyUsage, SessionFilter, period_of
 from voxgate.web.figures import minutes_used
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",

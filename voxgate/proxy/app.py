@@ -29,12 +29,11 @@ from pathlib import Path
 from aiohttp import web
 
 from voxgate import jobs
+from voxgate.admission import open_admission
+from voxgate.admission.redis import RedisAdmission
 from voxgate.billing import service as billing_service
 from voxgate.config import Settings
 from voxgate.errors import ConfigError, ServiceUnavailable
-from voxgate.metering.admission import Admission, InProcessAdmission
-from voxgate.metering.redis_admission import RedisAdmission
-from voxgate.metering.store import Store
 from voxgate.models import PlanCatalog, load_catalog
 from voxgate.proxy import api, cors, tokens, webrtc, ws_relay
 from voxgate.proxy.cluster import Cluster
@@ -43,10 +42,11 @@ from voxgate.proxy.http import SERVER_LIMITS, error_middleware, json_response, s
 from voxgate.proxy.keys import CLUSTER, CONNECTOR, GATEWAY, PROVIDER, SETTINGS
 from voxgate.proxy.metrics import METRICS, metrics_handler
 from voxgate.proxy.upstream import OPENAI_REALTIME_URL, UpstreamConnector
+from voxgate.store import Store, open_store
 from voxgate.web import app as web_app
 from voxgate.web import voice_client
 
-__all__ = ["create_app", "open_store", "open_admission", "ensure_demo", "drain", "readiness",
+__all__ = ["create_app", "ensure_demo", "drain", "readiness",
            "GATEWAY", "CONNECTOR", "SETTINGS", "PROVIDER", "DEMO_KEY_FILE", "PLUGINS",
            "REFUSE_UNSHARED", "unshared_admission_refusal"]
 
@@ -71,27 +71,6 @@ PLUGINS: dict[str, Callable[[web.Application], None]] = {
 }
 
 
-def open_store(settings: Settings) -> Store:
-    """The store the settings name: SQLite by default (``sqlite:///path``),
-    PostgreSQL for ``postgresql://…`` (``voxgate.metering.pg_store``)."""
-    from voxgate.metering.pg_store import PostgresStore, is_postgres_url, lane_limits
-
-    url = settings.database_url
-    if is_postgres_url(url):
-        pg = PostgresStore(url, lanes=lane_limits(settings.database),
-                           acquire_timeout_s=settings.database.acquire_timeout_s)
-        pg.auto_migrate = settings.auto_migrate  # else a start with pending ones is refused
-        return pg
-    if url and not url.startswith("sqlite:///"):
-        raise ConfigError(f"unsupported database_url {url.split('://')[0]}://…: "
-                          "use sqlite:///path or postgresql://user@host:port/dbname")
-    from voxgate.metering.sqlite_store import SQLiteStore
-
-    store = SQLiteStore(settings.sqlite_path)
-    store.auto_migrate = settings.auto_migrate
-    return store
-
-
 # Set by `voxgate serve`: refuse to start on PostgreSQL with in-process
 # admission while another instance is live (unshared_admission_refusal).
 REFUSE_UNSHARED: web.AppKey[bool] = web.AppKey("refuse_unshared_admission", bool)
@@ -105,7 +84,7 @@ async def unshared_admission_refusal(store: Store, settings: Settings, instance_
     in-process: each instance would admit against its own limits and the
     cluster would overshoot them. None when the start is fine (SQLite,
     ``admission_url`` set, or no other live instance)."""
-    if settings.admission_url or getattr(store, "dialect", "sqlite") != "postgresql":
+    if settings.admission_url or getattr(getattr(store, "dialect", None), "name", "sqlite") != "postgresql":
         return None
     live = [i for i in await store.list_instances()
             if i.id != instance_id and i.heartbeat_at >= now - settings.heartbeat_ttl_s]
@@ -115,20 +94,6 @@ async def unshared_admission_refusal(store: Store, settings: Settings, instance_
             f"PostgreSQL database and admission is in-process, so each would admit against "
             f"its own limits: set admission_url = \"redis://host:6379/0\" (or "
             f"VOXGATE_ADMISSION_URL) on every instance")
-
-
-def open_admission(settings: Settings) -> Admission:
-    """The admission backend the settings name: in-process by default,
-    Redis when ``admission_url`` is ``redis://…``."""
-    url = settings.admission_url
-    if not url:
-        return InProcessAdmission(lease_ttl_s=settings.lease_ttl_s)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"unsupported admission_url {url!r}: use redis://host:port/db")
-    return RedisAdmission(url, lease_ttl_s=settings.lease_ttl_s,
-                          prefix=settings.admission_prefix,
-                          max_connections=settings.redis_max_connections,
-                          pool_timeout_s=settings.redis_pool_timeout_s)
 
 
 def create_app(

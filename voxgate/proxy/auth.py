@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from voxgate.errors import AuthenticationError, EphemeralKeyExpired, InvalidRequest, PermissionDenied
-from voxgate.metering.store import Store
 from voxgate.models import (
     ADMIN_KEY_PREFIX,
     API_KEY_PREFIX,
@@ -28,6 +27,7 @@ from voxgate.models import (
     Principal,
 )
 from voxgate.models.origins import origin_allowed, parse_ip
+from voxgate.store.base import Store
 
 __all__ = ["bearer_key", "resolve", "authenticate", "resolve_admin", "ip_allowed", "session_model",
            "INSECURE_KEY_PROTOCOL", "AdminCaller"]

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from voxgate.errors import MalformedEvent, MessageTooLarge, new_event_id
-from voxgate.metering.admission import plan_rate_limits
 from voxgate.metering.events import AUDIO_APPEND
-from voxgate.metering.store import period_of
+from voxgate.metering.rate import plan_rate_limits
 from voxgate.models.realtime import CLIENT_EVENTS
+from voxgate.store.base import period_of
 
 __all__ = ["parse_client_event", "valid_base64", "utf8_len", "AUDIO_APPEND",
            "OTHER", "pin_session_model", "KeySession", "Delivery", "rate_limits_event",
@@ -192,7 +192,7 @@ def _error_event_id(event: dict[str, Any]) -> Any:
 
 def rate_limits_event(limits: list[dict[str, Any]]) -> str:
     """A GA ``rate_limits.updated`` event carrying ``limits``
-    (``voxgate.metering.admission.plan_rate_limits``), as JSON text."""
+    (``voxgate.metering.rate.plan_rate_limits``), as JSON text."""
     return orjson.dumps({"type": "rate_limits.updated", "event_id": new_event_id(),
                          "rate_limits": limits}).decode()
 

@@ -21,7 +21,7 @@ declared this instance dead) the session is fenced (``Gateway.fence``): an
 every live session at once and registers the instance anew under a new
 epoch. Each heartbeat also checkpoints the live sessions' measurements, so
 that a sweeper completes a lost instance's sessions from them
-(``voxgate.metering.store.complete_orphans``; docs/database.md, "Instances
+(``voxgate.proxy.recovery.complete_orphans``; docs/database.md, "Instances
 and recovery").
 
 Shutdown: ``drain`` stops admitting (``ServiceUnavailable``; ``/readyz``
@@ -44,22 +44,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate import logs
+from voxgate.admission.base import Admission, InProcessAdmission, Lease, Seed
 from voxgate.caches import BoundedDict
 from voxgate.config import Settings
 from voxgate.errors import RateLimited, ServiceUnavailable, VoxgateError, dependency_error
 from voxgate.metering import decide as rules
-from voxgate.metering.admission import Admission, InProcessAdmission, Lease, RateLimitState, Seed
-from voxgate.metering.connection import lane
 from voxgate.metering.meter import SERVER, SHUTDOWN, SessionMeter
-from voxgate.metering.store import (
-    MonthlyUsage,
-    Orphan,
-    Store,
-    account_plan,
-    complete_orphans,
-    period_of,
-    release_orphans,
-)
+from voxgate.metering.rate import RateLimitState
 from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
@@ -70,6 +61,10 @@ from voxgate.models import (
     Verdict,
     new_id,
 )
+from voxgate.proxy.recovery import complete_orphans, release_orphans
+from voxgate.store.base import MonthlyUsage, Orphan, Store, period_of
+from voxgate.store.connection import lane
+from voxgate.store.plans import account_plan
 
 __all__ = ["Gateway", "ActiveSession", "monotonic_ms", "RATE_LIMIT", "SHUTDOWN_MESSAGE"]
 

@@ -60,9 +60,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from voxgate.metering.store import MonthlyUsage
     from voxgate.models import Verdict
     from voxgate.proxy.gateway import ActiveSession, Gateway
+    from voxgate.store.base import MonthlyUsage
 
 __all__ = ["Metrics", "metrics_handler", "METRICS", "setup", "OUTBOX_SCAN_LIMIT"]
 

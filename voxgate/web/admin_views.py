@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from voxgate.metering.store import enterprise_plans, period_of
 from voxgate.proxy.http import json_response
+from voxgate.store.base import period_of
+from voxgate.store.plans import enterprise_plans
 from voxgate.web import charts, figures
 from voxgate.web.auth import USER, form_post, operator
 

@@ -21,7 +21,7 @@ async def create_operator_command(config: str | None, email: str, password: str 
     at ``/account/2fa`` on first sign-in."""
     from voxgate.config import load_settings
     from voxgate.models import load_catalog
-    from voxgate.proxy.app import open_store
+    from voxgate.store import open_store
     from voxgate.web.auth import PasswordRefused, create_operator, load_secret
     from voxgate.web.db import WebDB
 

@@ -1,7 +1,7 @@
 """The dashboard's tables: ``WebDB`` and its records, kept with the store's
-other queries in ``voxgate.metering.rooms.web`` (re-exported here)."""
+other queries in ``voxgate.store.queries.web`` (re-exported here)."""
 
-from voxgate.metering.rooms.web import (
+from voxgate.store.queries.web import (
     CHALLENGE_ATTEMPTS,
     CHALLENGE_TTL_S,
     SESSION_TTL_S,

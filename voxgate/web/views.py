@@ -21,10 +21,10 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from voxgate.metering import decide as rules
-from voxgate.metering.store import SessionFilter, period_of
 from voxgate.models import Account, Plan, Reason, SessionRecord
 from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import ACCOUNT_KEY, usage_body
+from voxgate.store.base import SessionFilter, period_of
 from voxgate.web import charts, figures, receipts
 from voxgate.web.auth import (
     USER,

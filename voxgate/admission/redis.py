@@ -56,18 +56,18 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 
-from voxgate.errors import ServiceUnavailable
-from voxgate.metering.admission import (
+from voxgate.admission.base import (
     ACTIVE,
     LOST,
     RENEWED,
     RESTORED,
     Lease,
-    RateLimitState,
     Seed,
     new_instance_id,
 )
+from voxgate.errors import ServiceUnavailable
 from voxgate.metering.decide import Ask, Refuse, Usage, decide, rate_limited
+from voxgate.metering.rate import RateLimitState
 from voxgate.models.plans import Plan
 
 __all__ = ["RedisAdmission", "UNAVAILABLE"]

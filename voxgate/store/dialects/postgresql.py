@@ -1,15 +1,16 @@
-"""``PostgresStore``: the ``Store`` on PostgreSQL (``database_url =
-"postgresql://…"``), with every table of voxgate (metering, billing, web,
-jobs) in one database shared by any number of voxgate processes and hosts.
+"""PostgreSQL: the store (``voxgate.store.sql.SQLStore``) on PostgreSQL
+(``database_url = "postgresql://…"``), with every table of voxgate
+(metering, billing, web, jobs) in one database shared by any number of
+voxgate processes and hosts.
 
-It is ``SQLiteStore`` on other connections: the same queries (written
-portably, see ``voxgate.metering.sqlite_store``) run on psycopg connections
+The same queries as on SQLite (written portably, see
+``voxgate.store.statements``) run on psycopg connections
 (https://www.psycopg.org/psycopg3/docs/) in autocommit mode, each driven
 from a thread of its own as the SQLite connection is, in a pool of lanes
-(``voxgate.metering.connection.Pool``: ``"session"`` for the hot path,
+(``voxgate.store.connection.Pool``: ``"session"`` for the hot path,
 ``"heartbeat"`` for heartbeats and checkpoints, ``"background"`` for jobs,
 dashboard and settlement; sizes and timeouts in ``Settings.database``), so
-that the rooms' queries (``voxgate.metering.rooms``) use ``store.db`` and
+that the rooms' queries (``voxgate.store.queries``) use ``store.db`` and
 ``store.transaction()`` unchanged and a whole transaction on the hot paths
 is one thread hop. Every connection has ``lock_timeout`` and
 ``statement_timeout`` set per lane, so a stalled lock cannot hold one for
@@ -25,13 +26,13 @@ transaction: the session row, the account's ``monthly_usage`` row, its
 ``voxgate_complete_session`` (``migrations/postgresql/0011_hot_path.sql``),
 which numbers a billable session with the usage upsert's ``RETURNING``
 under the usage row lock and decrements a pack with a guarded UPDATE —
-the same rules as ``sqlite_store._complete_sync``. Concurrent opens and
-completions on the session lane are group committed (``_GroupCommit``:
+the same rules as ``statements.complete_sync``. Concurrent opens and
+completions on the session lane are group committed (``GroupCommit``:
 one pipelined transaction, one round trip and one WAL flush for all of
 them, sorted by account so groups cannot deadlock). Transactions of the
-store's own functions (``_transact``: instances, sweeps) are a plain
-``BEGIN``. Only ``store.transaction()`` — the rooms' multi-statement
-read-then-write transactions (billing, dashboard, jobs), always on the
+store's own functions (``statements.transact``: instances, sweeps) are a
+plain ``BEGIN`` (``begin_write``). Only ``store.transaction()`` — the
+rooms' multi-statement read-then-write transactions (billing, dashboard, jobs), always on the
 background lane — still takes a transaction-scoped advisory lock shared by
 every process (``pg_advisory_xact_lock(WRITE_LOCK_KEY)``), one such
 transaction at a time across the cluster, as SQLite's one writer gives;
@@ -41,7 +42,7 @@ Schema: ``migrations/postgresql/NNNN_name.sql``, each run as one script in
 one transaction and recorded in ``schema_migrations`` with its checksum (the
 same versions as the SQLite migrations: version 9 creates the whole schema),
 under a session-level advisory lock of their own (``MIGRATION_LOCK_KEY``,
-never the write lock) and ``lock_timeout`` (``_migrate_pg``).
+never the write lock) and ``lock_timeout`` (``migrate_pg``).
 
 Errors: ``voxgate.errors.ServiceUnavailable`` (its cause the psycopg
 error) when the server is unreachable, a lock or statement timed out, or a
@@ -65,7 +66,9 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from voxgate.errors import ServiceUnavailable
-from voxgate.metering.connection import (
+from voxgate.models import SessionRecord, Verdict
+from voxgate.store.base import MonthlyUsage, OutboxItem, period_of
+from voxgate.store.connection import (
     DEFAULT_LANES,
     LANE,
     AsyncConnection,
@@ -75,25 +78,22 @@ from voxgate.metering.connection import (
     lane,
     rollback_open,
 )
-from voxgate.metering.sqlite_store import (
-    _OPEN_SESSION_SQL,
-    _SCHEMA_MIGRATIONS,
+from voxgate.store.dialects import DialectStore
+from voxgate.store.migrate import (
+    PG_MIGRATIONS_DIR,
+    SCHEMA_MIGRATIONS_SQL,
     Migration,
     MigrationError,
     PendingMigrations,
-    SQLiteStore,
-    _record_migration,
-    _recorded_migrations,
-    _usage_of,
-    load_migrations,
     pending_migrations,
+    record_migration,
+    recorded_migrations,
 )
-from voxgate.metering.store import MonthlyUsage, OutboxItem, period_of
-from voxgate.models import SessionRecord, Verdict
+from voxgate.store.statements import usage_row
 
-__all__ = ["PostgresStore", "PG_MIGRATIONS_DIR", "is_postgres_url", "libpq_url"]
+__all__ = ["PostgresDialect", "PG_MIGRATIONS_DIR", "is_postgres_url", "libpq_url", "lane_limits",
+           "translate", "WRITE_LOCK_KEY", "MIGRATION_LOCK_KEY"]
 
-PG_MIGRATIONS_DIR = Path(__file__).parent / "migrations" / "postgresql"
 # the advisory lock key every write transaction takes (any constant bigint)
 WRITE_LOCK_KEY = 0x766F786761746531  # "voxgate1"
 # the session-level advisory lock migrations run under (not the write lock)
@@ -130,11 +130,10 @@ def translate(sql: str) -> str:
     return _PLACEHOLDER.sub(sub, sql)
 
 
-class _Connection:
+class PgConnection:
     """The sqlite3 connection's ``execute``/``executemany`` on a psycopg
-    connection (autocommit), for the store's functions that run in one
-    thread hop (``SQLiteStore._in_thread``). ``BEGIN IMMEDIATE`` (SQLite's
-    write transaction) is a plain ``BEGIN``: row locks do the rest."""
+    connection (autocommit), ``?`` placeholders translated, for the store's
+    functions that run in one thread hop (``SQLStore._in_thread``)."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
@@ -153,8 +152,6 @@ class _Connection:
         self.conn.close()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor:
-        if sql == "BEGIN IMMEDIATE":
-            return self.conn.execute("BEGIN")
         if not params:
             return self.conn.execute(sql)  # type: ignore[arg-type]  # runtime SQL, no params
         return self.conn.execute(translate(sql), tuple(params))  # type: ignore[arg-type]
@@ -167,10 +164,10 @@ class _Connection:
         return cur
 
 
-def _migrate_pg(conn: Any, migrations: list[Migration], apply: bool, lock_wait_s: float,
+def migrate_pg(conn: Any, migrations: list[Migration], apply: bool, lock_wait_s: float,
                 lock_timeout_s: float) -> list[Migration]:
     """Migrate on the store's connection thread (``conn``: the connection
-    ``PostgresStore`` drives, or the psycopg connection itself), in one hop.
+    ``PostgresDialect`` drives, or the psycopg connection itself), in one hop.
 
     Migrations never take the write lock of the session path: they run under
     a session-level advisory lock of their own (``MIGRATION_LOCK_KEY``), so
@@ -207,14 +204,14 @@ def _migrate_pg(conn: Any, migrations: list[Migration], apply: bool, lock_wait_s
     try:
         set_timeouts(f"{int(lock_timeout_s * 1000)}ms", "0")  # statements: no time limit
         with pg.transaction():
-            execute(_SCHEMA_MIGRATIONS.format(int="BIGINT", real="DOUBLE PRECISION"))
+            execute(SCHEMA_MIGRATIONS_SQL.format(int="BIGINT", real="DOUBLE PRECISION"))
             execute("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum TEXT")
-            applied = _recorded_migrations(execute, migrations)
+            applied = recorded_migrations(execute, migrations)
         pending = pending_migrations(migrations, applied)
         if pending and not apply:
             raise PendingMigrations(pending)
         for migration in pending:
-            _apply_pg(pg, execute, migration, lock_timeout_s)
+            apply_pg(pg, execute, migration, lock_timeout_s)
         return pending
     finally:
         if not pg.closed and not pg.broken:
@@ -222,7 +219,7 @@ def _migrate_pg(conn: Any, migrations: list[Migration], apply: bool, lock_wait_s
             execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK_KEY,))
 
 
-def _apply_pg(pg: psycopg.Connection, execute: Callable[..., Any], migration: Migration,
+def apply_pg(pg: psycopg.Connection, execute: Callable[..., Any], migration: Migration,
               lock_timeout_s: float, attempts: int = 3) -> None:
     """One migration's script and its ``schema_migrations`` row in one
     transaction; a lock not granted within ``lock_timeout_s`` is tried again
@@ -232,7 +229,7 @@ def _apply_pg(pg: psycopg.Connection, execute: Callable[..., Any], migration: Mi
         try:
             with pg.transaction():
                 pg.execute(script.encode())  # a whole script: the simple query protocol
-                _record_migration(execute, migration)
+                record_migration(execute, migration)
             return
         except psycopg.errors.LockNotAvailable as exc:
             if attempt == attempts:
@@ -257,21 +254,21 @@ _COMPLETE_FN_SQL = (
     " ?::bigint, ?::text)")
 
 
-def _begin(conn: _Connection, write_lock: bool) -> None:
+def _begin(conn: PgConnection, write_lock: bool) -> None:
     """BEGIN, and with ``write_lock`` the cluster-wide advisory lock (one hop)."""
     conn.conn.execute("BEGIN")
     if write_lock:
         conn.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
 
 
-def _commit(conn: _Connection) -> None:
+def _commit(conn: PgConnection) -> None:
     conn.conn.execute("COMMIT")
 
 
 GROUP_MAX = 64  # statements per group commit
 
 
-def _group_sync(conn: _Connection, items: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
+def _group_sync(conn: PgConnection, items: list[tuple[str, tuple[Any, ...]]]) -> list[Result]:
     """``items`` (statement, parameters) in one transaction, pipelined: one
     network round trip and one commit for all. Raises what the first
     failing statement raised (the transaction rolled back)."""
@@ -302,7 +299,7 @@ def _connection_lost(exc: BaseException) -> bool:
 _Pending = tuple[tuple[str, ...], str, tuple[Any, ...], "asyncio.Future[Result]"]
 
 
-class _GroupCommit:
+class GroupCommit:
     """Group commit of the session path on PostgreSQL: ``open_session``'s
     INSERT and ``complete_session``'s function call from concurrent
     sessions, while the session lane's connections are all busy, go
@@ -321,8 +318,8 @@ class _GroupCommit:
     is lost, every caller gets that ``ServiceUnavailable``.
     """
 
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
+    def __init__(self, dialect: PostgresDialect) -> None:
+        self.dialect = dialect
         self._pending: list[_Pending] = []
         self._flushes: set[asyncio.Task[None]] = set()
         # flushes started and not yet past their last look at _pending (kept
@@ -336,7 +333,7 @@ class _GroupCommit:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((key, sql, params, future))
-        if self._flushing < self.store.lanes["session"].connections:
+        if self._flushing < self.dialect.lanes["session"].connections:
             self._flushing += 1
             task = loop.create_task(self._flush())
             self._flushes.add(task)
@@ -362,7 +359,7 @@ class _GroupCommit:
             self._flushing -= 1
 
     async def _send(self, batch: list[_Pending]) -> None:
-        pool = self.store.pool
+        pool = self.dialect.pool
         if len(batch) > 1:
             try:
                 results = await pool.run(_group_sync, [(sql, params) for _, sql, params, _ in batch])
@@ -426,8 +423,8 @@ def lane_limits(settings: Any) -> dict[str, LaneLimits]:
     }
 
 
-class PostgresStore(SQLiteStore):
-    """The ``Store`` on PostgreSQL (see the module docstring).
+class PostgresDialect:
+    """PostgreSQL (see the module docstring).
 
     Parameters:
         url: ``postgresql://user:password@host:port/dbname`` (libpq URL;
@@ -441,55 +438,56 @@ class PostgresStore(SQLiteStore):
             its lane (then ``ServiceUnavailable``).
     """
 
-    dialect = "postgresql"
+    name = "postgresql"
+    begin_write = "BEGIN"  # row locks do the rest
 
     def __init__(self, url: str, *, schema: str | None = None,
                  migrations_dir: str | Path | None = None,
                  lanes: dict[str, LaneLimits] | None = None,
                  acquire_timeout_s: float = 10.0) -> None:
-        super().__init__("", migrations_dir or PG_MIGRATIONS_DIR)
-        self.lock = _NoLock()
-        self._group = _GroupCommit(self)
+        self.url = libpq_url(url)
+        self.schema = schema
+        self.migrations_dir = Path(migrations_dir) if migrations_dir else PG_MIGRATIONS_DIR
         self.lanes = {**DEFAULT_LANES, **(lanes or {})}
         self.acquire_timeout_s = acquire_timeout_s
         # s: how long open() waits for another process's migrations, and how
         # long a migration's statement waits for a table lock (lock_timeout)
         self.migration_lock_wait_s = MIGRATION_LOCK_WAIT_S
         self.migration_lock_timeout_s = MIGRATION_LOCK_TIMEOUT_S
-        self.url = libpq_url(url)
-        self.schema = schema
+        self.group = GroupCommit(self)
+        self._pool: Pool | None = None
 
-    async def open(self) -> None:
-        """Open the pool (one session connection at once, the others when
-        first needed) and apply pending migrations.
+    def new_lock(self) -> asyncio.Lock:
+        return _NoLock()
 
-        Raises:
+    def connection(self) -> Pool:
+        """A new pool (it opens one session connection at once, the others
+        when first needed).
+
+        Raises (at ``open()``):
             ServiceUnavailable: the server is unreachable or refuses (its
                 cause the ``psycopg.OperationalError``).
         """
-        if self._db is not None:
-            return
-        await self._open_with(Pool(self._connect_pg, self.lanes, "voxgate-pg",
-                                   self.acquire_timeout_s))
-
-    async def close(self) -> None:
-        """Close the pool (statements waiting for a group commit get
-        ``ServiceUnavailable``)."""
-        await self._group.close()
-        await super().close()
+        self._pool = Pool(self._connect, self.lanes, "voxgate-pg", self.acquire_timeout_s)
+        return self._pool
 
     @property
     def pool(self) -> Pool:
-        """The connection pool (``store.db`` on PostgreSQL).
+        """The connection pool (``store.db``).
 
         Raises:
-            RuntimeError: the store is not open.
+            RuntimeError: the store was never opened.
         """
-        pool: Pool = self.db  # type: ignore[assignment]
-        return pool
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
 
-    def _connect_pg(self, lane_name: str = "session",
-                    limits: LaneLimits | None = None) -> _Connection:
+    async def close(self) -> None:
+        """Statements waiting for a group commit get ``ServiceUnavailable``."""
+        await self.group.close()
+
+    def _connect(self, lane_name: str = "session",
+                 limits: LaneLimits | None = None) -> PgConnection:
         """A new connection of lane ``lane_name`` (autocommit, in ``schema``
         when given), with the lane's ``lock_timeout`` and
         ``statement_timeout`` as its session defaults (libpq ``options``, so
@@ -507,10 +505,10 @@ class PostgresStore(SQLiteStore):
             ident = pgsql.Identifier(self.schema)
             conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             conn.execute(pgsql.SQL("SET search_path TO {}").format(ident))
-        return _Connection(conn)
+        return PgConnection(conn)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self, store: DialectStore) -> AsyncIterator[AsyncConnection]:
         """A multi-statement transaction of the rooms (billing, dashboard,
         jobs) and the store's own maintenance writes: a background-lane
         connection pinned to the calling task (``store.db`` in the block
@@ -546,31 +544,23 @@ class PostgresStore(SQLiteStore):
             else:
                 pool.release_after(name, conn, last)
 
-    async def _session_statement(self, key: tuple[str, ...], sql: str,
-                                 params: tuple[Any, ...]) -> Result:
+    async def session_statement(self, store: DialectStore, key: tuple[str, ...], sql: str,
+                                params: tuple[Any, ...]) -> Result:
         """One statement of the session path: on the session lane through the
-        group commit (``_GroupCommit``), else alone on the current lane (or
+        group commit (``GroupCommit``), else alone on the current lane (or
         the task's transaction)."""
         if LANE.get() == "session" and Pool.pinned_connection() is None:
-            return await self._group.execute(key, sql, params)
-        result: Result = await self.db.execute(sql, params)
+            return await self.group.execute(key, sql, params)
+        result: Result = await store.db.execute(sql, params)
         return result
 
-    async def open_session(self, record: SessionRecord, *, lease_id: str | None = None) -> None:
-        """``SQLiteStore.open_session``: one INSERT, no lock but the new row's
-        (through the group commit on the session lane)."""
-        params = self._open_params(record, lease_id)
-        await self._session_statement((record.account_id, params[8], record.id),
-                                      _OPEN_SESSION_SQL, params)
-
     async def complete_session(
-        self, record: SessionRecord, verdict: Verdict, *, settle: bool = False,
-        settle_from: int | None = None, pack_from: int | None = None,
-        provisional: bool = False,
+        self, store: DialectStore, record: SessionRecord, verdict: Verdict, *, settle: bool,
+        ended_at: float, settle_from: int | None, pack_from: int | None, provisional: bool,
     ) -> MonthlyUsage:
-        """``SQLiteStore.complete_session`` in ONE round trip: the PL/pgSQL
+        """``Store.complete_session`` in ONE round trip: the PL/pgSQL
         function ``voxgate_complete_session`` (migration 0011), the same
-        rules as ``sqlite_store._complete_sync``, with row locks only
+        rules as ``statements.complete_sync``, with row locks only
         (session row, usage row, packs, outbox); on the session lane through
         the group commit, else on the current lane.
 
@@ -578,11 +568,10 @@ class PostgresStore(SQLiteStore):
             ServiceUnavailable: the server unreachable, a lock or statement
                 timeout, a deadlock (retry: it is idempotent).
         """
-        ended_at = record.ended_at or time.time()
         period = record.period or period_of(record.started_at)
         m = record.measurements
-        result = await self._session_statement((record.account_id, period, record.id),
-                                               _COMPLETE_FN_SQL, (
+        result = await self.session_statement(store, (record.account_id, period, record.id),
+                                              _COMPLETE_FN_SQL, (
             record.id, record.account_id, record.project_id, record.api_key_id,
             record.ephemeral_key_id, record.transport, record.model, record.started_at,
             ended_at, period, bool(verdict.billable), verdict.reason, verdict.rule, settle,
@@ -592,15 +581,15 @@ class PostgresStore(SQLiteStore):
         row = rows[0] if rows else None
         if row is None or row[0] is None:
             return MonthlyUsage(record.account_id, period)
-        return _usage_of(record.account_id, period, row)
+        return usage_row(record.account_id, period, row)
 
-    async def claim_outbox(self, now: float, until: float, limit: int = 100) -> list[OutboxItem]:
-        """``SQLiteStore.claim_outbox`` in one statement that locks only the
-        rows it takes (``FOR UPDATE SKIP LOCKED``): concurrent claimers in
-        any process get disjoint items without waiting for each other. On
-        the background lane."""
+    async def claim_outbox(self, store: DialectStore, now: float, until: float,
+                           limit: int) -> list[OutboxItem]:
+        """One statement that locks only the rows it takes (``FOR UPDATE
+        SKIP LOCKED``): concurrent claimers in any process get disjoint
+        items without waiting for each other. On the background lane."""
         with lane("background"):
-            rows = await self.db.execute_fetchall(
+            rows = await store.db.execute_fetchall(
                 "UPDATE settlement_outbox o SET next_attempt_at = ? FROM ("
                 " SELECT session_id, next_attempt_at FROM settlement_outbox"
                 " WHERE next_attempt_at <= ? ORDER BY created_at, session_id LIMIT ?"
@@ -609,16 +598,16 @@ class PostgresStore(SQLiteStore):
                 " c.next_attempt_at, o.last_error", (until, now, limit))
         return sorted((OutboxItem(*r) for r in rows), key=lambda i: (i.created_at, i.session_id))
 
-    async def _migrate(self) -> None:
-        """``SQLiteStore._migrate`` on PostgreSQL (``_migrate_pg``): under
-        the migration lock, checksums verified, pending migrations applied
-        (``auto_migrate``), each script in one transaction.
+    async def migrate(self, store: DialectStore, migrations: list[Migration],
+                      apply: bool) -> list[Migration]:
+        """``migrate_pg`` in one hop: under the migration lock, checksums
+        verified, pending migrations applied (``apply``), each script in
+        one transaction.
 
         Raises:
             ChecksumMismatch, PendingMigrations, MigrationError (a migration
             failed, or a lock was not granted in time: nothing of it applied).
         """
-        migrations = load_migrations(self.migrations_dir)
-        applied = await self.db.run(_migrate_pg, migrations, self.auto_migrate,
-                                    self.migration_lock_wait_s, self.migration_lock_timeout_s)
-        self.migrations_applied = tuple(applied)
+        applied: list[Migration] = await store.db.run(
+            migrate_pg, migrations, apply, self.migration_lock_wait_s, self.migration_lock_timeout_s)
+        return applied

@@ -1,6 +1,7 @@
 """The store's per-room queries: every SQL statement of voxgate outside
-``SQLiteStore`` itself lives here, on the store's connection (SQLite or
-PostgreSQL, see ``voxgate.metering.pg_store``), written in portable SQL.
+the store's own (``voxgate.store.sql.SQLStore``) lives here, on the store's
+connection (SQLite or PostgreSQL, see ``voxgate.store.dialects``), written
+in portable SQL.
 
 - ``billing``: ``BillingDB``, billing's tables (Stripe events, audit log,
   outboxes, invoice settlements, quota alerts).

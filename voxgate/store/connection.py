@@ -2,8 +2,8 @@
 driven from one thread of its own, for asyncio code; ``Pool``: several of
 them in lanes, for PostgreSQL.
 
-Both stores run on it (``voxgate.metering.sqlite_store``,
-``voxgate.metering.pg_store``): ``execute``/``execute_fetchall``/
+Both dialects of the store run on it (``voxgate.store.dialects.sqlite``,
+``voxgate.store.dialects.postgresql``): ``execute``/``execute_fetchall``/
 ``executemany`` for single statements (one thread hop each, rows read at
 once), and ``run(fn, *args)`` to run ``fn(connection, *args)`` on the
 thread, so a whole transaction of the hot paths costs one hop. The
@@ -107,7 +107,7 @@ def unavailable(exc: BaseException) -> ServiceUnavailable | None:
 
 
 def rollback_open(conn: Any) -> None:
-    """ROLLBACK if ``conn`` (sqlite3, or pg_store's wrapper) is inside a
+    """ROLLBACK if ``conn`` (sqlite3, or the PostgreSQL dialect's PgConnection) is inside a
     transaction; errors are swallowed (a broken connection is replaced at
     its next use). Run on the connection's thread after a transaction whose
     caller gave up (an error, a cancellation while waiting for BEGIN)."""

@@ -1,7 +1,7 @@
 """Billing's own tables (``migrations/0002_billing.sql``) on the store's
 connection (SQLite or PostgreSQL): writes inside ``store.transaction()``,
 reads direct, all on the pool's background lane on PostgreSQL
-(``voxgate.metering.connection``). Used by ``voxgate.billing`` (re-exported
+(``voxgate.store.connection``). Used by ``voxgate.billing`` (re-exported
 as ``voxgate.billing.db``).
 
 Claims are bounded: ``claim_settlements`` takes at most ``limit`` due
@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from voxgate.metering.connection import lane
 from voxgate.models import Account
+from voxgate.store.connection import lane
 
 __all__ = ["BillingDB", "EmailItem", "WebhookItem", "InvoiceSettlement", "backoff_s"]
 
@@ -84,7 +84,7 @@ _SQLITE_IN_BATCH = 500  # ids per "IN (?, …)" (SQLite's bound-parameter limit)
 
 
 class BillingDB:
-    """Queries on billing's tables. ``store`` is a ``SQLiteStore``."""
+    """Queries on billing's tables. ``store`` is a ``voxgate.store.sql.SQLStore``."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -95,7 +95,7 @@ class BillingDB:
 
     @property
     def _postgres(self) -> bool:
-        return getattr(self.store, "dialect", "sqlite") == "postgresql"
+        return getattr(getattr(self.store, "dialect", None), "name", "sqlite") == "postgresql"
 
     async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with lane("background"):

@@ -1,20 +1,18 @@
-"""The store interface: accounts, projects, keys, sessions and monthly usage.
+"""The store interface (``Store``) and its records: accounts, projects,
+keys, sessions, monthly usage, the settlement outbox and instances.
 
-``SQLiteStore`` (``voxgate.metering.sqlite_store``) implements it on SQLite,
-``PostgresStore`` (``voxgate.metering.pg_store``) on PostgreSQL; the other
-rooms' queries are in ``voxgate.metering.rooms``. All times are Unix
-seconds; periods are ``"YYYY-MM"`` in UTC.
+``voxgate.store.sql.SQLStore`` implements it on SQLite and PostgreSQL (a
+dialect object each, ``voxgate.store.dialects``); the other rooms' queries
+are in ``voxgate.store.queries``. All times are Unix seconds; periods are
+``"YYYY-MM"`` in UTC.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from voxgate.metering.admission import Admission, Lease
-from voxgate.metering.verdict import VerdictPolicy, decide
 from voxgate.models import (
     Account,
     AdminKey,
@@ -25,12 +23,9 @@ from voxgate.models import (
     SessionRecord,
     Verdict,
 )
-from voxgate.models.enterprise import enterprise_plan, plan_for
-from voxgate.models.packs import AccountPack, PackBalance, with_packs
-from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog
+from voxgate.models.packs import AccountPack, PackBalance
 
-__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "account_plan",
-           "Instance", "Orphan", "release_orphans", "complete_orphans", "LOST_CLOSE_REASON"]
+__all__ = ["Store", "MonthlyUsage", "SessionFilter", "period_of", "OutboxItem", "Instance", "Orphan"]
 
 
 def period_of(ts: float | None = None) -> str:
@@ -116,79 +111,6 @@ class Orphan:
     lease_id: str | None
     record: SessionRecord | None = None
     checkpoint_at: float | None = None
-
-    def lease(self) -> Lease:
-        """The session's admission lease, for ``Admission.release``."""
-        return Lease(self.lease_id or "", self.account_id, self.session_id, 0.0)
-
-
-LOST_CLOSE_REASON = "instance_lost"  # Measurements.close_reason of a session completed for a lost instance
-
-
-async def release_orphans(admission: Admission | None, orphans: list[Orphan]) -> None:
-    """Free the admission leases of ``orphans`` at once (instead of after
-    their TTL); nothing for those without a lease or without an admission.
-    Only for sessions whose holder is known to be gone for good (a previous
-    run of this very instance id): a sweeper never frees another instance's
-    leases early (a paused instance may still be relaying until its own
-    clock fences it; the leases expire after ``lease_ttl_s``)."""
-    if admission is None:
-        return
-    for orphan in orphans:
-        if orphan.lease_id:
-            await admission.release(orphan.lease())
-
-
-def _accepts_provisional(store: Any) -> bool:
-    try:
-        return "provisional" in inspect.signature(store.complete_session).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-async def complete_orphans(store: Store, catalog: PlanCatalog, policy: VerdictPolicy,
-                           orphans: list[Orphan], now: float, detail: str) -> list[Verdict]:
-    """Complete each orphan from its last checkpoint, provisionally: its
-    checkpointed measurements closed by ``server`` with close reason
-    ``instance_lost``, the verdict decided on them by the verdict rules
-    (``voxgate.metering.verdict.decide`` with ``policy``; ``detail``, e.g.
-    "instance X lost", prefixes the rule), ending at the checkpoint (``now``
-    if never checkpointed), charged under the account's plan at ``now``
-    exactly as ``Gateway.finish`` charges (``settle_from``/``pack_from``),
-    with ``provisional=True`` so that the owning instance's own final record
-    may still replace it (``Store.complete_session``). Returns the verdicts
-    in ``orphans``' order. A session completed meanwhile is left as it is
-    (``complete_session`` is idempotent)."""
-    plans: dict[str, Plan | None] = {}
-    provisional = {"provisional": True} if _accepts_provisional(store) else {}
-    verdicts = []
-    for orphan in orphans:
-        record = orphan.record
-        if record is None:
-            record = await store.get_session(orphan.session_id)
-            if record is None or record.status != "active":
-                continue
-        if record.account_id not in plans:
-            account = await store.get_account(record.account_id)
-            plans[record.account_id] = (None if account is None
-                                        else await account_plan(store, catalog, account, now))
-        plan = plans[record.account_id]
-        m = record.measurements
-        m.closed_by, m.close_code, m.close_reason = "server", None, LOST_CLOSE_REASON
-        decided = decide(m, policy)
-        checkpoint = ("its last checkpoint" if orphan.checkpoint_at is not None
-                      else "no checkpoint (as opened)")
-        verdict = Verdict(decided.billable, decided.reason,
-                          f"{detail}; decided on {checkpoint}: {decided.rule}")
-        record.status = "completed"
-        record.ended_at = orphan.checkpoint_at if orphan.checkpoint_at is not None else now
-        record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
-        included = None if plan is None else plan.plan_sessions_included
-        settle_from = None if plan is None or plan.overage_cents is None else (included or 0)
-        await store.complete_session(record, verdict, settle_from=settle_from,
-                                     pack_from=included, **provisional)
-        verdicts.append(verdict)
-    return verdicts
 
 
 class Store(Protocol):
@@ -282,7 +204,7 @@ class Store(Protocol):
         with their last checkpoints): left by a previous run of the same
         identity, or by this process before a sweeper declared it dead.
         They are not completed here: the caller completes them
-        (``complete_orphans``)."""
+        (``voxgate.proxy.recovery.complete_orphans``)."""
 
     async def heartbeat(self, instance_id: str, epoch: int, now: float) -> bool:
         """Refresh the heartbeat of the instance's row of ``epoch``; False
@@ -311,7 +233,7 @@ class Store(Protocol):
         than ``heartbeat_before``: delete it (its heartbeats fail from then
         on) and return its active sessions with their last checkpoints, in
         one transaction (empty when it came back meanwhile). The caller
-        completes them (``complete_orphans``)."""
+        completes them (``voxgate.proxy.recovery.complete_orphans``)."""
 
     async def orphaned_sessions(self, before: float) -> list[Orphan]:
         """Active sessions of an instance that has no row any more (swept,
@@ -407,35 +329,3 @@ class Store(Protocol):
     # key/value for small server state (demo key path, secrets, cursors)
     async def get_meta(self, key: str) -> str | None: ...
     async def set_meta(self, key: str, value: str) -> None: ...
-
-
-async def subscribed_plan(store: Store, catalog: PlanCatalog, account: Account) -> Plan:
-    """The account's plan without add-on packs: its enterprise plan when its
-    plan is ``enterprise``, else its catalog plan
-    (``voxgate.models.enterprise.plan_for``)."""
-    terms = None
-    if account.plan_id == ENTERPRISE_PLAN_ID:
-        terms = await store.get_enterprise_terms(account.id)
-    return plan_for(catalog, account.id, account.plan_id, terms)
-
-
-async def enterprise_plans(store: Store) -> dict[str, Plan]:
-    """Account id → enterprise Plan, for every account with valid stored
-    enterprise terms (whatever plan the account is on now)."""
-    plans = {}
-    for account_id, terms in (await store.list_enterprise_terms()).items():
-        try:
-            plans[account_id] = enterprise_plan(account_id, terms)
-        except ValueError:
-            continue
-    return plans
-
-
-async def account_plan(store: Store, catalog: PlanCatalog, account: Account, now: float) -> Plan:
-    """The plan the account's sessions are admitted and charged under at
-    ``now`` (Unix s): ``subscribed_plan`` with the add-on packs live at
-    ``now`` added to the included sessions (``voxgate.models.packs.with_packs``)."""
-    plan = await subscribed_plan(store, catalog, account)
-    if plan.sessions_included is None:
-        return plan
-    return with_packs(plan, await store.pack_balance(account.id, period_of(now), now))
