@@ -370,3 +370,35 @@ async def test_a_cancelled_caller_never_keeps_running(pair):
     done, running = await asyncio.wait(tasks, timeout=10)
     assert not running, f"{len(running)} of 300 cancelled tasks still running"
     assert all(task.cancelled() for task in done)
+
+
+@pytest.mark.parametrize("kind", ["redis", "in-process"])
+async def test_admit_and_check_mint_are_check_rate_then_acquire_or_usage(pair, kind):
+    """``admit`` counts the request and takes the lease in one step, giving the
+    counters the first ``rate_limits.updated`` shows; ``check_mint`` counts the
+    request and reads the counters. Refused by the rate limit: no lease taken;
+    refused by concurrency: the request counted, no lease; both in Redis and
+    in process, with the same figures."""
+    from voxgate.admission.base import InProcessAdmission
+
+    a = pair[0] if kind == "redis" else InProcessAdmission(lease_ttl_s=30)
+    rate, lease, usage = await a.admit("key", "acct", "s1", PLAN, P, billable(1), 0.0)
+    assert (rate.limit, rate.remaining) == (3, 2)
+    assert usage == Usage(1, 1) and lease.max_in_flight == 2
+    assert await a.in_flight("acct") == 1
+    rate, usage = await a.check_mint("key", PLAN, "acct", P, billable(1), 0.1)
+    assert rate.remaining == 1 and usage == Usage(1, 1)
+    rate, second, usage = await a.admit("key", "acct", "s2", PLAN, P, billable(1), 0.2)
+    assert rate.remaining == 0 and usage == Usage(1, 2)
+    with pytest.raises(RateLimited):  # no token left: nothing taken
+        await a.admit("key", "acct", "s3", PLAN, P, billable(1), 0.3)
+    with pytest.raises(RateLimited):
+        await a.check_mint("key", PLAN, "acct", P, billable(1), 0.3)
+    assert await a.in_flight("acct") == 2
+    with pytest.raises(ConcurrencyLimited):  # another key's budget, the account's concurrency
+        await a.admit("other", "acct", "s4", PLAN, P, billable(1), 0.4)
+    assert (await a.peek_rate("other", PLAN, 0.4)).remaining == 2  # the refused request counted
+    await a.complete(lease, billable=True)
+    await a.release(second)
+    _, usage = await a.rate_limit_figures("other", PLAN, "acct", P, billable(1), 0.5)
+    assert usage == Usage(2, 0)

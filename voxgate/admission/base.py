@@ -127,6 +127,19 @@ class Admission(Protocol):
         Raises the refusal: ``PermissionDenied``, ``ConcurrencyLimited``,
         ``QuotaExceeded``."""
 
+    async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
+                    period: str, seed: Seed, now: float, *,
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+        """``check_rate`` then ``acquire`` in one step (one Redis round trip):
+        the budget left, the lease and the account's counters with it (in
+        flight counting it), which the first ``rate_limits.updated`` shows.
+        Raises ``RateLimited`` (no lease taken) or ``acquire``'s refusal."""
+
+    async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
+                         seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+        """``check_rate`` then ``usage`` in one step (one Redis round trip),
+        for minting an ephemeral key. Raises ``RateLimited``."""
+
     async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
                                  seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
         """``peek_rate`` and ``usage`` together, as ``rate_limits.updated``
@@ -246,6 +259,20 @@ class InProcessAdmission:
                       max_in_flight=decision.bounds.max_in_flight)
         self._leases.setdefault(account_id, leases)[lease.id] = lease
         return lease
+
+    async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
+                    period: str, seed: Seed, now: float, *,
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+        state = await self.check_rate(rate_key, plan, now)
+        lease = await self.acquire(account_id, session_id, plan, period, seed, now,
+                                   account_status=account_status)
+        counters = self._periods[(account_id, period)]
+        return state, lease, Usage(counters.used or 0, len(self._live(account_id, now)))
+
+    async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
+                         seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+        state = await self.check_rate(rate_key, plan, now)
+        return state, await self.usage(account_id, period, seed, now)
 
     async def renew(self, lease: Lease, now: float) -> str:
         return (await self.renew_many([lease], now))[lease.id]

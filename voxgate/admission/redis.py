@@ -118,6 +118,49 @@ redis.call('PEXPIRE', KEYS[4], ttl_ms)
 return {0, n + 1, used, tostring(expires)}
 """
 
+# Takes one token from the bucket KEYS[k] (per minute ARGV[a]) once the
+# counters are seeded: sets wait (s, 0 = allowed) and tokens (left after it).
+_TAKE_TOKEN = """
+local cap = tonumber(ARGV[RATE_ARG])
+local rate = cap / 60.0
+local b = redis.call('HMGET', KEYS[RATE_KEY], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or cap
+local ts = tonumber(b[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 elseif rate > 0 then wait = (1 - tokens) / rate else wait = 60 end
+redis.call('HSET', KEYS[RATE_KEY], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[RATE_KEY], 120000)
+"""
+
+# A mint's check in one step: the counters, then one request counted.
+# KEYS[4] bucket; ARGV[4] per_minute → {0, n, used, wait, tokens} (wait > 0:
+# rate limited) or {3, n, -1, seq}.
+_CHECK_MINT = _COUNTERS + _TAKE_TOKEN.replace("RATE_KEY", "4").replace("RATE_ARG", "4") + """
+return {0, n, used, tostring(wait), tostring(tokens)}
+"""
+
+# A session's admission in one step: the counters, one request counted, then
+# _ACQUIRE's decision and lease. KEYS[5] bucket; ARGV[9] per_minute →
+# {status, n, used, expires, tokens, wait}: status 0 admitted (n counts it),
+# 1 concurrency, 2 quota, 3 seed first, 4 rate limited.
+_ADMIT = _COUNTERS + _TAKE_TOKEN.replace("RATE_KEY", "5").replace("RATE_ARG", "9") + """
+if wait > 0 then return {4, n, used, '0', tostring(tokens), tostring(wait)} end
+local max_in_flight = tonumber(ARGV[6])
+local max_sessions = tonumber(ARGV[7])
+if max_in_flight >= 0 and n >= max_in_flight then return {1, n, used, '0', tostring(tokens), '0'} end
+if max_sessions >= 0 and used + n >= max_sessions then
+  return {2, n, used, '0', tostring(tokens), '0'}
+end
+local expires = now + tonumber(ARGV[5])
+local ttl_ms = math.ceil(tonumber(ARGV[5]) * 2000)
+redis.call('ZADD', KEYS[1], expires, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+redis.call('SADD', KEYS[4], ARGV[8])
+redis.call('PEXPIRE', KEYS[4], ttl_ms)
+return {0, n + 1, used, tostring(expires), tostring(tokens), '0'}
+"""
+
 # → {0, n, used, ''} or {3, n, -1, seq}
 _USAGE = _COUNTERS + """
 return {0, n, used, ''}
@@ -248,6 +291,7 @@ return tostring(math.min(cap, tokens + math.max(0, now - ts) * cap / 60.0))
 """
 
 SEED_FIRST = 3
+RATE_LIMITED = 4
 _CODES = {0: LOST, 1: RENEWED, 2: RESTORED}
 
 # Redis unreachable, too slow, loading its dataset, a read-only replica, out
@@ -343,6 +387,8 @@ class RedisAdmission:
 
     def _register_scripts(self, redis: Redis) -> None:
         self._acquire = redis.register_script(_ACQUIRE)
+        self._check_mint = redis.register_script(_CHECK_MINT)
+        self._admit = redis.register_script(_ADMIT)
         self._usage = redis.register_script(_USAGE)
         self._rate_figures = redis.register_script(_RATE_FIGURES)
         self._renew_many = redis.register_script(_RENEW_MANY)
@@ -417,25 +463,57 @@ class RedisAdmission:
     @_translated
     async def acquire(self, account_id: str, session_id: str, plan: Plan, period: str,
                       seed: Seed, now: float = 0.0, *, account_status: str = ACTIVE) -> Lease:
+        lease, _, _ = await self._lease(None, account_id, session_id, plan, period, seed,
+                                        account_status)
+        return lease
+
+    @_translated
+    async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
+                    period: str, seed: Seed, now: float = 0.0, *,
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+        """``check_rate`` and ``acquire`` in one script (one round trip): the
+        budget left, the lease, and the counters with it (in flight counting
+        it). Raises ``RateLimited`` (no lease taken) or ``acquire``'s refusal
+        (the request counted)."""
+        lease, state, usage = await self._lease(rate_key, account_id, session_id, plan, period,
+                                                seed, account_status)
+        assert state is not None
+        return state, lease, usage
+
+    async def _lease(self, rate_key: str | None, account_id: str, session_id: str, plan: Plan,
+                     period: str, seed: Seed, account_status: str
+                     ) -> tuple[Lease, RateLimitState | None, Usage]:
+        """``_ACQUIRE`` (or ``_ADMIT`` counting a request of ``rate_key``)."""
         # what no counter can change (a closed account, a plan allowing nothing) first
         decision = decide(Ask.SESSION, plan, account_status, Usage())
         if isinstance(decision, Refuse):
+            if rate_key is not None:
+                await self.check_rate(rate_key, plan)
             raise decision.error
         limits = decision.bounds
         _ = self.redis
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
         lease_id = uuid.uuid4().hex
-        status, n, used, expires = await self._seeded(
-            self._acquire,
-            [*self._counter_keys(account_id, period), self._instance_key(self.instance_id)],
-            [lease_id, self.lease_ttl_s,
-             -1 if limits.max_in_flight is None else limits.max_in_flight,
-             -1 if limits.max_sessions is None else limits.max_sessions,
-             f"{account_id} {lease_id}"],
-            limits.max_sessions is not None, seed)
+        keys = [*self._counter_keys(account_id, period), self._instance_key(self.instance_id)]
+        args: list[Any] = [lease_id, self.lease_ttl_s,
+                           -1 if limits.max_in_flight is None else limits.max_in_flight,
+                           -1 if limits.max_sessions is None else limits.max_sessions,
+                           f"{account_id} {lease_id}"]
+        if rate_key is None:
+            script = self._acquire
+        else:
+            script = self._admit
+            keys.append(f"{self.prefix}rate:{rate_key}")
+            args.append(plan.requests_per_minute)
+        result = await self._seeded(script, keys, args, limits.max_sessions is not None, seed)
+        status, n, used, expires = result[:4]
+        state = None if rate_key is None else _state(plan.requests_per_minute, float(result[4]))
+        if status == RATE_LIMITED:
+            raise rate_limited(plan, float(result[5]))
+        usage = Usage(max(0, int(used)), int(n))
         if status != 0:
-            refused = decide(Ask.SESSION, plan, account_status, Usage(max(0, int(used)), int(n)))
+            refused = decide(Ask.SESSION, plan, account_status, usage)
             if not isinstance(refused, Refuse):
                 raise RuntimeError(f"admission script refused ({status}) what decide admits")
             raise refused.error
@@ -448,7 +526,21 @@ class RedisAdmission:
                 await asyncio.shield(self.release(lease))
             except Exception:  # noqa: BLE001 - then it expires with its TTL
                 pass
-        return lease
+        return lease, state, usage
+
+    @_translated
+    async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
+                         seed: Seed, now: float = 0.0) -> tuple[RateLimitState, Usage]:
+        """``check_rate`` and ``usage`` in one script (one round trip): the
+        budget left after counting the request, and the account's counters.
+        Raises ``RateLimited``."""
+        _ = self.redis
+        keys = [*self._counter_keys(account_id, period), f"{self.prefix}rate:{rate_key}"]
+        _, n, used, wait, tokens = await self._seeded(
+            self._check_mint, keys, [plan.requests_per_minute], True, seed)
+        if float(wait):
+            raise rate_limited(plan, float(wait))
+        return _state(plan.requests_per_minute, float(tokens)), Usage(max(0, int(used)), int(n))
 
     async def renew(self, lease: Lease, now: float = 0.0) -> str:
         """``renew_many`` of one lease; its outcome."""

@@ -204,10 +204,16 @@ async def customer_rate_limits(gw: Gateway, active: ActiveSession) -> str | None
     progress, from admission's counters in one call
     (``Admission.rate_limit_figures``: one Redis round trip, from memory
     in-process; the store is read only to seed a period admission does not
-    hold yet). None, logged, when admission or the store cannot answer (the
+    hold yet); the first (after ``session.created``) shows the figures
+    admission returned when it admitted the session (``ActiveSession.admitted``),
+    with no call at all. None, logged, when admission or the store cannot answer (the
     session goes on without it)."""
     principal, plan = active.principal, active.plan
     account_id, now_s = principal.account.id, time.time()
+    if active.admitted is not None:  # the first: as admission left them a moment ago
+        (rate, usage), active.admitted = active.admitted, None
+        return rate_limits_event(plan_rate_limits(plan, rate, usage.billable_used,
+                                                  usage.in_flight, now_s))
     period = period_of(now_s)
     try:
         rate, usage = await gw.admission.rate_limit_figures(

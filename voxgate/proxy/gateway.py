@@ -32,6 +32,7 @@ the rest, each recorded ``closed_by`` server, code 1001, reason ``shutdown``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -39,7 +40,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from voxgate.caches import BoundedDict
 from voxgate.config import Settings
 from voxgate.errors import RateLimited, ServiceUnavailable, VoxgateError, dependency_error
 from voxgate.metering import decide as rules
+from voxgate.metering.decide import Usage
 from voxgate.metering.meter import SERVER, SHUTDOWN, SessionMeter
 from voxgate.metering.rate import RateLimitState
 from voxgate.metering.verdict import VerdictPolicy, decide
@@ -106,6 +108,10 @@ class ActiveSession:
             session's sockets (client or upstream) is open. The gateway
             finishes a session whose sockets are closed for more than
             ``TRANSPORT_GRACE_S`` (2 s) that nobody finished.
+        admitted: the key's request budget and the account's counters as
+            admission left them (this session in flight), which the first
+            ``rate_limits.updated`` (after ``session.created``) shows; taken
+            by it.
         lease_valid_until: monotonic s: when the lease was last renewed (timed
             before the call was sent) + the lease TTL; ``math.inf`` for
             in-process admission (no other process can take it).
@@ -123,6 +129,7 @@ class ActiveSession:
     transport_open: Callable[[], bool] | None = None
     lease_valid_until: float = math.inf
     fencing: asyncio.Task | None = None
+    admitted: tuple[RateLimitState, Usage] | None = None
 
 
 class Gateway:
@@ -200,18 +207,30 @@ class Gateway:
         """Count one request against the key's rate limit and record the
         budget left in ``RATE_LIMIT`` (and the caller's account and project
         in the log context). Raises ``RateLimited``."""
+        plan = await self._caller_plan(principal)
+        async with self._rate_limit(plan):
+            RATE_LIMIT.set(await self.admission.check_rate(principal.rate_key, plan,
+                                                           time.monotonic()))
+        return plan
+
+    async def _caller_plan(self, principal: Principal) -> Plan:
+        """The caller's plan (``account_plan``), its account and project bound
+        to the log context."""
         logs.bind(account_id=principal.account.id, project_id=principal.project.id)
-        plan = await self.account_plan(principal.account)
-        limit = plan.requests_per_minute
+        return await self.account_plan(principal.account)
+
+    @contextlib.asynccontextmanager
+    async def _rate_limit(self, plan: Plan) -> AsyncIterator[None]:
+        """Around a call counting a request: when it raises ``RateLimited``,
+        ``RATE_LIMIT`` says no request is left and when the budget is full
+        again (the wait, plus ``limit - 1`` refills)."""
         try:
-            state = await self.admission.check_rate(principal.rate_key, plan, time.monotonic())
+            yield
         except RateLimited as err:
-            # less than one token left: full again after the wait plus (limit - 1) refills
+            limit = plan.requests_per_minute
             refill_s = 60.0 / limit if limit > 0 else 60.0
             RATE_LIMIT.set(RateLimitState(limit, 0, err.retry_after_s + (limit - 1) * refill_s))
             raise
-        RATE_LIMIT.set(state)
-        return plan
 
     async def usage(self, account_id: str, period: str | None = None) -> MonthlyUsage:
         """The account's usage this period (or ``period``). With in-process
@@ -237,21 +256,29 @@ class Gateway:
 
         return billable
 
-    async def check_mint(self, principal: Principal, plan: Plan) -> None:
-        """May ``principal`` mint an ephemeral key now (``decide``,
-        ``Ask.MINT``: the account open, a session left in the quota counting
-        those in flight)? Nothing is reserved.
+    async def check_mint(self, principal: Principal) -> Plan:
+        """Count the request against the key's rate limit (``check_rate``) and
+        decide whether ``principal`` may mint an ephemeral key now
+        (``decide``, ``Ask.MINT``: the account open, a session left in the
+        quota counting those in flight), in one admission call
+        (``Admission.check_mint``: one Redis round trip). Nothing is
+        reserved. Returns the caller's plan.
 
         Raises:
-            QuotaExceeded, PermissionDenied.
+            RateLimited, QuotaExceeded, PermissionDenied.
         """
+        plan = await self._caller_plan(principal)
         account = principal.account
         period = period_of()
-        usage = await self.admission.usage(account.id, period, self._seed(account.id, period),
-                                           time.monotonic())
+        async with self._rate_limit(plan):
+            state, usage = await self.admission.check_mint(
+                principal.rate_key, plan, account.id, period, self._seed(account.id, period),
+                time.monotonic())
+        RATE_LIMIT.set(state)
         decision = rules.decide(rules.Ask.MINT, plan, account.status, usage)
         if isinstance(decision, rules.Refuse):
             raise decision.error
+        return plan
 
     async def admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
         """Admit a session: rate limit, quota, concurrency, then the row.
@@ -279,17 +306,20 @@ class Gateway:
         return active
 
     async def _admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
-        plan = await self.check_rate(principal)
+        plan = await self._caller_plan(principal)
         account = principal.account
         now = time.time()
         period = period_of(now)
         session_id = new_id("sess")
         logs.bind(session_id=session_id)
-        # the decision and the reservation: one atomic step across processes
+        # the request counted, the decision and the reservation: one atomic
+        # step across processes
         sent = time.monotonic()
-        lease = await self.admission.acquire(
-            account.id, session_id, plan, period, self._seed(account.id, period),
-            sent, account_status=account.status)
+        async with self._rate_limit(plan):
+            rate, lease, usage = await self.admission.admit(
+                principal.rate_key, account.id, session_id, plan, period,
+                self._seed(account.id, period), sent, account_status=account.status)
+        RATE_LIMIT.set(rate)
         record = SessionRecord(
             id=session_id,
             account_id=account.id,
@@ -313,6 +343,7 @@ class Gateway:
             lease=lease,
             meter=SessionMeter(monotonic_ms()),
             lease_valid_until=sent + self.lease_ttl_s if self._lease_fences else math.inf,
+            admitted=(rate, usage),
         )
         self._refresh(active)
         self.active[session_id] = active

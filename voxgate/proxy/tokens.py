@@ -165,8 +165,7 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
     model = session_model(principal, requested if isinstance(requested, str) else None,
                           upstream.default_model, upstream.allowed_models)
     session = {**session, "model": model}
-    plan = await gw.check_rate(principal)
-    await gw.check_mint(principal, plan)
+    await gw.check_mint(principal)
     expires_at = int(time.time()) + ttl_s
     shown = session_object(session, gw.settings.upstream.default_model, expires_at)
     _, value = await gw.store.create_ephemeral_key(
