@@ -42,6 +42,7 @@ from voxgate.jobs import (
     interval_of,
     is_due,
     job_table,
+    lease_of,
     next_run_at,
     stale_cutoff,
     summary_recipients,
@@ -448,3 +449,34 @@ async def test_failed_job_recorded_and_retried_and_lease_taken_over(two):
     assert await db_b.finish("flaky", "b", finished_at=clock.now + 650, ok=True, detail="took over",
                              next_at=clock.now + 4200)
     assert (await db_a.runs())["flaky"].last_detail == "took over"
+
+
+async def test_overlap_safe_job_taken_over_after_three_intervals(two):
+    """A process that dies (or is paused) while running the instance sweep
+    holds its claim for three of its intervals, not ``jobs.lease_s``: another
+    process sweeps again within seconds; an ordinary job keeps the long lease."""
+    a, b, clock = two
+    gate = asyncio.Event()
+
+    async def stuck(ctx: JobContext) -> str:
+        await gate.wait()  # the process running it stops here (dies, or is paused)
+        return "late"
+
+    async def fine(ctx: JobContext) -> str:
+        return "swept"
+
+    sweep = Job("sweep", 10.0, stuck, "a sweep", overlap_safe=True)
+    ordinary = Job("ordinary", 10.0, stuck, "not overlap-safe")
+    assert lease_of(sweep, a.settings) == 30.0 and lease_of(ordinary, a.settings) == 600.0
+    dying = [asyncio.ensure_future(Scheduler(a, [job], owner=f"dying-{job.name}").tick())
+             for job in (sweep, ordinary)]
+    await asyncio.sleep(0.2)  # it claimed both and is stuck in them
+    survivor = Scheduler(b, [Job("sweep", 10.0, fine, overlap_safe=True),
+                             Job("ordinary", 10.0, fine)], owner="survivor")
+    clock.now += 29.0
+    assert await survivor.tick() == {}  # the sweep's claim is still the dying one's
+    clock.now += 1.0
+    assert await survivor.tick() == {"sweep": "swept"}  # the ordinary job waits for lease_s
+    for task in dying:
+        task.cancel()
+    gate.set()

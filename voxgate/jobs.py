@@ -144,6 +144,11 @@ class Job:
     interval_s: float
     run: Callable[[JobContext], Awaitable[str]]
     description: str = ""
+    overlap_safe: bool = False
+    """Two runs at once do no harm (the job claims its rows one by one):
+    its claim is held for ``OVERLAP_SAFE_LEASES`` intervals at most rather
+    than ``jobs.lease_s``, so a process that dies or is paused while running
+    it holds it up for seconds, not minutes."""
 
 
 # ---------------------------------------------------------------- decisions
@@ -165,9 +170,21 @@ def next_run_at(started_at: float, interval_s: float, ok: bool, retry_s: float,
     return max(started_at + delay, finished_at)
 
 
+OVERLAP_SAFE_LEASES = 3.0
+
+
 def interval_of(job: Job, settings: Settings) -> float:
     """The job's interval: ``jobs.intervals_s[name]`` if set, else its own."""
     return float(settings.jobs.intervals_s.get(job.name, job.interval_s))
+
+
+def lease_of(job: Job, settings: Settings) -> float:
+    """How long a claim of ``job`` is held before another process may take
+    it over (s): ``jobs.lease_s``, or for an ``overlap_safe`` job at most
+    ``OVERLAP_SAFE_LEASES`` of its intervals (1 s at least)."""
+    if not job.overlap_safe:
+        return settings.jobs.lease_s
+    return min(settings.jobs.lease_s, max(1.0, OVERLAP_SAFE_LEASES * interval_of(job, settings)))
 
 
 def stale_cutoff(now: float, settings: Settings) -> float:
@@ -391,7 +408,7 @@ async def prune_stripe_payloads(ctx: JobContext) -> str:
 
 JOBS: list[Job] = [
     Job("instance_sweep", 10.0, sweep_expired_instances,
-        "complete the sessions of voxgate instances whose heartbeat expired"),
+        "complete the sessions of voxgate instances whose heartbeat expired", overlap_safe=True),
     Job("stale_session_sweep", 600.0, sweep_stale_sessions,
         "complete sessions left active by a stopped process"),
     Job("usage_limit_check", DAY_S, check_usage_limits,
@@ -456,7 +473,8 @@ class Scheduler:
             now = self.ctx.clock()
             if not is_due(runs.get(job.name), now):
                 continue
-            if not await self.db.claim(job.name, self.owner, now, now + settings.lease_s):
+            if not await self.db.claim(job.name, self.owner, now,
+                                       now + lease_of(job, self.ctx.settings)):
                 continue
             try:
                 detail, ok = await job.run(self.ctx), True
