@@ -29,7 +29,7 @@ import aiohttp
 import psutil
 
 from bench.bench_tokens import _hammer
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, terminate, wait_port
 
 PG_SERVER = os.environ.get("VOXGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -92,13 +92,7 @@ class Served:
         return sum(_cpu(p) for p in [parent, *parent.children(recursive=True)])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
         if self.db_name:
             _drop_database(self.db_name)

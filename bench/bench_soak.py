@@ -29,7 +29,7 @@ import aiohttp
 import psutil
 
 from bench.bench_scale import _drop_database, _new_database
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, terminate, wait_port
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONCURRENCY = 16
@@ -56,13 +56,7 @@ class Instance:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench.bench_tokens import _hammer
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, loadtest, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, loadtest, terminate, wait_port
 
 LEVELS = (100, 250)  # concurrent WebSocket sessions
 DURATION_S = 8.0
@@ -74,13 +74,7 @@ class Served:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
 

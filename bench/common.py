@@ -71,13 +71,7 @@ class Proc:
         return t.user + t.system
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10.0)
         self._fh.close()
 
     def __enter__(self) -> Proc:
@@ -85,6 +79,17 @@ class Proc:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
+    """Stop ``proc`` (SIGTERM, its drain; SIGKILL after ``timeout_s``)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def pinned(cpus: set[int] | None):

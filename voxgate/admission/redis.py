@@ -103,20 +103,22 @@ end
 # KEYS[4] instance set; ARGV[4] lease id, ARGV[5] ttl_s, ARGV[6] max in
 # flight (-1 = unbounded), ARGV[7] max sessions (-1 = unbounded), ARGV[8]
 # instance member. → {status, n, used, expires}: 0 admitted (n counts it),
-# 1 concurrency, 2 quota, 3 seed first.
-_ACQUIRE = _COUNTERS + """
+# 1 concurrency, 2 quota, 3 seed first. _LEASE is the decision and the lease
+# after the counters (EXTRA: values more to return).
+_LEASE = """
 local max_in_flight = tonumber(ARGV[6])
 local max_sessions = tonumber(ARGV[7])
-if max_in_flight >= 0 and n >= max_in_flight then return {1, n, used, '0'} end
-if max_sessions >= 0 and used + n >= max_sessions then return {2, n, used, '0'} end
+if max_in_flight >= 0 and n >= max_in_flight then return {1, n, used, '0'EXTRA} end
+if max_sessions >= 0 and used + n >= max_sessions then return {2, n, used, '0'EXTRA} end
 local expires = now + tonumber(ARGV[5])
 local ttl_ms = math.ceil(tonumber(ARGV[5]) * 2000)
 redis.call('ZADD', KEYS[1], expires, ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('SADD', KEYS[4], ARGV[8])
 redis.call('PEXPIRE', KEYS[4], ttl_ms)
-return {0, n + 1, used, tostring(expires)}
+return {0, n + 1, used, tostring(expires)EXTRA}
 """
+_ACQUIRE = _COUNTERS + _LEASE.replace("EXTRA", "")
 
 # Takes one token from the bucket KEYS[k] (per minute ARGV[a]) once the
 # counters are seeded: sets wait (s, 0 = allowed) and tokens (left after it).
@@ -144,22 +146,9 @@ return {0, n, used, tostring(wait), tostring(tokens)}
 # _ACQUIRE's decision and lease. KEYS[5] bucket; ARGV[9] per_minute →
 # {status, n, used, expires, tokens, wait}: status 0 admitted (n counts it),
 # 1 concurrency, 2 quota, 3 seed first, 4 rate limited.
-_ADMIT = _COUNTERS + _TAKE_TOKEN.replace("RATE_KEY", "5").replace("RATE_ARG", "9") + """
-if wait > 0 then return {4, n, used, '0', tostring(tokens), tostring(wait)} end
-local max_in_flight = tonumber(ARGV[6])
-local max_sessions = tonumber(ARGV[7])
-if max_in_flight >= 0 and n >= max_in_flight then return {1, n, used, '0', tostring(tokens), '0'} end
-if max_sessions >= 0 and used + n >= max_sessions then
-  return {2, n, used, '0', tostring(tokens), '0'}
-end
-local expires = now + tonumber(ARGV[5])
-local ttl_ms = math.ceil(tonumber(ARGV[5]) * 2000)
-redis.call('ZADD', KEYS[1], expires, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ttl_ms)
-redis.call('SADD', KEYS[4], ARGV[8])
-redis.call('PEXPIRE', KEYS[4], ttl_ms)
-return {0, n + 1, used, tostring(expires), tostring(tokens), '0'}
-"""
+_ADMIT = (_COUNTERS + _TAKE_TOKEN.replace("RATE_KEY", "5").replace("RATE_ARG", "9")
+          + "if wait > 0 then return {4, n, used, '0', tostring(tokens), tostring(wait)} end\n"
+          + _LEASE.replace("EXTRA", ", tostring(tokens), '0'"))
 
 # → {0, n, used, ''} or {3, n, -1, seq}
 _USAGE = _COUNTERS + """
@@ -266,16 +255,7 @@ return redis.call('ZCARD', KEYS[1])
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local cap = tonumber(ARGV[1])
-local rate = cap / 60.0
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or cap
-local ts = tonumber(b[2]) or now
-tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 elseif rate > 0 then wait = (1 - tokens) / rate else wait = 60 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], 120000)
+""" + _TAKE_TOKEN.replace("RATE_KEY", "1").replace("RATE_ARG", "1") + """
 return {tostring(wait), tostring(tokens)}
 """
 
