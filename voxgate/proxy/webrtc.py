@@ -86,11 +86,11 @@ from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 from voxgate.proxy.ws_relay import (
     CALL_ATTACH,
     SESSION_ID_HEADER,
+    bounded,
     close_unused_upstream,
     closing_error,
     rate_limits_within,
     stop_tasks,
-    within,
 )
 
 __all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX", "sideband"]
@@ -535,7 +535,7 @@ class Call:
         self._client_queue.put_nowait(None)
         try:
             if self.upstream is not None and not self.upstream.closed:
-                await within(self.upstream.close(code=1000, message=b"call ended"),
+                await bounded(self.upstream.close(code=1000, message=b"call ended"),
                              _PEER_CLOSE_S)
             elif self.upstream is None and self._upstream_task is not None:
                 self._upstream_task.cancel()
@@ -545,7 +545,7 @@ class Call:
         await stop_tasks(tasks)
         reason = ("call ended: " + (self.meter.measurements().close_reason or ""))[:120]
         code = 1001 if self.meter.measurements().close_code == 1001 else 1000  # 1001: shutdown
-        await asyncio.gather(*(within(ws.close(code=code, message=reason.encode()), _PEER_CLOSE_S)
+        await asyncio.gather(*(bounded(ws.close(code=code, message=reason.encode()), _PEER_CLOSE_S)
                                for ws in list(self._sidebands)), return_exceptions=True)
         try:
             self.track.stop()

@@ -77,7 +77,7 @@ from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.keys import CONNECTOR, GATEWAY
 from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
 
-__all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH", "within",
+__all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH", "within", "bounded",
            "rate_limits_within", "stop_tasks", "closing_error", "LEASE_EXPIRED",
            "RATE_LIMITS_WAIT_S", "TASKS_STOP_S", "close_unused_upstream", "close_reason"]
 
@@ -156,10 +156,25 @@ async def within(aw: Awaitable[T], timeout_s: float) -> tuple[bool, T | None]:
     return True, task.result()
 
 
+async def bounded(aw: Awaitable[T], timeout_s: float) -> tuple[bool, T | None]:
+    """``within`` for an awaitable that honours cancellation (aiohttp's
+    sends and closes, the gateway's shielded ``finish``): awaited in the
+    caller's task under ``asyncio.timeout``, no task of its own (the close
+    path of every session runs several)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return True, await aw
+    except TimeoutError:
+        return False, None
+
+
 async def rate_limits_within(gw: Gateway, active: ActiveSession) -> str | None:
     """The customer's ``rate_limits.updated`` (``customer_rate_limits``) as
     JSON text, or None when it cannot be had within ``RATE_LIMITS_WAIT_S``
-    (logged; the session goes on without it)."""
+    (logged; the session goes on without it). The first (after
+    ``session.created``) needs no call: admission's figures are at hand."""
+    if active.admitted is not None:
+        return await customer_rate_limits(gw, active)
     done, limits = await within(customer_rate_limits(gw, active), RATE_LIMITS_WAIT_S)
     if not done:
         log.warning("session %s: no rate_limits.updated: no figures within %g s",
@@ -324,7 +339,7 @@ class Relay:
             await self._relay(first)
         finally:
             if not self.upstream.closed:
-                await within(self.upstream.close(), _PEER_CLOSE_S)
+                await bounded(self.upstream.close(), _PEER_CLOSE_S)
         return client
 
     def _transport_open(self) -> bool:
@@ -341,7 +356,7 @@ class Relay:
         code = msg.data if msg.type is WSMsgType.CLOSE else client.close_code
         self.client_close_code = code
         self._end(CLIENT, code, None)
-        await within(self.gw.finish(self.active), _RECORD_WAIT_S)
+        await bounded(self.gw.finish(self.active), _RECORD_WAIT_S)
         if not client.closed:
             await self._close_client(sendable(code, 1000))
 
@@ -546,14 +561,14 @@ class Relay:
                                      message=b"client closed")
         else:
             closing = upstream.close()
-        await within(closing, _PEER_CLOSE_S)
+        await bounded(closing, _PEER_CLOSE_S)
 
     async def _close_client(self, code: int, message: bytes = b"") -> None:
         """Close the client's socket, waiting at most ``_PEER_CLOSE_S`` for
         its answer (none is awaited when the client closed first)."""
         assert self.client is not None
         try:
-            await within(self.client.close(code=code, message=message), _PEER_CLOSE_S)
+            await bounded(self.client.close(code=code, message=message), _PEER_CLOSE_S)
         except (ConnectionError, RuntimeError):
             pass
 
@@ -568,7 +583,7 @@ class Relay:
         assert client is not None
         by = self._closing_by
         await self._close_upstream()
-        recorded, _ = await within(self.gw.finish(self.active), _RECORD_WAIT_S)
+        recorded, _ = await bounded(self.gw.finish(self.active), _RECORD_WAIT_S)
         if not recorded:
             log.warning("session %s: close answered before the session was finished (record "
                         "and lease not done within %g s)", self.active.record.id, _RECORD_WAIT_S)
@@ -585,7 +600,7 @@ class Relay:
                     f"the voice provider closed the connection (code {code})",
                     code="upstream_closed")
                 try:
-                    await within(client.send_str(error_event(err)), _PEER_CLOSE_S)
+                    await bounded(client.send_str(error_event(err)), _PEER_CLOSE_S)
                 except (ConnectionError, RuntimeError):
                     pass
                 await self._close_client(sendable(code, 1011), b"upstream connection lost")
@@ -609,7 +624,7 @@ class Relay:
         err = closing_error(code, reason)
         if err is not None and not self.client.closed:
             try:
-                await within(self.client.send_str(error_event(err)), _PEER_CLOSE_S)
+                await bounded(self.client.send_str(error_event(err)), _PEER_CLOSE_S)
             except (ConnectionError, RuntimeError):
                 pass
         await self._server_close(code, reason)
@@ -625,7 +640,7 @@ class Relay:
         assert client is not None
         self.meter.closed(SERVER, code, err.message, monotonic_ms())
         try:
-            await within(client.send_str(error_event(err)), _PEER_CLOSE_S)
+            await bounded(client.send_str(error_event(err)), _PEER_CLOSE_S)
         except (ConnectionError, RuntimeError):
             pass
         await self._close_client(code, close_reason(err.message))
