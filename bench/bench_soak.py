@@ -178,7 +178,7 @@ def run(minutes: float = 30.0) -> dict:
 def render(r: dict, goal: str, table, f) -> str:
     """The ``## Soak`` section of docs/benchmarks.md."""
     s = ["## Soak: two instances on PostgreSQL + Redis\n\n"
-         + (__doc__ or "").split("\n\n", 1)[1].split("\n\n")[0].replace("\n", " ").strip()
+         + (__doc__ or "").split("\n\n")[0].replace("\n", " ").strip()
          + "\n\n" f"Goal: {goal}.\n\n_Measured {r.get('measured', '?')}._\n"]
     warm, end = r.get("rss_after_warmup_mb") or [], r.get("rss_end_mb") or []
     s.append(table(
