@@ -91,7 +91,10 @@ class PolicySettings(BaseModel):
 
     min_audio_s: float = 5.0
     max_connect_ms: float = 2000.0
-    min_text_responses: int = 1  # a session without audio needs this many completed responses
+    min_text_responses: int = 1  # a text session (responses without audio) needs this many completed
+    # "any": any provider error makes the session free; "before_threshold": only if the
+    # billable threshold had not been met before the first one (docs/metering.md)
+    provider_error: Literal["any", "before_threshold"] = "any"
 
 
 class TokenSettings(BaseModel):

@@ -256,7 +256,8 @@ def verdict_policy(settings: Settings) -> VerdictPolicy:
     """The verdict policy the gateway decides with (``policy`` settings)."""
     return VerdictPolicy(min_audio_ms=settings.policy.min_audio_s * 1000.0,
                          max_connect_ms=settings.policy.max_connect_ms,
-                         min_text_responses=settings.policy.min_text_responses)
+                         min_text_responses=settings.policy.min_text_responses,
+                         provider_error=settings.policy.provider_error)
 
 
 async def sweep_expired_instances(ctx: JobContext) -> str:

@@ -171,7 +171,7 @@ def verdict_of(**setup) -> tuple[bool, str]:
     if setup.get("ice"):
         meter.ice_failed("no pair", turn=False)
     meter.closed("client", 1000, None, 7000.0)
-    v = decide(meter.measurements())
+    v = decide(meter.measurements(), setup.get("policy", VerdictPolicy()))
     return v.billable, v.reason
 
 
@@ -187,6 +187,8 @@ def test_verdict_reasons():
     assert verdict_of(ice=True) == (False, "ice_failure")
     # order: a provider error beats a slow connect
     assert verdict_of(provider_error=True, connect_ms=3000.0) == (False, "provider_error")
+    # before_threshold: 6 s of audio before the error, so the connect latency decides
+    assert verdict_of(provider_error=True, connect_ms=3000.0, policy=LATE) == (False, "connect_timeout")
 
 
 def test_verdict_policy_is_configurable_and_rule_names_values():
@@ -300,34 +302,283 @@ def _done(meter: SessionMeter, status: str) -> None:
 
 
 def test_text_session_is_billed_by_its_completed_responses():
-    """No audio either way: billable once ``min_text_responses`` responses
-    completed; cancelled, failed or incomplete ones do not count."""
+    """Responses without audio: billable once ``min_text_responses``
+    responses completed; cancelled and incomplete ones do not count. (A
+    ``failed`` response is now a provider failure, issue 20: see
+    ``test_failed_responses_are_provider_errors``.)"""
     meter = connected_meter(100.0)
-    for status in ("cancelled", "failed", "incomplete"):
+    for status in ("cancelled", "incomplete"):
         _done(meter, status)
     meter.closed("client", 1000, None, 16000.0)
     v = decide(meter.measurements())
     assert (v.billable, v.reason) == (False, "no_response")
     assert "0 completed responses < 1" in v.rule
-    assert meter.measurements().responses == 3
+    assert meter.measurements().responses == 2 and meter.measurements().provider_errors == 0
     meter = connected_meter(100.0)
     for _ in range(15):
         _done(meter, "completed")
     meter.closed("client", 1000, None, 16000.0)
     v = decide(meter.measurements())
     assert (v.billable, v.reason) == (True, "billable")
-    assert v.rule.startswith("text session (no audio): 15 completed responses ≥ 1")
+    assert v.rule == ("text session (no audio): 15 completed responses ≥ 1, connected in 100 ms "
+                      "≤ 2000 ms, no provider error")
     assert decide(meter.measurements(), VerdictPolicy(min_text_responses=16)).reason == \
         "no_response"
 
 
-def test_audio_sessions_keep_the_audio_rule():
-    """A little audio and a completed response is still ``too_short``."""
+def test_audio_in_with_text_responses_is_judged_by_its_responses():
+    """Issue 20: a session is judged by what the provider's responses
+    produced. 1 s of audio in answered by a completed text response is a
+    text session (billable), no longer ``too_short`` by the audio rule."""
     meter = connected_meter(100.0)
     feed_audio_in(meter, 1000)
     _done(meter, "completed")
     meter.closed("client", 1000, None, 7000.0)
-    assert decide(meter.measurements()).reason == "too_short"
+    v = decide(meter.measurements())
+    assert (v.billable, v.reason) == (True, "billable")
+    assert v.rule.startswith("text session (no audio): 1 completed response ≥ 1 "
+                             "(1.0 s of audio in; its responses produced no audio)")
+
+
+def test_audio_responses_keep_the_audio_rule():
+    """A little audio out and a completed response is still ``too_short``."""
+    meter = connected_meter(100.0)
+    feed_audio_in(meter, 1000)
+    audio_out(meter, 500)
+    _done(meter, "completed")
+    meter.closed("client", 1000, None, 7000.0)
+    v = decide(meter.measurements())
+    assert (v.reason, v.rule) == ("too_short", "audio exchanged 1.5 s ≤ 5.0 s")
+
+
+def audio_out(meter: SessionMeter, ms: int) -> None:
+    chunk = b64(960)  # 20 ms of 24 kHz PCM16
+    for _ in range(ms // 20):
+        up(meter, "response.output_audio.delta", len(chunk) + 60, 0.0, {"delta": chunk})
+
+
+def pcm_chunk(fmt: str) -> str:
+    """20 ms of audio in ``fmt``: 960 bytes of PCM16 24 kHz, 160 of G.711."""
+    return b64(960 if fmt == "audio/pcm" else 160)
+
+
+def update(meter: SessionMeter, fmt: str, event_id: str | None = None) -> None:
+    spec = {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {"type": fmt}
+    event = {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"format": spec}}}}
+    if event_id is not None:
+        event["event_id"] = event_id
+    meter.record(classify(CLIENT, "session.update", 100, event))
+
+
+def sends(meter: SessionMeter, fmt: str, chunks: int) -> None:
+    chunk = pcm_chunk(fmt)
+    for _ in range(chunks):
+        append(meter, chunk, len(chunk) + 40)
+
+
+# -- issue 20, 1: formats from the client's own session.update -------------
+
+@pytest.mark.parametrize("fmt", ["audio/pcmu", "audio/pcma"])
+def test_client_session_update_sets_the_input_format_at_once(fmt):
+    """Appends after the client's ``session.update`` count in its format
+    before the provider's ``session.updated`` comes back, and back again."""
+    meter = connected_meter()
+    sends(meter, "audio/pcm", 10)
+    update(meter, fmt, "evt_1")
+    sends(meter, fmt, 7)  # before the provider's answer
+    up(meter, "session.updated", 300, 0.0, {"session": {"audio": {"input": {"format": {"type": fmt}}}}})
+    sends(meter, fmt, 5)
+    update(meter, "audio/pcm")  # and back, no event_id
+    sends(meter, "audio/pcm", 3)
+    assert meter.measurements().audio_in_ms == 25 * 20.0
+
+
+def test_a_rejected_session_update_reverts_the_input_format():
+    meter = connected_meter()
+    update(meter, "audio/pcmu", "evt_1")
+    sends(meter, "audio/pcmu", 2)
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "code": "invalid_value",
+                                            "message": "bad format", "event_id": "evt_1"}})
+    sends(meter, "audio/pcm", 3)
+    m = meter.measurements()
+    assert m.audio_in_ms == 5 * 20.0 and m.provider_errors == 0
+    # an error about another event leaves a pending update alone
+    update(meter, "audio/pcma", "evt_2")
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "event_id": "evt_9"}})
+    sends(meter, "audio/pcma", 1)
+    assert meter.measurements().audio_in_ms == 6 * 20.0
+
+
+def test_update_without_event_id_reverts_on_an_error_before_session_updated():
+    meter = connected_meter()
+    update(meter, "audio/pcmu")
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "message": "no"}})
+    sends(meter, "audio/pcm", 2)
+    assert meter.measurements().audio_in_ms == 40.0
+    update(meter, "audio/pcmu")
+    up(meter, "session.updated", 300, 0.0, {"session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}})
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "message": "other"}})
+    sends(meter, "audio/pcmu", 2)  # answered already: the error is about something else
+    assert meter.measurements().audio_in_ms == 80.0
+
+
+def test_a_failed_update_under_a_later_one_leaves_the_later_format():
+    meter = connected_meter()
+    update(meter, "audio/pcmu", "a")
+    update(meter, "audio/pcma", "b")
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "event_id": "a"}})
+    sends(meter, "audio/pcma", 1)
+    up(meter, "error", 100, 0.0, {"error": {"type": "invalid_request_error", "event_id": "b"}})
+    sends(meter, "audio/pcm", 1)  # both failed: back to the first format
+    assert meter.measurements().audio_in_ms == 40.0
+
+
+def test_session_updated_does_not_undo_a_pending_client_format():
+    """The provider's answer to an older update must not move the input
+    format from a newer one the client already sends in."""
+    meter = connected_meter()
+    update(meter, "audio/pcmu", "a")
+    update(meter, "audio/pcm", "b")
+    up(meter, "session.updated", 300, 0.0, {"session": {"audio": {
+        "input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcma"}}}}})
+    sends(meter, "audio/pcm", 1)
+    audio = b64(160)
+    up(meter, "response.output_audio.delta", 300, 0.0, {"delta": audio})  # output from the provider
+    m = meter.measurements()
+    assert (m.audio_in_ms, m.audio_out_ms) == (20.0, 20.0)
+
+
+# -- issue 20, 2: failed responses ----------------------------------------------
+
+def failed(meter: SessionMeter, etype: str | None, status: str = "failed") -> None:
+    details = {"type": status}
+    if etype is not None:
+        details["error"] = {"type": etype, "code": "boom", "message": "went wrong"}
+    up(meter, "response.done", 100, 0.0, {"response": {"status": status, "status_details": details}})
+
+
+def test_failed_responses_are_provider_errors():
+    """Every response failed with a server error, 6 s spoken: not billed
+    (issue 20: it was ``billable``)."""
+    meter = connected_meter()
+    feed_audio_in(meter, 6000)
+    for _ in range(3):
+        failed(meter, "server_error")
+    meter.closed("client", 1000, None, 9000.0)
+    m = meter.measurements()
+    assert (m.provider_errors, m.responses_failed, m.responses) == (3, 3, 3)
+    assert m.provider_error == "response failed: server_error: boom went wrong"
+    v = decide(m)
+    assert (v.billable, v.reason) == (False, "provider_error")
+    assert v.rule == ("provider error (3): response failed: server_error: boom went wrong "
+                      "(provider_error = any: any provider error voids the session)")
+
+
+def test_client_caused_cancelled_and_incomplete_responses_are_not_failures():
+    meter = connected_meter()
+    failed(meter, "invalid_request_error")
+    failed(meter, None, "cancelled")
+    failed(meter, None, "incomplete")
+    m = meter.measurements()
+    assert (m.provider_errors, m.responses_failed, m.responses) == (0, 0, 3)
+    failed(meter, None)  # failed, the provider saying nothing of why: its failure
+    assert meter.measurements().provider_error == "response failed: error"
+    ev = classify(UPSTREAM, "response.done", 9, {"type": "response.done", "response": {
+        "status": "failed", "status_details": {"error": {"type": "server_error", "code": "c"}}}})
+    assert ev.status_error == EventError("server_error", "c", None)
+
+
+# -- issue 20, 3: the modality rule ---------------------------------------------
+
+def session(*, audio_in_ms: int = 0, audio_out_ms: int = 0, completed: int = 0,
+            blip: bool = False, policy: VerdictPolicy | None = None):
+    meter = connected_meter()
+    feed_audio_in(meter, audio_in_ms)
+    audio_out(meter, audio_out_ms)
+    for _ in range(completed):
+        _done(meter, "completed")
+    if blip:
+        append(meter, b64(960), 1300)
+    meter.closed("client", 1000, None, 60000.0)
+    return decide(meter.measurements(), policy or VerdictPolicy())
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    # the table of docs/metering.md
+    (dict(completed=15), ("billable", "text session (no audio): 15 completed responses ≥ 1")),
+    (dict(completed=15, blip=True), ("billable", "text session (no audio): 15 completed responses ≥ 1 "
+                                                 "(0.0 s of audio in; its responses produced no audio)")),
+    (dict(), ("no_response", "text session (no audio): 0 completed responses < 1")),
+    (dict(blip=True), ("too_short", "audio exchanged 0.0 s ≤ 5.0 s")),
+    (dict(audio_in_ms=6000), ("billable", "audio exchanged 6.0 s > 5.0 s")),
+    (dict(audio_in_ms=6000, completed=2), ("billable", "text session (no audio): 2 completed responses ≥ 1")),
+    (dict(audio_in_ms=1000, audio_out_ms=1000, completed=1), ("too_short", "audio exchanged 2.0 s ≤ 5.0 s")),
+    (dict(audio_in_ms=1000, audio_out_ms=1000, completed=15), ("too_short", "audio exchanged 2.0 s ≤ 5.0 s")),
+    (dict(audio_in_ms=3000, audio_out_ms=3000, completed=1), ("billable", "audio exchanged 6.0 s > 5.0 s")),
+])
+def test_modality_rule_table(setup, expected):
+    v = session(**setup)
+    assert v.reason == expected[0]
+    assert expected[1] in v.rule
+
+
+def test_one_append_does_not_make_a_text_session_a_voice_session():
+    """Issue 20: 15 completed text responses plus one 20 ms append was
+    ``too_short`` (12 of 12); it stays billable."""
+    assert session(completed=15, blip=True).billable
+
+
+# -- issue 20, 5: provider_error = "before_threshold" ----------------------------
+
+LATE = VerdictPolicy(provider_error="before_threshold")
+
+
+def test_figures_at_the_first_provider_error_are_recorded():
+    meter = connected_meter()
+    feed_audio_in(meter, 6000)
+    audio_out(meter, 1000)
+    _done(meter, "completed")
+    up(meter, "error", 10, 1.0, {"error": {"type": "server_error", "message": "transient"}})
+    feed_audio_in(meter, 1000)
+    up(meter, "error", 10, 1.0, {"error": {"type": "server_error", "message": "again"}})
+    m = meter.measurements()
+    assert (m.audio_in_ms_at_error, m.audio_out_ms_at_error, m.responses_at_error,
+            m.responses_completed_at_error) == (6000.0, 1000.0, 1, 1)
+    assert Measurements.from_dict(m.to_dict()) == m
+    v = decide(m, LATE)
+    assert (v.billable, v.reason) == (True, "billable")
+    assert v.rule == ("connected in 100 ms ≤ 2000 ms, audio exchanged 8.0 s > 5.0 s, "
+                      "provider error (2): server_error: transient after the threshold was met "
+                      "(provider_error = before_threshold: before it, audio exchanged 7.0 s > 5.0 s)")
+    assert decide(m).reason == "provider_error"  # the default: any provider error
+
+
+def test_before_threshold_voids_a_session_whose_error_came_first():
+    meter = connected_meter()
+    feed_audio_in(meter, 2000)
+    up(meter, "error", 10, 1.0, {"error": {"type": "server_error", "message": "early"}})
+    feed_audio_in(meter, 6000)
+    v = decide(meter.measurements(), LATE)
+    assert (v.billable, v.reason) == (False, "provider_error")
+    assert v.rule == ("provider error (1): server_error: early (provider_error = before_threshold: "
+                      "before it, audio exchanged 2.0 s ≤ 5.0 s)")
+    text = connected_meter()
+    _done(text, "completed")
+    failed(text, "server_error")  # a failed response after a completed one
+    v = decide(text.measurements(), LATE)
+    assert (v.billable, v.reason) == (True, "billable")
+    assert "before it, text session (no audio): 1 completed response ≥ 1" in v.rule
+
+
+def test_old_records_without_figures_at_error_stay_void_under_before_threshold():
+    """A record stored before the figures at the first error were kept."""
+    old = {
+        "connected": True, "connect_ms": 10.0, "audio_in_ms": 9000.0, "provider_errors": 1,
+        "provider_error": "server_error: x"}
+    m = Measurements.from_dict(old)
+    assert m.responses_at_error is None and m.responses_failed == 0
+    v = decide(m, LATE)
+    assert v.reason == "provider_error" and "figures at the error not recorded" in v.rule
 
 
 # -- classification and the customer's rate limits ------------------------------

@@ -75,6 +75,13 @@ CASES = [
     (Measurements(**CONNECTED, audio_in_ms=9000.0, provider_errors=1,
                   provider_error="server_error: boom"),
      Reason.PROVIDER_ERROR, ["the voice provider failed (server_error: boom)"]),
+    # issue 20: judged by what the provider produced; a blip of audio in keeps a text session
+    (Measurements(**CONNECTED, audio_in_ms=20.0, responses=15, responses_completed=15), Reason.BILLABLE,
+     ["Billable: a text session with 15 completed responses",
+      "judged by what the voice provider's responses produced"]),
+    (Measurements(**CONNECTED, audio_in_ms=6000.0, responses=3, responses_failed=3, provider_errors=3,
+                  provider_error="response failed: server_error: boom"),
+     Reason.PROVIDER_ERROR, ["(response failed: server_error: boom)", "or a failed response"]),
     (Measurements(turn_failure=True, ice_failure_detail="relay allocation refused"),
      Reason.TURN_FAILURE, ["needed the TURN relay", "(relay allocation refused)"]),
     (Measurements(ice_failure=True), Reason.ICE_FAILURE,
@@ -91,6 +98,28 @@ def test_every_reason_has_its_sentence_with_values_and_thresholds(m, reason, par
     assert " — " in sentence  # what happened — the rule
     for part in parts:
         assert part in sentence, (part, sentence)
+
+
+def test_the_receipt_says_which_provider_error_rule_decided():
+    """``[policy] provider_error``: a late error under ``before_threshold``
+    leaves the session billable and the receipt says why; an early one
+    voids it, in the words of that rule."""
+    late = VerdictPolicy(min_audio_ms=4000.0, max_connect_ms=1500.0, provider_error="before_threshold")
+    m = Measurements(**CONNECTED, audio_in_ms=9000.0, audio_out_ms=1000.0, responses=2, provider_errors=1,
+                     provider_error="server_error: boom", audio_in_ms_at_error=8000.0,
+                     audio_out_ms_at_error=1000.0, responses_at_error=2, responses_completed_at_error=2)
+    record = record_of(m, policy=late)
+    assert (record.reason, record.billable) == (Reason.BILLABLE, True)
+    sentence = receipts.verdict_sentence(record, late)
+    assert "a late provider error" in sentence
+    assert "failed after the threshold was met (server_error: boom)" in sentence
+    assert "provider_error = before_threshold" in sentence
+    early = Measurements(**{**m.to_dict(), "audio_in_ms_at_error": 1000.0, "audio_out_ms_at_error": 0.0,
+                            "responses_at_error": 0, "responses_completed_at_error": 0})
+    record = record_of(early, policy=late)
+    assert record.reason == Reason.PROVIDER_ERROR
+    assert "before the session met its threshold" in receipts.verdict_sentence(record, late)
+    assert "before it, audio exchanged 1.0 s ≤ 4.0 s" in (record.rule or "")
 
 
 def test_every_reason_is_covered_and_unknown_ones_fall_back_to_the_rule():

@@ -11,14 +11,18 @@ Follows the OpenAI Realtime GA reference
   ``audio`` (client) and of ``response.output_audio.delta`` (and beta
   ``response.audio.delta``) ``delta`` (upstream), from the base64 length
   and its ``=`` padding, never by decoding;
-- ``session.created`` / ``session.updated``: the session object (the meter
-  reads its audio formats);
-- ``response.done``: ``response.status`` and ``response.usage`` tokens,
+- ``session.created`` / ``session.updated`` (upstream) and the client's own
+  ``session.update``: the session object (the meter reads its audio
+  formats) and, for ``session.update``, its ``event_id``;
+- ``response.done``: ``response.status``, ``response.status_details.error``
+  (``RealtimeResponseStatus.error``: why a ``failed`` response failed) and
+  ``response.usage`` tokens,
   with their details by modality (``input_token_details`` text, audio,
   image and cached tokens with ``cached_tokens_details``;
   ``output_token_details`` text and audio), as the GA model
   ``openai.types.realtime.RealtimeResponseUsage`` has them;
-- ``error``: ``error.type``, ``code`` and ``message``.
+- ``error``: ``error.type``, ``code``, ``message`` and ``event_id`` (the
+  client event it answers, when the provider says).
 
 The event is parsed once, by the relay (it needs the type anyway); nothing
 here parses JSON.
@@ -31,12 +35,13 @@ from typing import Any
 
 from voxgate.models.realtime import b64_decoded_len
 
-__all__ = ["CLIENT", "UPSTREAM", "AUDIO_APPEND", "OUTPUT_AUDIO_EVENTS", "Usage", "EventError",
+__all__ = ["CLIENT", "UPSTREAM", "AUDIO_APPEND", "SESSION_UPDATE", "OUTPUT_AUDIO_EVENTS", "Usage", "EventError",
            "RelayedEvent", "classify", "b64_audio_bytes"]
 
 CLIENT = "client"
 UPSTREAM = "upstream"
 AUDIO_APPEND = "input_audio_buffer.append"
+SESSION_UPDATE = "session.update"
 OUTPUT_AUDIO_EVENTS = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _SESSION_EVENTS = frozenset({"session.created", "session.updated"})
 
@@ -74,11 +79,18 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class EventError:
-    """``error`` of an ``error`` event (each None when absent)."""
+    """``error`` of an ``error`` event, or ``status_details.error`` of a
+    failed ``response.done`` (each None when absent).
+
+    Attributes:
+        event_id: the ``event_id`` of the client event the error answers
+            (``error`` events only; None when the provider does not say).
+    """
 
     type: str | None
     code: str | None
     message: str | None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +104,11 @@ class RelayedEvent:
             message that is not a JSON object with a type, ``binary``).
         nbytes: size on the wire, bytes.
         audio_bytes: decoded audio payload, bytes (0 when none).
-        session: the session object of ``session.created``/``.updated``.
+        session: the session object of ``session.created``/``.updated``
+            (upstream) or of the client's ``session.update``.
+        event_id: the client's ``event_id`` of a ``session.update``.
         response_status: ``response.status`` of ``response.done``.
+        status_error: ``response.status_details.error`` of ``response.done``.
         usage: ``response.usage`` of ``response.done``.
         error: ``error`` of an ``error`` event.
     """
@@ -106,6 +121,8 @@ class RelayedEvent:
     response_status: str | None = None
     usage: Usage | None = None
     error: EventError | None = None
+    event_id: str | None = None
+    status_error: EventError | None = None
 
 
 def b64_audio_bytes(b64: Any) -> int:
@@ -133,6 +150,11 @@ def classify(direction: str, etype: str, nbytes: int,
     if direction == CLIENT:
         if etype == AUDIO_APPEND:
             return RelayedEvent(direction, etype, nbytes, audio_bytes=b64_audio_bytes(event.get("audio")))
+        if etype == SESSION_UPDATE:
+            session = event.get("session")
+            return RelayedEvent(direction, etype, nbytes,
+                                session=session if isinstance(session, dict) else {},
+                                event_id=_str(event.get("event_id")))
         return RelayedEvent(direction, etype, nbytes)
     if etype in OUTPUT_AUDIO_EVENTS:
         return RelayedEvent(direction, etype, nbytes, audio_bytes=b64_audio_bytes(event.get("delta")))
@@ -145,15 +167,19 @@ def classify(direction: str, etype: str, nbytes: int,
             return RelayedEvent(direction, etype, nbytes)
         status = response.get("status")
         usage = response.get("usage")
+        failure = _dict(response.get("status_details")).get("error")
         return RelayedEvent(direction, etype, nbytes,
                             response_status=status if isinstance(status, str) else None,
-                            usage=_usage(usage) if isinstance(usage, dict) else None)
+                            usage=_usage(usage) if isinstance(usage, dict) else None,
+                            status_error=_error(failure) if isinstance(failure, dict) else None)
     if etype == "error":
-        err = event.get("error")
-        err = err if isinstance(err, dict) else {}
-        return RelayedEvent(direction, etype, nbytes, error=EventError(
-            _str(err.get("type")), _str(err.get("code")), _str(err.get("message"))))
+        return RelayedEvent(direction, etype, nbytes, error=_error(_dict(event.get("error"))))
     return RelayedEvent(direction, etype, nbytes)
+
+
+def _error(err: dict[str, Any]) -> EventError:
+    return EventError(_str(err.get("type")), _str(err.get("code")), _str(err.get("message")),
+                      _str(err.get("event_id")))
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

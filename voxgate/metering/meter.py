@@ -13,13 +13,23 @@ What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/
 - audio in: the decoded length of each ``input_audio_buffer.append`` ``audio``
   payload in the session's input format; audio out: the same for
   ``response.output_audio.delta`` (and beta ``response.audio.delta``) ``delta``
-  payloads in the output format. Formats follow the upstream's
-  ``session.created`` / ``session.updated`` (PCM16 24 kHz until told otherwise).
+  payloads in the output format (PCM16 24 kHz until told otherwise), each
+  append in the format it was sent in. The input format follows the
+  client's own ``session.update`` from the moment it is relayed, and goes
+  back to the previous one if the provider answers that event with an
+  ``error`` (``error.event_id`` = the update's ``event_id``; an update
+  without one: an ``error`` without an ``event_id`` before the provider's
+  ``session.updated``); the output format follows the upstream's
+  ``session.created`` / ``session.updated``, which also set the input format
+  when no client update is still awaiting its answer.
 - tokens: the sums of every upstream ``response.done`` ``usage``, totals and
   details by modality (text, audio, image, cached).
 - provider errors: an upstream ``error`` event whose ``error.type`` is not
-  ``invalid_request_error`` (those answer the client's own mistakes), an
-  upstream connect failure, an abnormal upstream close.
+  ``invalid_request_error`` (those answer the client's own mistakes), a
+  ``response.done`` with ``status: "failed"`` whose
+  ``status_details.error.type`` is not ``invalid_request_error`` (or that
+  gives none), an upstream connect failure, an abnormal upstream close. The
+  figures as they stood at the first one are kept (``*_at_error``).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from voxgate.metering.events import CLIENT, UPSTREAM, RelayedEvent, Usage
+from voxgate.metering.events import CLIENT, SESSION_UPDATE, UPSTREAM, EventError, RelayedEvent, Usage
 from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
 from voxgate.models.sessions import Measurements
 
@@ -53,7 +63,7 @@ class SessionMeter:
             WebRTC offer received), in monotonic ms.
     """
 
-    __slots__ = ("_m", "_t0", "_in", "_out", "_ended", "_counts")
+    __slots__ = ("_m", "_t0", "_in", "_out", "_ended", "_counts", "_updates")
 
     def __init__(self, accepted_ms: float) -> None:
         self._m = Measurements()
@@ -62,6 +72,9 @@ class SessionMeter:
         self._out: AudioFormat = PCM24K
         self._ended = False
         self._counts = self._m.event_counts
+        # The client's session.update events awaiting the provider's answer,
+        # oldest first: [event_id, input format before it, input format it set].
+        self._updates: list[list[Any]] = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -126,6 +139,11 @@ class SessionMeter:
             m.bytes_in += ev.nbytes
             if ev.audio_bytes:
                 m.audio_in_ms += self._in.ms_from_bytes(ev.audio_bytes)
+            elif ev.type == SESSION_UPDATE:
+                fin = audio_format_from_session(ev.session or {})[0]
+                self._updates.append([ev.event_id, self._in, fin])
+                if fin is not None:
+                    self._in = fin
             return
         m.events_out += 1
         m.bytes_out += ev.nbytes
@@ -135,13 +153,21 @@ class SessionMeter:
             if ev.type == "session.created" and not m.connected:
                 m.connected = True
                 m.connect_ms = now_ms - self._t0
+            if ev.type == "session.updated" and self._updates:
+                self._updates.pop(0)  # answers the oldest client update
             if ev.session is not None:
                 self.session_formats(ev.session)
         elif ev.error is not None:
             err = ev.error
+            self._update_failed(err)
             if err.type not in CLIENT_ERROR_TYPES:
-                self._provider_error(f"{err.type or 'error'}: {err.code or ''} {err.message or ''}".strip())
+                self._provider_error(_error_detail(err))
         elif ev.type == "response.done":
+            if ev.response_status == "failed" and (
+                    ev.status_error is None or ev.status_error.type not in CLIENT_ERROR_TYPES):
+                err = ev.status_error or EventError(None, None, None)
+                self._provider_error("response failed: " + _error_detail(err))
+                m.responses_failed += 1
             m.responses += 1
             if ev.response_status == "completed":
                 m.responses_completed += 1
@@ -156,12 +182,33 @@ class SessionMeter:
         self._m.bytes_in += nbytes
 
     def session_formats(self, session: dict[str, Any]) -> None:
-        """Adopt the audio formats a session object sets."""
+        """Adopt the audio formats a provider's session object sets: the
+        output format always, the input format unless a client
+        ``session.update`` still awaits its answer (the client's own format
+        then stands: its appends are already in it)."""
         fin, fout = audio_format_from_session(session)
-        if fin is not None:
+        if fin is not None and not self._updates:
             self._in = fin
         if fout is not None:
             self._out = fout
+
+    def _update_failed(self, err: EventError) -> None:
+        """An upstream ``error``: if it answers a pending client
+        ``session.update`` (by ``event_id``; or, with no ``event_id`` on
+        either, the oldest such update), that update did not apply: its input
+        format is undone."""
+        updates = self._updates
+        i = next((i for i, u in enumerate(updates) if u[0] == err.event_id), None)
+        if i is None:
+            return
+        before = updates.pop(i)[1]
+        current = before  # what the input format is without the failed update
+        for later in updates[i:]:
+            later[1] = current
+            if later[2] is not None:
+                break  # a later update set its own format: that one stands
+        else:
+            self._in = current
 
     # -- WebRTC / ICE ------------------------------------------------------
 
@@ -221,7 +268,17 @@ class SessionMeter:
 
     def _provider_error(self, detail: str) -> None:
         m = self._m
+        if m.provider_errors == 0:
+            m.audio_in_ms_at_error = m.audio_in_ms
+            m.audio_out_ms_at_error = m.audio_out_ms
+            m.responses_at_error = m.responses
+            m.responses_completed_at_error = m.responses_completed
         m.provider_errors += 1
         if m.provider_error is None:
             m.provider_error = detail[:300]
 
+
+def _error_detail(err: EventError) -> str:
+    """``type: code message``, the parts the provider gave (``error`` for no type)."""
+    rest = " ".join(part for part in (err.code, err.message) if part)
+    return f"{err.type or 'error'}: {rest}" if rest else (err.type or "error")

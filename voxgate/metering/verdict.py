@@ -4,10 +4,14 @@ policy. Default policy: "only pay for successful sessions"."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from voxgate.models.sessions import Measurements, Reason, Verdict
+from voxgate.models.sessions import Measurements, Reason, Verdict, response_modality
 
-__all__ = ["VerdictPolicy", "decide"]
+__all__ = ["VerdictPolicy", "decide", "threshold_met"]
+
+ANY = "any"
+BEFORE_THRESHOLD = "before_threshold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,15 +19,51 @@ class VerdictPolicy:
     """Thresholds of the verdict.
 
     Attributes:
-        min_audio_ms: audio exchanged (in + out) must be more than this, in ms.
+        min_audio_ms: a voice session's audio exchanged (in + out) must be
+            more than this, in ms.
         max_connect_ms: connect latency must be at most this, in ms.
-        min_text_responses: a session with no audio at all (a text session)
-            needs at least this many completed responses.
+        min_text_responses: a text session (its responses produced no
+            audio) needs at least this many completed responses.
+        provider_error: ``any`` (a provider error makes the session free) or
+            ``before_threshold`` (only if the threshold had not been met
+            before the first provider error).
     """
 
     min_audio_ms: float = 5000.0
     max_connect_ms: float = 2000.0
     min_text_responses: int = 1
+    provider_error: Literal["any", "before_threshold"] = "any"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def threshold_met(audio_in_ms: float, audio_out_ms: float, responses: int, completed: int,
+                  policy: VerdictPolicy) -> tuple[bool, str]:
+    """Whether figures meet the billable threshold of their modality, and
+    the comparison in words.
+
+    The modality is what the provider's responses produced
+    (``voxgate.models.sessions.response_modality``): output audio → the
+    audio rule (audio in + out > ``min_audio_ms``); responses without audio
+    → the text rule (completed responses ≥ ``min_text_responses``), whatever
+    audio the client sent; no response and no output audio → the audio rule
+    if the client sent audio, else the text rule.
+    """
+    modality = response_modality(audio_out_ms, responses)
+    if modality == "audio" or (modality == "none" and audio_in_ms > 0):
+        audio = audio_in_ms + audio_out_ms
+        met = audio > policy.min_audio_ms
+        return met, (f"audio exchanged {audio / 1000:.1f} s {'>' if met else '≤'} "
+                     f"{policy.min_audio_ms / 1000:.1f} s")
+    need = policy.min_text_responses
+    met = completed >= need
+    words = (f"text session (no audio): {_plural(completed, 'completed response')} "
+             f"{'≥' if met else '<'} {need}")
+    if audio_in_ms > 0:
+        words += f" ({audio_in_ms / 1000:.1f} s of audio in; its responses produced no audio)"
+    return met, words
 
 
 def decide(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
@@ -34,12 +74,15 @@ def decide(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
     1. TURN failure (WebRTC) → ``turn_failure``
     2. ICE failure (WebRTC) → ``ice_failure``
     3. never connected (no upstream ``session.created``) → ``not_connected``
-    4. a provider error → ``provider_error``
+    4. a provider error → ``provider_error`` (policy ``provider_error =
+       "before_threshold"``: only if the figures at the first provider error
+       did not meet the threshold of rule 6)
     5. connect latency > ``max_connect_ms`` → ``connect_timeout``
-    6. no audio either way (a text session): fewer than ``min_text_responses``
-       completed responses → ``no_response``, else ``billable``
-    7. audio exchanged ≤ ``min_audio_ms`` → ``too_short``
-    8. otherwise → ``billable``
+    6. by the modality of the responses (:func:`threshold_met`): a voice
+       session with audio exchanged ≤ ``min_audio_ms`` → ``too_short``; a
+       text session with fewer than ``min_text_responses`` completed
+       responses → ``no_response``
+    7. otherwise → ``billable``
 
     Returns:
         The verdict, with ``rule`` naming the rule and the measured values.
@@ -53,28 +96,30 @@ def decide(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
     if not m.connected:
         detail = m.provider_error or m.close_reason or "the provider never sent session.created"
         return Verdict(False, Reason.NOT_CONNECTED, f"not connected: {detail}")
+    error_note = "no provider error"
     if m.provider_errors:
-        return Verdict(False, Reason.PROVIDER_ERROR,
-                       f"provider error ({m.provider_errors}): {m.provider_error}")
+        error = f"provider error ({m.provider_errors}): {m.provider_error}"
+        if policy.provider_error != BEFORE_THRESHOLD:
+            return Verdict(False, Reason.PROVIDER_ERROR,
+                           f"{error} (provider_error = any: any provider error voids the session)")
+        met, before = (False, "figures at the error not recorded") \
+            if m.responses_at_error is None else threshold_met(
+                m.audio_in_ms_at_error or 0.0, m.audio_out_ms_at_error or 0.0,
+                m.responses_at_error, m.responses_completed_at_error or 0, policy)
+        if not met:
+            return Verdict(False, Reason.PROVIDER_ERROR,
+                           f"{error} (provider_error = before_threshold: before it, {before})")
+        error_note = (f"{error} after the threshold was met (provider_error = before_threshold: "
+                      f"before it, {before})")
     if m.connect_ms is not None and m.connect_ms > policy.max_connect_ms:
         return Verdict(False, Reason.CONNECT_TIMEOUT,
                        f"connect latency {m.connect_ms:.0f} ms > {policy.max_connect_ms:.0f} ms")
-    audio = m.audio_exchanged_ms
-    if audio == 0:
-        done, need = m.responses_completed, policy.min_text_responses
-        if done < need:
-            return Verdict(False, Reason.NO_RESPONSE,
-                           f"text session (no audio): {done} completed response"
-                           f"{'s' if done != 1 else ''} < {need}")
-        return Verdict(True, Reason.BILLABLE,
-                       f"text session (no audio): {done} completed response"
-                       f"{'s' if done != 1 else ''} ≥ {need}, connected in "
-                       f"{m.connect_ms or 0:.0f} ms ≤ {policy.max_connect_ms:.0f} ms, "
-                       "no provider error")
-    if audio <= policy.min_audio_ms:
-        return Verdict(False, Reason.TOO_SHORT,
-                       f"audio exchanged {audio / 1000:.1f} s ≤ {policy.min_audio_ms / 1000:.1f} s")
-    return Verdict(True, Reason.BILLABLE,
-                   f"connected in {m.connect_ms or 0:.0f} ms ≤ {policy.max_connect_ms:.0f} ms, "
-                   f"audio exchanged {audio / 1000:.1f} s > {policy.min_audio_ms / 1000:.1f} s, "
-                   "no provider error")
+    met, words = threshold_met(m.audio_in_ms, m.audio_out_ms, m.responses, m.responses_completed,
+                               policy)
+    if not met:
+        text = words.startswith("text")
+        return Verdict(False, Reason.NO_RESPONSE if text else Reason.TOO_SHORT, words)
+    connected = f"connected in {m.connect_ms or 0:.0f} ms ≤ {policy.max_connect_ms:.0f} ms"
+    if words.startswith("text"):
+        return Verdict(True, Reason.BILLABLE, f"{words}, {connected}, {error_note}")
+    return Verdict(True, Reason.BILLABLE, f"{connected}, {words}, {error_note}")

@@ -60,7 +60,13 @@ class Measurements:
             ``cached_tokens_details``) and ``usage.output_token_details``,
             by modality (0 in records measured before they were kept).
         responses: ``response.done`` count; responses_completed: those whose
-            ``response.status`` is ``completed``.
+            ``response.status`` is ``completed``; responses_failed: those
+            ``failed`` for a provider-side reason (each also a provider error).
+        audio_in_ms_at_error / audio_out_ms_at_error / responses_at_error /
+            responses_completed_at_error: the figures as they stood at the
+            first provider error (None without one, and in records measured
+            before they were kept), for ``[policy] provider_error =
+            "before_threshold"``.
         ice_*: WebRTC only (None over WebSocket).
     """
 
@@ -94,6 +100,11 @@ class Measurements:
     output_audio_tokens: int = 0
     responses: int = 0
     responses_completed: int = 0
+    responses_failed: int = 0
+    audio_in_ms_at_error: float | None = None
+    audio_out_ms_at_error: float | None = None
+    responses_at_error: int | None = None
+    responses_completed_at_error: int | None = None
     # WebRTC / ICE (issue: WebRTC for browser voice clients)
     ice_pair_type: str | None = None  # "host" | "srflx" | "prflx" | "relay"
     ice_state: str | None = None  # last iceConnectionState
@@ -109,6 +120,13 @@ class Measurements:
     def audio_exchanged_ms(self) -> float:
         """Audio in both directions, in ms (what "audio exchanged" counts)."""
         return self.audio_in_ms + self.audio_out_ms
+
+    @property
+    def modality(self) -> str:
+        """What the provider's responses produced: ``audio`` (any output
+        audio), ``text`` (responses, none with audio) or ``none`` (no
+        response and no output audio)."""
+        return response_modality(self.audio_out_ms, self.responses)
 
     def token_details(self) -> dict[str, Any]:
         """The usage sums by modality in the shape of OpenAI's
@@ -138,6 +156,14 @@ class Measurements:
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def response_modality(audio_out_ms: float, responses: int) -> str:
+    """``audio`` when the provider produced output audio, else ``text`` when
+    it answered with at least one ``response.done``, else ``none``."""
+    if audio_out_ms > 0:
+        return "audio"
+    return "text" if responses > 0 else "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,7 @@ class Gateway:
             min_audio_ms=settings.policy.min_audio_s * 1000.0,
             max_connect_ms=settings.policy.max_connect_ms,
             min_text_responses=settings.policy.min_text_responses,
+            provider_error=settings.policy.provider_error,
         )
         self.active: dict[str, ActiveSession] = {}
         self.on_completed: list[SessionHook] = []

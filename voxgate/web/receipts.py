@@ -76,28 +76,50 @@ def _audio_rule(p: VerdictPolicy) -> str:
             f"{fmt_duration(p.min_audio_ms)} of audio (in + out)")
 
 
+# How a session is judged (voxgate.metering.verdict.threshold_met): by what the
+# provider's responses produced, so a client's blip of audio or extra text
+# response cannot move a session from one rule to the other.
+MODALITY_RULE = ("sessions are judged by what the voice provider's responses produced: "
+                 "with audio output by the audio rule, with only text by the text rule")
+
+
+def _is_text(m: Measurements) -> bool:
+    return m.modality == "text" or (m.modality == "none" and m.audio_in_ms == 0)
+
+
+def _late_error(m: Measurements, p: VerdictPolicy) -> str:
+    if not m.provider_errors:
+        return ""
+    return (f" The voice provider failed after the threshold was met ({m.provider_error}); "
+            "under this deployment's rule (provider_error = before_threshold) only a provider "
+            "error before the threshold is met makes a session free.")
+
+
 def billable_sentence(m: Measurements, p: VerdictPolicy) -> str:
-    if m.audio_exchanged_ms == 0:
+    if _is_text(m):
         return (f"Billable: a text session with {_plural(m.responses_completed, 'completed response')}"
-                f" — text sessions (no audio) with at least "
-                f"{_plural(p.min_text_responses, 'completed response')} count.")
+                f" — text sessions (responses without audio) with at least "
+                f"{_plural(p.min_text_responses, 'completed response')} count; "
+                f"{MODALITY_RULE}.{_late_error(m, p)}")
     return (f"Billable: {fmt_duration(m.audio_exchanged_ms)} of audio exchanged "
             f"({fmt_duration(m.audio_in_ms)} in, {fmt_duration(m.audio_out_ms)} out), "
-            f"connected in {fmt_duration(m.connect_ms or 0)}, no provider error — "
-            f"{_audio_rule(p)}.")
+            f"connected in {fmt_duration(m.connect_ms or 0)}, "
+            f"{'no provider error' if not m.provider_errors else 'a late provider error'} — "
+            f"{_audio_rule(p)}; {MODALITY_RULE}.{_late_error(m, p)}")
 
 
 def too_short_sentence(m: Measurements, p: VerdictPolicy) -> str:
     return (f"Not billable: only {fmt_duration(m.audio_exchanged_ms)} of audio was exchanged "
             f"({fmt_duration(m.audio_in_ms)} in, {fmt_duration(m.audio_out_ms)} out) — "
-            f"sessions need more than {fmt_duration(p.min_audio_ms)} of audio (in + out) "
-            "to count.")
+            f"voice sessions need more than {fmt_duration(p.min_audio_ms)} of audio (in + out) "
+            f"to count; {MODALITY_RULE}.")
 
 
 def no_response_sentence(m: Measurements, p: VerdictPolicy) -> str:
     return (f"Not billable: a text session (no audio) with "
             f"{_plural(m.responses_completed, 'completed response')} — text sessions need at "
-            f"least {_plural(p.min_text_responses, 'completed response')} to count.")
+            f"least {_plural(p.min_text_responses, 'completed response')} to count; "
+            f"{MODALITY_RULE}.")
 
 
 def connect_timeout_sentence(m: Measurements, p: VerdictPolicy) -> str:
@@ -113,8 +135,12 @@ def not_connected_sentence(m: Measurements, p: VerdictPolicy) -> str:
 
 
 def provider_error_sentence(m: Measurements, p: VerdictPolicy) -> str:
+    if p.provider_error == "before_threshold":
+        return (f"Not billable: the voice provider failed ({m.provider_error}) before the "
+                "session met its threshold — sessions with a provider-side error (an error "
+                "event or a failed response) before they meet the threshold are not charged.")
     return (f"Not billable: the voice provider failed ({m.provider_error}) — sessions with "
-            "a provider-side error are not charged.")
+            "a provider-side error (an error event or a failed response) are not charged.")
 
 
 def turn_failure_sentence(m: Measurements, p: VerdictPolicy) -> str:
