@@ -20,6 +20,7 @@ from tests.voice.server_events import validated
 from voxgate.config import VoiceSettings
 from voxgate.voice import VoiceProvider, load_pcm16
 from voxgate.voice.audio import resample_pcm16, ulaw_encode
+from voxgate.voice.faults import Faults, parse_faults
 
 TIMEOUT_S = 20.0 * SLOW
 CHUNK = 24000 * 2 // 10  # 100 ms of 24 kHz PCM16
@@ -359,6 +360,79 @@ async def test_fault_drop_aborts_without_close_frame(http, provider):
     assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     assert ws.close_code == 1006 or ws.close_code is None  # abnormal closure: no close frame
     assert time.perf_counter() - t0 < 2 * SLOW
+
+
+async def test_fault_eof_after_first_response_done(http, provider):
+    """``eof``: the first ``response.done`` arrives whole, then the TCP
+    connection ends without a close frame."""
+    ws = await connect(http, provider, "model=gpt-realtime&voxgate_fault=eof")
+    await recv_until(ws, "session.created")
+    await send(ws, type="response.create", response={"output_modalities": ["text"]})
+    done = (await recv_until(ws, "response.done"))[-1]
+    assert done["response"]["status"] == "completed"
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+    assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+    assert msg.type != aiohttp.WSMsgType.CLOSE  # no close frame
+
+
+async def test_fault_eof_after_nth_response(http, provider):
+    ws = await connect(http, provider, "model=gpt-realtime&voxgate_fault=eof:2")
+    await recv_until(ws, "session.created")
+    for _ in range(2):
+        await send(ws, type="response.create", response={"output_modalities": ["text"]})
+        await recv_until(ws, "response.done")
+    msg = await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+    assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR), msg
+
+
+async def test_fault_fail_responses(http, provider):
+    """``fail_responses``: every response ends ``failed`` with a
+    ``server_error`` in ``status_details`` and no output, in the GA shape
+    (every event validated with the SDK's models); the session goes on."""
+    ws = await connect(http, provider, "model=gpt-realtime&voxgate_fault=fail_responses")
+    await recv_until(ws, "session.created")
+    await send(ws, type="session.update", session={"type": "realtime",
+                                                    "audio": {"input": {"turn_detection": None}}})
+    await recv_until(ws, "session.updated")
+    await stream(ws, load_pcm16(SPEECH / "jfk.flac")[: 24000 * 2 * 2], speed=0)
+    await send(ws, type="input_audio_buffer.commit")
+    await recv_until(ws, "input_audio_buffer.committed")
+    for _ in range(2):
+        await send(ws, type="response.create")
+        events = await recv_until(ws, "response.done")
+        assert "response.created" in types(events) and audio_bytes(events) == 0
+        assert not [e for e in events if e["type"].startswith(("response.output_", "response.content_part"))]
+        response = events[-1]["response"]
+        assert response["status"] == "failed" and response["output"] == []
+        assert response["status_details"] == {
+            "type": "failed",
+            "error": {"type": "server_error", "code": "server_error",
+                      "message": "The server had an error while processing your request (injected fault)."},
+        }
+        assert response["usage"]["output_tokens"] == 0
+    await send(ws, type="input_audio_buffer.clear")  # still open
+    await recv_until(ws, "input_audio_buffer.cleared")
+    await ws.close()
+
+
+async def test_fault_stall_goes_silent_with_the_connection_open(http, provider):
+    ws = await connect(http, provider, "model=gpt-realtime&voxgate_fault=stall:50", autoping=False)
+    await recv_until(ws, "session.created")
+    await asyncio.sleep(0.2)
+    await send(ws, type="input_audio_buffer.clear")
+    await ws.ping()
+    with pytest.raises(TimeoutError):  # no answer, no pong, no close
+        await asyncio.wait_for(ws.receive(), 0.5)
+    assert not ws.closed
+    await ws.close()
+
+
+def test_parse_new_faults():
+    assert parse_faults("eof").eof_after == 1 and parse_faults("eof:3").eof_after == 3
+    assert parse_faults("fail_responses,echo") == Faults(fail_responses=True, echo=True)
+    assert parse_faults("stall").stall_ms == 1000 and parse_faults("stall:5").stall_ms == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_faults("eof:0")
 
 
 async def test_fault_close_code(http, provider):

@@ -8,6 +8,7 @@ import asyncio
 from tests.conftest import SLOW, free_port
 from tests.webrtc.client import Client
 from tests.webrtc.test_calls import assert_nothing_left, mint
+from voxgate.proxy.upstream import PROVIDER_LOST
 
 
 async def test_upstream_drop_ends_the_call(make_server, rtc_settings, http):
@@ -32,6 +33,70 @@ async def test_upstream_drop_ends_the_call(make_server, rtc_settings, http):
     m = record.measurements
     assert m.closed_by == "upstream" and m.close_code not in (1000, 1001)
     assert record.reason == "provider_error", record.rule
+    await assert_nothing_left(server)
+
+
+async def test_provider_eof_mid_call_is_a_lost_connection(make_server, rtc_settings, http):
+    """The provider answers one response, then its TCP connection ends with
+    no close frame: the call is recorded 1006 / upstream / "provider
+    connection lost", and the client's data channel gets an ``error``
+    event before the call ends."""
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, b"")
+    try:
+        await client.connect(http, ek["value"], params={"voxgate_fault": "eof"})
+        await client.wait_event("session.created", 10)
+        await asyncio.wait_for(client.opened.wait(), 10 * SLOW)
+        client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+        done = await client.wait_event("response.done", 30)
+        err = await client.wait_event("error", 10)
+        await asyncio.wait_for(client.closed.wait(), 10 * SLOW)
+        record = await server.session(client.session_id)
+    finally:
+        await client.close()
+    assert done["response"]["status"] == "completed"
+    assert (err["error"]["type"], err["error"]["code"]) == ("server_error", "upstream_closed")
+    assert PROVIDER_LOST in err["error"]["message"]
+    m = record.measurements
+    assert (m.closed_by, m.close_code, m.close_reason) == ("upstream", 1006, PROVIDER_LOST), m
+    assert m.responses == m.responses_completed == 1
+    assert (record.billable, record.reason) == (False, "provider_error")
+    await assert_nothing_left(server)
+
+
+async def test_call_whose_every_response_failed(make_server, rtc_settings, http, jfk48):
+    """The caller speaks 6 s; each ``response.done`` comes back ``failed``
+    (``server_error``) with no audio: the record has the audio in, the
+    responses, none completed, and no audio out."""
+    server = await make_server(**rtc_settings)
+    ek = await mint(http, server)
+    client = Client(server.url, jfk48[: 48000 * 2 * 6], then_silence=True)
+    try:
+        await client.connect(http, ek["value"], params={"voxgate_fault": "fail_responses"})
+        await client.wait_event("session.created", 10)
+        await asyncio.wait_for(client.track.finished.wait(), 20 * SLOW)
+        await asyncio.sleep(0.3)  # the last RTP packets before the commit
+        client.send({"type": "input_audio_buffer.commit"})
+        client.send({"type": "response.create"})
+        done = await client.wait_event("response.done", 30)
+        r = await http.delete(server.url + client.location,
+                              headers={"Authorization": f"Bearer {ek['value']}"})
+        assert r.status == 200
+        record = await server.session(client.session_id)
+    finally:
+        await client.close()
+    assert done["response"]["status"] == "failed"
+    assert done["response"]["status_details"]["error"]["type"] == "server_error"
+    assert "output_audio_buffer.started" not in client.types()
+    m = record.measurements
+    assert m.closed_by == "client"
+    assert m.audio_in_ms >= 5900, m.audio_in_ms  # the speech, then the silence that follows
+    assert m.audio_out_ms == 0
+    assert (m.responses, m.responses_completed) == (1, 0)
+    # a failed response is a provider error (issue 20, item 2): not billable
+    assert (m.responses_failed, m.provider_errors) == (1, 1)
+    assert (record.billable, record.reason) == (False, "provider_error")
     await assert_nothing_left(server)
 
 

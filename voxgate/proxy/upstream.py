@@ -26,12 +26,49 @@ import orjson
 
 from voxgate.errors import InvalidRequest, UpstreamError
 
-__all__ = ["UpstreamConnector", "UpstreamRefused", "OPENAI_REALTIME_URL"]
+__all__ = ["UpstreamConnector", "UpstreamRefused", "OPENAI_REALTIME_URL", "upstream_end",
+           "PROVIDER_LOST", "PROVIDER_RESET", "PROVIDER_TIMEOUT"]
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 
 # Query parameters passed through to the local provider only.
 LOCAL_PASSTHROUGH = ("voxgate_fault",)
+
+
+PROVIDER_LOST = "provider connection lost"
+"""Close reason of a provider connection that ended without a close frame
+(EOF): recorded with close code 1006."""
+PROVIDER_RESET = "provider connection reset"
+"""Close reason of a provider connection reset (TCP RST), close code 1006."""
+PROVIDER_TIMEOUT = "provider keepalive timeout"
+"""Close reason prefix of a provider that stopped answering pings (1006)."""
+
+
+def upstream_end(ws: aiohttp.ClientWebSocketResponse,
+                 msg: aiohttp.WSMessage) -> tuple[int | None, str | None]:
+    """How the provider's connection ended: ``(close code, reason)`` from the
+    message that ended the upstream reader.
+
+    A close frame gives its own code and reason. Without one (EOF, reset,
+    keepalive timeout) the code is 1006 (abnormal closure, RFC 6455 §7.1.5)
+    and the reason says which — not aiohttp's own close code (it records an
+    EOF as 1000) nor the error of its attempt to answer a vanished peer
+    ("Cannot write to closing transport"). A frame the provider sent that
+    breaks the protocol keeps aiohttp's code (1002, 1007, 1009)."""
+    if msg.type is aiohttp.WSMsgType.CLOSE:
+        return msg.data, msg.extra or None
+    exc = msg.data if msg.type is aiohttp.WSMsgType.ERROR else None
+    if isinstance(exc, aiohttp.WebSocketError):
+        return exc.code, f"provider protocol error: {exc}"[:200]
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return 1006, f"{PROVIDER_TIMEOUT}: {exc}" if str(exc) else PROVIDER_TIMEOUT
+    for err in (exc, ws.exception()):
+        # aiohttp's ClientConnectionResetError is a ConnectionResetError too:
+        # its own write to a closed transport, not the provider's reset
+        if (isinstance(err, ConnectionResetError)
+                and not isinstance(err, aiohttp.ClientConnectionResetError)):
+            return 1006, PROVIDER_RESET
+    return 1006, PROVIDER_LOST
 
 
 class UpstreamRefused(InvalidRequest):

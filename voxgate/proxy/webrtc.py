@@ -82,7 +82,7 @@ from voxgate.proxy.keys import CLUSTER, CONNECTOR, GATEWAY, SETTINGS
 from voxgate.proxy.media import InboundAudio, OutputAudioTrack
 from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, announce_address, check_offer
 from voxgate.proxy.turn import client_ice_servers, server_ice_servers
-from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
+from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused, upstream_end
 from voxgate.proxy.ws_relay import (
     CALL_ATTACH,
     SESSION_ID_HEADER,
@@ -91,6 +91,7 @@ from voxgate.proxy.ws_relay import (
     closing_error,
     rate_limits_within,
     stop_tasks,
+    upstream_closed_error,
 )
 
 __all__ = ["setup", "Call", "CALLS", "call_id_of", "session_id_of", "CALL_PREFIX", "sideband"]
@@ -102,6 +103,7 @@ CALLS = web.AppKey("webrtc_calls", dict)
 DATA_CHANNEL = "oai-events"
 _OUT_AUDIO = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _OUT_AUDIO_DONE = frozenset({"response.output_audio.done", "response.audio.done"})
+_UPSTREAM_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 _MAX_PENDING_EVENTS = 2000  # upstream events held until the data channel opens
 _PEER_CLOSE_S = 0.25  # the upstream's or a sideband's answer to voxgate's close frame
 
@@ -903,15 +905,17 @@ class Call:
         upstream, meter = self.upstream, self.meter
         assert upstream is not None
         active = self.active
-        async for msg in upstream:
+        while True:
+            msg = await upstream.receive()
+            if msg.type in _UPSTREAM_ENDS:
+                break
             if time.monotonic() >= active.valid_until:
                 await self.gw.fence(active)
                 return
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
                     meter.record(classify(UPSTREAM, "binary", len(msg.data)))
-                    continue
-                break
+                continue  # PING/PONG: aiohttp answers pings (autoping)
             data: str = msg.data
             event: dict[str, Any] | None
             try:
@@ -926,13 +930,11 @@ class Call:
                     await self._upstream_event(*held)
             else:
                 await self._upstream_event(etype, event, data)
-        exc = upstream.exception()
-        reason = f"{type(exc).__name__}: {exc}" if exc is not None else None
-        code = upstream.close_code
-        if code not in (1000, 1001):
-            err = UpstreamError(f"the voice provider closed the connection (code {code})",
-                                code="upstream_closed")
-            self._send_event(error_event(err))
+        # a close frame's code and reason; without one, 1006 and why
+        # ("provider connection lost", "provider connection reset", …)
+        code, reason = upstream_end(upstream, msg)
+        if code not in (1000, 1001) and self._ended_by is None:
+            self._send_event(error_event(upstream_closed_error(code, reason)))
         self._end(UPSTREAM, code, reason)
 
     async def _upstream_event(self, etype: str, event: dict[str, Any] | None, data: str) -> None:

@@ -16,7 +16,11 @@ and the session goes on, as OpenAI's server does
 
 Closes propagate: a client close closes the upstream with the same code (if
 sendable) and vice versa; an abnormal upstream close reaches the client as
-1011 with an ``error`` event first. voxgate itself ends a session on idle
+1011 with an ``error`` event first. A provider connection that ends
+without a close frame (EOF, reset) is recorded as what it is: close code
+1006, ``closed_by: "upstream"``, reason "provider connection lost" (or
+"provider connection reset", "provider keepalive timeout: …";
+``voxgate.proxy.upstream.upstream_end``). voxgate itself ends a session on idle
 timeout and maximum duration (1000, with the reason), and on shutdown (1001).
 The session is finished (verdict written, concurrency slot freed) before the
 client's close handshake completes — unless that takes longer than 0.6 s
@@ -75,11 +79,17 @@ from voxgate.proxy.events import (
 )
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.keys import CONNECTOR, GATEWAY
-from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused
+from voxgate.proxy.upstream import (
+    PROVIDER_TIMEOUT,
+    UpstreamConnector,
+    UpstreamRefused,
+    upstream_end,
+)
 
 __all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH", "within", "bounded",
            "rate_limits_within", "stop_tasks", "closing_error", "LEASE_EXPIRED",
-           "RATE_LIMITS_WAIT_S", "TASKS_STOP_S", "close_unused_upstream", "close_reason"]
+           "RATE_LIMITS_WAIT_S", "TASKS_STOP_S", "close_unused_upstream", "close_reason",
+           "upstream_closed_error"]
 
 log = logging.getLogger("voxgate.relay")
 
@@ -212,6 +222,14 @@ def closing_error(code: int, reason: str) -> VoxgateError | None:
     return VoxgateError(reason, code=LEASE_EXPIRED if code == 1011 else "session_closed")
 
 
+def upstream_closed_error(code: int | None, reason: str | None) -> UpstreamError:
+    """The ``error`` event's error sent to the client before the 1011 close
+    that follows an abnormal upstream close."""
+    why = f": {reason}" if reason else ""
+    return UpstreamError(f"the voice provider closed the connection (code {code}){why}",
+                         code="upstream_closed")
+
+
 async def realtime_websocket(request: web.Request) -> web.StreamResponse:
     """Handle ``GET /v1/realtime``.
 
@@ -279,6 +297,7 @@ class Relay:
         self.upstream: aiohttp.ClientWebSocketResponse | None = None
         self._closing_by: str | None = None
         self.upstream_close_code: int | None = None
+        self.upstream_close_reason: str | None = None
         self.client_close_code: int | None = None
 
     async def run(self) -> web.StreamResponse:
@@ -416,7 +435,11 @@ class Relay:
             sent = self._ping_sent.get(side)
             if sent is not None and rx < sent:  # a ping is unanswered
                 if now - sent >= self.ping_s:
-                    self._end(side, 1006, f"keepalive timeout: no pong in {now - sent:.1f} s")
+                    reason = f"keepalive timeout: no pong in {now - sent:.1f} s"
+                    if side == UPSTREAM:
+                        reason = f"{PROVIDER_TIMEOUT}: no pong in {now - sent:.1f} s"
+                        self.upstream_close_code, self.upstream_close_reason = 1006, reason
+                    self._end(side, 1006, reason)
                     return False
             elif now - rx >= self.ping_s:
                 self._ping_sent[side] = now
@@ -507,17 +530,13 @@ class Relay:
                 self.last_activity = now
                 meter.record(classify(UPSTREAM, "binary", len(msg.data)))
                 await client.send_bytes(msg.data)
-            elif msg.type is WSMsgType.CLOSE:
-                # The code the provider sent, even if replying to it fails.
-                code, reason = msg.data, msg.extra or None
+            else:
+                # CLOSE: the code the provider sent, even if replying to it
+                # fails; CLOSING, CLOSED, ERROR: the connection ended without
+                # a close frame (1006, "provider connection lost", …)
+                code, reason = upstream_end(upstream, msg)
                 break
-            else:  # CLOSING, CLOSED, ERROR: the connection ended without a close frame
-                code = upstream.close_code
-                exc = upstream.exception()
-                if exc is not None:
-                    reason = f"{type(exc).__name__}: {exc}"
-                break
-        self.upstream_close_code = code
+        self.upstream_close_code, self.upstream_close_reason = code, reason
         self._end(UPSTREAM, code, reason)
 
     async def _deliver(self, etype: str, event: dict[str, Any] | None, data: str) -> None:
@@ -596,9 +615,7 @@ class Relay:
             if code in (1000, 1001):
                 await self._close_client(code, b"upstream closed the session")
             else:
-                err = UpstreamError(
-                    f"the voice provider closed the connection (code {code})",
-                    code="upstream_closed")
+                err = upstream_closed_error(code, self.upstream_close_reason)
                 try:
                     await bounded(client.send_str(error_event(err)), _PEER_CLOSE_S)
                 except (ConnectionError, RuntimeError):

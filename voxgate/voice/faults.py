@@ -18,6 +18,17 @@ provider). A session asks for faults with any of:
 ``server_error:MS``   the same, MS ms after the session started instead.
 ``drop``              abort the TCP connection (no close frame) 1000 ms after
 ``drop:MS``           the session started (or MS ms).
+``eof``               right after the first ``response.done`` (flushed), close
+``eof:N``             the TCP connection without a close frame (or after the
+                      Nth ``response.done``): a provider connection lost
+                      mid-session.
+``fail_responses``    every response ends ``status: "failed"`` with a
+                      ``server_error`` in ``status_details.error`` and no
+                      output (no audio, no text), as OpenAI's failed
+                      responses do.
+``stall``             the provider goes silent 1000 ms after the session
+``stall:MS``          started (or MS ms): it stops reading (so answers no
+                      ping) and sending, its TCP connection left open.
 ``close:CODE``        close the WebSocket with that close code (1000–4999)
                       right away (from ``session.update``: at once).
 ``delay_created:MS``  send ``session.created`` MS ms late (URL/header only).
@@ -53,6 +64,10 @@ class Faults:
         server_error: inject a ``server_error`` event.
         server_error_ms: when (None: after the first ``response.done``).
         drop_ms: abort the connection at this time, or None.
+        eof_after: close the TCP connection (no close frame) after this
+            many ``response.done``, or None.
+        fail_responses: every response ends ``failed`` (server_error).
+        stall_ms: go silent (read and send nothing) at this time, or None.
         close_code: close with this WebSocket code at once, or None.
         delay_created_ms: delay ``session.created`` by this much (0: none).
         echo: echo mode for this session.
@@ -62,6 +77,9 @@ class Faults:
     server_error: bool = False
     server_error_ms: int | None = None
     drop_ms: int | None = None
+    eof_after: int | None = None
+    fail_responses: bool = False
+    stall_ms: int | None = None
     close_code: int | None = None
     delay_created_ms: int = 0
     echo: bool = False
@@ -107,6 +125,15 @@ def parse_faults(spec: str | None) -> Faults:
             faults = replace(faults, server_error=True, server_error_ms=_ms(name, arg) if arg else None)
         elif name == "drop":
             faults = replace(faults, drop_ms=_ms(name, arg) if arg else DEFAULT_DROP_MS)
+        elif name == "eof":
+            count = _ms(name, arg) if arg else 1
+            if count < 1:
+                raise ValueError(f"fault eof: {count} responses (at least 1)")
+            faults = replace(faults, eof_after=count)
+        elif name == "stall":
+            faults = replace(faults, stall_ms=_ms(name, arg) if arg else DEFAULT_DROP_MS)
+        elif name == "fail_responses":
+            faults = replace(faults, fail_responses=True)
         elif name == "close":
             code = _ms(name, arg) if arg else 1011
             if not 1000 <= code <= 4999:

@@ -100,6 +100,11 @@ ARGUMENT_CHUNK = 16
 """Characters of function call arguments per ``response.function_call_arguments.delta``."""
 
 
+FAILED_RESPONSE_ERROR = {"type": "server_error", "code": "server_error",
+                         "message": "The server had an error while processing your request (injected fault)."}
+"""``status_details.error`` of a response the ``fail_responses`` fault fails."""
+
+
 class _ServerError(VoxgateError):
     type = "server_error"
     code = "server_error"
@@ -283,6 +288,8 @@ class RealtimeSession:
             self.echo = True
         if faults.drop_ms is not None:
             self.spawn(self._fault_later(max(0.0, faults.drop_ms - elapsed_ms), self._drop))
+        if faults.stall_ms is not None:
+            self.spawn(self._fault_later(max(0.0, faults.stall_ms - elapsed_ms), self._stall))
         if faults.close_code is not None:
             code = faults.close_code
             self.spawn(self._fault_later(0.0, lambda: self.ws.close(code=code, message=b"voxgate fault")))
@@ -299,6 +306,22 @@ class RealtimeSession:
         transport = self.request.transport
         if transport is not None:
             transport.abort()
+
+    async def _stall(self) -> None:
+        """Go silent: read nothing (no pong for a ping) and send nothing; the
+        TCP connection stays open."""
+        self.closing = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.pause_reading()
+
+    def _eof(self) -> None:
+        """Close the TCP connection once what was sent is flushed: the client
+        reads EOF, no close frame."""
+        self.closing = True
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
 
     async def _server_error(self) -> None:
         await self.send_error(_ServerError("The server had an error while processing your request (injected fault)."))
@@ -734,6 +757,8 @@ class RealtimeSession:
             status, self.config.output_format, self.config.voice, output, details)})
         if self.faults.server_error and self.faults.server_error_ms is None and self.responses_done == 1:
             await self._server_error()
+        if self.faults.eof_after is not None and self.responses_done == self.faults.eof_after:
+            self._eof()
 
     async def _run_response(self, resp: _Response) -> None:
         fmt, voice = self.config.output_format, self.config.voice
@@ -752,6 +777,11 @@ class RealtimeSession:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         self._count_input(resp)
+        if self.faults.fail_responses:
+            if self.response is resp:
+                self.response = None
+            await self._finish(resp, "failed", {"type": "failed", "error": dict(FAILED_RESPONSE_ERROR)})
+            return
         reply, call = await self._decide(resp)
         if call is not None:
             complete = await self._stream_call(resp, *call)
