@@ -638,3 +638,26 @@ def test_plan_rate_limits_figures_and_names():
         {"name": "requests", "limit": 100, "remaining": 99, "reset_seconds": 0.6}]
     full = plan_rate_limits(plan, RateLimitState(3, 0, 60.0), billable_used=99, in_flight=5, now_s=now)
     assert [x["remaining"] for x in full] == [0, 0, 0]
+
+
+def test_speech_whose_responses_were_all_cut_by_barge_in_is_judged_by_its_audio():
+    """11 s of speech, every response cancelled by barge-in before it produced
+    anything (OpenAI's WebRTC guide code in a browser does this): no completed
+    response and no output audio make no text session; the speech decides."""
+    def session(audio_ms: int) -> SessionMeter:
+        meter = connected_meter()
+        feed_audio_in(meter, audio_ms)
+        for i in range(3):
+            up(meter, "response.done", 200, 1000.0 + i,
+               {"response": {"status": "cancelled", "output": [],
+                             "status_details": {"type": "cancelled", "reason": "turn_detected"}}})
+        meter.closed("client", 1000, None, 14000.0)
+        return meter
+
+    m = session(11000).measurements()
+    assert (m.modality, m.responses, m.responses_completed) == ("none", 3, 0)
+    v = decide(m)
+    assert (v.billable, v.reason) == (True, "billable")
+    assert "audio exchanged 11.0 s > 5.0 s" in v.rule
+    silent = decide(session(0).measurements())  # nothing sent, nothing produced
+    assert (silent.billable, silent.reason) == (False, "no_response")

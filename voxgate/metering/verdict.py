@@ -46,12 +46,14 @@ def threshold_met(audio_in_ms: float, audio_out_ms: float, responses: int, compl
 
     The modality is what the provider's responses produced
     (``voxgate.models.sessions.response_modality``): output audio → the
-    audio rule (audio in + out > ``min_audio_ms``); responses without audio
-    → the text rule (completed responses ≥ ``min_text_responses``), whatever
-    audio the client sent; no response and no output audio → the audio rule
-    if the client sent audio, else the text rule.
+    audio rule (audio in + out > ``min_audio_ms``); completed responses
+    without audio → the text rule (completed responses ≥
+    ``min_text_responses``), whatever audio the client sent; no completed
+    response and no output audio (none, or all cancelled, cut short or failed
+    before any output, e.g. by barge-in) → the audio rule if the client sent
+    audio, else the text rule.
     """
-    modality = response_modality(audio_out_ms, responses)
+    modality = response_modality(audio_out_ms, completed)
     if modality == "audio" or (modality == "none" and audio_in_ms > 0):
         audio = audio_in_ms + audio_out_ms
         met = audio > policy.min_audio_ms

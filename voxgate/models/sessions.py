@@ -124,9 +124,9 @@ class Measurements:
     @property
     def modality(self) -> str:
         """What the provider's responses produced: ``audio`` (any output
-        audio), ``text`` (responses, none with audio) or ``none`` (no
-        response and no output audio)."""
-        return response_modality(self.audio_out_ms, self.responses)
+        audio), ``text`` (completed responses, none with audio) or ``none``
+        (no completed response and no output audio)."""
+        return response_modality(self.audio_out_ms, self.responses_completed)
 
     def token_details(self) -> dict[str, Any]:
         """The usage sums by modality in the shape of OpenAI's
@@ -158,12 +158,13 @@ class Measurements:
         return cls(**known)
 
 
-def response_modality(audio_out_ms: float, responses: int) -> str:
+def response_modality(audio_out_ms: float, completed: int) -> str:
     """``audio`` when the provider produced output audio, else ``text`` when
-    it answered with at least one ``response.done``, else ``none``."""
+    at least one of its responses completed (text output), else ``none``
+    (responses cancelled, cut short or failed produced nothing to judge by)."""
     if audio_out_ms > 0:
         return "audio"
-    return "text" if responses > 0 else "none"
+    return "text" if completed > 0 else "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,7 @@ def _late_error(m: Measurements, p: VerdictPolicy) -> str:
 def billable_sentence(m: Measurements, p: VerdictPolicy) -> str:
     if _is_text(m):
         return (f"Billable: a text session with {_plural(m.responses_completed, 'completed response')}"
-                f" — text sessions (responses without audio) with at least "
+                f" — text sessions (completed responses without audio) with at least "
                 f"{_plural(p.min_text_responses, 'completed response')} count; "
                 f"{MODALITY_RULE}.{_late_error(m, p)}")
     return (f"Billable: {fmt_duration(m.audio_exchanged_ms)} of audio exchanged "
