@@ -522,3 +522,23 @@ def test_sliding_window_memory_is_bounded():
     assert [window.hit("a", 0.0), window.hit("a", 1.0), window.hit("a", 2.0)] == [0.0] * 3
     assert window.hit("a", 3.0) == pytest.approx(57.0)
     assert window.hit("a", 60.5) == 0.0  # the first event left the window
+
+
+def test_processes_starting_at_once_agree_on_one_session_secret(tmp_path):
+    """Several voxgate processes starting together on one data directory
+    (two hosts' worth of `voxgate serve` in the cluster tests) each get the
+    same cookie secret, none fails on the file another is creating, and no
+    candidate file is left behind."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from voxgate.web.auth import load_secret; "
+            "print(load_secret(None, Path(sys.argv[1])).decode())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(12)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 12, [err for _, err in outs]
+    secrets_seen = {out.strip() for out, _ in outs}
+    assert len(secrets_seen) == 1 and len(secrets_seen.pop()) >= 48
+    assert [p.name for p in tmp_path.iterdir()] == ["session_secret"]
+    assert (tmp_path / "session_secret").stat().st_mode & 0o777 == 0o600

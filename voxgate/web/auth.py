@@ -154,18 +154,27 @@ async def read_form(request: web.Request) -> MultiDictProxy[Any]:
 
 def load_secret(configured: str | None, data_dir: Path) -> bytes:
     """The cookie-hashing secret: the configured one, else
-    ``<data_dir>/session_secret`` (created, mode 0600, on first use)."""
+    ``<data_dir>/session_secret`` (created, mode 0600, on first use).
+    Processes starting at once on one data directory agree on one secret:
+    each writes its own candidate to a private file and links it into place
+    (atomic, never over an existing file); the losers read the winner's."""
     if configured:
         return configured.encode()
     path = Path(data_dir) / "session_secret"
     if path.is_file():
         return path.read_text().strip().encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    candidate = path.with_name(f".session_secret.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    return secret.encode()
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    try:
+        os.link(candidate, path)
+    except FileExistsError:
+        pass  # another process got there first: its secret is the one
+    finally:
+        candidate.unlink(missing_ok=True)
+    return path.read_text().strip().encode()
 
 
 def _web(request: web.Request) -> Any:
