@@ -29,7 +29,7 @@ import aiohttp
 import psutil
 
 from bench.bench_tokens import _hammer
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, terminate, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, new_key, terminate, wait_port
 
 PG_SERVER = os.environ.get("VOXGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -77,7 +77,7 @@ class Served:
         toml += f'[upstream]\nprovider = "local"\nurl = "{upstream_url}"\n'
         path = self.dir / "voxgate.toml"
         path.write_text(toml)
-        self.key = asyncio.run(_new_key(path))
+        self.key = asyncio.run(new_key(path, "bench-scale"))
         workers = "2" if "--workers 2" in config else "1"
         self._log = open(self.dir / "serve.log", "wb")
         self.proc = subprocess.Popen(
@@ -114,19 +114,6 @@ def _servers_cpu_s() -> float:
             total += _cpu(p)
     return total
 
-
-async def _new_key(config: Path) -> str:
-    from voxgate.config import load_settings
-    from voxgate.store import open_store
-
-    store = open_store(load_settings(config))
-    await store.open()
-    try:
-        account = await store.create_account(f"bench-scale-{uuid.uuid4().hex[:6]}@bench", "bench")
-        project = await store.create_project(account.id, "bench")
-        return (await store.create_api_key(project.id, "bench"))[1]
-    finally:
-        await store.close()
 
 
 async def _short_sessions(url: str, key: str, n: int, concurrency: int) -> dict:

@@ -29,7 +29,7 @@ import aiohttp
 import psutil
 
 from bench.bench_scale import _drop_database, _new_database
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, terminate, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, new_key, terminate, wait_port
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONCURRENCY = 16
@@ -128,18 +128,6 @@ async def _leftovers(db_url: str, prefix: str) -> tuple[int, int]:
     return leases, int(row[0]) if row else 0
 
 
-async def _new_key(db_url: str) -> str:
-    from voxgate.store.sql import PostgresStore
-
-    store = PostgresStore(db_url)
-    await store.open()
-    try:
-        account = await store.create_account(f"soak-{uuid.uuid4().hex[:6]}@bench", "bench")
-        project = await store.create_project(account.id, "soak")
-        return (await store.create_api_key(project.id, "soak"))[1]
-    finally:
-        await store.close()
-
 
 def run(minutes: float = 30.0) -> dict:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -156,7 +144,7 @@ def run(minutes: float = 30.0) -> dict:
                       f'[upstream]\nprovider = "local"\n'
                       f'url = "ws://127.0.0.1:{echo.port}/v1/realtime"\n')
             instances = [Instance("a", config, directory)]
-            key = asyncio.run(_new_key(db_url))  # after A created the schema
+            key = asyncio.run(new_key(directory / "a.toml", "soak"))  # after A created the schema
             instances.append(Instance("b", config, directory))
             samples: list[list[float]] = []
             counts = asyncio.run(_load(instances, key, time.monotonic() + minutes * 60, samples))

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench.bench_tokens import _hammer
-from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, loadtest, terminate, wait_port
+from bench.common import BENCH_CATALOG, PY, ROOT, echo_provider, free_port, loadtest, new_key, terminate, wait_port
 
 LEVELS = (100, 250)  # concurrent WebSocket sessions
 DURATION_S = 8.0
@@ -49,7 +49,7 @@ class Served:
             f'admission_url = "{admission_url}"\n'
             f'admission_prefix = "voxgate-bench-{uuid.uuid4().hex[:8]}:"\n'
             f'[upstream]\nprovider = "local"\nurl = "{upstream_url}"\n')
-        self.key = asyncio.run(_new_key(config))
+        self.key = asyncio.run(new_key(config, "bench-workers"))
         self._log = open(self.dir / "serve.log", "wb")
         self.proc = subprocess.Popen(
             [PY, "-m", "voxgate", "serve", "--config", str(config), "--workers", str(workers)],
@@ -77,19 +77,6 @@ class Served:
         terminate(self.proc)
         self._log.close()
 
-
-async def _new_key(config: Path) -> str:
-    from voxgate.config import load_settings
-    from voxgate.store import open_store
-
-    store = open_store(load_settings(config))
-    await store.open()
-    try:
-        account = await store.create_account("bench-workers@bench", "bench")
-        project = await store.create_project(account.id, "bench")
-        return (await store.create_api_key(project.id, "bench"))[1]
-    finally:
-        await store.close()
 
 
 def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> list[float]:

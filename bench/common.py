@@ -81,6 +81,24 @@ class Proc:
         self.stop()
 
 
+async def new_key(config: Path, label: str) -> str:
+    """A project API key of a fresh account on the bench plan, made in the
+    store ``config`` (a voxgate.toml) names, before or while voxgate runs."""
+    import uuid
+
+    from voxgate.config import load_settings
+    from voxgate.store import open_store
+
+    store = open_store(load_settings(config))
+    await store.open()
+    try:
+        account = await store.create_account(f"{label}-{uuid.uuid4().hex[:6]}@bench", "bench")
+        project = await store.create_project(account.id, label)
+        return (await store.create_api_key(project.id, label))[1]
+    finally:
+        await store.close()
+
+
 def terminate(proc: subprocess.Popen, timeout_s: float = 40.0) -> None:
     """Stop ``proc`` (SIGTERM, its drain; SIGKILL after ``timeout_s``)."""
     if proc.poll() is None:

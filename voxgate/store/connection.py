@@ -173,7 +173,26 @@ async def _answer(future: asyncio.Future[Any]) -> Any:
         raise translated from exc
 
 
-class AsyncConnection:
+class _Statements:
+    """``execute``/``execute_fetchall``/``executemany`` (single statements,
+    rows read at once) on top of the subclass's ``run(fn, *args)``."""
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        result: Result = await self.run(_run, sql, params)
+        return result
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await (await self.execute(sql, params)).fetchall()
+
+    async def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Result:
+        result: Result = await self.run(_run_many, sql, [tuple(p) for p in seq])
+        return result
+
+
+class AsyncConnection(_Statements):
     """A DB-API connection on a thread of its own (see the module docstring).
 
     Args:
@@ -245,17 +264,6 @@ class AsyncConnection:
         """``fn(connection, *args)`` on the connection's thread, in one hop."""
         return await _answer(self.submit_on(fn, *args))
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        result: Result = await self.run(_run, sql, params)
-        return result
-
-    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await (await self.execute(sql, params)).fetchall()
-
-    async def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Result:
-        result: Result = await self.run(_run_many, sql, [tuple(p) for p in seq])
-        return result
-
     def rollback_later(self) -> asyncio.Future[Any]:
         """Submit ``rollback_open`` without waiting for it (see ``submit``)."""
         return self.submit_on(rollback_open)
@@ -300,7 +308,7 @@ class _Lane:
         self.all: list[AsyncConnection] = []
 
 
-class Pool:
+class Pool(_Statements):
     """Connections in lanes (see the module docstring); ``store.db`` on
     PostgreSQL. Connections are made on first need, up to each lane's
     ``connections``, and kept.
@@ -423,17 +431,6 @@ class Pool:
         # shielded: a cancelled caller leaves the work to finish on the
         # thread, and the connection comes back when it has
         return await _answer(asyncio.shield(future))
-
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
-        result: Result = await self.run(_run, sql, params)
-        return result
-
-    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return await (await self.execute(sql, params)).fetchall()
-
-    async def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Result:
-        result: Result = await self.run(_run_many, sql, [tuple(p) for p in seq])
-        return result
 
     async def close(self) -> None:
         """Close every connection (waits for their threads)."""
