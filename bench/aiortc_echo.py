@@ -73,7 +73,7 @@ async def client_secrets(request: web.Request) -> web.Response:
 
 
 async def calls(request: web.Request) -> web.Response:
-    from voxgate.proxy import rtc_ice
+    from voxgate.proxy.webrtc import ice as rtc_ice
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # as voxgate: no STUN server
     call_id = "rtc_" + uuid.uuid4().hex

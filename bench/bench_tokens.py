@@ -114,7 +114,8 @@ async def _admit_finish(n: int, concurrency: int, kind: str = "sqlite") -> dict:
                 m.record(classify(UPSTREAM, "session.created", 100, {"type": "session.created"}),
                          monotonic_ms())
                 m.record(classify(CLIENT, "input_audio_buffer.append", 1300,
-                                  {"type": "input_audio_buffer.append", "audio": "A" * 1280}))
+                                  {"type": "input_audio_buffer.append", "audio": "A" * 1280}),
+                         monotonic_ms())
                 m.closed("client", 1000, None, monotonic_ms())
                 await gw.finish(active)
 

@@ -2,7 +2,7 @@
 counted, for the WebRTC benchmark: ``python -m bench.late_probe serve …``.
 
 Every frame of voxgate's outgoing tracks falls due on the shared 20 ms grid
-and is sent by the process's RTP pump (``voxgate.proxy.rtp_pump``); a frame
+and is sent by the process's RTP pump (``voxgate.proxy.webrtc.rtp_pump``); a frame
 sent more than ``rtp_pump.LATE_S`` (60 ms) after its tick (the pump's
 ``late_frames``), or skipped (a track re-bases after lagging more than
 ``media.MAX_LAG_S``: its ``frames_skipped``), is a bridge late frame. The
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from voxgate.proxy import rtp_pump
+from voxgate.proxy.webrtc import rtp_pump
 
 _FILE = os.environ.get("VOXGATE_BENCH_LATE_FILE")
 _late = 0

@@ -174,10 +174,10 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
     if "webrtc" in r:
         s.append("## WebRTC bridge\n\nvoxgate's WebRTC bridge (aiortc for ICE, DTLS, SRTP, SCTP, "
                  "RTCP; voxgate's own RTP audio path: the browser's RTP from the ICE socket "
-                 "callback straight to an inline Opus decoder, `voxgate/proxy/rtp_audio.py`, "
+                 "callback straight to an inline Opus decoder, `voxgate/proxy/webrtc/rtp_in.py`, "
                  "24 kHz `input_audio_buffer.append`; the echo deltas encoded from 24 kHz and "
                  "sent for every call in one pass per 20 ms tick by the process's RTP pump, "
-                 "`voxgate/proxy/rtp_pump.py`) against a bare aiortc loopback doing the same "
+                 "`voxgate/proxy/webrtc/rtp_pump.py`) against a bare aiortc loopback doing the same "
                  "job with aiortc's own media pipeline (`bench/aiortc_echo.py`: decode, resample "
                  "to 24 kHz and back, encode), in one run: at each level the two run in turn, "
                  "the order alternating, and each row is the median of its runs (CPU of each "
@@ -215,7 +215,7 @@ def render(r: dict, total_s: float, notes: bool = True) -> str:
                              f"{_f(x.get('connect_p99_ms'), '{:.0f}')}",
                              _f(x.get("rss_per_call_mb"))] for x in r["webrtc"]]) + "\n")
         else:
-            s.append("Not run: `voxgate/proxy/webrtc.py` is not in the tree.\n")
+            s.append("Not run: `voxgate/proxy/webrtc/` is not in the tree.\n")
     if "tokens" in r:
         s.append("## Token endpoint\n\n`POST /v1/realtime/client_secrets` with a project key "
                  "(32 concurrent aiohttp clients in the benchmark process) against an aiohttp + "

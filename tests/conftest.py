@@ -153,7 +153,7 @@ class Server:
 
     @property
     def gateway(self):
-        from voxgate.proxy.app import GATEWAY
+        from voxgate.proxy.keys import GATEWAY
 
         return self.app[GATEWAY]
 
@@ -213,12 +213,13 @@ async def start_server(settings_data: dict, plan: str, *, plugins: tuple[str, ..
     """Start voxgate on loopback (``settings_data["port"]`` or a free port)
     with a fresh account on ``plan``, its project and API key."""
     from voxgate.config import load_settings
-    from voxgate.proxy.app import GATEWAY, create_app
+    from voxgate.proxy.keys import GATEWAY
+    from voxgate.server import create_app
 
     port = settings_data.get("port") or free_port()
     settings = load_settings(None, **{**settings_data, "port": port})
     app = create_app(settings, **({} if plugins is None else {"plugins": plugins}))
-    from voxgate.web.app import WEB
+    from voxgate.web.state import WEB
 
     if WEB in app:
         app[WEB].totp_clock = TOTP_CLOCK.now

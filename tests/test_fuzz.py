@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import TEST_CATALOG, merge_settings, start_server
 from voxgate.proxy import openapi
-from voxgate.proxy.rtc_sdp import InvalidSdp, Offer, check_offer
+from voxgate.proxy.webrtc.sdp import InvalidSdp, Offer, check_offer
 
 # VOXGATE_FUZZ_EXAMPLES=200 for a longer, randomized hunt (not derandomized then)
 EXAMPLES = int(os.environ.get("VOXGATE_FUZZ_EXAMPLES", "0"))
@@ -33,7 +33,7 @@ FUZZ = settings(max_examples=EXAMPLES or 12, deadline=None, derandomize=not EXAM
 async def _real_offer() -> str:
     from aiortc import RTCPeerConnection
 
-    from voxgate.proxy import rtc_ice
+    from voxgate.proxy.webrtc import ice as rtc_ice
 
     pc = RTCPeerConnection()
     try:

@@ -19,6 +19,12 @@ ACCOUNT_ROUTES = [
     ("POST", "/billing/portal"),
     ("PUT", "/billing/alerts-webhook"),
     ("GET", "/billing/alerts-webhook"),
+    ("PUT", "/v1/webhook"),
+    ("GET", "/v1/webhook"),
+    ("DELETE", "/v1/webhook"),
+    ("POST", "/v1/webhook/test"),
+    ("GET", "/v1/webhook/deliveries"),
+    ("POST", "/v1/webhook/deliveries/1/resend"),
     ("PATCH", "/v1/projects/{project}"),
     ("GET", "/v1/projects/{project}"),
     ("POST", "/v1/realtime/client_secrets"),
@@ -50,7 +56,7 @@ async def test_ephemeral_key_on_account_route(make_server, http, method, path):
 
 
 @pytest.mark.parametrize("method, path", [r for r in ACCOUNT_ROUTES
-                                          if r[1].startswith("/billing")
+                                          if r[1].startswith(("/billing", "/v1/webhook"))
                                           or r[0] == "PATCH"])
 async def test_project_key_on_account_wide_route(make_server, http, method, path):
     server = await make_server()

@@ -15,7 +15,7 @@ from tests.served import redis_server  # noqa: F401
 from voxgate.admission.base import Lease
 from voxgate.admission.redis import RedisAdmission
 from voxgate.errors import ServiceUnavailable
-from voxgate.metering.decide import Usage
+from voxgate.metering.rules import Counters
 from voxgate.models import Plan
 
 PLAN = Plan(id="two", name="Two", sessions_included=10, concurrency=2)
@@ -45,7 +45,7 @@ async def test_admission_is_consistent_after_a_redis_restart(redis_server):  # n
         done = await a.acquire("acct", "s0", PLAN, P, db.seed)
         await db.finish(a, done)
         live = [await a.acquire("acct", f"s{i}", PLAN, P, db.seed) for i in (1, 2)]
-        assert await b.usage("acct", P, db.seed) == Usage(4, 2)
+        assert await b.usage("acct", P, db.seed) == Counters(4, 2)
 
         redis_server.stop()
         for call in (b.acquire("acct", "s3", PLAN, P, db.seed), a.renew_many(live),
@@ -56,7 +56,7 @@ async def test_admission_is_consistent_after_a_redis_restart(redis_server):  # n
 
         # another process admits a session first: one of the two slots
         newer = await b.acquire("acct", "s3", PLAN, P, db.seed)
-        assert await b.usage("acct", P, db.seed) == Usage(4, 1)  # seeded again: s0 once
+        assert await b.usage("acct", P, db.seed) == Counters(4, 1)  # seeded again: s0 once
         # the live sessions' leases: one put back, the other lost (its session is fenced)
         assert await a.renew_many(live) == {live[0].id: "restored", live[1].id: "lost"}
         assert await b.in_flight("acct") == 2
@@ -66,11 +66,11 @@ async def test_admission_is_consistent_after_a_redis_restart(redis_server):  # n
         await db.finish(a, live[1])
         await a.complete(live[1], billable=True)
         await b.complete(Lease(live[1].id, "acct", "s2", 0.0, period=P), billable=True)
-        assert await b.usage("acct", P, db.seed) == Usage(5, 2)
+        assert await b.usage("acct", P, db.seed) == Counters(5, 2)
         await db.finish(a, live[0])
         await db.finish(b, newer)
         await b.complete(newer, billable=True)
-        assert await a.usage("acct", P, db.seed) == Usage(db.billable, 0) == Usage(7, 0)
+        assert await a.usage("acct", P, db.seed) == Counters(db.billable, 0) == Counters(7, 0)
 
         # a completion from before the restart retried now (its reply was lost
         # in the restart) counts again: the next reconcile takes it back
@@ -78,7 +78,7 @@ async def test_admission_is_consistent_after_a_redis_restart(redis_server):  # n
         assert (await a.usage("acct", P, db.seed)).billable_used == 8
         again = await a.acquire("acct", "s4", PLAN, P, db.seed)  # while a session is live
         assert await a.reconcile("acct", P, db.seed)
-        assert await b.usage("acct", P, db.seed) == Usage(7, 1)
+        assert await b.usage("acct", P, db.seed) == Counters(7, 1)
         await a.release(again)
     finally:
         await a.close()
@@ -105,7 +105,7 @@ async def test_figures_and_renewals_take_one_round_trip(redis_server):  # noqa: 
 
         await adm.redis.config_resetstat()
         rate, usage = await adm.rate_limit_figures("key", PLAN, "acct-0", P, db.seed)
-        assert usage == Usage(0, 2) and rate.remaining == PLAN.requests_per_minute
+        assert usage == Counters(0, 2) and rate.remaining == PLAN.requests_per_minute
         # one EVALSHA; the rest are its script's own calls
         assert await commands() == {"evalsha": 1, "time": 1, "zremrangebyscore": 1, "zcard": 1,
                                     "get": 1, "hmget": 1}

@@ -5,19 +5,23 @@ store. Every command that changes something writes the audit log (actor
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
+import re
 import sys
 import time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from voxgate.config import load_settings
+from voxgate.logs import cli_actor
 from voxgate.models import Plan, PlanCatalog, load_catalog
+from voxgate.models.margin import Margin
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.store import open_store
 from voxgate.store.base import period_of
 from voxgate.store.plans import account_plan
+from voxgate.store.queries.margin import read_margin
 
 __all__ = ["run_admin", "PIN_COMMANDS", "cli_actor", "resolve_plan"]
 
@@ -132,6 +136,23 @@ async def run_admin(args: argparse.Namespace) -> int:
         elif cmd == "accounts":
             for account in await store.list_accounts():
                 print(f"{account.id}\t{account.email}\t{account.plan_id}\t{account.status}")
+        elif cmd == "margin":
+            now = time.time()
+            period = args.period or period_of(now)
+            if not PERIOD_RE.match(period):
+                raise ValueError(f"--period must be YYYY-MM, not {period!r}")
+            margin = await read_margin(store, catalog, period, now)
+            if args.json:
+                print(json.dumps(margin.to_json(), indent=2))
+            else:
+                print(margin_table(margin))
+        elif cmd == "set-spend-limit":
+            limit = parse_spend_limit(args.usd)
+            account = await store.update_account(args.account_id, spend_limit_usd=limit)
+            await audit("account.spend_limit_set", account.id,
+                        spend_limit_usd=None if limit is None else str(limit))
+            print(json.dumps({"id": account.id, "spend_limit_usd":
+                              None if limit is None else str(limit)}))
         return 0
     except ValueError as exc:
         _notice(f"voxgate: {exc}")
@@ -143,10 +164,35 @@ async def run_admin(args: argparse.Namespace) -> int:
         await store.close()
 
 
-def cli_actor() -> str:
-    """The audit log's actor for a command run by hand: ``cli:<user>``."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
+PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
+
+def parse_spend_limit(text: str) -> Decimal | None:
+    """``voxgate admin set-spend-limit``'s USD: a decimal ≥ 0 (cents at
+    most), or ``none`` to fall back to the plan's.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"spend limit must be USD like 25.00 or none, not {text!r}") from None
+    if not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")):
+        raise ValueError(f"spend limit must be USD ≥ 0 with at most 2 decimals, not {text!r}")
+    return value
+
+
+def margin_table(margin: Margin) -> str:
+    """The margin view as text columns: plans, then accounts (lowest margin first)."""
+    head = f"{'':<34} {'billable':>8} {'free':>6} {'revenue':>10} {'cost':>12} {'margin':>12}"
+    lines = [f"margin {margin.period}", head]
+    for title, rows in (("plans", margin.plans), ("accounts", margin.accounts)):
+        lines.append(f"-- {title}")
+        for r in [*rows, *([margin.total] if title == "plans" else [])]:
+            lines.append(f"{r.label[:34]:<34} {r.billable:>8} {r.non_billable:>6} "
+                         f"{'$' + str(r.revenue_usd):>10} {'$' + str(r.cost_usd):>12} "
+                         f"{'$' + str(r.margin_usd):>12}")
+    return "\n".join(lines)

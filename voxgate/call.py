@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
-from voxgate.config import Settings, load_settings
-from voxgate.proxy.app import DEMO_KEY_FILE
+from voxgate.config import load_settings
+from voxgate.proxy.keys import DEMO_KEY_FILE, default_key
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 if TYPE_CHECKING:
@@ -173,12 +173,6 @@ def refusal_message(exc: BaseException) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         reason = (response.body or b"").decode("utf-8", "replace").strip()[:200]
     return f"HTTP {response.status_code} {reason}".rstrip()
-
-
-def default_key(settings: Settings) -> str | None:
-    """The demo project's API key kept in the data directory, if any."""
-    path = Path(settings.data_dir) / DEMO_KEY_FILE
-    return path.read_text().strip() if path.is_file() else None
 
 
 async def run_call(args: argparse.Namespace) -> int:

@@ -6,7 +6,10 @@
 - ``voxgate call [--audio FILE] [--url URL] [--key KEY] [--out reply.wav] [--json]``
 - ``voxgate voice serve [--host] [--port]`` — the local voice provider alone
 - ``voxgate admin create-account|create-project|create-key|revoke-key|create-admin-key|
-  revoke-admin-key|set-origins|set-models|set-ips|set-plan|usage|accounts``
+  revoke-admin-key|set-origins|set-models|set-ips|set-plan|usage|accounts|margin|
+  set-spend-limit``
+- ``voxgate openapi [--markdown]`` — the OpenAPI document (JSON), or the API
+  reference ``docs/api.md`` (Markdown)
 
 Other rooms add their own subcommands with a ``register(subparsers)`` in
 ``voxgate.billing.cli``, ``voxgate.web.cli`` and ``voxgate.loadtest.cli``.
@@ -25,23 +28,14 @@ import socket
 import sys
 from typing import Any
 
+from voxgate.aio import run_async
 from voxgate.config import Settings, load_settings
 from voxgate.errors import ConfigError
 
-__all__ = ["main", "run_async", "settings_from_args", "bind_listener", "bind_error_message",
+__all__ = ["main", "settings_from_args", "bind_listener", "bind_error_message",
            "run_migrate"]
 
 EXTENSIONS = ("voxgate.billing.cli", "voxgate.web.cli", "voxgate.loadtest.cli")
-
-
-def run_async(coro) -> Any:
-    """Run a coroutine on uvloop when available."""
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -75,8 +69,8 @@ def bind_error_message(host: str, port: int, exc: OSError) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from voxgate.proxy.app import REFUSE_UNSHARED, create_app
     from voxgate.proxy.workers import parse_workers, supervise, workers_refusal
+    from voxgate.server import REFUSE_UNSHARED, create_app
 
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level,
@@ -129,7 +123,7 @@ def freeze_startup_heap() -> None:
 
 async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
     """Serve ``app`` on ``listener`` until SIGTERM or SIGINT, then stop
-    gracefully: ``voxgate.proxy.app.drain`` (readiness fails, new sessions
+    gracefully: ``voxgate.server.drain`` (readiness fails, new sessions
     503, live ones get ``drain_timeout_s``, then close 1001; a second signal
     closes them at once), then the app's clean-up. Returns normally (exit
     status 0)."""
@@ -137,8 +131,8 @@ async def serve_app(app: Any, listener: socket.socket, url: str) -> None:
 
     from aiohttp import web
 
-    from voxgate.proxy.app import drain
     from voxgate.proxy.keys import GATEWAY
+    from voxgate.server import drain
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,6 +224,19 @@ def _admin(args: argparse.Namespace) -> int:
     return run_async(run_admin(args))
 
 
+def _openapi(args: argparse.Namespace) -> int:
+    """``voxgate openapi [--markdown]``: the OpenAPI document
+    (``voxgate.proxy.openapi``) as JSON on stdout, or the Markdown API
+    reference (``voxgate.proxy.openapi_markdown``, ``docs/api.md``)."""
+    import json
+
+    from voxgate.proxy.openapi import document
+    from voxgate.proxy.openapi_markdown import markdown
+
+    sys.stdout.write(markdown() if args.markdown else json.dumps(document(), indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxgate",
@@ -317,10 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     a = asub.add_parser("usage", help="this period's usage of ACCOUNT_ID (JSON)")
     a.add_argument("account_id")
     asub.add_parser("accounts", help="every account: id, email, plan, status (tab-separated)")
+    a = asub.add_parser("margin", help="revenue, provider cost and margin of a month per plan "
+                                       "and account, lowest margin first")
+    a.add_argument("--period", default=None, help="YYYY-MM (default: this month)")
+    a.add_argument("--json", action="store_true", help="the JSON of GET /admin/margin")
+    a = asub.add_parser("set-spend-limit",
+                        help="cap ACCOUNT_ID's monthly provider cost at USD (none = its plan's)")
+    a.add_argument("account_id")
+    a.add_argument("usd", help="e.g. 25.00, or none")
     a = asub.add_parser("create-operator", help="make EMAIL a dashboard operator")
     a.add_argument("email")
     a.add_argument("--password", default=None)
     admin.set_defaults(func=_admin)
+
+    openapi = sub.add_parser("openapi", help="print the OpenAPI document of the HTTP routes (JSON)")
+    openapi.add_argument("--markdown", action="store_true",
+                         help="print the Markdown API reference instead (docs/api.md)")
+    openapi.set_defaults(func=_openapi)
 
     for name in EXTENSIONS:
         if _module_exists(name):

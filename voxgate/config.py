@@ -2,7 +2,8 @@
 
 Precedence, highest first: environment (``VOXGATE_<FIELD>``, nested with
 ``__``, e.g. ``VOXGATE_RELAY__IDLE_TIMEOUT_S=30``; ``OPENAI_API_KEY``,
-``STRIPE_SECRET_KEY`` and ``STRIPE_WEBHOOK_SECRET`` also work bare), the TOML
+``OPENAI_WEBHOOK_SECRET``, ``STRIPE_SECRET_KEY`` and ``STRIPE_WEBHOOK_SECRET``
+also work bare), the TOML
 file (``--config FILE``, else ``$VOXGATE_CONFIG``, else ``./voxgate.toml`` if
 present), then the defaults below. ``voxgate.example.toml`` documents every
 field.
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from voxgate.errors import ConfigError
 from voxgate.models.origins import is_loopback
+from voxgate.models.pricing import PriceList, load_prices
 
 __all__ = [
     "Settings",
@@ -35,6 +38,11 @@ __all__ = [
     "JobSettings",
     "DatabaseSettings",
     "RetentionSettings",
+    "PricingSettings",
+    "ModelPriceSettings",
+    "SipSettings",
+    "SipRouteSettings",
+    "TelephonySettings",
     "load_settings",
 ]
 
@@ -47,6 +55,8 @@ class UpstreamSettings(BaseModel):
     (default: the embedded provider, or ``wss://api.openai.com/v1/realtime``).
     ``allowed_models``: the only models any session may use (empty = any; a
     project may narrow it further).
+    ``provider_key_secret``: Fernet key(s) that encrypt the provider keys
+    customers bring for their projects (BYOK); unset disables BYOK.
     """
 
     provider: Literal["local", "openai"] = "local"
@@ -55,6 +65,9 @@ class UpstreamSettings(BaseModel):
     allowed_models: list[str] = Field(default_factory=list)
     openai_api_key: SecretStr | None = None
     connect_timeout_s: float = 10.0
+    # Fernet key(s), comma separated, encrypting projects' own provider keys
+    # (BYOK, voxgate.proxy.provider_keys); unset = BYOK disabled.
+    provider_key_secret: SecretStr | None = None
 
 
 class VoiceSettings(BaseModel):
@@ -226,6 +239,112 @@ class RetentionSettings(BaseModel):
     max_batches: int = Field(default=100, ge=1)
 
 
+class ModelPriceSettings(BaseModel):
+    """One model's provider prices in ``[pricing.models."<model>"]``: USD
+    per 1,000,000 tokens of each kind, ``audio_minute`` USD per minute of
+    audio (duration-billed transcription); each replaces the price list's
+    figure of that name (the others stay). ``aliases``: other model ids
+    billed the same. See ``voxgate.models.pricing``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text_input: Decimal | None = Field(default=None, ge=0)
+    cached_text_input: Decimal | None = Field(default=None, ge=0)
+    audio_input: Decimal | None = Field(default=None, ge=0)
+    cached_audio_input: Decimal | None = Field(default=None, ge=0)
+    image_input: Decimal | None = Field(default=None, ge=0)
+    cached_image_input: Decimal | None = Field(default=None, ge=0)
+    text_output: Decimal | None = Field(default=None, ge=0)
+    audio_output: Decimal | None = Field(default=None, ge=0)
+    audio_minute: Decimal | None = Field(default=None, ge=0)
+    aliases: list[str] = Field(default_factory=list)
+    source: str | None = None
+
+
+class PricingSettings(BaseModel):
+    """What the voice provider charges the operator (``[pricing]``), for
+    each session's ``provider_cost_usd`` (``voxgate.models.pricing``).
+
+    ``price_list``: a price list TOML file replacing the packaged one
+    (``voxgate/models/catalogs/prices.toml``). ``models``: per model,
+    prices that override or extend it. ``show_provider_cost``: customers
+    see their sessions' provider cost (``GET /v1/sessions``, receipts, CSV
+    export); by default only operators do.
+    """
+
+    price_list: Path | None = None
+    show_provider_cost: bool = False
+    models: dict[str, ModelPriceSettings] = Field(default_factory=dict)
+
+    def prices(self) -> PriceList:
+        """The price list: ``price_list`` (or the packaged one) with
+        ``models`` applied.
+
+        Raises:
+            ConfigError: the file is unreadable or invalid.
+        """
+        overrides = {model: spec.model_dump(exclude_none=True) for model, spec in self.models.items()}
+        return load_prices(self.price_list, overrides)
+
+
+class SipRouteSettings(BaseModel):
+    """One ``[[sip.routes]]`` entry: which voxgate project an OpenAI SIP
+    call belongs to (``voxgate.proxy.telephony.sip``, docs/telephony-sip.md).
+
+    A call matches when its ``sip_headers`` carry ``header`` with exactly
+    ``value`` (header names ignore case), or, with ``number``, when the
+    called number (the user part of the ``To`` URI, separators ignored) is
+    ``number`` (E.164, ``+18005551212``). ``model``: the call's model (else
+    ``upstream.default_model``, narrowed by the project's allowed models).
+    ``session``: the session config of the accept (``instructions``,
+    ``audio``, ``tools``, ...; ``type`` and ``model`` are set by voxgate).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    project_id: str
+    number: str = ""
+    header: str = ""
+    value: str = ""
+    model: str = ""
+    session: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_match(self) -> SipRouteSettings:
+        if bool(self.number) == bool(self.header):
+            raise ValueError(f"sip route of project {self.project_id!r}: set either number "
+                             "or header (with value)")
+        if self.header and not self.value:
+            raise ValueError(f"sip route of project {self.project_id!r}: header needs a value")
+        return self
+
+
+class SipSettings(BaseModel):
+    """OpenAI SIP calls (``[sip]``; ``POST /v1/telephony/openai/webhook``).
+
+    ``openai_webhook_secret``: the OpenAI project webhook's signing secret
+    (``whsec_…``; also ``OPENAI_WEBHOOK_SECRET`` bare); unset = the webhook
+    answers 503. ``tolerance_s``: how far a delivery's ``webhook-timestamp``
+    may be from now, seconds. ``routes``: call → project, first match wins.
+    ``control_timeout_s``: each call-control request to OpenAI (accept,
+    reject, refer, hangup), seconds.
+    """
+
+    openai_webhook_secret: SecretStr | None = None
+    tolerance_s: int = Field(default=300, ge=1)
+    control_timeout_s: float = Field(default=10.0, gt=0)
+    routes: list[SipRouteSettings] = Field(default_factory=list)
+
+
+class TelephonySettings(BaseModel):
+    """Twilio Media Streams (``[telephony]``; ``GET /v1/telephony/twilio``,
+    docs/telephony.md). ``twilio_auth_token``: the Twilio account's auth
+    token; when set, every stream's WebSocket upgrade must carry Twilio's
+    ``X-Twilio-Signature`` for its URL (else HTTP 403)."""
+
+    twilio_auth_token: SecretStr | None = None
+
+
 class DatabaseSettings(BaseModel):
     """PostgreSQL's connection pool (``[database]``; SQLite has one
     connection). Lanes (docs/database.md): ``session_connections`` for the
@@ -313,6 +432,9 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
+    telephony: TelephonySettings = Field(default_factory=TelephonySettings)
 
     @classmethod
     def settings_customise_sources(
@@ -356,6 +478,7 @@ _BARE_ENV = {
     "OPENAI_API_KEY": ("upstream", "openai_api_key"),
     "STRIPE_SECRET_KEY": ("billing", "stripe_secret_key"),
     "STRIPE_WEBHOOK_SECRET": ("billing", "stripe_webhook_secret"),
+    "OPENAI_WEBHOOK_SECRET": ("sip", "openai_webhook_secret"),
 }
 
 

@@ -1,12 +1,19 @@
 """voxgate's exception tree and its two renderings (an OpenAI-style ``error``
 event on a WebSocket, a JSON body with a 4xx/5xx status on HTTP).
 
-The tree::
+The tree (every voxgate exception; each class lives here and is re-exported
+by the module that raises it)::
 
     VoxgateError                      (type, code, param, status, permanent)
     ├── InvalidRequest                invalid_request_error, 400
     │   ├── MalformedEvent            invalid_json / invalid_event / invalid_base64 / ...
-    │   └── MessageTooLarge           message_too_large
+    │   ├── MessageTooLarge           message_too_large
+    │   ├── HeaderFieldsTooLarge      request_header_fields_too_large, 431 (proxy.http)
+    │   ├── UriTooLong                uri_too_long, 414 (proxy.http)
+    │   ├── InvalidSdp                invalid_sdp: an SDP offer that cannot be answered
+    │   ├── UpstreamRefused           upstream_refused: the provider refused the
+    │   │                             client's request at the handshake (HTTP 4xx)
+    │   └── UnsafeUrl                 unsafe_url: a webhook URL voxgate will not send to
     ├── AuthenticationError           invalid_api_key, 401
     │   └── EphemeralKeyExpired       expired_ephemeral_key, 401
     ├── PermissionDenied              403 (key used for another project, ...)
@@ -15,10 +22,25 @@ The tree::
     ├── QuotaExceeded                 insufficient_quota, 429
     ├── ConcurrencyLimited            concurrency_limit_exceeded, 429 (transient)
     ├── UpstreamError                 server_error, 502 (transient)
+    │   └── ProviderKeyRefused        provider_key_refused: the provider answered 401
+    │                                 to the project's own key (BYOK)
     ├── ServiceUnavailable            service_unavailable, 503 (transient): a
     │                                 dependency (Redis, the database, WebRTC
     │                                 media) is down, or the server is draining
-    └── ConfigError                   not rendered to clients; raised at start-up
+    └── BillingError                  billing_error, 502 (billing.stripe_api)
+        ├── BillingNotConfigured      billing_not_configured, 503
+        ├── StripeUnavailable         stripe_unavailable, 502 (transient)
+        └── StripeRejected            stripe_rejected, 502 (Stripe answered 4xx)
+    ConfigError                       not rendered to clients; raised at start-up
+    └── MigrationError                the schema cannot be brought up to date (store.migrate)
+        ├── ChecksumMismatch          an applied migration's file was changed
+        └── PendingMigrations         migrations pending and auto_migrate is off
+
+A dependency's exception is translated into this tree where it is raised
+(``raise ServiceUnavailable(...) from exc``: the store's connection layer for
+the database drivers, ``voxgate.admission.redis`` for Redis, the WebRTC
+call for aiortc); ``dependency_error`` only recognises what is already
+translated, and a refused TCP connection.
 
 Error bodies follow the OpenAI API error object
 (https://platform.openai.com/docs/guides/error-codes): ``{"error": {"type",
@@ -29,8 +51,6 @@ object with ``"type": "error"`` and an ``event_id``
 
 from __future__ import annotations
 
-import sqlite3
-import sys
 import uuid
 from typing import Any
 
@@ -51,6 +71,19 @@ __all__ = [
     "UpstreamError",
     "ServiceUnavailable",
     "ConfigError",
+    "HeaderFieldsTooLarge",
+    "UriTooLong",
+    "InvalidSdp",
+    "UpstreamRefused",
+    "ProviderKeyRefused",
+    "UnsafeUrl",
+    "BillingError",
+    "BillingNotConfigured",
+    "StripeUnavailable",
+    "StripeRejected",
+    "MigrationError",
+    "ChecksumMismatch",
+    "PendingMigrations",
     "dependency_error",
     "error_body",
     "error_event",
@@ -207,39 +240,14 @@ class ServiceUnavailable(VoxgateError):
         self.retry_after_s = retry_after_s
 
 
-# Exception classes of dependencies, by module, that mean "down or overloaded,
-# try again later". Looked up only when their library is loaded.
-_DEPENDENCY_ERRORS: dict[str, tuple[tuple[str, str], ...]] = {
-    "redis": (("redis.exceptions", "ConnectionError"), ("redis.exceptions", "TimeoutError"),
-              ("redis.exceptions", "BusyLoadingError"), ("redis.exceptions", "ReadOnlyError")),
-    "sqlalchemy": (("sqlalchemy.exc", "OperationalError"), ("sqlalchemy.exc", "InterfaceError"),
-                   ("sqlalchemy.exc", "TimeoutError"), ("sqlalchemy.exc", "DisconnectionError")),
-    "asyncpg": (("asyncpg.exceptions", "PostgresConnectionError"),
-                ("asyncpg.exceptions", "CannotConnectNowError"),
-                ("asyncpg.exceptions", "InterfaceError")),
-    "psycopg": (("psycopg", "OperationalError"), ("psycopg", "InterfaceError")),
-    "aiortc": (("aiortc.exceptions", "InternalError"),),
-}
-_NAMES = {"redis": "Redis", "sqlalchemy": "the database", "asyncpg": "the database",
-          "psycopg": "the database", "aiortc": "WebRTC media"}
-
-
 def dependency_error(exc: BaseException) -> ServiceUnavailable | None:
     """The 503 to answer for ``exc`` when it says a dependency is unreachable
-    or overloaded (Redis connection, pool or timeout errors; a database
-    connection, lock or pool error; an aiortc internal error; a refused
-    connection), else None. The message names the dependency, never the
-    address or credentials."""
+    or overloaded: a ``ServiceUnavailable`` (the adapters raise one, chained
+    from the driver's exception, where the driver raised it; see the module
+    docstring) or, anywhere, a refused TCP connection; else None. The
+    message names the dependency, never the address or credentials."""
     if isinstance(exc, ServiceUnavailable):
         return exc
-    for package, classes in _DEPENDENCY_ERRORS.items():
-        for module_name, class_name in classes:
-            module = sys.modules.get(module_name)
-            cls = getattr(module, class_name, None) if module is not None else None
-            if isinstance(cls, type) and isinstance(exc, cls):
-                return ServiceUnavailable(f"{_NAMES[package]} is unavailable; retry shortly")
-    if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable, disk I/O
-        return ServiceUnavailable("the database is unavailable; retry shortly")
     if isinstance(exc, ConnectionRefusedError):
         return ServiceUnavailable("a backing service is unavailable; retry shortly")
     return None
@@ -247,6 +255,126 @@ def dependency_error(exc: BaseException) -> ServiceUnavailable | None:
 
 class ConfigError(Exception):
     """Invalid configuration or catalog; raised at start-up, never sent to clients."""
+
+
+# -- leaves raised by one room each (re-exported there) ------------------------
+
+
+class HeaderFieldsTooLarge(InvalidRequest):
+    """Request header fields too large (RFC 6585 section 5)."""
+
+    code = "request_header_fields_too_large"
+    status = 431
+
+
+class UriTooLong(InvalidRequest):
+    """Request target too long (RFC 9110 section 15.5.15)."""
+
+    code = "uri_too_long"
+    status = 414
+
+
+class InvalidSdp(InvalidRequest):
+    """The SDP offer cannot be answered."""
+
+    code = "invalid_sdp"
+
+
+class UpstreamRefused(InvalidRequest):
+    """The provider refused the client's request at the handshake (HTTP 4xx:
+    unknown model, bad parameter). The client's fault, not a provider error."""
+
+    code = "upstream_refused"
+
+
+class ProviderKeyRefused(UpstreamError):
+    """The provider answered 401 to the project's own provider key (BYOK):
+    the customer's key, not voxgate's, was refused. Permanent until the key
+    is replaced."""
+
+    code = "provider_key_refused"
+    permanent = True
+
+
+class UnsafeUrl(InvalidRequest):
+    """A webhook URL voxgate will not send to."""
+
+    code = "unsafe_url"
+
+
+class BillingError(VoxgateError):
+    """Billing (Stripe) failed."""
+
+    type = "billing_error"
+    code = "billing_error"
+    status = 502
+
+
+class BillingNotConfigured(BillingError):
+    """No Stripe key is configured."""
+
+    code = "billing_not_configured"
+    status = 503
+
+
+class StripeUnavailable(BillingError):
+    """Stripe could not be reached or answered 5xx/429: retrying may help."""
+
+    code = "stripe_unavailable"
+    status = 502
+    permanent = False
+
+
+class StripeRejected(BillingError):
+    """Stripe refused the request (4xx). ``http_status`` and ``stripe_code``
+    carry Stripe's answer."""
+
+    code = "stripe_rejected"
+    status = 502
+
+    def __init__(self, message: str, *, http_status: int | None = None,
+                 stripe_code: str | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.stripe_code = stripe_code
+
+
+class MigrationError(ConfigError):
+    """The schema cannot be brought to this voxgate's version: a migration
+    failed (nothing of it applied), or waited too long for a lock. A
+    ``ConfigError``: the command line prints its one-line message and stops."""
+
+
+class ChecksumMismatch(MigrationError):
+    """An applied migration's file is no longer what was applied (its
+    checksum differs from the one recorded): voxgate refuses to start.
+
+    Args:
+        migration: the ``voxgate.store.migrate.Migration`` (``label``,
+            ``checksum``, ``path``).
+        recorded: the checksum recorded when it was applied (hex).
+    """
+
+    def __init__(self, migration: Any, recorded: str) -> None:
+        super().__init__(
+            f"migration {migration.label} was changed after it was applied to this database "
+            f"(checksum now {migration.checksum[:12]}…, {recorded[:12]}… when applied): "
+            f"restore {migration.path} as it was; change a schema with a new migration, "
+            f"never by editing an applied one")
+        self.migration = migration
+        self.recorded = recorded
+
+
+class PendingMigrations(MigrationError):
+    """Migrations are pending and this store may not apply them at open
+    (``auto_migrate = false``): ``pending`` lists them (``Migration``s)."""
+
+    def __init__(self, pending: list[Any]) -> None:
+        names = ", ".join(m.path.name for m in pending)
+        super().__init__(
+            f"{len(pending)} schema migration(s) pending ({names}) and auto_migrate is off: "
+            f"run `voxgate migrate` first (or set auto_migrate = true)")
+        self.pending = pending
 
 
 def new_event_id() -> str:

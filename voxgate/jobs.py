@@ -77,11 +77,11 @@ from voxgate.billing.notify import Notifier, TrialEnd, usage_summary
 from voxgate.config import Settings
 from voxgate.metering.verdict import VerdictPolicy
 from voxgate.models import Account, Plan, PlanCatalog, Reason, Verdict
+from voxgate.models.figures import period_bounds, previous_period, standing
 from voxgate.proxy.recovery import complete_orphans
 from voxgate.store.base import Orphan, period_of
 from voxgate.store.plans import account_plan, enterprise_plans, subscribed_plan
 from voxgate.store.queries.jobs import HousekeepingDB, JobRun, JobRunsDB
-from voxgate.web.figures import period_bounds, previous_period, standing
 
 __all__ = [
     "Job",
@@ -210,7 +210,7 @@ def trial_reminders_due(trials: Iterable[TrialEnd], accounts: Mapping[str, Accou
 def summary_recipients(accounts: Iterable[Account], catalog: PlanCatalog,
                        period: str, enterprise: Mapping[str, Plan] | None = None) -> list[Account]:
     """The accounts that get ``period``'s summary: paying now (a Stripe
-    subscription on a paid plan, ``voxgate.web.figures.standing``; an
+    subscription on a paid plan, ``voxgate.models.figures.standing``; an
     enterprise account by its own plan in ``enterprise``, account id →
     Plan) and created before the period ended."""
     _, end = period_bounds(period)
@@ -270,6 +270,7 @@ async def sweep_expired_instances(ctx: JobContext) -> str:
     now = ctx.clock()
     cutoff = now - ctx.settings.heartbeat_ttl_s
     policy = verdict_policy(ctx.settings)
+    prices = ctx.settings.pricing.prices()
     dead = await ctx.store.expired_instances(cutoff)
     done: list[Orphan] = []
     for instance in dead:
@@ -277,7 +278,8 @@ async def sweep_expired_instances(ctx: JobContext) -> str:
                                                  heartbeat_before=cutoff)
         verdicts = await complete_orphans(
             ctx.store, ctx.catalog, policy, orphans, now,
-            f"instance {instance.id} lost (no heartbeat for {now - instance.heartbeat_at:.0f} s)")
+            f"instance {instance.id} lost (no heartbeat for {now - instance.heartbeat_at:.0f} s)",
+            prices=prices)
         done += orphans
         log.warning("instance %s (%s pid %d, epoch %d) expired: %d session(s) completed from "
                     "their last checkpoint (%d billable)", instance.id, instance.host,
@@ -286,7 +288,7 @@ async def sweep_expired_instances(ctx: JobContext) -> str:
     left = await ctx.store.orphaned_sessions(cutoff)
     if left:
         await complete_orphans(ctx.store, ctx.catalog, policy, left, now,
-                               "its instance was lost (no heartbeat)")
+                               "its instance was lost (no heartbeat)", prices=prices)
         log.warning("completed %d session(s) of lost instances left active", len(left))
         done += left
     await _reconcile(ctx, {(o.account_id, o.record.period if o.record else period_of(now))
@@ -407,6 +409,13 @@ async def prune_stripe_payloads(ctx: JobContext) -> str:
     return f"{pruned['stripe_events']} processed Stripe event payload(s) emptied"
 
 
+async def queue_missed_session_events(ctx: JobContext) -> str:
+    """The ``session.completed`` webhook events no completion hook queued
+    (sessions completed by a sweep or a process that died between storing a
+    verdict and running its hooks: ``Notifier.catch_up_sessions``)."""
+    return f"{await ctx.mailer.catch_up_sessions(ctx.clock())} session.completed event(s) queued"
+
+
 JOBS: list[Job] = [
     Job("instance_sweep", 10.0, sweep_expired_instances,
         "complete the sessions of voxgate instances whose heartbeat expired", overlap_safe=True),
@@ -426,6 +435,9 @@ JOBS: list[Job] = [
         "delete emails sent and customer webhooks delivered retention.outbox_days ago"),
     Job("stripe_payload_prune", 3600.0, prune_stripe_payloads,
         "empty the payloads of Stripe events processed retention.webhook_payload_days ago"),
+    Job("session_event_catch_up", 60.0, queue_missed_session_events,
+        "queue the session.completed webhooks of sessions completed without their hook",
+        overlap_safe=True),
 ]
 
 
@@ -517,7 +529,7 @@ SCHEDULER = web.AppKey("job_scheduler", Scheduler)
 
 
 def setup(app: web.Application) -> None:
-    """Plug the scheduler into the app (``voxgate.proxy.app.PLUGINS``): it
+    """Plug the scheduler into the app (``voxgate.server.PLUGINS``): it
     starts with the app when ``jobs.enabled``, after the store is open, and
     stops before the store closes. The mailer is billing's notifier when
     billing is plugged in."""

@@ -22,6 +22,7 @@ never written, one JSON object per line when ``log_format = "json"``.
 from __future__ import annotations
 
 import contextvars
+import getpass
 import logging
 import re
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["bind", "context", "redact", "install", "configure", "CONTEXT_FIELDS", "TextFormatter",
+__all__ = ["cli_actor", "bind", "context", "redact", "install", "configure", "CONTEXT_FIELDS", "TextFormatter",
            "VoxgateJsonFormatter"]
 
 CONTEXT_FIELDS = ("request_id", "session_id", "account_id", "project_id")
@@ -144,3 +145,11 @@ def configure(fmt: str = "text", level: str | int | None = None) -> None:
         if type(handler).__module__.startswith("_pytest"):
             continue  # pytest's capture handlers keep their own format
         handler.setFormatter(formatter)
+
+
+def cli_actor() -> str:
+    """The audit log's actor for a command run by hand: ``cli:<user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"

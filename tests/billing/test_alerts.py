@@ -29,8 +29,8 @@ from voxgate.models import (
     load_catalog,
     new_id,
 )
-from voxgate.proxy.app import SETTINGS
 from voxgate.proxy.gateway import ActiveSession
+from voxgate.proxy.keys import SETTINGS
 from voxgate.store.base import period_of
 
 

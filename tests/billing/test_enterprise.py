@@ -16,8 +16,8 @@ from voxgate.billing.addons import Addons
 from voxgate.billing.db import BillingDB
 from voxgate.cli import main
 from voxgate.errors import InvalidRequest
-from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
+from voxgate.web.state import WEB
 
 TERMS = {"name": "Acme", "price_cents": 50000, "sessions_included": 10000,
          "concurrency": 200, "requests_per_minute": 20000, "projects": 50,

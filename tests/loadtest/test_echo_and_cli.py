@@ -61,8 +61,11 @@ async def test_cli_writes_the_json_report(make_server, tmp_path):
     assert await run_cli(args) == 0
     report = json.loads(out.read_text())
     assert report["admitted"] == 3 and report["refused"] == 0 and report["failed"] == 0
-    assert report["audit"] == {"checked": 3, "matched": 3, "mismatched": 0, "unrecorded": 0,
-                               "mismatches": []}
+    audit = report["audit"]
+    assert {k: audit[k] for k in ("checked", "matched", "mismatched", "unrecorded", "mismatches")} == {
+        "checked": 3, "matched": 3, "mismatched": 0, "unrecorded": 0, "mismatches": []}
+    assert audit["audio"]["checked"] == audit["audio"]["within_tolerance"] == 3
+    assert sum(k["matched"] for k in audit["by_kind"].values()) == 3
     assert report["by_kind"]["short"]["sessions"] == 1
     assert len(report["session_results"]) == 3
 

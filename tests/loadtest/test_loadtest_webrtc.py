@@ -12,7 +12,7 @@ from voxgate.loadtest.runner import LoadtestConfig, run_loadtest
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("voxgate.proxy.webrtc") is None,
-    reason="voxgate/proxy/webrtc.py (the WebRTC bridge) is not in the tree yet")
+    reason="voxgate/proxy/webrtc/ (the WebRTC bridge) is not in the tree yet")
 
 
 async def test_webrtc_loadtest_audit_is_exact(make_server):
@@ -28,6 +28,7 @@ async def test_webrtc_loadtest_audit_is_exact(make_server):
     assert report["admitted"] + report["refused"] + report["failed"] == 6
     audit = report["audit"]
     assert audit["checked"] == 6 and audit["matched"] == 6, audit["mismatches"]
+    assert audit["audio"]["checked"] == audit["audio"]["within_tolerance"] == 6, audit["audio"]
     assert {r["expected"] for r in report["session_results"]} == {
         "billable", "too_short", "provider_error", "turn_failure", "connect_timeout"}
     assert report["connect_ms"]["n"] == 4 and report["connect_ms_slow_created"]["n"] == 1

@@ -9,11 +9,11 @@ import pytest
 
 from voxgate.admission.base import InProcessAdmission
 from voxgate.errors import ConcurrencyLimited, QuotaExceeded, RateLimited
-from voxgate.metering.decide import check_quota
 from voxgate.metering.events import CLIENT, UPSTREAM, EventError, Usage, b64_audio_bytes, classify
 from voxgate.metering.meter import SessionMeter
 from voxgate.metering.rate import RateLimitState, TokenBucket, plan_rate_limits
-from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.metering.rules import check_quota
+from voxgate.metering.verdict import VerdictPolicy, decide_verdict
 from voxgate.models import Plan
 from voxgate.models.realtime import PCM24K, b64_decoded_len
 from voxgate.models.sessions import Measurements, SessionRecord
@@ -30,7 +30,7 @@ def up(meter: SessionMeter, etype: str, nbytes: int, now_ms: float, event: dict 
 
 def append(meter: SessionMeter, audio: str, nbytes: int) -> None:
     meter.record(classify(CLIENT, "input_audio_buffer.append", nbytes,
-                          {"type": "input_audio_buffer.append", "audio": audio}))
+                          {"type": "input_audio_buffer.append", "audio": audio}), 0.0)
 
 
 def connected_meter(connect_ms: float = 100.0) -> SessionMeter:
@@ -171,7 +171,7 @@ def verdict_of(**setup) -> tuple[bool, str]:
     if setup.get("ice"):
         meter.ice_failed("no pair", turn=False)
     meter.closed("client", 1000, None, 7000.0)
-    v = decide(meter.measurements(), setup.get("policy", VerdictPolicy()))
+    v = decide_verdict(meter.measurements(), setup.get("policy", VerdictPolicy()))
     return v.billable, v.reason
 
 
@@ -194,7 +194,7 @@ def test_verdict_reasons():
 def test_verdict_policy_is_configurable_and_rule_names_values():
     meter = connected_meter(1500.0)
     feed_audio_in(meter, 3000)
-    v = decide(meter.measurements(), VerdictPolicy(min_audio_ms=2000, max_connect_ms=1000))
+    v = decide_verdict(meter.measurements(), VerdictPolicy(min_audio_ms=2000, max_connect_ms=1000))
     assert v.reason == "connect_timeout"
     assert "1500 ms > 1000 ms" in v.rule
 
@@ -310,7 +310,7 @@ def test_text_session_is_billed_by_its_completed_responses():
     for status in ("cancelled", "incomplete"):
         _done(meter, status)
     meter.closed("client", 1000, None, 16000.0)
-    v = decide(meter.measurements())
+    v = decide_verdict(meter.measurements())
     assert (v.billable, v.reason) == (False, "no_response")
     assert "0 completed responses < 1" in v.rule
     assert meter.measurements().responses == 2 and meter.measurements().provider_errors == 0
@@ -318,11 +318,11 @@ def test_text_session_is_billed_by_its_completed_responses():
     for _ in range(15):
         _done(meter, "completed")
     meter.closed("client", 1000, None, 16000.0)
-    v = decide(meter.measurements())
+    v = decide_verdict(meter.measurements())
     assert (v.billable, v.reason) == (True, "billable")
     assert v.rule == ("text session (no audio): 15 completed responses ≥ 1, connected in 100 ms "
                       "≤ 2000 ms, no provider error")
-    assert decide(meter.measurements(), VerdictPolicy(min_text_responses=16)).reason == \
+    assert decide_verdict(meter.measurements(), VerdictPolicy(min_text_responses=16)).reason == \
         "no_response"
 
 
@@ -334,7 +334,7 @@ def test_audio_in_with_text_responses_is_judged_by_its_responses():
     feed_audio_in(meter, 1000)
     _done(meter, "completed")
     meter.closed("client", 1000, None, 7000.0)
-    v = decide(meter.measurements())
+    v = decide_verdict(meter.measurements())
     assert (v.billable, v.reason) == (True, "billable")
     assert v.rule.startswith("text session (no audio): 1 completed response ≥ 1 "
                              "(1.0 s of audio in; its responses produced no audio)")
@@ -347,7 +347,7 @@ def test_audio_responses_keep_the_audio_rule():
     audio_out(meter, 500)
     _done(meter, "completed")
     meter.closed("client", 1000, None, 7000.0)
-    v = decide(meter.measurements())
+    v = decide_verdict(meter.measurements())
     assert (v.reason, v.rule) == ("too_short", "audio exchanged 1.5 s ≤ 5.0 s")
 
 
@@ -367,7 +367,7 @@ def update(meter: SessionMeter, fmt: str, event_id: str | None = None) -> None:
     event = {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"format": spec}}}}
     if event_id is not None:
         event["event_id"] = event_id
-    meter.record(classify(CLIENT, "session.update", 100, event))
+    meter.record(classify(CLIENT, "session.update", 100, event), 0.0)
 
 
 def sends(meter: SessionMeter, fmt: str, chunks: int) -> None:
@@ -468,7 +468,7 @@ def test_failed_responses_are_provider_errors():
     m = meter.measurements()
     assert (m.provider_errors, m.responses_failed, m.responses) == (3, 3, 3)
     assert m.provider_error == "response failed: server_error: boom went wrong"
-    v = decide(m)
+    v = decide_verdict(m)
     assert (v.billable, v.reason) == (False, "provider_error")
     assert v.rule == ("provider error (3): response failed: server_error: boom went wrong "
                       "(provider_error = any: any provider error voids the session)")
@@ -500,7 +500,7 @@ def session(*, audio_in_ms: int = 0, audio_out_ms: int = 0, completed: int = 0,
     if blip:
         append(meter, b64(960), 1300)
     meter.closed("client", 1000, None, 60000.0)
-    return decide(meter.measurements(), policy or VerdictPolicy())
+    return decide_verdict(meter.measurements(), policy or VerdictPolicy())
 
 
 @pytest.mark.parametrize(("setup", "expected"), [
@@ -545,12 +545,12 @@ def test_figures_at_the_first_provider_error_are_recorded():
     assert (m.audio_in_ms_at_error, m.audio_out_ms_at_error, m.responses_at_error,
             m.responses_completed_at_error) == (6000.0, 1000.0, 1, 1)
     assert Measurements.from_dict(m.to_dict()) == m
-    v = decide(m, LATE)
+    v = decide_verdict(m, LATE)
     assert (v.billable, v.reason) == (True, "billable")
     assert v.rule == ("connected in 100 ms ≤ 2000 ms, audio exchanged 8.0 s > 5.0 s, "
                       "provider error (2): server_error: transient after the threshold was met "
                       "(provider_error = before_threshold: before it, audio exchanged 7.0 s > 5.0 s)")
-    assert decide(m).reason == "provider_error"  # the default: any provider error
+    assert decide_verdict(m).reason == "provider_error"  # the default: any provider error
 
 
 def test_before_threshold_voids_a_session_whose_error_came_first():
@@ -558,14 +558,14 @@ def test_before_threshold_voids_a_session_whose_error_came_first():
     feed_audio_in(meter, 2000)
     up(meter, "error", 10, 1.0, {"error": {"type": "server_error", "message": "early"}})
     feed_audio_in(meter, 6000)
-    v = decide(meter.measurements(), LATE)
+    v = decide_verdict(meter.measurements(), LATE)
     assert (v.billable, v.reason) == (False, "provider_error")
     assert v.rule == ("provider error (1): server_error: early (provider_error = before_threshold: "
                       "before it, audio exchanged 2.0 s ≤ 5.0 s)")
     text = connected_meter()
     _done(text, "completed")
     failed(text, "server_error")  # a failed response after a completed one
-    v = decide(text.measurements(), LATE)
+    v = decide_verdict(text.measurements(), LATE)
     assert (v.billable, v.reason) == (True, "billable")
     assert "before it, text session (no audio): 1 completed response ≥ 1" in v.rule
 
@@ -577,7 +577,7 @@ def test_old_records_without_figures_at_error_stay_void_under_before_threshold()
         "provider_error": "server_error: x"}
     m = Measurements.from_dict(old)
     assert m.responses_at_error is None and m.responses_failed == 0
-    v = decide(m, LATE)
+    v = decide_verdict(m, LATE)
     assert v.reason == "provider_error" and "figures at the error not recorded" in v.rule
 
 
@@ -656,8 +656,8 @@ def test_speech_whose_responses_were_all_cut_by_barge_in_is_judged_by_its_audio(
 
     m = session(11000).measurements()
     assert (m.modality, m.responses, m.responses_completed) == ("none", 3, 0)
-    v = decide(m)
+    v = decide_verdict(m)
     assert (v.billable, v.reason) == (True, "billable")
     assert "audio exchanged 11.0 s > 5.0 s" in v.rule
-    silent = decide(session(0).measurements())  # nothing sent, nothing produced
+    silent = decide_verdict(session(0).measurements())  # nothing sent, nothing produced
     assert (silent.billable, silent.reason) == (False, "no_response")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from voxgate.metering.events import CLIENT, UPSTREAM, classify
 from voxgate.metering.meter import SessionMeter
-from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.metering.verdict import VerdictPolicy, decide_verdict
 
 # bytes per ms of each input format: PCM16 24 kHz 48, G.711 8 kHz 8
 RATES = {"audio/pcm": 48, "audio/pcmu": 8, "audio/pcma": 8}
@@ -46,19 +46,19 @@ def run(session_steps, *, extra: str | None = None) -> tuple[SessionMeter, float
             nbytes = RATES[current] * 20 * arg
             meter.record(classify(CLIENT, "input_audio_buffer.append", nbytes,
                                   {"type": "input_audio_buffer.append",
-                                   "audio": base64.b64encode(bytes(nbytes)).decode()}))
+                                   "audio": base64.b64encode(bytes(nbytes)).decode()}), 60.0)
             expected += nbytes / RATES[current]
         elif kind == "update":
             n += 1
             pending.append((f"evt_{n}", current))
             meter.record(classify(CLIENT, "session.update", 100, {
                 "type": "session.update", "event_id": f"evt_{n}",
-                "session": {"type": "realtime", "audio": {"input": {"format": _fmt(arg)}}}}))
+                "session": {"type": "realtime", "audio": {"input": {"format": _fmt(arg)}}}}), 60.0)
             current = arg
         elif kind == "updated" and pending:
             pending.pop(0)
             meter.record(classify(UPSTREAM, "session.updated", 100, {"type": "session.updated", "session": {
-                "audio": {"input": {"format": _fmt(current)}}}}))
+                "audio": {"input": {"format": _fmt(current)}}}}), 60.0)
         elif kind == "reject" and pending:
             event_id, before = pending.pop(0)
             if not pending:
@@ -66,22 +66,23 @@ def run(session_steps, *, extra: str | None = None) -> tuple[SessionMeter, float
             else:
                 pending[0] = (pending[0][0], before)
             meter.record(classify(UPSTREAM, "error", 100, {"type": "error", "error": {
-                "type": "invalid_request_error", "message": "no", "event_id": event_id}}))
+                "type": "invalid_request_error", "message": "no", "event_id": event_id}}), 60.0)
         elif kind == "audio_out":
             delta = base64.b64encode(bytes(960 * arg)).decode()
             meter.record(classify(UPSTREAM, "response.output_audio.delta", 100,
-                                  {"type": "response.output_audio.delta", "delta": delta}))
+                                  {"type": "response.output_audio.delta", "delta": delta}), 60.0)
         elif kind == "done":
             meter.record(classify(UPSTREAM, "response.done", 100,
-                                  {"type": "response.done", "response": {"status": arg}}))
+                                  {"type": "response.done", "response": {"status": arg}}), 60.0)
     if extra == "append":  # one short append, 20 ms of whatever the format is
         nbytes = RATES[current] * 20
         meter.record(classify(CLIENT, "input_audio_buffer.append", nbytes, {
-            "type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(nbytes)).decode()}))
+            "type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(nbytes)).decode()}),
+            60.0)
         expected += 20.0
     elif extra == "text":
         meter.record(classify(UPSTREAM, "response.done", 100,
-                              {"type": "response.done", "response": {"status": "completed"}}))
+                              {"type": "response.done", "response": {"status": "completed"}}), 60.0)
     meter.closed("client", 1000, None, 60_000.0)
     return meter, expected
 
@@ -111,8 +112,8 @@ def test_a_blip_never_crosses_the_modality_boundary(session_steps, extra):
     policy = VerdictPolicy()
     before_meter, _ = run(session_steps)
     after_meter, _ = run(session_steps, extra=extra)
-    before = decide(before_meter.measurements(), policy)
-    after = decide(after_meter.measurements(), policy)
+    before = decide_verdict(before_meter.measurements(), policy)
+    after = decide_verdict(after_meter.measurements(), policy)
     if before_meter.measurements().modality != "none":
         assert family(before.reason, before.rule) == family(after.reason, after.rule)
     if extra == "append":

@@ -13,10 +13,11 @@ from tests.conftest import SPEECH
 from voxgate.errors import MalformedEvent
 from voxgate.voice import audio as A
 from voxgate.voice.faults import DEFAULT_DROP_MS, Faults, parse_faults
-from voxgate.voice.items import cached_tokens, input_blocks
+from voxgate.voice.input_audio import InputAudio, decode_base64_audio
 from voxgate.voice.responder import EMPTY_REPLY, GREETING, assistant_reply
-from voxgate.voice.session import SessionConfig, usage
+from voxgate.voice.session import SessionConfig
 from voxgate.voice.tts import split_sentences
+from voxgate.voice.usage import cached_tokens, input_blocks, response_usage
 from voxgate.voice.vad import SpeechStarted, SpeechStopped, TurnDetector, aggressiveness
 
 # -- audio ---------------------------------------------------------------------
@@ -96,6 +97,50 @@ def test_vad_real_speech_starts_and_stops():
     assert speech_end_ms - 300 < events[1].audio_end_ms <= speech_end_ms + 600
 
 
+def test_input_audio_detects_a_turn_and_commits_the_speech():
+    """The session's input buffer, sans I/O: 24 kHz chunks in, turn events out."""
+    speech = A.load_pcm16(SPEECH / "goforward-16k-s16le.raw", rate=24000)
+    pcm = bytes(24000) + speech + bytes(48000)  # 0.5 s silence, speech, 1 s silence
+    audio = InputAudio()
+    audio.reset_vad({"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+                     "silence_duration_ms": 500})
+    events = []
+    for off in range(0, len(pcm), 4800):  # 100 ms appends
+        for ev in audio.append(pcm[off:off + 4800], 24000):
+            events.append(ev)
+            if isinstance(ev, SpeechStarted):
+                item_id = audio.speech_started(ev.audio_start_ms)
+            else:
+                start = audio.speech_offset(24000)
+                committed, committed_ms = audio.take(start, 24000)
+        if audio.idle:
+            audio.trim(800, 24000)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechStopped]
+    assert item_id.startswith("item_") and audio.speech_item_id == item_id
+    assert audio.audio_ms == pytest.approx(len(pcm) / 48)
+    assert len(speech) <= len(committed) <= committed_ms * 48  # the speech, from its start, and no more
+    assert audio.buffered_ms(24000) < 1000  # what followed the turn, trimmed
+
+
+def test_input_audio_without_turn_detection_keeps_everything():
+    audio = InputAudio()
+    audio.reset_vad(None)
+    assert audio.append(bytes(48000), 24000) == [] and not audio.idle
+    assert audio.buffered_ms(24000) == 1000
+    audio.clear()
+    assert (audio.buffered_ms(24000), audio.buffer_start_ms) == (0, 1000)
+
+
+def test_decode_base64_audio_errors():
+    assert decode_base64_audio("AAA=") == bytes(2)
+    with pytest.raises(MalformedEvent) as info:
+        decode_base64_audio("not base64!", "item.content[0].audio")
+    assert (info.value.code, info.value.param) == ("invalid_base64", "item.content[0].audio")
+    with pytest.raises(MalformedEvent) as info:
+        decode_base64_audio(3)
+    assert (info.value.code, info.value.param) == ("invalid_value", "audio")
+
+
 def test_vad_threshold_mapping():
     assert [aggressiveness(t) for t in (0.0, 0.3, 0.5, 0.9, 1.0)] == [0, 1, 2, 3, 3]
 
@@ -171,7 +216,7 @@ def test_session_update_rejects(session, param):
 
 
 def test_usage_totals():
-    u = usage(in_text=3, in_audio=10, out_text=4, out_audio=20)
+    u = response_usage(in_text=3, in_audio=10, out_text=4, out_audio=20)
     assert (u["input_tokens"], u["output_tokens"], u["total_tokens"]) == (13, 24, 37)
     assert u["input_token_details"]["audio_tokens"] == 10 and u["output_token_details"]["audio_tokens"] == 20
 
@@ -191,7 +236,7 @@ def test_cached_tokens_are_the_unchanged_prefix_of_the_previous_input():
                                                                       "transcript": "Hello"}]}], {})
     assert cached_tokens(second, truncated) == (3, 10)  # the truncated reply is a new piece
     assert cached_tokens(second, input_blocks("Be long.", [user, reply], {})) == (0, 0)
-    u = usage(in_text=8, in_audio=10, out_text=2, cached_text=3, cached_audio=10)
+    u = response_usage(in_text=8, in_audio=10, out_text=2, cached_text=3, cached_audio=10)
     assert u["input_token_details"]["cached_tokens"] == 13
     assert u["input_token_details"]["cached_tokens_details"] == {"text_tokens": 3, "audio_tokens": 10,
                                                                 "image_tokens": 0}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.web.conftest import WebClient, account_of, add_session
-from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
+from voxgate.web.state import WEB
 
 MEMBER_PAGES = ["/dashboard", "/sessions", "/sessions/sess_x", "/sessions.csv", "/usage.csv",
                 "/projects", "/billing", "/simulator"]

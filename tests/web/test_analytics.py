@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from tests.conftest import SLOW
 from tests.web.conftest import WEB_CATALOG, add_session
 from voxgate.jobs import JOBS, JobRunsDB
-from voxgate.models import Account, load_catalog
-from voxgate.models.enterprise import enterprise_plan
+from voxgate.models import Account, figures, load_catalog
+from voxgate.models.enterprise import enterprise_plan, plan_for, plan_of
 from voxgate.store.base import period_of
-from voxgate.web import charts, figures
-from voxgate.web.app import WEB
+from voxgate.web import charts
 from voxgate.web.auth import create_operator
-from voxgate.web.views import fmt_time
+from voxgate.web.render import fmt_time
+from voxgate.web.state import WEB
 
 DAY = 86400.0
 
@@ -37,6 +37,26 @@ class Change:
     new_plan: str
     new_status: str
     subscribed: bool = False
+
+
+def test_one_plan_of_knows_enterprise_plans(tmp_path):
+    """``plan_of`` turns a plan id into a Plan the same way for the store's
+    lookup (``plan_for``: stored terms, the default plan as fallback) and
+    the analytics (an account id → enterprise Plan map)."""
+    cat = catalog(tmp_path)
+    acme = enterprise_plan("acct_acme", {"name": "Acme", "price_cents": 50000})
+    assert plan_of(cat, "starter") is cat.get("starter")
+    assert plan_of(cat, "enterprise", acme) is acme
+    assert plan_of(cat, "enterprise") is None and plan_of(cat, "gone") is None
+    assert plan_of(cat, None) is None
+    assert plan_for(cat, "acct_acme", "enterprise", {"name": "Acme", "price_cents": 50000}) == acme
+    assert plan_for(cat, "acct_acme", "enterprise", None) is cat.default
+    assert plan_for(cat, "acct_acme", "enterprise", {"price_cents": -1}) is cat.default
+    assert plan_for(cat, "acct_x", "gone", None) is cat.default
+    ent = {"acct_acme": acme}
+    assert figures.price_of("enterprise", cat, "acct_acme", ent) == 50000
+    assert figures.price_of("enterprise", cat, "acct_other", ent) == 0
+    assert figures.standing("enterprise", "active", True, cat, "acct_acme", ent) == "paying"
 
 
 def test_analytics_pure(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import ROOT, SLOW
 from tests.test_ws_relay import billable_quick_session
 from tests.web.conftest import totp_code
-from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
+from voxgate.web.state import WEB
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "web"

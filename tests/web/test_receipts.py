@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import ROOT, SLOW
 from tests.test_ws_relay import append_audio, billable_quick_session, recv_until, sdk, session_id_of
 from tests.web.conftest import account_of
-from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.metering.verdict import VerdictPolicy, decide_verdict
 from voxgate.models import Measurements, Plan, Reason, SessionRecord
 from voxgate.models.plans import Tier
 from voxgate.web import receipts
@@ -35,7 +35,7 @@ POLICY = VerdictPolicy(min_audio_ms=4000.0, max_connect_ms=1500.0, min_text_resp
 
 def record_of(m: Measurements, transport: str = "websocket", settlement: str | None = None,
               policy: VerdictPolicy = POLICY) -> SessionRecord:
-    verdict = decide(m, policy)
+    verdict = decide_verdict(m, policy)
     return SessionRecord(
         id="sess_test", account_id="acct", project_id="proj", transport=transport,
         started_at=1_700_000_000.0, status="completed", measurements=m,

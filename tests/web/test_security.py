@@ -19,7 +19,6 @@ import pytest
 from tests.conftest import SLOW
 from tests.web.conftest import RECOVERY_RE, SECRET_RE, account_of, totp_code
 from voxgate.config import Settings, load_settings
-from voxgate.web.app import WEB
 from voxgate.web.auth import create_operator
 from voxgate.web.security import (
     SECURITY_HEADERS,
@@ -29,6 +28,7 @@ from voxgate.web.security import (
     is_loopback,
     safe_next,
 )
+from voxgate.web.state import WEB
 from voxgate.web.views import SIGNUP_REFUSED
 from voxgate.web.voice_client import demo_page_enabled
 
@@ -470,7 +470,7 @@ async def test_multipart_without_boundary_and_non_utf8_form_get_400(make_server,
 # ---------------------------------------------------------------- demo keys
 
 async def test_demo_key_minted_without_credentials_off_loopback(make_server, http):
-    from voxgate.proxy.app import DEMO_KEY_FILE
+    from voxgate.proxy.keys import DEMO_KEY_FILE
 
     wide = await make_server(host="0.0.0.0")
     # a demo project left from an earlier run on loopback

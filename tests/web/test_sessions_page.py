@@ -9,6 +9,9 @@ import re
 import time
 
 from tests.web.conftest import add_session
+from voxgate.billing.addons import Addons
+from voxgate.billing.db import BillingDB
+from voxgate.models.plans import ENTERPRISE_PLAN_ID
 from voxgate.store.base import period_of
 from voxgate.web.views import PAGE_SIZE
 
@@ -73,3 +76,26 @@ async def test_filters_pagination_and_exports(make_server, clients):
     assert int(this["sessions"]) == expected_here
     assert int(this["billable_sessions"]) == PAGE_SIZE + 5
     assert int(this["estimated_minutes"]) == 2 * (PAGE_SIZE + 5)
+
+
+async def test_usage_csv_names_an_enterprise_accounts_own_plan(make_server, clients):
+    """An account on its enterprise plan (``enterprise``, an id no catalog
+    holds) sees that plan in usage.csv, not the catalog's default plan."""
+    server = await make_server()
+    c = clients(server)
+    await c.signup("acme@example.com")
+    account = await server.store.get_account_by_email("acme@example.com")
+    project = await server.store.create_project(account.id, "One")
+    await add_session(server.store, account.id, project.id)
+
+    async def plans_shown() -> list[str]:
+        status, text, _ = await c.get("/usage.csv")
+        assert status == 200, text
+        return [r["plan"] for r in csv.DictReader(io.StringIO(text))]
+
+    catalog = server.gateway.catalog
+    assert await plans_shown() == [catalog.default_plan]
+    await Addons(server.store, BillingDB(server.store), catalog).set_enterprise(
+        account.id, {"name": "Acme", "price_cents": 50000, "sessions_included": 10000},
+        "ops@example.com")
+    assert await plans_shown() == [ENTERPRISE_PLAN_ID]

@@ -22,8 +22,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from tests.conftest import SLOW
-from voxgate.proxy import rtc_ice
-from voxgate.proxy.media import pcm16_frame
+from voxgate.proxy.webrtc import ice as rtc_ice
+from voxgate.proxy.webrtc.media import pcm16_frame
 
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz

@@ -14,7 +14,7 @@ import numpy as np
 
 from tests.conftest import SLOW
 from tests.webrtc.client import Client
-from voxgate.proxy.media import (
+from voxgate.proxy.webrtc.media import (
     FRAME_BYTES,
     FRAME_MS,
     FRAME_SAMPLES,
@@ -22,7 +22,7 @@ from voxgate.proxy.media import (
     InboundAudio,
     OutputAudioTrack,
 )
-from voxgate.proxy.rtp_audio import SILENCE_PACKET, OpusDecoder48, OpusVoiceEncoder
+from voxgate.proxy.webrtc.opus import SILENCE_PACKET, OpusDecoder48, OpusVoiceEncoder
 
 NO_VAD = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 
@@ -281,7 +281,7 @@ async def test_clear_silences_the_call_at_once(make_server, rtc_settings, http, 
 
 
 def test_announce_address_rewrites_host_candidates_only():
-    from voxgate.proxy.rtc_sdp import announce_address
+    from voxgate.proxy.webrtc.sdp import announce_address
 
     sdp = "\r\n".join([
         "v=0", "m=audio 50000 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 10.0.0.5",
@@ -299,7 +299,7 @@ def test_announce_address_rewrites_host_candidates_only():
 def test_host_addresses_are_scoped_to_the_context():
     import aioice.ice
 
-    from voxgate.proxy import rtc_ice
+    from voxgate.proxy.webrtc import ice as rtc_ice
 
     with rtc_ice.host_addresses(["127.0.0.1"]):
         assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
@@ -319,8 +319,8 @@ async def test_rtp_both_ways_at_the_rtp_layer_keeps_rtcp_and_stats(make_server, 
     packets each side sent are the packets the other received (receive
     statistics, transport counters), RTCP sender and receiver reports cross
     both ways, and the pump lets go of the stream when the call ends."""
-    from voxgate.proxy.rtp_pump import RTP_PUMP
     from voxgate.proxy.webrtc import CALLS
+    from voxgate.proxy.webrtc.rtp_pump import RTP_PUMP
 
     server = await make_server(**rtc_settings)
     resp = await http.post(server.url + "/v1/realtime/client_secrets", json={"session": NO_VAD},

@@ -18,9 +18,9 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from voxgate.proxy import rtp_pump
-from voxgate.proxy.media import FRAME_S, FrameGrid
-from voxgate.proxy.rtp_audio import InboundRtp, InlineAudioReceiver
+from voxgate.proxy.webrtc import rtp_pump
+from voxgate.proxy.webrtc.media import FRAME_S, FrameGrid
+from voxgate.proxy.webrtc.rtp_in import InboundRtp, InlineAudioReceiver
 
 SSRC = 0x1234ABCD
 PT = 111

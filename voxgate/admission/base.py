@@ -1,7 +1,7 @@
 """Admission: may this request or session start? Monthly session quota,
 concurrency per plan and requests per minute per API key.
 
-The decision is one pure function (``voxgate.metering.decide.decide``);
+The decision is one pure function (``voxgate.metering.rules.decide_admission``);
 ``voxgate.metering.rate.TokenBucket`` is the pure rate limiter. ``Admission``
 is the interface the proxy calls, ``InProcessAdmission`` the single-process
 implementation, ``voxgate.admission.redis.RedisAdmission`` the one shared by
@@ -40,8 +40,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from voxgate.metering.decide import ACTIVE_STATUS, Ask, Refuse, Usage, decide, rate_limited
 from voxgate.metering.rate import RateLimitState, TokenBucket
+from voxgate.metering.rules import ACTIVE_STATUS, Ask, Counters, Refuse, decide_admission, rate_limited
 from voxgate.models.plans import Plan
 
 __all__ = [
@@ -116,7 +116,7 @@ class Admission(Protocol):
         """The budget left for ``rate_key`` now, counting nothing (a key
         never seen has its full budget)."""
 
-    async def usage(self, account_id: str, period: str, seed: Seed, now: float) -> Usage:
+    async def usage(self, account_id: str, period: str, seed: Seed, now: float) -> Counters:
         """The account's counters: billable sessions of ``period`` (seeded
         from ``seed`` when not held yet) and sessions in flight."""
 
@@ -129,19 +129,19 @@ class Admission(Protocol):
 
     async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
                     period: str, seed: Seed, now: float, *,
-                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Counters]:
         """``check_rate`` then ``acquire`` in one step (one Redis round trip):
         the budget left, the lease and the account's counters with it (in
         flight counting it), which the first ``rate_limits.updated`` shows.
         Raises ``RateLimited`` (no lease taken) or ``acquire``'s refusal."""
 
     async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                         seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+                         seed: Seed, now: float) -> tuple[RateLimitState, Counters]:
         """``check_rate`` then ``usage`` in one step (one Redis round trip),
         for minting an ephemeral key. Raises ``RateLimited``."""
 
     async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                                 seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+                                 seed: Seed, now: float) -> tuple[RateLimitState, Counters]:
         """``peek_rate`` and ``usage`` together, as ``rate_limits.updated``
         shows them: one Redis round trip (in-process: from memory, ``seed``
         read only when the period is not held yet)."""
@@ -235,23 +235,23 @@ class InProcessAdmission:
             return RateLimitState(limit, limit, 0.0)
         return bucket.peek(now, limit)
 
-    async def usage(self, account_id: str, period: str, seed: Seed, now: float) -> Usage:
+    async def usage(self, account_id: str, period: str, seed: Seed, now: float) -> Counters:
         counters = await self._seeded(account_id, period, seed)
-        return Usage(counters.used or 0, len(self._live(account_id, now)))
+        return Counters(counters.used or 0, len(self._live(account_id, now)))
 
     async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                                 seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+                                 seed: Seed, now: float) -> tuple[RateLimitState, Counters]:
         counters = await self._seeded(account_id, period, seed)
         return (await self.peek_rate(rate_key, plan, now),
-                Usage(counters.used or 0, len(self._live(account_id, now))))
+                Counters(counters.used or 0, len(self._live(account_id, now))))
 
     async def acquire(self, account_id: str, session_id: str, plan: Plan, period: str,
                       seed: Seed, now: float, *, account_status: str = ACTIVE) -> Lease:
         counters = await self._seeded(account_id, period, seed)
         # from here to the insert: no await, so no other admission interleaves
         leases = self._live(account_id, now)
-        decision = decide(Ask.SESSION, plan, account_status,
-                          Usage(counters.used or 0, len(leases)))
+        decision = decide_admission(Ask.SESSION, plan, account_status,
+                          Counters(counters.used or 0, len(leases)))
         if isinstance(decision, Refuse):
             raise decision.error
         lease = Lease(uuid.uuid4().hex, account_id, session_id, now + self.lease_ttl_s,
@@ -262,15 +262,15 @@ class InProcessAdmission:
 
     async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
                     period: str, seed: Seed, now: float, *,
-                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Counters]:
         state = await self.check_rate(rate_key, plan, now)
         lease = await self.acquire(account_id, session_id, plan, period, seed, now,
                                    account_status=account_status)
         counters = self._periods[(account_id, period)]
-        return state, lease, Usage(counters.used or 0, len(self._live(account_id, now)))
+        return state, lease, Counters(counters.used or 0, len(self._live(account_id, now)))
 
     async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                         seed: Seed, now: float) -> tuple[RateLimitState, Usage]:
+                         seed: Seed, now: float) -> tuple[RateLimitState, Counters]:
         state = await self.check_rate(rate_key, plan, now)
         return state, await self.usage(account_id, period, seed, now)
 

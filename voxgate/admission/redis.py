@@ -1,6 +1,6 @@
 """Admission shared by several voxgate processes, in Redis.
 
-The same decision as ``InProcessAdmission`` (``voxgate.metering.decide``)
+The same decision as ``InProcessAdmission`` (``voxgate.metering.rules``)
 over counters held in Redis, so that every process behind a load balancer
 sees the same leases, period counters and buckets. Each check-and-reserve is
 one Lua script (atomic on the server): it re-checks the decision's
@@ -66,8 +66,8 @@ from voxgate.admission.base import (
     new_instance_id,
 )
 from voxgate.errors import ServiceUnavailable
-from voxgate.metering.decide import Ask, Refuse, Usage, decide, rate_limited
 from voxgate.metering.rate import RateLimitState
+from voxgate.metering.rules import Ask, Counters, Refuse, decide_admission, rate_limited
 from voxgate.models.plans import Plan
 
 __all__ = ["RedisAdmission", "UNAVAILABLE"]
@@ -421,15 +421,15 @@ class RedisAdmission:
         return list(result)
 
     @_translated
-    async def usage(self, account_id: str, period: str, seed: Seed, now: float = 0.0) -> Usage:
+    async def usage(self, account_id: str, period: str, seed: Seed, now: float = 0.0) -> Counters:
         _ = self.redis
         _, n, used, _ = await self._seeded(self._usage, self._counter_keys(account_id, period),
                                            [], True, seed)
-        return Usage(max(0, int(used)), int(n))
+        return Counters(max(0, int(used)), int(n))
 
     @_translated
     async def rate_limit_figures(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                                 seed: Seed, now: float = 0.0) -> tuple[RateLimitState, Usage]:
+                                 seed: Seed, now: float = 0.0) -> tuple[RateLimitState, Counters]:
         """What ``rate_limits.updated`` shows, in one round trip (two the
         first time a period's count is needed, to seed it): ``rate_key``'s
         request budget peeked (``peek_rate``) and the account's billable
@@ -438,7 +438,7 @@ class RedisAdmission:
         keys = [*self._counter_keys(account_id, period), f"{self.prefix}rate:{rate_key}"]
         _, n, used, tokens = await self._seeded(self._rate_figures, keys,
                                                 [plan.requests_per_minute], True, seed)
-        return _state(plan.requests_per_minute, float(tokens)), Usage(max(0, int(used)), int(n))
+        return _state(plan.requests_per_minute, float(tokens)), Counters(max(0, int(used)), int(n))
 
     @_translated
     async def acquire(self, account_id: str, session_id: str, plan: Plan, period: str,
@@ -450,7 +450,7 @@ class RedisAdmission:
     @_translated
     async def admit(self, rate_key: str, account_id: str, session_id: str, plan: Plan,
                     period: str, seed: Seed, now: float = 0.0, *,
-                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Usage]:
+                    account_status: str = ACTIVE) -> tuple[RateLimitState, Lease, Counters]:
         """``check_rate`` and ``acquire`` in one script (one round trip): the
         budget left, the lease, and the counters with it (in flight counting
         it). Raises ``RateLimited`` (no lease taken) or ``acquire``'s refusal
@@ -462,10 +462,10 @@ class RedisAdmission:
 
     async def _lease(self, rate_key: str | None, account_id: str, session_id: str, plan: Plan,
                      period: str, seed: Seed, account_status: str
-                     ) -> tuple[Lease, RateLimitState | None, Usage]:
+                     ) -> tuple[Lease, RateLimitState | None, Counters]:
         """``_ACQUIRE`` (or ``_ADMIT`` counting a request of ``rate_key``)."""
         # what no counter can change (a closed account, a plan allowing nothing) first
-        decision = decide(Ask.SESSION, plan, account_status, Usage())
+        decision = decide_admission(Ask.SESSION, plan, account_status, Counters())
         if isinstance(decision, Refuse):
             if rate_key is not None:
                 await self.check_rate(rate_key, plan)
@@ -491,9 +491,9 @@ class RedisAdmission:
         state = None if rate_key is None else _state(plan.requests_per_minute, float(result[4]))
         if status == RATE_LIMITED:
             raise rate_limited(plan, float(result[5]))
-        usage = Usage(max(0, int(used)), int(n))
+        usage = Counters(max(0, int(used)), int(n))
         if status != 0:
-            refused = decide(Ask.SESSION, plan, account_status, usage)
+            refused = decide_admission(Ask.SESSION, plan, account_status, usage)
             if not isinstance(refused, Refuse):
                 raise RuntimeError(f"admission script refused ({status}) what decide admits")
             raise refused.error
@@ -510,7 +510,7 @@ class RedisAdmission:
 
     @_translated
     async def check_mint(self, rate_key: str, plan: Plan, account_id: str, period: str,
-                         seed: Seed, now: float = 0.0) -> tuple[RateLimitState, Usage]:
+                         seed: Seed, now: float = 0.0) -> tuple[RateLimitState, Counters]:
         """``check_rate`` and ``usage`` in one script (one round trip): the
         budget left after counting the request, and the account's counters.
         Raises ``RateLimited``."""
@@ -520,7 +520,7 @@ class RedisAdmission:
             self._check_mint, keys, [plan.requests_per_minute], True, seed)
         if float(wait):
             raise rate_limited(plan, float(wait))
-        return _state(plan.requests_per_minute, float(tokens)), Usage(max(0, int(used)), int(n))
+        return _state(plan.requests_per_minute, float(tokens)), Counters(max(0, int(used)), int(n))
 
     async def renew(self, lease: Lease, now: float = 0.0) -> str:
         """``renew_many`` of one lease; its outcome."""

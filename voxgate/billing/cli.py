@@ -75,15 +75,15 @@ def enterprise_terms(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from voxgate.cli import run_async
+    from voxgate.aio import run_async
 
     return run_async(_main(args))
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from voxgate.admin import cli_actor
     from voxgate.billing.service import BillingService
     from voxgate.config import load_settings
+    from voxgate.logs import cli_actor
     from voxgate.models import load_catalog
     from voxgate.store import open_store
 
@@ -146,8 +146,8 @@ async def _main(args: argparse.Namespace) -> int:
 async def _addons(args: argparse.Namespace, svc: Any) -> int:
     """``grant-pack``, ``set-enterprise``, ``expire-packs``: 1 for an unknown
     account, 2 for invalid arguments."""
-    from voxgate.admin import cli_actor
     from voxgate.errors import InvalidRequest
+    from voxgate.logs import cli_actor
     from voxgate.models.enterprise import plan_terms
 
     cmd = args.billing_command

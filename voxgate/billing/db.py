@@ -5,8 +5,11 @@ from voxgate.store.queries.billing import (
     BillingDB,
     EmailItem,
     InvoiceSettlement,
+    WebhookDelivery,
+    WebhookEndpoint,
     WebhookItem,
     backoff_s,
 )
 
-__all__ = ["BillingDB", "EmailItem", "WebhookItem", "InvoiceSettlement", "backoff_s"]
+__all__ = ["BillingDB", "EmailItem", "WebhookItem", "WebhookEndpoint", "WebhookDelivery",
+           "InvoiceSettlement", "backoff_s"]

@@ -18,6 +18,12 @@ Trial-ending reminders and monthly usage summaries are queued by the jobs of
 or period).
 Customer webhooks are signed like Stripe's: header
 ``Voxgate-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
+Each account has one endpoint (``PUT /v1/webhook``) subscribing to some of
+``EVENT_TYPES``; only those are queued for it (``webhook.test``, asked for
+by the customer, always is). A delivery's body is ``{"id", "type",
+"created", "data"}``: ``id`` stable per event (``"evt_" + session id`` for
+``session.completed``), so a receiver can drop the repeats at-least-once
+delivery may bring (docs/webhooks.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import math
+import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -39,8 +46,8 @@ from voxgate.billing.db import BillingDB, backoff_s
 from voxgate.billing.outbound import UnsafeUrl, check_url, client_session
 from voxgate.config import Settings
 from voxgate.models import Account, Plan
+from voxgate.models.figures import minutes_used
 from voxgate.store.base import MonthlyUsage
-from voxgate.web.figures import minutes_used
 
 __all__ = [
     "THRESHOLDS",
@@ -59,6 +66,12 @@ __all__ = [
     "Notifier",
     "OutboxWorker",
     "SIGNATURE_HEADER",
+    "SESSION_COMPLETED",
+    "TEST_EVENT",
+    "ALERT_EVENTS",
+    "EVENT_TYPES",
+    "event_id_of",
+    "session_event_id",
 ]
 
 log = logging.getLogger("voxgate.billing.notify")
@@ -68,6 +81,30 @@ SIGNATURE_HEADER = "Voxgate-Signature"
 WEBHOOK_TIMEOUT_S = 10.0  # one customer-webhook POST
 # meta key of a subscription in trial: value "<subscription id> <trial_end unix s>"
 TRIAL_END_KEY = "billing:trial_end:"
+
+SESSION_COMPLETED = "session.completed"
+TEST_EVENT = "webhook.test"  # POST /v1/webhook/test; sent whatever the endpoint subscribes to
+ALERT_EVENTS = ("quota_warning", "quota_exhausted")  # QuotaAlert.kind; /billing/alerts-webhook
+EVENT_TYPES = (SESSION_COMPLETED, *ALERT_EVENTS)  # what an endpoint may subscribe to
+
+
+CATCH_UP_GRACE_S = 60.0  # a session ended this long ago without its event: the hook missed it
+CATCH_UP_WINDOW_S = 6 * 3600.0  # catch_up_sessions looks at sessions started this far back
+# (beyond relay.max_session_s)
+
+
+def session_event_id(session_id: str) -> str:
+    """The ``id`` of a session's ``session.completed`` event: one per session."""
+    return "evt_" + session_id
+
+
+def event_id_of(dedupe_key: str | None) -> str:
+    """The ``id`` of an event queued under ``dedupe_key`` (the same key, the
+    same id: ``"evt_"`` + 24 hex chars of its SHA-256); a fresh random one
+    when there is no key."""
+    if dedupe_key is None:
+        return "evt_" + secrets.token_hex(12)
+    return "evt_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +204,7 @@ class UsageSummary:
     """What the monthly summary of one account and period says.
 
     Attributes:
-        minutes_used: ``voxgate.web.figures.minutes_used`` of the period.
+        minutes_used: ``voxgate.models.figures.minutes_used`` of the period.
         overage_sessions: billable sessions beyond the included ones (plans
             with an overage price; 0 otherwise).
         cost_cents: ``Plan.cost_cents(billable_sessions)``: subscription and overage.
@@ -366,12 +403,66 @@ class Notifier:
                                    dedupe_key=f"migrated:{account.id}:{old}:{new.id}")
 
     async def webhook(self, account_id: str, event_type: str, data: dict[str, Any],
-                      dedupe_key: str | None = None) -> bool:
-        """Queue a delivery to the account's webhook, if it set one."""
-        if await self.bdb.account_webhook(account_id) is None:
+                      dedupe_key: str | None = None, *, event_id: str | None = None) -> bool:
+        """Queue ``{"id", "type", "created", "data"}`` for the account's
+        webhook endpoint, if it has one subscribed to ``event_type``
+        (``TEST_EVENT``: any endpoint). ``event_id`` defaults to
+        ``event_id_of(dedupe_key)``; ``dedupe_key`` to ``event_id``. Returns
+        False when nothing was queued: no endpoint, not subscribed, or
+        queued before under the same key."""
+        endpoint = await self.bdb.webhook_endpoint(account_id)
+        if endpoint is None or (event_type != TEST_EVENT and event_type not in endpoint.events):
             return False
-        payload = {"type": event_type, "created": int(time.time()), "data": data}
-        return await self.bdb.queue_webhook(account_id, event_type, payload, dedupe_key)
+        event_id = event_id or event_id_of(dedupe_key)
+        payload = {"id": event_id, "type": event_type, "created": int(time.time()), "data": data}
+        return await self.bdb.queue_webhook(account_id, event_type, payload,
+                                            dedupe_key if dedupe_key is not None else event_id)
+
+    async def session_completed(self, account_id: str, session: dict[str, Any]) -> bool:
+        """Queue the ``session.completed`` event of ``session`` (the object
+        ``GET /v1/sessions/{id}`` returns), once per session: its id is
+        ``session_event_id``, and a second call (another process, a retried
+        completion) queues nothing. False when nothing was queued."""
+        event_id = session_event_id(session["id"])
+        return await self.webhook(account_id, SESSION_COMPLETED, session, event_id,
+                                  event_id=event_id)
+
+    async def catch_up_sessions(self, now: float, *, grace_s: float = CATCH_UP_GRACE_S,
+                                limit: int = 500) -> int:
+        """Queue the ``session.completed`` events that no completion hook
+        queued: sessions completed by a sweep (``instance_lost``,
+        ``interrupted``) or by a process that died before its hook ran,
+        ended more than ``grace_s`` ago (the hook's own turn) and started
+        within ``relay.max_session_s`` + ``CATCH_UP_WINDOW_S`` of ``now``
+        (Unix s; the window is at most half ``retention.outbox_days``, so a
+        delivered event's pruned row never makes it look missing). For a
+        scheduled job (``voxgate.jobs``); returns how many were queued."""
+        from voxgate.proxy.api import session_body
+
+        window_s = CATCH_UP_WINDOW_S
+        if self.settings.retention.outbox_days > 0:  # never past the pruning of delivered rows
+            window_s = min(window_s, self.settings.retention.outbox_days * 86400 / 2)
+        started_since = now - self.settings.relay.max_session_s - window_s
+        queued = 0
+        for session_id, account_id in await self.bdb.sessions_without_event(
+                SESSION_COMPLETED, session_event_id(""), started_since, now - grace_s, limit):
+            record = await self.bdb.store.get_session(session_id)
+            if record is not None and await self.session_completed(
+                    account_id, session_body(self.settings, record)):
+                queued += 1
+        return queued
+
+    async def test_event(self, account_id: str) -> str | None:
+        """Queue a ``webhook.test`` event (a fresh id each time) for the
+        account's endpoint; its id, or None when the account has none."""
+        endpoint = await self.bdb.webhook_endpoint(account_id)
+        if endpoint is None:
+            return None
+        event_id = event_id_of(None)
+        await self.webhook(account_id, TEST_EVENT, {
+            "account": account_id, "url": endpoint.url, "events": list(endpoint.events),
+            "message": "a test event sent from voxgate"}, event_id=event_id)
+        return event_id
 
 
 class OutboxWorker:

@@ -23,16 +23,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from voxgate.errors import InvalidRequest
+from voxgate.errors import UnsafeUrl
 from voxgate.models.origins import parse_ip
 
 __all__ = ["UnsafeUrl", "check_url", "is_public_address", "PublicResolver", "client_session"]
 
 
-class UnsafeUrl(InvalidRequest):
-    """A webhook URL voxgate will not send to."""
 
-    code = "unsafe_url"
 
 
 def is_public_address(address: str) -> bool:

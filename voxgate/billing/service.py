@@ -10,11 +10,20 @@ Routes:
   mode, ``voxgate.billing.addons``).
 - ``POST /billing/portal`` → ``{"url"}``: a Customer Portal session.
 - ``GET  /billing/invoices`` → ``{"data": [...]}``: the account's invoices.
-- ``GET|PUT|DELETE /billing/alerts-webhook``: the account's own webhook for
-  quota alerts (``PUT {"url"}`` answers the signing secret once).
+- ``GET|PUT|DELETE /v1/webhook``: the account's webhook endpoint, for every
+  event type (``PUT {"url", "events"}`` → ``{"url", "events", "secret"}``:
+  the signing secret is answered once, by the PUT that makes it; ``GET`` →
+  ``{"url", "events"}``); ``POST /v1/webhook/test`` queues a
+  ``webhook.test`` event; ``GET /v1/webhook/deliveries`` lists the
+  account's deliveries, ``POST /v1/webhook/deliveries/{id}/resend`` sends
+  one again (docs/webhooks.md).
+- ``GET|PUT|DELETE /billing/alerts-webhook``: the same endpoint seen through
+  the quota alert events only (``PUT {"url"}`` subscribes it to them and
+  answers a new signing secret; ``DELETE`` unsubscribes them).
 - ``POST /webhooks/stripe``: Stripe events, verified with ``Stripe-Signature``.
 
-The first four authenticate with ``voxgate.proxy.api.caller_account``.
+All but the Stripe webhook authenticate with
+``voxgate.proxy.api.caller_account`` (admin key or dashboard; project keys 403).
 
 Workers (started with the app, stopped with it): settlement every
 ``billing.settle_interval_s``, Stripe events not processed yet, the email and
@@ -39,17 +48,23 @@ from aiohttp import web
 from voxgate.billing.addons import Addons, pack_checkout_params
 from voxgate.billing.db import BillingDB
 from voxgate.billing.events import HANDLED, EventProcessor
-from voxgate.billing.notify import Notifier, OutboxWorker
+from voxgate.billing.notify import (
+    ALERT_EVENTS,
+    EVENT_TYPES,
+    SESSION_COMPLETED,
+    Notifier,
+    OutboxWorker,
+)
 from voxgate.billing.outbound import check_url
 from voxgate.billing.settlement import SettlementWorker
 from voxgate.billing.stripe_api import BillingError, BillingNotConfigured, StripeApi
 from voxgate.config import Settings
-from voxgate.errors import InvalidRequest, RateLimited
+from voxgate.errors import InvalidRequest, NotFound, RateLimited
+from voxgate.metering.rate import SlidingWindow
 from voxgate.models import Account, Plan, PlanCatalog
 from voxgate.models.enterprise import plan_for
 from voxgate.models.plans import ENTERPRISE_PLAN_ID
 from voxgate.proxy.http import json_response, read_json
-from voxgate.web.security import SlidingWindow
 
 __all__ = ["BillingService", "BILLING", "setup"]
 
@@ -219,17 +234,71 @@ class BillingService:
         return await self.db.list_audit(account_id, limit)
 
     async def set_alerts_webhook(self, account: Account, url: object) -> str:
-        """Set the account's alert webhook; returns its new signing secret.
+        """Set the account's webhook endpoint to ``url`` subscribed to the
+        alert events (besides those it subscribed to already); returns its
+        new signing secret.
 
         Raises:
             UnsafeUrl (400): not https, or a host that resolves to a
                 non-public address (see ``voxgate.billing.outbound``).
         """
         url = await check_url(url, dev_mode=self.settings.dev_mode)
+        found = await self.db.webhook_endpoint(account.id)
+        had = found.events if found is not None else ()
+        events = [*had, *(e for e in ALERT_EVENTS if e not in had)]
         secret = "whsec_" + secrets.token_urlsafe(24)
-        await self.db.set_account_webhook(account.id, url, secret)
+        await self.db.set_account_webhook(account.id, url, secret, events)
         await self.db.audit("account", account.id, "alerts_webhook_set", {"url": url})
         return secret
+
+    async def remove_alerts_webhook(self, account: Account) -> None:
+        """Unsubscribe the account's endpoint from the alert events; the
+        endpoint goes when no event is left."""
+        found = await self.db.webhook_endpoint(account.id)
+        if found is None:
+            return
+        events = [e for e in found.events if e not in ALERT_EVENTS]
+        if events:
+            await self.db.set_webhook_events(account.id, events)
+        else:
+            await self.db.delete_account_webhook(account.id)
+        await self.db.audit("account", account.id, "alerts_webhook_removed", {"url": found.url})
+
+    async def set_webhook(self, account: Account, url: object,
+                          events: object) -> tuple[str, list[str], str]:
+        """Set the account's webhook endpoint (``PUT /v1/webhook``): its URL
+        and the event types it subscribes to. Returns (url, events, the new
+        signing secret).
+
+        Raises:
+            UnsafeUrl (400): not https, or a host that resolves to a
+                non-public address (see ``voxgate.billing.outbound``).
+            InvalidRequest (400): ``events`` not a non-empty list of
+                ``EVENT_TYPES`` (code ``unknown_event`` for one that is not).
+        """
+        chosen = parse_events(events)
+        url = await check_url(url, dev_mode=self.settings.dev_mode)
+        secret = "whsec_" + secrets.token_urlsafe(24)
+        await self.db.set_account_webhook(account.id, url, secret, chosen)
+        await self.db.audit("account", account.id, "webhook_set", {"url": url, "events": chosen})
+        return url, chosen, secret
+
+    async def on_session_recorded(self, active: Any, verdict: Any, usage: Any) -> None:
+        """Gateway hook: queue the ``session.completed`` event of the session
+        just recorded (its object as ``GET /v1/sessions/{id}`` returns it,
+        read back from the store) when the account's endpoint subscribes
+        to it; once per session (``Notifier.session_completed``)."""
+        from voxgate.proxy.api import session_body
+
+        account_id = active.record.account_id
+        endpoint = await self.db.webhook_endpoint(account_id)
+        if endpoint is None or SESSION_COMPLETED not in endpoint.events:
+            return
+        record = await self.store.get_session(active.record.id)
+        if record is None or record.status != "completed":
+            return
+        if await self.notifier.session_completed(account_id, session_body(self.settings, record)):
+            self.kick("outbox")
 
     # -- Stripe webhooks -------------------------------------------------
 
@@ -371,6 +440,25 @@ class BillingService:
         await self.api.close()
 
 
+def parse_events(events: object) -> list[str]:
+    """The event types of a ``PUT /v1/webhook`` body, in the order given,
+    each once.
+
+    Raises:
+        InvalidRequest (400): not a non-empty list of strings, or a type
+            not in ``EVENT_TYPES`` (code ``unknown_event``).
+    """
+    valid = ", ".join(EVENT_TYPES)
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise InvalidRequest(f"'events' must be a non-empty list of event types ({valid})",
+                             param="events")
+    unknown = [e for e in events if e not in EVENT_TYPES]
+    if unknown:
+        raise InvalidRequest(f"unknown event type {unknown[0]!r}: one of {valid}",
+                             param="events", code="unknown_event")
+    return list(dict.fromkeys(events))
+
+
 BILLING = web.AppKey("billing", BillingService)
 WEBHOOK_LIMIT = web.AppKey("billing_webhook_limit", SlidingWindow)
 
@@ -412,6 +500,8 @@ async def invoices_handler(request: web.Request) -> web.Response:
 
 
 async def alerts_webhook_handler(request: web.Request) -> web.Response:
+    """``/billing/alerts-webhook``: ``/v1/webhook`` for the alert events
+    (``GET`` → ``{"url"}``, null unless the endpoint gets them)."""
     from voxgate.proxy.api import caller_account
 
     account = await caller_account(request)
@@ -422,10 +512,113 @@ async def alerts_webhook_handler(request: web.Request) -> web.Response:
         secret = await svc.set_alerts_webhook(account, url)
         return json_response({"url": url, "secret": secret})
     if request.method == "DELETE":
-        await svc.db.delete_account_webhook(account.id)
+        await svc.remove_alerts_webhook(account)
         return json_response({"deleted": True})
-    found = await svc.db.account_webhook(account.id)
-    return json_response({"url": found[0] if found else None})
+    found = await svc.db.webhook_endpoint(account.id)
+    alerts = found is not None and any(e in found.events for e in ALERT_EVENTS)
+    return json_response({"url": found.url if alerts and found else None})
+
+
+async def webhook_handler(request: web.Request) -> web.Response:
+    """``GET|PUT|DELETE /v1/webhook``: the account's webhook endpoint.
+
+    ``PUT {"url": "https://…", "events": ["session.completed", …]}`` →
+    ``{"object": "webhook_endpoint", "url", "events", "secret"}`` (a new
+    secret at each PUT, shown only here); ``GET`` → the same without the
+    secret (``url`` null and ``events`` [] when none is set); ``DELETE`` →
+    ``{"deleted": true}`` (pending deliveries are dropped).
+
+    Raises:
+        InvalidRequest/UnsafeUrl (400): see ``BillingService.set_webhook``.
+    """
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    if request.method == "PUT":
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise InvalidRequest("send {\"url\": …, \"events\": […]}")
+        url, events, secret = await svc.set_webhook(account, body.get("url"), body.get("events"))
+        return json_response({"object": "webhook_endpoint", "url": url, "events": events,
+                              "secret": secret})
+    if request.method == "DELETE":
+        found = await svc.db.webhook_endpoint(account.id)
+        await svc.db.delete_account_webhook(account.id)
+        if found is not None:
+            await svc.db.audit("account", account.id, "webhook_removed", {"url": found.url})
+        return json_response({"deleted": True})
+    found = await svc.db.webhook_endpoint(account.id)
+    return json_response({"object": "webhook_endpoint", "url": found.url if found else None,
+                          "events": list(found.events) if found else []})
+
+
+async def webhook_test_handler(request: web.Request) -> web.Response:
+    """``POST /v1/webhook/test`` → ``{"queued": true, "id": "evt_…"}``: a
+    ``webhook.test`` event queued for the account's endpoint.
+
+    Raises:
+        NotFound (404): the account has no webhook endpoint.
+    """
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    event_id = await svc.notifier.test_event(account.id)
+    if event_id is None:
+        raise NotFound("no webhook endpoint: set one with PUT /v1/webhook first")
+    svc.kick("outbox")
+    return json_response({"queued": True, "id": event_id})
+
+
+def delivery_body(item: Any) -> dict[str, Any]:
+    """One ``webhook_outbox`` row (``WebhookDelivery``) as the API shows it."""
+    payload = orjson.loads(item.payload)
+    return {"object": "webhook_delivery", "id": item.id, "event_id": payload.get("id"),
+            "type": item.event_type, "created": int(item.created_at),
+            "status": "delivered" if item.delivered_at is not None else "pending",
+            "attempts": item.attempts, "last_error": item.last_error,
+            "next_attempt_at": None if item.delivered_at is not None else item.next_attempt_at,
+            "delivered_at": item.delivered_at, "payload": payload}
+
+
+async def webhook_deliveries_handler(request: web.Request) -> web.Response:
+    """``GET /v1/webhook/deliveries?limit=`` → ``{"object": "list", "data":
+    [delivery, …]}``: the account's deliveries, newest first (delivered ones
+    until ``retention.outbox_days``).
+
+    Raises:
+        InvalidRequest (400): ``limit`` not an integer from 1 to 100.
+    """
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError as exc:
+        raise InvalidRequest("'limit' must be an integer", param="limit") from exc
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("'limit' must be between 1 and 100", param="limit")
+    items = await request.app[BILLING].db.list_webhooks(account.id, limit)
+    return json_response({"object": "list", "data": [delivery_body(i) for i in items]})
+
+
+async def webhook_resend_handler(request: web.Request) -> web.Response:
+    """``POST /v1/webhook/deliveries/{delivery_id}/resend`` → ``{"queued":
+    true}``: the delivery is due again now (same body, same event id).
+
+    Raises:
+        NotFound (404): no such delivery of the account's.
+    """
+    from voxgate.proxy.api import caller_account
+
+    account = await caller_account(request)
+    svc = request.app[BILLING]
+    raw = request.match_info["delivery_id"]
+    if not raw.isdigit() or not await svc.db.resend_webhook(account.id, int(raw), time.time()):
+        raise NotFound(f"no webhook delivery {raw!r}", param="delivery_id")
+    svc.kick("outbox")
+    return json_response({"queued": True})
 
 
 async def stripe_webhook_handler(request: web.Request) -> web.Response:
@@ -455,7 +648,7 @@ async def _billing_ctx(app: web.Application):
 
 
 def setup(app: web.Application) -> None:
-    """Plug billing into the app (called by ``voxgate.proxy.app.create_app``)."""
+    """Plug billing into the app (called by ``voxgate.server.create_app``)."""
     from voxgate.proxy.keys import GATEWAY, SETTINGS
 
     gateway = app[GATEWAY]
@@ -463,10 +656,15 @@ def setup(app: web.Application) -> None:
     app[BILLING] = svc
     app[WEBHOOK_LIMIT] = SlidingWindow(app[SETTINGS].billing.webhook_ip_limit_per_min, 60.0)
     gateway.on_completed.append(svc.on_session_completed)
+    gateway.on_completed.append(svc.on_session_recorded)
     app.router.add_post("/billing/checkout", checkout_handler)
     app.router.add_post("/billing/portal", portal_handler)
     app.router.add_get("/billing/invoices", invoices_handler)
     for method in ("GET", "PUT", "DELETE"):
         app.router.add_route(method, "/billing/alerts-webhook", alerts_webhook_handler)
+        app.router.add_route(method, "/v1/webhook", webhook_handler)
+    app.router.add_post("/v1/webhook/test", webhook_test_handler)
+    app.router.add_get("/v1/webhook/deliveries", webhook_deliveries_handler)
+    app.router.add_post("/v1/webhook/deliveries/{delivery_id}/resend", webhook_resend_handler)
     app.router.add_post("/webhooks/stripe", stripe_webhook_handler)
     app.cleanup_ctx.append(_billing_ctx)

@@ -26,7 +26,7 @@ from typing import Any
 import stripe
 
 from voxgate.config import BillingSettings
-from voxgate.errors import VoxgateError
+from voxgate.errors import BillingError, BillingNotConfigured, StripeRejected, StripeUnavailable
 
 __all__ = [
     "BillingError",
@@ -40,39 +40,6 @@ __all__ = [
 log = logging.getLogger("voxgate.billing.stripe")
 
 TIMEOUT_S = 20.0
-
-
-class BillingError(VoxgateError):
-    type = "billing_error"
-    code = "billing_error"
-    status = 502
-
-
-class BillingNotConfigured(BillingError):
-    code = "billing_not_configured"
-    status = 503
-
-
-class StripeUnavailable(BillingError):
-    """Stripe could not be reached or answered 5xx/429: retrying may help."""
-
-    code = "stripe_unavailable"
-    status = 502
-    permanent = False
-
-
-class StripeRejected(BillingError):
-    """Stripe refused the request (4xx). ``http_status`` and ``stripe_code``
-    carry Stripe's answer."""
-
-    code = "stripe_rejected"
-    status = 502
-
-    def __init__(self, message: str, *, http_status: int | None = None,
-                 stripe_code: str | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.stripe_code = stripe_code
 
 
 def translate(exc: stripe.StripeError) -> BillingError:

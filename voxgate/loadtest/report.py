@@ -109,13 +109,22 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
         pct = 100.0 * au["matched"] / au["checked"] if au["checked"] else 100.0
         style = "green" if not au["mismatched"] else "red"
         t.add_row("metering audit", f"[{style}]{au['matched']}/{au['checked']} matched ({pct:.1f} %)[/]")
+        ad = au.get("audio")
+        if ad and ad["checked"]:
+            style = "green" if not ad["mismatched"] else "red"
+            t.add_row(f"audio within ±{ad['tolerance_ms']:.0f} ms",
+                      f"[{style}]{ad['within_tolerance']}/{ad['checked']}[/] (max error in "
+                      f"{ad['max_error_in_ms']:.1f} ms, out {ad['max_error_out_ms']:.1f} ms)")
     console.print(t)
     if report["by_kind"]:
         k = Table(title="sessions by kind")
-        for col in ("kind", "sessions", "admitted", "refused", "failed"):
+        for col in ("kind", "sessions", "admitted", "refused", "failed", "verdicts matched"):
             k.add_column(col, justify="right" if col != "kind" else "left")
+        audited = (au or {}).get("by_kind") or {}
         for kind, row in sorted(report["by_kind"].items()):
-            k.add_row(kind, *(str(row[c]) for c in ("sessions", "admitted", "refused", "failed")))
+            a = audited.get(kind)
+            k.add_row(kind, *(str(row[c]) for c in ("sessions", "admitted", "refused", "failed")),
+                      f"{a['matched']}/{a['checked']}" if a else "-")
         console.print(k)
     for reason, n in report["refusals"].items():
         hint = REFUSAL_HINTS.get(reason.rsplit(" ", 1)[-1], "see the sessions' error")
@@ -126,5 +135,10 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
         console.print(f"[red]… and {len(report['failures']) - 10} more failures[/]")
     if au:
         for m in au["mismatches"][:20]:
+            if m.get("what") == "audio":
+                console.print(f"[red]audio mismatch #{m['index']} {m['session_id']} ({m['kind']}): "
+                              f"client in/out {m['client_audio_in_ms']}/{m['client_audio_out_ms']} ms, "
+                              f"recorded {m['server_audio_in_ms']}/{m['server_audio_out_ms']} ms[/]")
+                continue
             console.print(f"[red]audit mismatch #{m['index']} {m['session_id']} ({m['kind']}): "
                           f"expected {m['expected']}, recorded {m['recorded']} — {m['rule']}[/]")

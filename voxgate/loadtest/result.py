@@ -38,7 +38,13 @@ class SessionResult:
         underruns: gaps in the returned audio plus frames the client sent late
             (``underrun_kinds`` splits them: ``arrival_gap``, ``missing``,
             ``late_arrival``, ``sent_late``, for WebRTC).
-        provider_error_seen: an upstream ``error`` event reached the client.
+        provider_error_seen: an upstream ``error`` event (not
+            ``invalid_request_error``), or a ``response.done`` ``failed``
+            for a provider-side reason, reached the client.
+        responses_completed: ``response.done`` events with status
+            ``completed`` the client received.
+        close_code: the WebSocket close code the client saw (None: none,
+            or WebRTC).
         expected: the ground-truth reason (:func:`plan.ground_truth`).
         recorded: voxgate's recorded reason, and ``billable``.
     """
@@ -60,6 +66,8 @@ class SessionResult:
     underruns: int = 0
     underrun_kinds: dict[str, int] = field(default_factory=dict)
     provider_error_seen: bool = False
+    responses_completed: int = 0
+    close_code: int | None = None
     started_s: float = 0.0
     ended_s: float = 0.0
     expected: str | None = None
@@ -84,6 +92,8 @@ class SessionResult:
             "events_sent": self.events_sent,
             "events_received": self.events_received,
             "underruns": self.underruns,
+            "responses_completed": self.responses_completed,
+            "close_code": self.close_code,
             "expected": self.expected,
             "recorded": self.recorded,
             "recorded_billable": self.recorded_billable,

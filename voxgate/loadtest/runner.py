@@ -20,7 +20,7 @@ import aiohttp
 
 from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.audit import audit, fetch_records, wait_completed
-from voxgate.loadtest.plan import SessionPlan, plan_sessions
+from voxgate.loadtest.plan import WEBRTC_KINDS, SessionPlan, plan_sessions
 from voxgate.loadtest.probe import ProcessProbe, pid_listening_on
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
 from voxgate.loadtest.ws_client import refusal_trace, run_ws_session
@@ -40,6 +40,8 @@ class LoadtestConfig:
         url: voxgate's base URL (``http://127.0.0.1:8080``; ``ws://`` works too).
         transport: ``ws`` or ``webrtc``.
         duration_s: audio per session, in s.
+        duration_max_s: when set (and longer), each session's audio is
+            drawn from ``duration_s``–``duration_max_s`` (seeded).
         mix: ``{kind: fraction}`` (:func:`voxgate.loadtest.plan.parse_mix`).
         ramp_s: session starts are spread over this many seconds.
         max_time_s: the run stops (cancelling what still runs) after this.
@@ -57,6 +59,7 @@ class LoadtestConfig:
     concurrency: int = 1
     transport: str = "ws"
     duration_s: float = 8.0
+    duration_max_s: float | None = None
     mix: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     audio: str | None = None
@@ -69,6 +72,8 @@ class LoadtestConfig:
     faults: bool = True
     audit_wait_s: float = 20.0
     min_audio_ms: float = 5000.0
+    min_text_responses: int = 1
+    max_connect_ms: float = 2000.0
     turn_url: str | None = None
 
 
@@ -138,10 +143,15 @@ async def run_loadtest(cfg: LoadtestConfig,
         raise ValueError(f"unknown transport {cfg.transport!r} (ws or webrtc)")
     if cfg.transport == "ws" and cfg.mix.get("turn_failure"):
         raise ValueError("turn_failure sessions need --transport webrtc")
+    if cfg.transport == "webrtc":
+        ws_only = sorted(k for k, f in cfg.mix.items() if f and k not in WEBRTC_KINDS)
+        if ws_only:
+            raise ValueError(f"{', '.join(ws_only)} sessions need --transport ws")
     if cfg.sessions < 1 or cfg.concurrency < 1:
         raise ValueError("sessions and concurrency must be at least 1")
     clip = Clip.load(cfg.audio)
-    plans = plan_sessions(cfg.sessions, cfg.mix, round(cfg.duration_s * 1000), cfg.seed)
+    plans = plan_sessions(cfg.sessions, cfg.mix, round(cfg.duration_s * 1000), cfg.seed,
+                          round(cfg.duration_max_s * 1000) if cfg.duration_max_s else None)
     base, realtime_url = urls_of(cfg.url)
     if cfg.direct:
         realtime_url = cfg.url
@@ -204,7 +214,8 @@ async def run_loadtest(cfg: LoadtestConfig,
             ids = {r.session_id for r in ordered if r.session_id}
             records = await fetch_records(http, base, cfg.key, ids, since=wall0 - 5,
                                           wait_s=cfg.audit_wait_s) if ids else {}
-            audit_report = audit(ordered, records, cfg.min_audio_ms)
+            audit_report = audit(ordered, records, cfg.min_audio_ms, cfg.min_text_responses,
+                                 cfg.max_connect_ms)
     return build_report(cfg, ordered, wall0, wall_s, usage, audit_report, loop_lag=lag.report())
 
 
@@ -299,6 +310,7 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
         "sessions": cfg.sessions,
         "concurrency": cfg.concurrency,
         "duration_s": cfg.duration_s,
+        "duration_max_s": cfg.duration_max_s,
         "ramp_s": cfg.ramp_s,
         "max_time_s": cfg.max_time_s,
         "mix": cfg.mix,

@@ -44,8 +44,9 @@ from voxgate.loadtest.audio import Clip
 from voxgate.loadtest.plan import SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
 from voxgate.loadtest.ws_client import REFUSAL_STATUSES
-from voxgate.proxy import rtp_audio, rtp_pump
-from voxgate.proxy.media import FRAME_GRID
+from voxgate.proxy.webrtc import opus as rtp_audio
+from voxgate.proxy.webrtc import rtp_pump
+from voxgate.proxy.webrtc.media import FRAME_GRID
 from voxgate.proxy.ws_relay import SESSION_ID_HEADER
 
 __all__ = ["run_webrtc_session", "ClipTrack", "ArrivalTiming", "UNDERRUN_GAP_MS", "relay_only"]
@@ -59,8 +60,8 @@ _SESSION = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
 class ClipTrack(MediaStreamTrack):
     """``ms`` of the clip (its Opus frames, looped) in real-time 20 ms
     packets, then the track ends. Frames fall due on the process's 20 ms
-    frame grid (``voxgate.proxy.media.FrameGrid``) and are sent by the
-    process's RTP pump (``voxgate.proxy.rtp_pump``), as voxgate sends its
+    frame grid (``voxgate.proxy.webrtc.media.FrameGrid``) and are sent by the
+    process's RTP pump (``voxgate.proxy.webrtc.rtp_pump``), as voxgate sends its
     own, so the sessions of a load test go out in one pass per tick;
     ``late`` counts frames sent more than 20 ms after they were due."""
 
@@ -85,7 +86,7 @@ class ClipTrack(MediaStreamTrack):
             await FRAME_GRID.wait(due)
         return rtp_audio.opus_packet(*self.next_frame())
 
-    # -- the frame source of ``voxgate.proxy.rtp_pump`` (which sends it) ------
+    # -- the frame source of ``voxgate.proxy.webrtc.rtp_pump`` (which sends it) ------
 
     def due_tick(self, now: float) -> int:
         """The grid tick of the next frame; past the last frame the track
@@ -111,7 +112,7 @@ class ClipTrack(MediaStreamTrack):
 
 class ArrivalTiming:
     """Stands in for an ``RTCRtpReceiver``'s jitter buffer and decoder queue
-    (the seams ``voxgate.proxy.rtp_audio.decode_inline`` uses) and times each
+    (the seams ``voxgate.proxy.webrtc.rtp_in.decode_inline`` uses) and times each
     Opus RTP packet as it arrives, decoding nothing. Counts, in
     :attr:`underruns`: arrival gaps > :data:`UNDERRUN_GAP_MS` between
     consecutive packets; sequence numbers skipped; packets whose arrival,
@@ -208,7 +209,7 @@ async def run_webrtc_session(
     clock=time.perf_counter,
 ) -> SessionResult:
     """Run one WebRTC session; failures become ``outcome="failed"``."""
-    from voxgate.proxy import rtc_ice
+    from voxgate.proxy.webrtc import ice as rtc_ice
 
     res = SessionResult(plan.index, plan.kind, "webrtc")
     res.started_s = t_start = clock()

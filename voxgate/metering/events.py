@@ -22,7 +22,12 @@ Follows the OpenAI Realtime GA reference
   ``output_token_details`` text and audio), as the GA model
   ``openai.types.realtime.RealtimeResponseUsage`` has them;
 - ``error``: ``error.type``, ``code``, ``message`` and ``event_id`` (the
-  client event it answers, when the provider says).
+  client event it answers, when the provider says);
+- ``conversation.item.input_audio_transcription.completed``: its ``usage``
+  (``{"type": "tokens", "input_tokens", "output_tokens",
+  "input_token_details": {"text_tokens", "audio_tokens"}}`` or
+  ``{"type": "duration", "seconds"}``), billed at the transcription
+  model's price.
 
 The event is parsed once, by the relay (it needs the type anyway); nothing
 here parses JSON.
@@ -36,7 +41,7 @@ from typing import Any
 from voxgate.models.realtime import b64_decoded_len
 
 __all__ = ["CLIENT", "UPSTREAM", "AUDIO_APPEND", "SESSION_UPDATE", "OUTPUT_AUDIO_EVENTS", "Usage", "EventError",
-           "RelayedEvent", "classify", "b64_audio_bytes"]
+           "RelayedEvent", "classify", "b64_audio_bytes", "TRANSCRIPTION_COMPLETED", "TranscriptionUsage"]
 
 CLIENT = "client"
 UPSTREAM = "upstream"
@@ -44,6 +49,7 @@ AUDIO_APPEND = "input_audio_buffer.append"
 SESSION_UPDATE = "session.update"
 OUTPUT_AUDIO_EVENTS = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _SESSION_EVENTS = frozenset({"session.created", "session.updated"})
+TRANSCRIPTION_COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,19 @@ class Usage:
     cached_image_tokens: int = 0
     output_text_tokens: int = 0
     output_audio_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionUsage:
+    """``usage`` of a ``conversation.item.input_audio_transcription.completed``
+    (0 for what it lacks): ``{"type": "tokens"}`` gives tokens
+    (``input_token_details`` text/audio; input tokens without details
+    count as audio), ``{"type": "duration"}`` gives ``seconds`` of audio."""
+
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +130,7 @@ class RelayedEvent:
         status_error: ``response.status_details.error`` of ``response.done``.
         usage: ``response.usage`` of ``response.done``.
         error: ``error`` of an ``error`` event.
+        transcription: ``usage`` of an input transcription's ``completed`` event.
     """
 
     direction: str
@@ -123,6 +143,7 @@ class RelayedEvent:
     error: EventError | None = None
     event_id: str | None = None
     status_error: EventError | None = None
+    transcription: TranscriptionUsage | None = None
 
 
 def b64_audio_bytes(b64: Any) -> int:
@@ -174,6 +195,10 @@ def classify(direction: str, etype: str, nbytes: int,
                             status_error=_error(failure) if isinstance(failure, dict) else None)
     if etype == "error":
         return RelayedEvent(direction, etype, nbytes, error=_error(_dict(event.get("error"))))
+    if etype == TRANSCRIPTION_COMPLETED:
+        usage = event.get("usage")
+        return RelayedEvent(direction, etype, nbytes, transcription=_transcription_usage(usage)
+                            if isinstance(usage, dict) else None)
     return RelayedEvent(direction, etype, nbytes)
 
 
@@ -194,6 +219,19 @@ def _usage(usage: dict[str, Any]) -> Usage:
         cached_text_tokens=_int(cached.get("text_tokens")), cached_audio_tokens=_int(cached.get("audio_tokens")),
         cached_image_tokens=_int(cached.get("image_tokens")),
         output_text_tokens=_int(out.get("text_tokens")), output_audio_tokens=_int(out.get("audio_tokens")))
+
+
+def _transcription_usage(usage: dict[str, Any]) -> TranscriptionUsage:
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+            return TranscriptionUsage(seconds=float(seconds))
+        return TranscriptionUsage()
+    details = _dict(usage.get("input_token_details"))
+    text, audio = _int(details.get("text_tokens")), _int(details.get("audio_tokens"))
+    rest = max(0, _int(usage.get("input_tokens")) - text - audio)
+    return TranscriptionUsage(input_text_tokens=text, input_audio_tokens=audio + rest,
+                              output_text_tokens=_int(usage.get("output_tokens")))
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -24,6 +24,10 @@ What counts (OpenAI Realtime GA, https://platform.openai.com/docs/api-reference/
   when no client update is still awaiting its answer.
 - tokens: the sums of every upstream ``response.done`` ``usage``, totals and
   details by modality (text, audio, image, cached).
+- input transcription: the ``usage`` of every upstream
+  ``conversation.item.input_audio_transcription.completed``, summed by the
+  transcription model the provider's latest session object names
+  (``Measurements.transcription``; priced at that model's rates).
 - provider errors: an upstream ``error`` event whose ``error.type`` is not
   ``invalid_request_error`` (those answer the client's own mistakes), a
   ``response.done`` with ``status: "failed"`` whose
@@ -38,6 +42,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from voxgate.metering.events import CLIENT, SESSION_UPDATE, UPSTREAM, EventError, RelayedEvent, Usage
+from voxgate.models.pricing import transcription_model
 from voxgate.models.realtime import PCM24K, AudioFormat, audio_format_from_session
 from voxgate.models.sessions import Measurements
 
@@ -63,7 +68,8 @@ class SessionMeter:
             WebRTC offer received), in monotonic ms.
     """
 
-    __slots__ = ("_m", "_t0", "_in", "_out", "_ended", "_counts", "_updates")
+    __slots__ = ("_m", "_t0", "_in", "_out", "_ended", "_counts", "_updates", "_asr",
+                 "_media")
 
     def __init__(self, accepted_ms: float) -> None:
         self._m = Measurements()
@@ -75,6 +81,8 @@ class SessionMeter:
         # The client's session.update events awaiting the provider's answer,
         # oldest first: [event_id, input format before it, input format it set].
         self._updates: list[list[Any]] = []
+        self._asr = ""  # the input transcription model the provider's session names
+        self._media = False  # connect latency to media_ready (accepted(media=True))
 
     # -- lifecycle -------------------------------------------------------
 
@@ -86,15 +94,22 @@ class SessionMeter:
     def ended(self) -> bool:
         return self._ended
 
-    def accepted(self, now_ms: float) -> None:
-        """Restart the clock: the client was accepted at ``now_ms``."""
+    def accepted(self, now_ms: float, *, media: bool = False) -> None:
+        """Restart the clock: the client was accepted at ``now_ms``.
+        ``media``: a call whose connect latency runs to :meth:`media_ready`
+        (WebRTC); the upstream ``session.created`` then sets
+        ``upstream_ready_ms`` instead of ``connect_ms``."""
         self._t0 = now_ms
+        self._media = media
 
-    def upstream_connect_failed(self, now_ms: float, detail: str) -> None:
-        """The provider could not be reached (refused, timed out, TLS, HTTP 5xx).
-        A provider-side handshake refusal of the client's request (bad model,
+    def upstream_connect_failed(self, now_ms: float, detail: str,
+                                code: str = "upstream_unavailable") -> None:
+        """The provider could not be reached (refused, timed out, TLS, HTTP 5xx),
+        or refused the project's own key (``code`` ``provider_key_refused``:
+        a provider error although the session never connected). A
+        provider-side handshake refusal of the client's request (bad model,
         HTTP 4xx) is not a provider error: use ``upstream_refused``."""
-        self._provider_error(f"upstream_unavailable: {detail}")
+        self._provider_error(f"{code}: {detail}")
 
     def upstream_refused(self, now_ms: float, detail: str) -> None:
         """The provider refused the client's request at the handshake (4xx)."""
@@ -126,11 +141,12 @@ class SessionMeter:
 
     # -- events ----------------------------------------------------------
 
-    def record(self, ev: RelayedEvent, now_ms: float = 0.0) -> None:
+    def record(self, ev: RelayedEvent, now_ms: float) -> None:
         """An event relayed to the provider (``ev.direction == "client"``) or
-        to the client (``"upstream"``), as :func:`voxgate.metering.events.classify`
-        typed it. ``now_ms`` matters only for an upstream ``session.created``
-        (the connect latency); relays may pass 0 for other events."""
+        to the client (``"upstream"``) at ``now_ms``, as
+        :func:`voxgate.metering.events.classify` typed it. An upstream
+        ``session.created`` sets the connect latency (or, for a media call,
+        ``upstream_ready_ms``)."""
         m = self._m
         counts = self._counts
         counts[ev.type] = counts.get(ev.type, 0) + 1
@@ -152,7 +168,10 @@ class SessionMeter:
         elif ev.type == "session.created" or ev.type == "session.updated":
             if ev.type == "session.created" and not m.connected:
                 m.connected = True
-                m.connect_ms = now_ms - self._t0
+                if self._media:
+                    m.upstream_ready_ms = now_ms - self._t0
+                else:
+                    m.connect_ms = now_ms - self._t0
             if ev.type == "session.updated" and self._updates:
                 self._updates.pop(0)  # answers the oldest client update
             if ev.session is not None:
@@ -174,6 +193,14 @@ class SessionMeter:
             if ev.usage is not None:
                 for name in USAGE_FIELDS:  # Measurements has a field of each name
                     setattr(m, name, getattr(m, name) + getattr(ev.usage, name))
+        elif ev.transcription is not None:
+            t = ev.transcription
+            sums = m.transcription.setdefault(self._asr, {})
+            for name, value in (("input_text_tokens", t.input_text_tokens),
+                                ("input_audio_tokens", t.input_audio_tokens),
+                                ("output_text_tokens", t.output_text_tokens),
+                                ("seconds", t.seconds)):
+                sums[name] = sums.get(name, 0) + value
 
     def client_rejected(self, nbytes: int) -> None:
         """voxgate answered a client message with an ``error`` event instead of
@@ -185,8 +212,10 @@ class SessionMeter:
         """Adopt the audio formats a provider's session object sets: the
         output format always, the input format unless a client
         ``session.update`` still awaits its answer (the client's own format
-        then stands: its appends are already in it)."""
+        then stands: its appends are already in it); and the input
+        transcription model it names, if any."""
         fin, fout = audio_format_from_session(session)
+        self._asr = transcription_model(session) or self._asr
         if fin is not None and not self._updates:
             self._in = fin
         if fout is not None:
@@ -211,15 +240,6 @@ class SessionMeter:
             self._in = current
 
     # -- WebRTC / ICE ------------------------------------------------------
-
-    def upstream_ready(self, now_ms: float) -> None:
-        """WebRTC: the upstream sent ``session.created``. (Over WebSocket this
-        happens through ``record``.)"""
-        m = self._m
-        if not m.connected:
-            m.connected = True
-        if m.upstream_ready_ms is None:
-            m.upstream_ready_ms = now_ms - self._t0
 
     def ice_state(self, state: str, now_ms: float) -> None:
         """An ``iceConnectionState`` change (W3C WebRTC §4.4.4)."""
@@ -259,7 +279,8 @@ class SessionMeter:
         session left running: ``duration_ms`` is the time since accepted
         (the final one once ended), the rest as ``measurements()``. For the
         heartbeat's checkpoints."""
-        m = replace(self._m, event_counts=dict(self._m.event_counts))
+        m = replace(self._m, event_counts=dict(self._m.event_counts),
+                    transcription={k: dict(v) for k, v in self._m.transcription.items()})
         if not self._ended:
             m.duration_ms = max(0.0, now_ms - self._t0)
         return m

@@ -1,20 +1,22 @@
 """Request rates and the limits a customer is told: ``TokenBucket``, the
 pure requests-per-minute limiter (time passed in, seconds), the budget it
 leaves (``RateLimitState``, as the ``x-ratelimit-*-requests`` headers carry
-it) and ``plan_rate_limits``, the entries of a ``rate_limits.updated``
-event. No I/O, no clock: ``voxgate.admission`` keeps the buckets (in the
+it), ``plan_rate_limits``, the entries of a ``rate_limits.updated``
+event, and ``SlidingWindow``, at most N events per key in any window (the
+dashboard's and the billing webhook's per-IP limits). No I/O, no clock: ``voxgate.admission`` keeps the buckets (in the
 process or in Redis).
 """
 
 from __future__ import annotations
 
 import datetime
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from voxgate.models.plans import Plan
 
-__all__ = ["TokenBucket", "RateLimitState", "plan_rate_limits"]
+__all__ = ["TokenBucket", "RateLimitState", "plan_rate_limits", "SlidingWindow"]
 
 
 def _next_period_s(now_s: float) -> float:
@@ -113,3 +115,71 @@ class TokenBucket:
         rate = per_minute / 60.0
         reset = (self.capacity - self.tokens) / rate if rate > 0 else 60.0
         return RateLimitState(per_minute, max(0, int(self.tokens)), max(0.0, reset))
+
+
+class SlidingWindow:
+    """At most ``limit`` events per key in any ``window_s`` seconds.
+
+    Memory is bounded: at most ``max_keys`` keys (the least recently used
+    key is forgotten first), each with at most ``limit`` timestamps.
+
+    Args:
+        limit: events allowed per window (≥ 1).
+        window_s: window length, in seconds.
+        max_keys: keys remembered at most.
+
+    Raises:
+        ValueError: ``limit`` < 1, ``window_s`` ≤ 0 or ``max_keys`` < 1.
+    """
+
+    def __init__(self, limit: int, window_s: float, max_keys: int = 10_000) -> None:
+        if limit < 1 or window_s <= 0 or max_keys < 1:
+            raise ValueError("limit and max_keys must be ≥ 1 and window_s > 0")
+        self.limit = limit
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._events: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def _live(self, key: str, now: float) -> deque[float] | None:
+        events = self._events.get(key)
+        if events is None:
+            return None
+        while events and events[0] <= now - self.window_s:
+            events.popleft()
+        if not events:
+            del self._events[key]
+            return None
+        self._events.move_to_end(key)
+        return events
+
+    def retry_after(self, key: str, now: float) -> float:
+        """Seconds until ``key`` may have one more event (0.0: it may now)."""
+        events = self._live(key, now)
+        if events is None or len(events) < self.limit:
+            return 0.0
+        return max(0.0, events[0] + self.window_s - now)
+
+    def record(self, key: str, now: float) -> int:
+        """Count one event of ``key`` at ``now``; returns the events in the
+        window, this one included (at most ``limit`` are kept)."""
+        events = self._live(key, now)
+        if events is None:
+            events = self._events[key] = deque(maxlen=self.limit)
+            while len(self._events) > self.max_keys:
+                self._events.popitem(last=False)
+        events.append(now)
+        return len(events)
+
+    def hit(self, key: str, now: float) -> float:
+        """Count an event unless the window is full: 0.0 when counted, else
+        the seconds to wait (nothing counted)."""
+        wait = self.retry_after(key, now)
+        if wait <= 0:
+            self.record(key, now)
+        return wait
+
+    def clear(self, key: str) -> None:
+        self._events.pop(key, None)

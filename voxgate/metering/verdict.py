@@ -8,7 +8,11 @@ from typing import Literal
 
 from voxgate.models.sessions import Measurements, Reason, Verdict, response_modality
 
-__all__ = ["VerdictPolicy", "decide", "threshold_met"]
+__all__ = ["VerdictPolicy", "decide_verdict", "threshold_met"]
+
+# The provider_error detail of a session whose project's own provider key
+# (BYOK) the provider refused: a provider error, not "never connected".
+PROVIDER_KEY_REFUSED = "provider_key_refused"
 
 ANY = "any"
 BEFORE_THRESHOLD = "before_threshold"
@@ -68,14 +72,16 @@ def threshold_met(audio_in_ms: float, audio_out_ms: float, responses: int, compl
     return met, words
 
 
-def decide(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
+def decide_verdict(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
     """Decide whether a finished session is billable.
 
     Rules, in order (the first that applies decides):
 
     1. TURN failure (WebRTC) → ``turn_failure``
     2. ICE failure (WebRTC) → ``ice_failure``
-    3. never connected (no upstream ``session.created``) → ``not_connected``
+    3. never connected (no upstream ``session.created``) → ``not_connected``,
+       unless the provider refused the project's own key (BYOK,
+       ``provider_key_refused``): that is rule 4
     4. a provider error → ``provider_error`` (policy ``provider_error =
        "before_threshold"``: only if the figures at the first provider error
        did not meet the threshold of rule 6)
@@ -95,7 +101,7 @@ def decide(m: Measurements, policy: VerdictPolicy = VerdictPolicy()) -> Verdict:
     if m.ice_failure:
         return Verdict(False, Reason.ICE_FAILURE,
                        f"ICE failure: {m.ice_failure_detail or 'no candidate pair connected'}")
-    if not m.connected:
+    if not m.connected and not (m.provider_error or "").startswith(PROVIDER_KEY_REFUSED + ":"):
         detail = m.provider_error or m.close_reason or "the provider never sent session.created"
         return Verdict(False, Reason.NOT_CONNECTED, f"not connected: {detail}")
     error_note = "no provider error"

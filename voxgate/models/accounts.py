@@ -17,6 +17,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 __all__ = [
@@ -73,6 +74,9 @@ class Account:
     Attributes:
         status: ``active``, ``past_due`` (payment failed, in grace) or ``canceled``.
         past_due_since: Unix seconds when payment first failed, or None.
+        spend_limit_usd: the operator's monthly cap on this account's
+            provider cost (USD), overriding its plan's ``spend_limit_usd``;
+            None = the plan's.
     """
 
     id: str
@@ -84,6 +88,7 @@ class Account:
     stripe_subscription_id: str | None = None
     past_due_since: float | None = None
     name: str = ""
+    spend_limit_usd: Decimal | None = None
 
 
 @dataclass(slots=True)
@@ -98,6 +103,11 @@ class Project:
             may use; empty means any.
         allowed_ips: client networks (CIDR, ``203.0.113.0/24``) its API keys
             may be used from; empty means any.
+        provider_key_sealed: the project's own OpenAI API key (BYOK),
+            encrypted (``voxgate.proxy.provider_keys``: Fernet token); None =
+            sessions use the operator's key. Never rendered anywhere.
+        provider_key_last4: the last 4 characters of that key, the only part
+            ever shown again.
     """
 
     id: str
@@ -107,6 +117,8 @@ class Project:
     allowed_origins: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] = ()
     allowed_ips: tuple[str, ...] = ()
+    provider_key_sealed: str | None = field(default=None, repr=False)
+    provider_key_last4: str | None = None
 
 
 @dataclass(slots=True)

@@ -12,20 +12,30 @@ back into a ``Plan`` (``enterprise_plan``) whose id is
 - ``tiers``: ``[[up_to, unit_cents], …]`` graduated prices of those sessions
   (counted from the first charged one), ``up_to`` None (Stripe's ``"inf"``)
   for the last, whose price is then ``overage_cents``
-  (https://docs.stripe.com/products-prices/pricing-models#graduated-pricing).
+  (https://docs.stripe.com/products-prices/pricing-models#graduated-pricing);
+- ``max_session_s`` (seconds > 0; None = none of the plan's own) and
+  ``models`` (the models its sessions may use; empty = any), as catalog
+  plans have them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from voxgate.models.plans import ENTERPRISE_PLAN_ID, Plan, PlanCatalog, Tier
+from voxgate.models.plans import (
+    ENTERPRISE_PLAN_ID,
+    Plan,
+    PlanCatalog,
+    Tier,
+    parse_max_session_s,
+    parse_plan_models,
+)
 
-__all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "parse_tier", "plan_for"]
+__all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "parse_tier", "plan_of", "plan_for"]
 
 _COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
            "requests_per_minute", "projects")
-_TERMS = {*_COUNTS, "name", "tiers", "support"}
+_TERMS = {*_COUNTS, "name", "tiers", "support", "max_session_s", "models"}
 
 
 def _count(name: str, value: Any, *, optional: bool = True) -> int | None:
@@ -116,6 +126,8 @@ def enterprise_plan(account_id: str, terms: dict[str, Any]) -> Plan:
         support=str(terms.get("support") or "Dedicated"),
         tiers=tiers,
         account_id=account_id,
+        max_session_s=parse_max_session_s(terms.get("max_session_s")),
+        models=parse_plan_models(terms.get("models")),
     )
 
 
@@ -131,21 +143,45 @@ def plan_terms(plan: Plan) -> dict[str, Any]:
         "projects": plan.projects,
         "support": plan.support,
         "tiers": [[t.up_to, t.unit_cents] for t in plan.tiers],
+        "max_session_s": plan.max_session_s,
+        "models": list(plan.models),
     }
+
+
+def plan_of(catalog: PlanCatalog, plan_id: str | None,
+            enterprise: Plan | None = None) -> Plan | None:
+    """The plan ``plan_id`` names for one account: ``enterprise`` (that
+    account's own enterprise plan, ``enterprise_plan`` of its stored terms)
+    when ``plan_id`` is ``enterprise`` (``ENTERPRISE_PLAN_ID``, never a
+    catalog id), else the catalog's plan (a legacy id resolves to its
+    successor); None when neither knows it.
+
+    The one place an account's plan id is turned into a ``Plan``:
+    ``plan_for`` (stored terms, default plan as fallback), the store's
+    ``voxgate.store.plans`` (the gateway, jobs, dashboard, admin command) and
+    the analytics of ``voxgate.models.figures`` go through it.
+    """
+    if plan_id is None:
+        return None
+    if plan_id == ENTERPRISE_PLAN_ID:
+        return enterprise
+    try:
+        return catalog.get(plan_id)
+    except KeyError:
+        return None
 
 
 def plan_for(catalog: PlanCatalog, account_id: str, plan_id: str,
              terms: dict[str, Any] | None) -> Plan:
-    """The plan an account with ``plan_id`` is on: its enterprise plan
-    (``terms``, as stored) when ``plan_id`` is ``enterprise``, else the
-    catalog's plan (a legacy id resolves to its successor); the catalog's
-    default plan when neither applies (unknown id, missing or bad terms)."""
+    """The plan an account with ``plan_id`` is on (``plan_of``): its
+    enterprise plan (``terms``, as stored) when ``plan_id`` is
+    ``enterprise``, else the catalog's plan (a legacy id resolves to its
+    successor); the catalog's default plan when neither applies (unknown id,
+    missing or bad terms)."""
+    enterprise = None
     if plan_id == ENTERPRISE_PLAN_ID and terms is not None:
         try:
-            return enterprise_plan(account_id, terms)
+            enterprise = enterprise_plan(account_id, terms)
         except ValueError:
-            return catalog.default
-    try:
-        return catalog.get(plan_id)
-    except KeyError:
-        return catalog.default
+            enterprise = None
+    return plan_of(catalog, plan_id, enterprise) or catalog.default

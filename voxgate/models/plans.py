@@ -22,9 +22,14 @@ from typing import Any
 from voxgate.errors import ConfigError
 
 __all__ = ["Plan", "PlanCatalog", "Pack", "Tier", "graduated_cents", "load_catalog",
-           "default_catalog_path", "ENTERPRISE_PLAN_ID"]
+           "default_catalog_path", "ENTERPRISE_PLAN_ID", "MAX_SESSION_REASON", "session_expired_event",
+           "fmt_limit_s", "parse_max_session_s", "parse_plan_models", "model_not_allowed_event",
+           "update_model"]
 
 ENTERPRISE_PLAN_ID = "enterprise"
+MAX_SESSION_REASON = "max_session_s"
+"""The close reason of a session voxgate ended at its plan's (or the relay's)
+``max_session_s`` (``closed_by: "server"``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,12 @@ class Plan:
             account's add-on packs (set by ``voxgate.models.packs.with_packs``).
         account_id: the account an enterprise plan belongs to; None for
             catalog plans.
+        max_session_s: the longest a session may last, seconds; None = no
+            limit of the plan's own (``relay.max_session_s`` still applies).
+            A session reaching it gets ``session_expired_event`` and is
+            closed normally; its verdict is decided as usual.
+        models: the models the plan's sessions may use (URL, client
+            secret, ``session.update``); empty = any.
     """
 
     id: str
@@ -106,6 +117,19 @@ class Plan:
     tiers: tuple[Tier, ...] = ()
     pack_sessions: int = 0
     account_id: str | None = None
+    max_session_s: float | None = None
+    models: tuple[str, ...] = ()
+
+    def allows_model(self, model: str) -> bool:
+        """Whether the plan's sessions may use ``model`` (any when ``models`` is empty)."""
+        return not self.models or model in self.models
+
+    def session_limit_s(self, relay_max_s: float | None) -> float | None:
+        """The longest a session on this plan may last, seconds: the
+        shorter of the plan's ``max_session_s`` and the relay's global
+        ``relay_max_s`` (None: neither sets one)."""
+        limits = [x for x in (self.max_session_s, relay_max_s) if x is not None and x > 0]
+        return min(limits) if limits else None
 
     @property
     def plan_sessions_included(self) -> int | None:
@@ -199,8 +223,83 @@ class PlanCatalog:
 
 _PLAN_FIELDS = {
     "name", "price_cents", "sessions_included", "overage_cents", "concurrency",
-    "requests_per_minute", "projects", "support", "trial_days",
+    "requests_per_minute", "projects", "support", "trial_days", "max_session_s", "models",
 }
+
+
+def parse_max_session_s(value: Any) -> float | None:
+    """A plan's ``max_session_s``: a number of seconds > 0, or None.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or value == float("inf"):
+        raise ValueError("max_session_s must be a number of seconds > 0")
+    return float(value)
+
+
+def parse_plan_models(value: Any) -> tuple[str, ...]:
+    """A plan's ``models``: a list of model ids (empty or None = any).
+
+    Raises:
+        ValueError: not a list of non-empty strings.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) and m.strip() for m in value):
+        raise ValueError("models must be a list of model ids")
+    return tuple(dict.fromkeys(m.strip() for m in value))
+
+
+def fmt_limit_s(seconds: float) -> str:
+    """A duration limit as OpenAI words its own: ``30 minutes``,
+    ``1 minute``, ``6 seconds``, ``90 seconds``, ``1.5 seconds``."""
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'' if minutes == 1 else 's'}"
+    whole = int(seconds) if float(seconds).is_integer() else seconds
+    return f"{whole:g} second{'' if whole == 1 else 's'}"
+
+
+def session_expired_event(limit_s: float, event_id: str | None = None) -> dict[str, Any]:
+    """The ``error`` event a session gets when it reaches ``limit_s``, as
+    OpenAI sends at its own maximum duration (server event ``error``,
+    https://platform.openai.com/docs/api-reference/realtime-server-events/error):
+    ``type: "invalid_request_error"``, ``code: "session_expired"``, a
+    message naming the limit. Sent before a normal close (1000)."""
+    event: dict[str, Any] = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "code": "session_expired",
+                  "message": f"Your session hit the maximum duration of {fmt_limit_s(limit_s)}.",
+                  "param": None, "event_id": None},
+    }
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
+def update_model(event: dict[str, Any]) -> str | None:
+    """The model a client ``session.update`` asks for (``session.model``),
+    None when it names none."""
+    session = event.get("session")
+    model = session.get("model") if isinstance(session, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def model_not_allowed_event(model: str, allowed: tuple[str, ...],
+                            client_event_id: str | None = None) -> dict[str, Any]:
+    """The ``error`` event answering a client ``session.update`` that asks
+    for a model outside ``allowed`` (the plan's ``models``), which is then
+    not relayed: OpenAI's error shape (server event ``error``), code
+    ``model_not_allowed`` as a refused URL or client secret gets it (400),
+    ``event_id`` the update's."""
+    return {"type": "error", "error": {
+        "type": "invalid_request_error", "code": "model_not_allowed",
+        "message": f"model {model!r} is not allowed for your plan; allowed: {', '.join(allowed)}",
+        "param": "session.model", "event_id": client_event_id}}
 
 
 _PACK_FIELDS = {"name", "sessions", "price_cents"}
@@ -245,8 +344,10 @@ def load_catalog(path: str | Path | None = None) -> PlanCatalog:
         if unknown:
             raise ConfigError(f"plan {plan_id!r}: unknown fields {sorted(unknown)}")
         try:
+            spec = {**spec, "max_session_s": parse_max_session_s(spec.get("max_session_s")),
+                    "models": parse_plan_models(spec.get("models"))}
             plan = Plan(id=plan_id, **{"name": plan_id.title(), **spec})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"plan {plan_id!r}: {exc}") from exc
         for name in ("price_cents", "sessions_included", "overage_cents", "concurrency",
                      "requests_per_minute", "projects", "trial_days"):

@@ -7,11 +7,12 @@ bytes. Timestamps (``started_at``, ``ended_at``) are Unix seconds.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 __all__ = ["Measurements", "Verdict", "SessionRecord", "Reason", "TRANSPORTS"]
 
-TRANSPORTS = ("websocket", "webrtc")
+TRANSPORTS = ("websocket", "webrtc", "twilio", "sip")
 
 
 class Reason:
@@ -68,6 +69,12 @@ class Measurements:
             before they were kept), for ``[policy] provider_error =
             "before_threshold"``.
         ice_*: WebRTC only (None over WebSocket).
+        transcription: input transcription usage
+            (``conversation.item.input_audio_transcription.completed``
+            ``usage``) by transcription model (as the provider's session
+            names it; ``""`` when it names none): ``{"input_text_tokens",
+            "input_audio_tokens", "output_text_tokens", "seconds"}``
+            (tokens; seconds of audio for duration-billed models), summed.
     """
 
     connected: bool = False
@@ -115,6 +122,7 @@ class Measurements:
     turn_failure: bool = False
     ice_failure: bool = False
     ice_failure_detail: str | None = None
+    transcription: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def audio_exchanged_ms(self) -> float:
@@ -193,6 +201,18 @@ class SessionRecord:
             plan), ``pending`` (in the settlement outbox), ``charged`` (sent to
             Stripe), ``invoiced`` (on a period invoice item).
         settlement_ref: Stripe reference (meter event identifier, invoice item id).
+        provider_cost_usd: what the voice provider charged the operator for
+            it, USD, rounded to 1e-6 (``voxgate.models.pricing.session_cost``
+            at completion); None when unpriced or not yet known.
+        provider_cost_reason: why ``provider_cost_usd`` is None (None when
+            it is known).
+        paid_by: who paid the provider: None (the operator) or
+            ``"customer"`` (the project's own provider key, BYOK): such a
+            session's cost is the customer's, left out of the operator's.
+        call_sid / stream_sid: a phone call's Twilio ``CallSid`` and
+            Media Stream ``StreamSid`` (``transport="twilio"``); for an
+            OpenAI SIP call (``transport="sip"``) ``call_sid`` is OpenAI's
+            ``call_id`` and ``stream_sid`` None; None otherwise.
     """
 
     id: str
@@ -212,10 +232,39 @@ class SessionRecord:
     rule: str | None = None
     settlement: str = "none"
     settlement_ref: str | None = None
+    provider_cost_usd: Decimal | None = None
+    provider_cost_reason: str | None = None
+    paid_by: str | None = None
+    call_sid: str | None = None
+    stream_sid: str | None = None
 
-    def to_api(self) -> dict[str, Any]:
-        """The session as ``GET /v1/sessions`` returns it."""
+    @property
+    def provider_cost_note(self) -> str | None:
+        """Why there is no provider cost: the stored reason, or that the
+        session is still active, or that none was computed for it (recorded
+        before costs were kept, or completed without a price list); None
+        when there is a cost."""
+        if self.provider_cost_usd is not None:
+            return None
+        if self.status == "active":
+            return "the session is still active"
+        return self.provider_cost_reason or "no provider cost was computed for this session"
+
+    def to_api(self, *, provider_cost: bool = False) -> dict[str, Any]:
+        """The session as ``GET /v1/sessions`` returns it. ``provider_cost``:
+        include ``provider_cost_usd`` (a JSON number, USD to 1e-6, or null)
+        and ``provider_cost_reason`` (why it is null; null when it is not):
+        the operator's cost, shown to customers only when the operator
+        turns ``[pricing] show_provider_cost`` on; always for a session the
+        customer paid for (``paid_by: "customer"``, its own provider key)."""
         m = self.measurements
+        shown = provider_cost or self.paid_by == "customer"
+        cost: dict[str, Any] = {"paid_by": self.paid_by or "operator"} if not shown else {
+            "paid_by": self.paid_by or "operator",
+            "provider_cost_usd": (None if self.provider_cost_usd is None
+                                  else float(self.provider_cost_usd)),
+            "provider_cost_reason": self.provider_cost_note,
+        }
         return {
             "id": self.id,
             "object": "realtime.session_record",
@@ -256,4 +305,7 @@ class SessionRecord:
             "ice_failure": m.ice_failure,
             "settlement": self.settlement,
             "settlement_ref": self.settlement_ref,
+            "call_sid": self.call_sid,
+            "stream_sid": self.stream_sid,
+            **cost,
         }

@@ -4,11 +4,14 @@
   "sessionsRemaining", "estimatedMinutes", "minutesUsed", "percentUsed"}`` for
   the caller's account this period (``sessionsIncluded``/``sessionsRemaining``
   are null on unlimited plans; ``estimatedMinutes`` is the plan's estimate,
-  ``minutesUsed`` the measured minutes of ``voxgate.web.figures.minutes_used``).
+  ``minutesUsed`` the measured minutes of ``voxgate.models.figures.minutes_used``).
 - ``GET /v1/sessions?limit=&after=&project_id=&billable=&reason=`` → the
   account's sessions, newest first, as an OpenAI-style list
   ``{"object": "list", "data": [...], "first_id", "last_id", "has_more"}``.
 - ``GET /v1/sessions/{id}`` → one session of the caller's account.
+  Both carry ``provider_cost_usd`` (what the voice provider charged the
+  operator, USD to 1e-6, null when unpriced) and ``provider_cost_reason``
+  only when the operator turns ``[pricing] show_provider_cost`` on.
 - ``GET /v1/projects/{id}``, ``PUT /v1/projects/{id}/allowed_origins`` → the
   project and the web origins its ephemeral keys may be used from.
 
@@ -24,8 +27,18 @@ from typing import Any
 
 from aiohttp import web
 
+from voxgate.config import Settings
 from voxgate.errors import InvalidRequest, NotFound, PermissionDenied
-from voxgate.models import ADMIN_KEY_PREFIX, API_KEY_PREFIX, Account, Plan, PlanCatalog, Project
+from voxgate.models import (
+    ADMIN_KEY_PREFIX,
+    API_KEY_PREFIX,
+    Account,
+    Plan,
+    PlanCatalog,
+    Project,
+    SessionRecord,
+)
+from voxgate.models.figures import minutes_used
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.models.packs import PackBalance
 from voxgate.proxy.auth import AdminCaller, authenticate, bearer_key, resolve_admin
@@ -33,15 +46,15 @@ from voxgate.proxy.gateway import RATE_LIMIT, Gateway
 from voxgate.proxy.http import json_response, read_json
 from voxgate.proxy.keys import GATEWAY
 from voxgate.store.base import MonthlyUsage, SessionFilter, period_of
-from voxgate.web.figures import minutes_used
 
 __all__ = ["usage_handler", "sessions_handler", "session_handler", "usage_body", "caller_account",
            "ACCOUNT_KEY", "project_handler", "update_project_handler", "project_body", "admin_caller",
-           "session_scope"]
+           "session_scope", "session_body"]
 
 ACCOUNT_KEY = web.RequestKey("voxgate.account", Account)  # set by the dashboard cookie middleware
 PINS = {"allowed_origins": parse_origins, "allowed_models": parse_models,
         "allowed_ips": parse_networks}
+PROVIDER_KEY_FIELD = "openai_api_key"  # PATCH /v1/projects/{id}: the project's own key (BYOK)
 
 
 def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog,
@@ -150,7 +163,7 @@ async def sessions_handler(request: web.Request) -> web.Response:
                                         filters=filters)
     has_more = len(rows) > limit
     rows = rows[:limit]
-    data = [r.to_api() for r in rows]
+    data = [session_body(gw.settings, r) for r in rows]
     return json_response({
         "object": "list",
         "data": data,
@@ -167,15 +180,26 @@ async def session_handler(request: web.Request) -> web.Response:
     if record is None or record.account_id != account.id or (
             project_id is not None and record.project_id != project_id):
         raise NotFound(f"no session {request.match_info['session_id']!r}")
-    return json_response(record.to_api())
+    return json_response(session_body(gw.settings, record))
+
+
+def session_body(settings: Settings, record: SessionRecord) -> dict[str, Any]:
+    """The session object of ``GET /v1/sessions/{id}``, as customers see it
+    (the provider cost only with ``[pricing] show_provider_cost``); also
+    the ``data`` of the session's ``session.completed`` webhook event
+    (``voxgate.billing.notify``)."""
+    return record.to_api(provider_cost=settings.pricing.show_provider_cost)
 
 
 def project_body(project: Project) -> dict[str, Any]:
+    """The project object; its own provider key (BYOK) only as its last 4
+    characters (``openai_api_key_last4``, null when it has none)."""
     return {"object": "organization.project", "id": project.id, "name": project.name,
             "created_at": int(project.created_at),
             "allowed_origins": list(project.allowed_origins),
             "allowed_models": list(project.allowed_models),
-            "allowed_ips": list(project.allowed_ips)}
+            "allowed_ips": list(project.allowed_ips),
+            "openai_api_key_last4": project.provider_key_last4}
 
 
 async def admin_caller(request: web.Request) -> AdminCaller:
@@ -235,14 +259,28 @@ async def update_project_handler(request: web.Request) -> web.Response:
     (400 ``model_not_allowed``), and its API keys work only from those
     networks (403 ``ip_not_allowed``).
 
+    ``{"openai_api_key": "sk-…"}`` stores the project's own OpenAI key
+    (BYOK, encrypted: ``voxgate.proxy.provider_keys``); its sessions then use
+    it upstream. ``null`` removes it. Only its last 4 characters are returned
+    (``openai_api_key_last4``).
+
     Raises:
         InvalidRequest (400): no known field, or a field that is not a list of
-            origins / model names / CIDRs (at most 50 each).
+            origins / model names / CIDRs (at most 50 each), or not a key.
+        PermissionDenied (403, ``byok_disabled``): a key sent while the
+            server has no ``upstream.provider_key_secret``.
     """
     gw, project = await _project_of(request, change=True)
     body = await read_json(request)
-    if not isinstance(body, dict) or not body.keys() & set(PINS):
-        raise InvalidRequest(f"send one or more of {', '.join(PINS)}")
+    fields = (*PINS, PROVIDER_KEY_FIELD)
+    if not isinstance(body, dict) or not body.keys() & set(fields):
+        raise InvalidRequest(f"send one or more of {', '.join(fields)}")
+    if PROVIDER_KEY_FIELD in body:
+        value = body[PROVIDER_KEY_FIELD]
+        sealed, last4 = (None, None) if value is None else gw.provider_keys.seal(value)
+        project = await gw.store.set_project_provider_key(project.id, sealed, last4)
+        if not body.keys() & set(PINS):
+            return json_response(project_body(project))
     pins: dict[str, tuple[str, ...]] = {}
     for name, parse in PINS.items():
         if name not in body:

@@ -195,7 +195,8 @@ async def resolve_admin(store: Store, key: str | None) -> AdminCaller:
 
 
 def session_model(principal: Principal, requested: str | None, default: str,
-                  operator_models: tuple[str, ...] | list[str] = ()) -> str:
+                  operator_models: tuple[str, ...] | list[str] = (),
+                  plan_models: tuple[str, ...] | list[str] = ()) -> str:
     """The model a session, or an ephemeral key being minted, uses: the one
     requested (``?model=``, the ``session.model`` of a mint or of a call's
     ``session`` part), else the ephemeral key's, else ``default``. A pure
@@ -204,8 +205,9 @@ def session_model(principal: Principal, requested: str | None, default: str,
     Raises:
         InvalidRequest (400): ``model_mismatch``: an ephemeral key minted for
             one model asked for another; ``model_not_allowed``: a model
-            outside the operator's ``upstream.allowed_models`` or the
-            project's ``allowed_models``.
+            outside the operator's ``upstream.allowed_models``, the
+            project's ``allowed_models`` or the account plan's ``models``
+            (``plan_models``).
     """
     ek_model = principal.ephemeral.session.get("model") if principal.ephemeral else None
     ek_model = ek_model if isinstance(ek_model, str) and ek_model else None
@@ -214,7 +216,7 @@ def session_model(principal: Principal, requested: str | None, default: str,
             f"this ephemeral key was minted for model {ek_model!r}; it cannot open a session "
             f"with {requested!r}", code="model_mismatch", param="model")
     pins = [(tuple(operator_models), "voxgate"), (principal.project.allowed_models,
-                                                  "this project")]
+                                                  "this project"), (tuple(plan_models), "your plan")]
     model = requested or ek_model
     if model is None:
         candidates = [default] + [m for allowed, _ in pins for m in allowed]

@@ -48,12 +48,18 @@ from voxgate import logs
 from voxgate.admission.base import Admission, InProcessAdmission, Lease, Seed
 from voxgate.caches import BoundedDict
 from voxgate.config import Settings
-from voxgate.errors import RateLimited, ServiceUnavailable, VoxgateError, dependency_error
-from voxgate.metering import decide as rules
-from voxgate.metering.decide import Usage
+from voxgate.errors import (
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+    VoxgateError,
+    dependency_error,
+)
+from voxgate.metering import rules
 from voxgate.metering.meter import SERVER, SHUTDOWN, SessionMeter
 from voxgate.metering.rate import RateLimitState
-from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.metering.rules import Counters
+from voxgate.metering.verdict import VerdictPolicy, decide_verdict
 from voxgate.models import (
     Account,
     Plan,
@@ -63,6 +69,8 @@ from voxgate.models import (
     Verdict,
     new_id,
 )
+from voxgate.models.pricing import session_cost
+from voxgate.proxy.provider_keys import ProviderKeys
 from voxgate.proxy.recovery import complete_orphans, release_orphans
 from voxgate.store.base import MonthlyUsage, Orphan, Store, period_of
 from voxgate.store.connection import lane
@@ -115,6 +123,8 @@ class ActiveSession:
         lease_valid_until: monotonic s: when the lease was last renewed (timed
             before the call was sent) + the lease TTL; ``math.inf`` for
             in-process admission (no other process can take it).
+        provider_key: the project's own provider key (BYOK), decrypted at
+            admission, for the upstream connection only; None = the server's.
     """
 
     record: SessionRecord
@@ -129,15 +139,21 @@ class ActiveSession:
     transport_open: Callable[[], bool] | None = None
     lease_valid_until: float = math.inf
     fencing: asyncio.Task | None = None
-    admitted: tuple[RateLimitState, Usage] | None = None
+    admitted: tuple[RateLimitState, Counters] | None = None
+    provider_key: str | None = field(default=None, repr=False)
 
 
 class Gateway:
     """Admission, records and verdicts for sessions of every transport.
 
     Args:
-        on_completed: hooks run after a session is completed (billing alerts,
-            metrics); their failures are logged, never raised.
+    Hooks (the composition root subscribes Metrics, billing alerts and
+    notifications; a hook's failure is logged, never raised):
+
+    - ``on_admitted``: ``hook(transport)`` after a session is admitted;
+    - ``on_refused``: ``hook(err)`` when admission refuses (any ``VoxgateError``);
+    - ``on_completed``: ``await hook(active, verdict, usage)`` after a session
+      is completed and stored.
     """
 
     def __init__(
@@ -157,7 +173,13 @@ class Gateway:
             min_text_responses=settings.policy.min_text_responses,
             provider_error=settings.policy.provider_error,
         )
+        self.prices = settings.pricing.prices()  # the provider price list (voxgate.models.pricing)
         self.active: dict[str, ActiveSession] = {}
+        # projects' own provider keys (BYOK), sealed under upstream.provider_key_secret
+        secret = settings.upstream.provider_key_secret
+        self.provider_keys = ProviderKeys(secret.get_secret_value() if secret else None)
+        self.on_admitted: list[Callable[[str], None]] = []
+        self.on_refused: list[Callable[[VoxgateError], None]] = []
         self.on_completed: list[SessionHook] = []
         # (account, period) -> usage, in-process admission only; the least recently
         # used out past USAGE_CACHE_MAX (read again from the store when needed)
@@ -188,9 +210,6 @@ class Gateway:
         self._closed_since: dict[str, float] = {}  # session id → monotonic s sockets seen closed
         self._tasks: set[asyncio.Task] = set()  # fences and watchdog finishes in flight
         admission.instance_id = self.instance_id  # its leases name this instance
-        from voxgate.proxy.metrics import Metrics
-
-        self.metrics = Metrics()
 
     async def account_plan(self, account: Account, now: float | None = None) -> Plan:
         """The plan the account's sessions are admitted and charged under at
@@ -276,7 +295,7 @@ class Gateway:
                 principal.rate_key, plan, account.id, period, self._seed(account.id, period),
                 time.monotonic())
         RATE_LIMIT.set(state)
-        decision = rules.decide(rules.Ask.MINT, plan, account.status, usage)
+        decision = rules.decide_admission(rules.Ask.MINT, plan, account.status, usage)
         if isinstance(decision, rules.Refuse):
             raise decision.error
         return plan
@@ -300,14 +319,19 @@ class Gateway:
                 raise ServiceUnavailable("this instance cannot reach its database; retry")
             active = await self._admit(principal, transport, model)
         except VoxgateError as err:
-            self.metrics.refusals.labels(err.code or err.type).inc()
+            self._notify(self.on_refused, err)
             raise
-        self.metrics.started.labels(transport).inc()
-        self.metrics.active.inc()
+        self._notify(self.on_admitted, transport)
         return active
 
     async def _admit(self, principal: Principal, transport: str, model: str) -> ActiveSession:
         plan = await self._caller_plan(principal)
+        if not plan.allows_model(model):  # the plan's `models` (issue 21, item 4)
+            raise InvalidRequest(f"model {model!r} is not allowed for your plan; allowed: "
+                                 f"{', '.join(plan.models)}", code="model_not_allowed",
+                                 param="model")
+        # before a slot is taken: a project key that cannot be used refuses the session
+        provider_key = self.provider_keys.key_of(principal.project)
         account = principal.account
         now = time.time()
         period = period_of(now)
@@ -331,6 +355,7 @@ class Gateway:
             api_key_id=principal.api_key.id if principal.api_key else None,
             ephemeral_key_id=principal.ephemeral.id if principal.ephemeral else None,
             period=period,
+            paid_by="customer" if provider_key else None,  # BYOK: the customer pays the provider
         )
         try:
             await self.store.open_session(record, lease_id=lease.id)
@@ -345,6 +370,7 @@ class Gateway:
             meter=SessionMeter(monotonic_ms()),
             lease_valid_until=sent + self.lease_ttl_s if self._lease_fences else math.inf,
             admitted=(rate, usage),
+            provider_key=provider_key,
         )
         self._refresh(active)
         self.active[session_id] = active
@@ -359,6 +385,14 @@ class Gateway:
             return
         active.valid_until = (min(active.lease_valid_until, self._beat_valid_until)
                               - self.fence_margin_s)
+
+    @staticmethod
+    def _notify(hooks: list[Callable[[Any], None]], arg: Any) -> None:
+        for hook in hooks:
+            try:
+                hook(arg)
+            except Exception:  # noqa: BLE001 - hooks must not break admission
+                log.exception("gateway hook %r failed", hook)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -404,12 +438,14 @@ class Gateway:
         if not meter.ended:
             meter.closed("server", None, "session ended", monotonic_ms())
         measurements = meter.measurements()
-        verdict = decide(measurements, self.policy)
+        verdict = decide_verdict(measurements, self.policy)
         record = active.record
         record.status = "completed"
         record.ended_at = time.time()
         record.measurements = measurements
         record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
+        cost = session_cost(self.prices, record.model, measurements)
+        record.provider_cost_usd, record.provider_cost_reason = cost.usd, cost.reason
         plan = active.plan
         included = plan.plan_sessions_included
         settle_from = None if plan.overage_cents is None else (included or 0)
@@ -424,12 +460,6 @@ class Gateway:
             self._completed.add((record.account_id, record.period))
             self.active.pop(record.id, None)
             self._closed_since.pop(record.id, None)
-            self.metrics.active.dec()
-        self.metrics.completed.labels(record.transport, verdict.reason).inc()
-        self.metrics.audio.labels("in").inc(measurements.audio_in_ms / 1000)
-        self.metrics.audio.labels("out").inc(measurements.audio_out_ms / 1000)
-        if measurements.connect_ms is not None:
-            self.metrics.connect.observe(measurements.connect_ms / 1000)
         for hook in self.on_completed:
             try:
                 await hook(active, verdict, usage)
@@ -475,7 +505,8 @@ class Gateway:
             self._refresh(active)
         orphans = [o for o in orphans if o.session_id not in self.active]
         await complete_orphans(self.store, self.catalog, self.policy, orphans, time.time(),
-                               f"instance {self.instance_id} stopped while the session was active")
+                               f"instance {self.instance_id} stopped while the session was active",
+                               prices=self.prices)
         return orphans
 
     async def _beat(self) -> None:

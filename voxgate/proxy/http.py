@@ -48,10 +48,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from voxgate import logs
 from voxgate.errors import (
     ConcurrencyLimited,
+    HeaderFieldsTooLarge,
     InvalidRequest,
     QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
+    UriTooLong,
     VoxgateError,
     dependency_error,
     error_body,
@@ -163,16 +165,6 @@ def format_reset(seconds: float) -> str:
         return f"{round(seconds, 3):g}s"
     minutes, rest = divmod(seconds, 60.0)
     return f"{int(minutes)}m{round(rest):d}s"
-
-
-class HeaderFieldsTooLarge(InvalidRequest):
-    code = "request_header_fields_too_large"
-    status = 431
-
-
-class UriTooLong(InvalidRequest):
-    code = "uri_too_long"
-    status = 414
 
 
 def _check_size(request: web.Request) -> None:
@@ -292,10 +284,9 @@ _BAD_REQUEST_FILTER = BadRequestLogFilter()
 
 def setup_http(app: web.Application) -> None:
     """Install the response headers, the log set-up (``Settings.log_format``,
-    record context, key redaction), the session metrics hook and
-    ``GET /openapi.json``."""
-    from voxgate.proxy import metrics, openapi
-    from voxgate.proxy.keys import GATEWAY, SETTINGS
+    record context, key redaction). ``GET /openapi.json`` is
+    ``voxgate.proxy.openapi.setup``'s, installed by the composition root."""
+    from voxgate.proxy.keys import SETTINGS
 
     settings = app.get(SETTINGS)
     logs.configure(getattr(settings, "log_format", "text"))
@@ -303,9 +294,6 @@ def setup_http(app: web.Application) -> None:
     if _BAD_REQUEST_FILTER not in server_log.filters:
         server_log.addFilter(_BAD_REQUEST_FILTER)
     app.on_response_prepare.append(_on_prepare)
-    if GATEWAY in app:
-        metrics.setup(app, app[GATEWAY])
-    openapi.setup(app)
 
 
 def _wants_json(request: web.Request) -> bool:

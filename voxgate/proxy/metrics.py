@@ -15,7 +15,7 @@ Sessions and admission:
   ``not_connected`` (ICE never reached connected), with the selected
   candidate pair type (``host``, ``srflx``, ``prflx``, ``relay``, ``none``)
 
-WebRTC media (read from the process's RTP pump, ``voxgate.proxy.rtp_pump``,
+WebRTC media (read from the process's RTP pump, ``voxgate.proxy.webrtc.rtp_pump``,
 at each scrape):
 
 - ``voxgate_webrtc_rtp_streams`` — outgoing audio streams the pump sends
@@ -59,12 +59,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from voxgate.errors import VoxgateError
+from voxgate.proxy.keys import GATEWAY
+
 if TYPE_CHECKING:
     from voxgate.models import Verdict
     from voxgate.proxy.gateway import ActiveSession, Gateway
     from voxgate.store.base import MonthlyUsage
 
-__all__ = ["Metrics", "metrics_handler", "METRICS", "setup", "OUTBOX_SCAN_LIMIT"]
+__all__ = ["Metrics", "metrics_handler", "METRICS", "OUTBOX_SCAN_LIMIT"]
 
 log = logging.getLogger("voxgate.metrics")
 
@@ -76,7 +79,7 @@ class RtpPumpCollector(Collector):
     pump's module, which imports aiortc, is not imported for a scrape)."""
 
     def collect(self) -> Iterator[Metric]:
-        module = sys.modules.get("voxgate.proxy.rtp_pump")
+        module = sys.modules.get("voxgate.proxy.webrtc.rtp_pump")
         pump = getattr(module, "RTP_PUMP", None)
         yield GaugeMetricFamily("voxgate_webrtc_rtp_streams",
                                 "Outgoing WebRTC audio streams sent by the RTP pump",
@@ -126,10 +129,36 @@ class Metrics:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_duration.labels(method, route).observe(elapsed_s)
 
+    def subscribe(self, gateway: Gateway) -> None:
+        """Feed these metrics from ``gateway``'s hooks (``on_admitted``,
+        ``on_refused``, ``on_completed``); the in-flight gauge reads
+        ``len(gateway.active)`` at each scrape. Idempotent."""
+        if self.session_completed in gateway.on_completed:
+            return
+        gateway.on_admitted.append(self.session_admitted)
+        gateway.on_refused.append(self.session_refused)
+        gateway.on_completed.append(self.session_completed)
+        self.active.set_function(lambda: len(gateway.active))
+
+    def session_admitted(self, transport: str) -> None:
+        """``Gateway.on_admitted`` hook: sessions started, by transport."""
+        self.started.labels(transport).inc()
+
+    def session_refused(self, err: VoxgateError) -> None:
+        """``Gateway.on_refused`` hook: refusals, by error code (or type)."""
+        self.refusals.labels(err.code or err.type).inc()
+
     async def session_completed(self, active: ActiveSession, verdict: Verdict, usage: MonthlyUsage) -> None:
-        """``Gateway.on_completed`` hook: upstream failures and ICE outcomes."""
+        """``Gateway.on_completed`` hook: sessions by verdict, audio seconds,
+        connect latency, upstream failures and ICE outcomes."""
         record = active.record
         m = record.measurements
+        self.completed.labels(record.transport, verdict.reason).inc()
+        if m is not None:
+            self.audio.labels("in").inc(m.audio_in_ms / 1000)
+            self.audio.labels("out").inc(m.audio_out_ms / 1000)
+            if m.connect_ms is not None:
+                self.connect.observe(m.connect_ms / 1000)
         if verdict.reason == "not_connected":
             self.upstream_failures.labels(record.transport).inc()
         if record.transport == "webrtc" and m is not None:
@@ -154,17 +183,8 @@ class Metrics:
 METRICS = web.AppKey("metrics", Metrics)
 
 
-def setup(app: web.Application, gateway: Gateway) -> None:
-    """Register the session hook that feeds the upstream and ICE metrics."""
-    metrics = app[METRICS]
-    if metrics.session_completed not in gateway.on_completed:
-        gateway.on_completed.append(metrics.session_completed)
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
     """``GET /metrics``: the Prometheus text exposition format."""
-    from voxgate.proxy.keys import GATEWAY  # keys imports the gateway, which imports this module
-
     metrics = request.app[METRICS]
     gateway = request.app.get(GATEWAY)
     if gateway is not None:

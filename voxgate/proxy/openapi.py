@@ -12,6 +12,9 @@ by ``GET`` (aiohttp registers both).
 Schemas are JSON Schema 2020-12 (what OpenAPI 3.1 uses). They name the
 fields clients rely on (``required``) and allow more (``additionalProperties``
 is left open) so a new field is not a breaking change.
+
+``voxgate openapi`` prints the document as JSON; ``voxgate openapi
+--markdown`` prints the API reference (``voxgate.proxy.openapi_markdown``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ EPHEMERAL_KEY = "ephemeralKey"  # Authorization: Bearer ek_… (or the WebSocket
 ADMIN_KEY = "adminKey"  # Authorization: Bearer vg_admin_…
 DASHBOARD = "dashboardSession"  # the dashboard's session cookie
 STRIPE = "stripeSignature"  # Stripe-Signature header
+OPENAI_WEBHOOK = "openaiWebhookSignature"  # webhook-signature (Standard Webhooks), OpenAI's webhooks
+TWILIO = "twilioStream"  # Twilio Media Streams: the key in the start message's customParameters
 
 JSON = "application/json"
 HTML = "text/html"
@@ -118,13 +123,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
          "ended_at", "billable", "reason", "rule", "duration_ms", "connect_ms", "audio_in_ms",
          "audio_out_ms", "bytes_in", "bytes_out"),
         id={"type": "string", "pattern": "^sess_"}, object={"const": "realtime.session_record"},
-        account_id=STR, project_id=STR, transport={"enum": ["websocket", "webrtc"]}, model=STR,
+        account_id=STR, project_id=STR,
+        transport={"enum": ["websocket", "webrtc", "twilio", "sip"]}, model=STR,
         status={"enum": ["active", "completed"]}, started_at=NUM, ended_at=NNUM, billable=BOOL,
         reason=STR, rule=NSTR, duration_ms=INT, connect_ms=NNUM, audio_in_ms=INT, audio_out_ms=INT,
         bytes_in=INT, bytes_out=INT, events_in=INT, events_out=INT, event_counts=ANY_OBJ,
         provider_errors=INT, provider_error=NSTR, client_errors=INT, closed_by=NSTR, close_code=NINT,
         close_reason=NSTR, ice_pair_type=NSTR, ice_state=NSTR, turn_failure=BOOL, ice_failure=BOOL,
-        settlement=NSTR),
+        settlement=NSTR,
+        provider_cost_usd={"type": ["number", "null"], "description": "what the voice provider "
+                           "charged the operator, USD to 1e-6; null when unpriced; present only "
+                           "with [pricing] show_provider_cost"},
+        provider_cost_reason={"type": ["string", "null"], "description": "why provider_cost_usd "
+                              "is null"},
+        call_sid={"type": ["string", "null"], "description": "a phone call's id: Twilio's CallSid "
+                  "(transport twilio) or OpenAI's call_id (transport sip)"},
+        stream_sid={"type": ["string", "null"], "description": "the Twilio Media Stream's StreamSid"},
+        paid_by={"enum": ["operator", "customer"], "description": "who paid the provider: "
+                 "customer = the project's own provider key (then the cost is always shown)"}),
     "SessionList": _obj(
         ("object", "data", "first_id", "last_id", "has_more"),
         object={"const": "list"}, data={"type": "array", "items": _ref("SessionRecord")},
@@ -144,10 +160,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Project": _obj(
         ("object", "id", "name", "created_at", "allowed_origins"),
         object={"const": "organization.project"}, id=STR, name=STR, created_at=INT,
-        allowed_origins={"type": "array", "items": STR}),
+        allowed_origins={"type": "array", "items": STR},
+        openai_api_key_last4={"type": ["string", "null"], "description": "the last 4 characters "
+                              "of the project's own OpenAI key (BYOK), null without one"}),
     "ProjectUpdate": _obj(allowed_origins={"type": "array", "items": STR},
                           allowed_models={"type": "array", "items": STR},
-                          allowed_ips={"type": "array", "items": STR}),
+                          allowed_ips={"type": "array", "items": STR},
+                          openai_api_key={"type": ["string", "null"], "description": "the "
+                                          "project's own OpenAI key (BYOK), stored encrypted and "
+                                          "never shown again; null removes it"}),
+    "ReferRequest": _obj(("target_uri",), target_uri={"type": "string", "pattern": "^(tel|sip):",
+                                                       "description": "where to transfer the SIP call"}),
+    "Margin": {"type": "object", "required": ["object", "period", "total", "plans", "accounts"],
+               "description": "revenue, provider cost and margin of one month per plan and "
+                              "account (voxgate.models.margin); money in cents (int) and USD "
+                              "(decimal strings)",
+               "properties": {"object": {"const": "margin"}, "period": STR, "total": ANY_OBJ,
+                              "plans": {"type": "array", "items": ANY_OBJ},
+                              "accounts": {"type": "array", "items": ANY_OBJ}}},
     "Health": _obj(("status", "active_sessions"), status={"const": "ok"}, active_sessions=INT),
     "Readiness": _obj(("status", "checks"), status={"enum": ["ready", "unavailable"]},
                       checks={"type": "object", "additionalProperties": STR,
@@ -157,6 +187,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CheckoutRequest": {**_obj(plan=STR, pack=STR), "minProperties": 1},
     "AlertsWebhook": _obj(("url",), url=NSTR, secret=NSTR),
     "AlertsWebhookRequest": _obj(("url",), url=STR),
+    "Webhook": _obj(("object", "url", "events"), object={"const": "webhook_endpoint"}, url=NSTR,
+                    events={"type": "array", "items": STR},
+                    secret={"type": "string", "pattern": "^whsec_",
+                            "description": "answered by PUT only"}),
+    "WebhookRequest": _obj(("url", "events"), url=STR, events={
+        "type": "array", "minItems": 1,
+        "items": {"enum": ["session.completed", "quota_warning", "quota_exhausted"]}}),
+    "WebhookQueued": _obj(("queued",), queued=BOOL, id={"type": "string", "pattern": "^evt_"}),
+    "WebhookDeliveryList": _obj(("object", "data"), object={"const": "list"}, data={
+        "type": "array", "items": _obj(
+            ("object", "id", "event_id", "type", "created", "status", "attempts", "payload"),
+            object={"const": "webhook_delivery"}, id=INT, event_id=STR, type=STR, created=INT,
+            status={"enum": ["pending", "delivered"]}, attempts=INT, last_error=NSTR,
+            next_attempt_at=NNUM, delivered_at=NNUM, payload=ANY_OBJ)}),
     "Deleted": _obj(("deleted",), deleted=BOOL),
     "InvoiceList": _obj(("object", "data"), object={"const": "list"}, data={"type": "array"}),
     "WebhookReceipt": ANY_OBJ,
@@ -214,6 +258,15 @@ ROUTES: tuple[Op, ...] = (
        (PROJECT_KEY, EPHEMERAL_KEY), errors=(401, 403, 404, 429)),
     Op("DELETE", "/v1/realtime/calls/{call_id}", "Hang up a call", "realtime",
        (PROJECT_KEY, EPHEMERAL_KEY), errors=(401, 403, 404, 429)),
+    Op("POST", "/v1/realtime/calls/{call_id}/refer", "Transfer a SIP call (target_uri tel: or sip:)",
+       "realtime", (PROJECT_KEY,), request="ReferRequest", response="WebhookReceipt",
+       errors=(400, 401, 403, 404, 429, 502)),
+    Op("GET", "/v1/telephony/twilio", "Twilio Media Streams (WebSocket upgrade): a phone call "
+       "bridged to the provider in audio/pcmu", "telephony", (TWILIO,), status=101,
+       response_type="", errors=(403,)),
+    Op("POST", "/v1/telephony/openai/webhook", "OpenAI's realtime.call.incoming webhook: admit "
+       "and accept (or reject) a SIP call", "telephony", (OPENAI_WEBHOOK,),
+       request="WebhookReceipt", response="WebhookReceipt", errors=(400, 413, 502, 503)),
     Op("GET", "/v1/realtime/ice_servers", "Short-lived TURN credentials", "realtime", (EPHEMERAL_KEY,),
        response="IceServers", errors=(401, 403, 429)),
     # projects and sessions
@@ -255,6 +308,10 @@ ROUTES: tuple[Op, ...] = (
     Op("GET", OPENAPI_PATH, "This document", "operations", (), response="OpenAPI", errors=()),
     Op("GET", "/admin/analytics", "Operator figures", "operations", _WEB, response="Analytics",
        errors=(401, 403)),
+    Op("GET", "/admin/margin", "Revenue, provider cost and margin of a month per plan and "
+       "account (a browser gets the page)", "operations", _WEB, response="Margin",
+       errors=(400, 401, 403), query=(Param("period", STR, "YYYY-MM, default this month"),
+                                      Param("format", {"enum": ["json"]}, "json: JSON even for a browser"))),
     # dashboard pages (HTML) and forms (redirects)
     page("/", "Redirect to the dashboard or the sign-in page", (), status=303),
     page("/signup", "Sign-up page", ()),
@@ -293,6 +350,23 @@ ROUTES: tuple[Op, ...] = (
     page("/voice/static/{filename}", "Voice client assets", (), tag="voice", response_type="*/*"),
     Op("POST", "/voice/demo-key", "Ephemeral key of the demo project", "voice", (), response="ClientSecret",
        errors=(404, 429)),
+    # customer webhook endpoint (docs/webhooks.md)
+    Op("GET", "/v1/webhook", "The account's webhook endpoint and its events", "webhooks",
+       (ADMIN_KEY, DASHBOARD), response="Webhook"),
+    Op("PUT", "/v1/webhook", "Set the webhook endpoint (the signing secret is answered once)",
+       "webhooks", (ADMIN_KEY, DASHBOARD), request="WebhookRequest", response="Webhook",
+       errors=(400, 401, 403, 429)),
+    Op("DELETE", "/v1/webhook", "Remove the webhook endpoint", "webhooks", (ADMIN_KEY, DASHBOARD),
+       response="Deleted"),
+    Op("POST", "/v1/webhook/test", "Send a webhook.test event to the endpoint", "webhooks",
+       (ADMIN_KEY, DASHBOARD), response="WebhookQueued", errors=(401, 403, 404, 429)),
+    Op("GET", "/v1/webhook/deliveries", "The account's webhook deliveries, newest first",
+       "webhooks", (ADMIN_KEY, DASHBOARD), response="WebhookDeliveryList",
+       errors=(400, 401, 403, 429),
+       query=(Param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),)),
+    Op("POST", "/v1/webhook/deliveries/{delivery_id}/resend", "Send a delivery again",
+       "webhooks", (ADMIN_KEY, DASHBOARD), response="WebhookQueued",
+       errors=(401, 403, 404, 429)),
 )
 
 _SECURITY_SCHEMES = {
@@ -303,6 +377,13 @@ _SECURITY_SCHEMES = {
     DASHBOARD: {"type": "apiKey", "in": "cookie", "name": "voxgate_session",
                 "description": "signed-in dashboard user"},
     STRIPE: {"type": "apiKey", "in": "header", "name": "Stripe-Signature"},
+    OPENAI_WEBHOOK: {"type": "apiKey", "in": "header", "name": "webhook-signature",
+                     "description": "OpenAI's Standard Webhooks signature (with webhook-id and "
+                                    "webhook-timestamp), checked with [sip] openai_webhook_secret"},
+    TWILIO: {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature",
+             "description": "Twilio's request signature when [telephony] twilio_auth_token is set; "
+                            "the caller's key is customParameters.authorization of the start "
+                            "message (Bearer vg_live_… or ek_…)"},
 }
 
 _HEADERS = {
@@ -391,9 +472,3 @@ async def openapi_handler(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     """Register ``GET /openapi.json``."""
     app.router.add_get(OPENAPI_PATH, openapi_handler)
-
-
-if __name__ == "__main__":  # python -m voxgate.proxy.openapi [--markdown] > docs/api.md
-    from voxgate.proxy.openapi_markdown import main
-
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The API reference (``docs/api.md``) rendered from the OpenAPI document of
 ``voxgate.proxy.openapi``, so the two cannot disagree:
 
-    python -m voxgate.proxy.openapi --markdown > docs/api.md
+    python -m voxgate openapi --markdown > docs/api.md
 
 ``tests/test_api_docs.py`` fails when the committed file differs from what
 this prints. Pure text rendering, deterministic (document order).
@@ -9,24 +9,22 @@ this prints. Pure text rendering, deterministic (document order).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Any
 
 from voxgate.proxy.openapi import document
 
-__all__ = ["markdown", "main"]
+__all__ = ["markdown"]
 
 HEADER = """# voxgate HTTP API reference
 
 <!-- Generated from voxgate/proxy/openapi.py: do not edit by hand.
-     Regenerate with: python -m voxgate.proxy.openapi --markdown > docs/api.md -->
+     Regenerate with: python -m voxgate openapi --markdown > docs/api.md -->
 
 {description}
 
 The same document as OpenAPI 3.1 JSON: `GET /openapi.json` on a running server, or
-`python -m voxgate.proxy.openapi`. Realtime events on the WebSocket and the WebRTC
+`voxgate openapi`. Realtime events on the WebSocket and the WebRTC
 data channel are OpenAI's (https://platform.openai.com/docs/api-reference/realtime);
 this page covers the HTTP side.
 """
@@ -144,15 +142,3 @@ def markdown(doc: dict[str, Any] | None = None) -> str:
         out += _schema(name, schema)
     return "\n".join(out).rstrip() + "\n"
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m voxgate.proxy.openapi [--markdown]``: the document as
-    JSON on stdout, or as the Markdown API reference."""
-    parser = argparse.ArgumentParser(
-        prog="python -m voxgate.proxy.openapi",
-        description="Print voxgate's OpenAPI document (JSON), or the API reference (Markdown).")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print the Markdown API reference (docs/api.md)")
-    args = parser.parse_args(argv)
-    sys.stdout.write(markdown() if args.markdown else json.dumps(document(), indent=2) + "\n")
-    return 0

@@ -12,9 +12,10 @@ import inspect
 from typing import Any
 
 from voxgate.admission.base import Admission, Lease
-from voxgate.metering.verdict import VerdictPolicy, decide
+from voxgate.metering.verdict import VerdictPolicy, decide_verdict
 from voxgate.models import Verdict
 from voxgate.models.plans import Plan, PlanCatalog
+from voxgate.models.pricing import PriceList, session_cost
 from voxgate.store.base import Orphan, Store
 from voxgate.store.plans import account_plan
 
@@ -45,11 +46,12 @@ def _accepts_provisional(store: Any) -> bool:
 
 
 async def complete_orphans(store: Store, catalog: PlanCatalog, policy: VerdictPolicy,
-                           orphans: list[Orphan], now: float, detail: str) -> list[Verdict]:
+                           orphans: list[Orphan], now: float, detail: str,
+                           prices: PriceList | None = None) -> list[Verdict]:
     """Complete each orphan from its last checkpoint, provisionally: its
     checkpointed measurements closed by ``server`` with close reason
     ``instance_lost``, the verdict decided on them by the verdict rules
-    (``voxgate.metering.verdict.decide`` with ``policy``; ``detail``, e.g.
+    (``voxgate.metering.verdict.decide_verdict`` with ``policy``; ``detail``, e.g.
     "instance X lost", prefixes the rule), ending at the checkpoint (``now``
     if never checkpointed), charged under the account's plan at ``now``
     exactly as ``Gateway.finish`` charges (``settle_from``/``pack_from``),
@@ -73,7 +75,7 @@ async def complete_orphans(store: Store, catalog: PlanCatalog, policy: VerdictPo
         plan = plans[record.account_id]
         m = record.measurements
         m.closed_by, m.close_code, m.close_reason = "server", None, LOST_CLOSE_REASON
-        decided = decide(m, policy)
+        decided = decide_verdict(m, policy)
         checkpoint = ("its last checkpoint" if orphan.checkpoint_at is not None
                       else "no checkpoint (as opened)")
         verdict = Verdict(decided.billable, decided.reason,
@@ -81,6 +83,9 @@ async def complete_orphans(store: Store, catalog: PlanCatalog, policy: VerdictPo
         record.status = "completed"
         record.ended_at = orphan.checkpoint_at if orphan.checkpoint_at is not None else now
         record.billable, record.reason, record.rule = verdict.billable, verdict.reason, verdict.rule
+        if prices is not None:  # the provider cost of the checkpointed usage
+            cost = session_cost(prices, record.model, m)
+            record.provider_cost_usd, record.provider_cost_reason = cost.usd, cost.reason
         included = None if plan is None else plan.plan_sessions_included
         settle_from = None if plan is None or plan.overage_cents is None else (included or 0)
         await store.complete_session(record, verdict, settle_from=settle_from,

@@ -162,8 +162,9 @@ async def mint(app: web.Application, principal: Principal, session: dict[str, An
     gw: Gateway = app[GATEWAY]
     upstream = gw.settings.upstream
     requested = session.get("model")
+    plan = await gw.account_plan(principal.account)
     model = session_model(principal, requested if isinstance(requested, str) else None,
-                          upstream.default_model, upstream.allowed_models)
+                          upstream.default_model, upstream.allowed_models, plan.models)
     session = {**session, "model": model}
     await gw.check_mint(principal)
     expires_at = int(time.time()) + ttl_s

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from voxgate.errors import InvalidRequest, UpstreamError
+from voxgate.errors import ProviderKeyRefused, UpstreamError, UpstreamRefused
 
 __all__ = ["UpstreamConnector", "UpstreamRefused", "OPENAI_REALTIME_URL", "upstream_end",
            "PROVIDER_LOST", "PROVIDER_RESET", "PROVIDER_TIMEOUT"]
@@ -41,6 +41,9 @@ PROVIDER_LOST = "provider connection lost"
 PROVIDER_RESET = "provider connection reset"
 """Close reason of a provider connection reset (TCP RST), close code 1006."""
 PROVIDER_TIMEOUT = "provider keepalive timeout"
+# A 401 to a project's own provider key (BYOK): the customer's key, not voxgate, was refused.
+CUSTOMER_KEY_REFUSED = ("the provider refused this project's own API key (HTTP 401): check or "
+                        "replace the key in the project's settings")
 """Close reason prefix of a provider that stopped answering pings (1006)."""
 
 
@@ -69,13 +72,6 @@ def upstream_end(ws: aiohttp.ClientWebSocketResponse,
                 and not isinstance(err, aiohttp.ClientConnectionResetError)):
             return 1006, PROVIDER_RESET
     return 1006, PROVIDER_LOST
-
-
-class UpstreamRefused(InvalidRequest):
-    """The provider refused the client's request at the handshake (HTTP 4xx:
-    unknown model, bad parameter). The client's fault, not a provider error."""
-
-    code = "upstream_refused"
 
 
 @dataclass
@@ -117,22 +113,26 @@ class UpstreamConnector:
         return f"{self.url}?{urlencode(params)}"
 
     async def connect(
-        self, model: str, query: dict[str, str] | None = None, *, keepalive: bool = True
+        self, model: str, query: dict[str, str] | None = None, *, keepalive: bool = True,
+        api_key: str | None = None,
     ) -> aiohttp.ClientWebSocketResponse:
         """Open the upstream WebSocket for ``model``.
 
         ``keepalive=False`` leaves pings and pongs to the caller (aiohttp's
         heartbeat and automatic pong off; PING/PONG messages are returned).
+        ``api_key``: the project's own provider key (BYOK,
+        ``voxgate.proxy.provider_keys``) instead of the server's.
 
         Raises:
             UpstreamRefused: the provider answered the handshake with a 4xx
                 (its error message is carried over).
-            UpstreamError: unreachable, timed out, or a 5xx.
+            UpstreamError: unreachable, timed out, or a 5xx; a 401 to the
+                project's own key says the customer's key was refused.
         """
         await self.start()
         assert self._session is not None
         url = self.target(model, query)
-        headers = {"Authorization": f"Bearer {self.api_key}"}
+        headers = {"Authorization": f"Bearer {api_key or self.api_key}"}
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 return await self._session.ws_connect(
@@ -145,6 +145,8 @@ class UpstreamConnector:
                     compress=0,
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401 and api_key:
+                raise ProviderKeyRefused(CUSTOMER_KEY_REFUSED) from exc
             if 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
                 detail = await self._refusal_detail(url, headers) or exc.message
                 raise UpstreamRefused(

@@ -35,6 +35,9 @@ from voxgate.store.statements import (
     ADMIN_KEY_COLS,
     API_KEY_COLS,
     EPHEMERAL_COLS,
+    N_API_KEY,
+    N_EPHEMERAL,
+    N_PROJECT,
     PROJECT_COLS,
     account_row,
     api_key_row,
@@ -53,7 +56,7 @@ KEY_CACHE_MAX = 16_384  # keys remembered (lookups, last-used writes), least rec
 
 _ACCOUNT_FIELDS = frozenset({
     "plan_id", "status", "stripe_customer_id", "stripe_subscription_id",
-    "past_due_since", "name", "email",
+    "past_due_since", "name", "email", "spend_limit_usd",
 })
 
 
@@ -76,7 +79,7 @@ class AccountMethods(SQLCore):
         account = Account(id=new_id("acct"), email=email, plan_id=plan_id,
                           created_at=time.time(), name=name)
         await self._write(
-            f"INSERT INTO accounts ({ACCOUNT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO accounts ({ACCOUNT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (account.id, account.email, account.plan_id, account.created_at, account.status,
              None, None, None, account.name),
         )
@@ -109,10 +112,10 @@ class AccountMethods(SQLCore):
         if fields:
             names = sorted(fields)
             assignments = ", ".join(f"{n} = ?" for n in names)
+            values = [str(fields[n]) if n == "spend_limit_usd" and fields[n] is not None
+                      else fields[n] for n in names]
             changed = await self._write(
-                f"UPDATE accounts SET {assignments} WHERE id = ?",
-                (*(fields[n] for n in names), account_id),
-            )
+                f"UPDATE accounts SET {assignments} WHERE id = ?", (*values, account_id))
             self._invalidate_keys()
             if not changed:
                 raise KeyError(account_id)
@@ -127,7 +130,7 @@ class AccountMethods(SQLCore):
         project = Project(id=new_id("proj"), account_id=account_id, name=name,
                           created_at=time.time())
         await self._write(
-            f"INSERT INTO projects ({PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]', '[]', '[]')",
+            f"INSERT INTO projects ({PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]', '[]', '[]', NULL, NULL)",
             (project.id, project.account_id, project.name, project.created_at),
         )
         return project
@@ -143,6 +146,24 @@ class AccountMethods(SQLCore):
             f"SELECT {PROJECT_COLS} FROM projects WHERE account_id = ? AND deleted_at IS NULL"
             " ORDER BY created_at, id", (account_id,))
         return [project_row(r) for r in rows]
+
+    async def set_project_provider_key(self, project_id: str, sealed: str | None,
+                                       last4: str | None) -> Project:
+        """Store the project's own provider key, encrypted (``sealed``, a
+        Fernet token) with its last 4 characters, or remove it (both None).
+
+        Raises:
+            KeyError: no such (undeleted) project.
+        """
+        self._invalidate_keys()
+        changed = await self._write(
+            "UPDATE projects SET provider_key_sealed = ?, provider_key_last4 = ?"
+            " WHERE id = ? AND deleted_at IS NULL", (sealed, last4, project_id))
+        self._invalidate_keys()
+        project = await self.get_project(project_id) if changed else None
+        if project is None:
+            raise KeyError(project_id)
+        return project
 
     async def update_project(
         self,
@@ -286,7 +307,9 @@ class AccountMethods(SQLCore):
                 (key_hash,))
             if row is None:
                 return None
-            key, project, account = api_key_row(row[:8]), project_row(row[8:15]), account_row(row[15:])
+            key = api_key_row(row[:N_API_KEY])
+            project = project_row(row[N_API_KEY:N_API_KEY + N_PROJECT])
+            account = account_row(row[N_API_KEY + N_PROJECT:])
             if generation == self._key_generation:
                 self._key_cache[key_hash] = (replace(key), replace(project), replace(account),
                                              time.monotonic())
@@ -339,6 +362,7 @@ class AccountMethods(SQLCore):
             (hash_secret(plaintext),))
         if row is None:
             return None
-        ek = ephemeral_row(row[:7])
+        ek = ephemeral_row(row[:N_EPHEMERAL])
         ek.revoked = bool(row[-1])
-        return ek, project_row(row[7:14]), account_row(row[14:-1])
+        end = N_EPHEMERAL + N_PROJECT
+        return ek, project_row(row[N_EPHEMERAL:end]), account_row(row[end:-1])

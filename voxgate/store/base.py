@@ -41,7 +41,7 @@ class MonthlyUsage:
         sessions: sessions completed in the period (any verdict).
         billable_sessions: billable ones (what the quota counts).
         minutes_used: sum of billable session durations, in minutes, unrounded
-            (shown everywhere through ``voxgate.web.figures.minutes_used``).
+            (shown everywhere through ``voxgate.models.figures.minutes_used``).
         audio_seconds: audio exchanged (in + out), in seconds.
         bytes: message bytes relayed, both directions.
     """
@@ -144,6 +144,13 @@ class Store(Protocol):
     async def list_projects(self, account_id: str) -> list[Project]: ...
     async def delete_project(self, project_id: str) -> None:
         """Delete the project and revoke its keys (sessions stay)."""
+
+    async def set_project_provider_key(self, project_id: str, sealed: str | None,
+                                       last4: str | None) -> Project:
+        """Store the project's own provider key (BYOK), encrypted (``sealed``:
+        a Fernet token, ``voxgate.proxy.provider_keys``) with its last 4
+        characters, or remove it (both None). Raises KeyError if the project
+        is unknown or deleted."""
 
     async def update_project(
         self,
@@ -274,6 +281,10 @@ class Store(Protocol):
         way the row is no longer provisional. Never counted twice.
         Returns the period's usage after the update."""
 
+    async def set_session_call(self, session_id: str, call_sid: str, stream_sid: str) -> None:
+        """Store a phone call's Twilio ``CallSid`` and Media Stream
+        ``StreamSid`` on its session (``transport="twilio"``)."""
+
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
     async def list_sessions(
         self,
@@ -325,6 +336,12 @@ class Store(Protocol):
     async def set_enterprise_terms(self, account_id: str, terms: dict[str, Any]) -> None: ...
     async def get_enterprise_terms(self, account_id: str) -> dict[str, Any] | None: ...
     async def list_enterprise_terms(self) -> dict[str, dict[str, Any]]: ...
+    async def provider_spend_micros(self, account_id: str, period: str) -> int:
+        """The provider cost of the account's completed, operator-paid
+        sessions in ``period``, micro-USD."""
+    async def claim_spend_alert(self, account_id: str, period: str, threshold: int,
+                                now: float) -> bool:
+        """Record a spend alert once across processes; True for the recorder."""
 
     # key/value for small server state (demo key path, secrets, cursors)
     async def get_meta(self, key: str) -> str | None: ...

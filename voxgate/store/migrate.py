@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from voxgate.errors import ConfigError
+from voxgate.errors import ChecksumMismatch, MigrationError, PendingMigrations
 
 __all__ = ["Migration", "MigrationError", "ChecksumMismatch", "PendingMigrations", "MIGRATIONS_DIR",
            "PG_MIGRATIONS_DIR", "load_migrations", "pending_migrations", "migration_checksum",
@@ -75,38 +75,6 @@ def load_migrations(directory: str | Path) -> list[Migration]:
         found[version] = Migration(version, m.group(2), path,
                                    migration_checksum(path.read_bytes()))
     return [found[v] for v in sorted(found)]
-
-
-class MigrationError(ConfigError):
-    """The schema cannot be brought to this voxgate's version: a migration
-    failed (nothing of it applied), or waited too long for a lock. A
-    ``ConfigError``: the command line prints its one-line message and stops."""
-
-
-class ChecksumMismatch(MigrationError):
-    """An applied migration's file is no longer what was applied (its
-    checksum differs from the one recorded): voxgate refuses to start."""
-
-    def __init__(self, migration: Migration, recorded: str) -> None:
-        super().__init__(
-            f"migration {migration.label} was changed after it was applied to this database "
-            f"(checksum now {migration.checksum[:12]}…, {recorded[:12]}… when applied): "
-            f"restore {migration.path} as it was; change a schema with a new migration, "
-            f"never by editing an applied one")
-        self.migration = migration
-        self.recorded = recorded
-
-
-class PendingMigrations(MigrationError):
-    """Migrations are pending and this store may not apply them at open
-    (``auto_migrate = false``): ``pending`` lists them."""
-
-    def __init__(self, pending: list[Migration]) -> None:
-        names = ", ".join(m.path.name for m in pending)
-        super().__init__(
-            f"{len(pending)} schema migration(s) pending ({names}) and auto_migrate is off: "
-            f"run `voxgate migrate` first (or set auto_migrate = true)")
-        self.pending = pending
 
 
 def pending_migrations(migrations: Iterable[Migration],

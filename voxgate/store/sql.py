@@ -99,6 +99,7 @@ class SQLStore(AccountMethods, InstanceMethods):
             record.period or period_of(record.started_at),
             m.connect_ms, m.duration_ms, m.audio_in_ms, m.audio_out_ms, m.bytes_in,
             m.bytes_out, orjson.dumps(m.to_dict()).decode(), self.instance_id, lease_id,
+            record.paid_by,
         )
 
     async def complete_session(
@@ -121,6 +122,12 @@ class SQLStore(AccountMethods, InstanceMethods):
         return await self.dialect.complete_session(
             self, record, verdict, settle=settle, ended_at=ended_at, settle_from=settle_from,
             pack_from=pack_from, provisional=provisional)
+
+    async def set_session_call(self, session_id: str, call_sid: str, stream_sid: str) -> None:
+        """Store a phone call's Twilio ``CallSid`` and ``StreamSid`` on its
+        session row (migration 0013); one statement."""
+        await self._write("UPDATE sessions SET call_sid = ?, stream_sid = ? WHERE id = ?",
+                          (call_sid, stream_sid, session_id))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         row = await self._one(f"SELECT {SESSION_COLS} FROM sessions WHERE id = ?", (session_id,))
@@ -321,3 +328,23 @@ class SQLStore(AccountMethods, InstanceMethods):
         rows = await self.db.execute_fetchall(
             "SELECT account_id, terms FROM enterprise_plans ORDER BY account_id")
         return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    # ------------------------------------------------------------ provider spend
+
+    async def provider_spend_micros(self, account_id: str, period: str) -> int:
+        """What the provider charged the operator for the account's sessions
+        completed in ``period``, micro-USD (priced sessions, those on the
+        customer's own key left out): what ``spend_limit_usd`` caps."""
+        row = await self._one(
+            "SELECT COALESCE(SUM(provider_cost_micros), 0) FROM sessions"
+            " WHERE account_id = ? AND period = ? AND status = 'completed'"
+            " AND (paid_by IS NULL OR paid_by <> 'customer')", (account_id, period))
+        return int(row[0]) if row else 0
+
+    async def claim_spend_alert(self, account_id: str, period: str, threshold: int,
+                                now: float) -> bool:
+        """Record the ``threshold`` % spend alert of the account's period;
+        True for the one caller (of any process) that recorded it."""
+        return await self._write(
+            "INSERT INTO spend_alerts (account_id, period, threshold, sent_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING", (account_id, period, threshold, now)) == 1

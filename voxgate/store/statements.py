@@ -18,6 +18,7 @@ for the UTC day of a timestamp.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -32,20 +33,27 @@ from voxgate.models import (
     Verdict,
 )
 from voxgate.models.packs import AccountPack, pack_to_use
+from voxgate.models.pricing import micros_to_usd, usd_to_micros
 from voxgate.store.base import MonthlyUsage, Orphan, period_of
 from voxgate.store.connection import rollback_open
 
 # ---------------------------------------------------------------- row mapping
 
 ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
-                 "stripe_subscription_id, past_due_since, name")
-PROJECT_COLS = "id, account_id, name, created_at, allowed_origins, allowed_models, allowed_ips"
+                 "stripe_subscription_id, past_due_since, name, spend_limit_usd")
+PROJECT_COLS = ("id, account_id, name, created_at, allowed_origins, allowed_models, allowed_ips, "
+                "provider_key_sealed, provider_key_last4")
 ADMIN_KEY_COLS = "id, account_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 API_KEY_COLS = "id, project_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 EPHEMERAL_COLS = "id, project_id, key_hash, created_at, expires_at, api_key_id, session"
+# columns of each row kind, for rows that join several (api key + project + account)
+N_PROJECT = len(PROJECT_COLS.split(","))
+N_API_KEY = len(API_KEY_COLS.split(","))
+N_EPHEMERAL = len(EPHEMERAL_COLS.split(","))
 SESSION_COLS = ("id, account_id, project_id, transport, started_at, model, api_key_id, "
                  "ephemeral_key_id, status, ended_at, period, measurements, billable, "
-                 "reason, rule, settlement, settlement_ref")
+                 "reason, rule, settlement, settlement_ref, call_sid, stream_sid, "
+                 "provider_cost_micros, provider_cost_reason, paid_by")
 USAGE_COLS = "sessions, billable_sessions, minutes_used, audio_seconds, bytes"
 OUTBOX_COLS = ("session_id, account_id, period, created_at, attempts, next_attempt_at, "
                 "last_error")
@@ -53,14 +61,21 @@ INSTANCE_COLS = "id, host, pid, started_at, heartbeat_at, epoch"
 
 
 def account_row(row: Any) -> Account:
-    return Account(*row)
+    """An ``accounts`` row (``ACCOUNT_COLS``); ``spend_limit_usd`` is kept as
+    a decimal string."""
+    limit = row[9]
+    return Account(id=row[0], email=row[1], plan_id=row[2], created_at=row[3], status=row[4],
+                   stripe_customer_id=row[5], stripe_subscription_id=row[6],
+                   past_due_since=row[7], name=row[8],
+                   spend_limit_usd=None if limit is None else Decimal(limit))
 
 
 def project_row(row: Any) -> Project:
     return Project(id=row[0], account_id=row[1], name=row[2], created_at=row[3],
                    allowed_origins=tuple(orjson.loads(row[4])),
                    allowed_models=tuple(orjson.loads(row[5])),
-                   allowed_ips=tuple(orjson.loads(row[6])))
+                   allowed_ips=tuple(orjson.loads(row[6])),
+                   provider_key_sealed=row[7], provider_key_last4=row[8])
 
 
 def api_key_row(row: Any) -> ApiKey:
@@ -80,6 +95,9 @@ def session_row(row: Any) -> SessionRecord:
         measurements=Measurements.from_dict(orjson.loads(row[11])),
         billable=None if row[12] is None else bool(row[12]),
         reason=row[13], rule=row[14], settlement=row[15], settlement_ref=row[16],
+        call_sid=row[17], stream_sid=row[18],
+        provider_cost_usd=None if row[19] is None else micros_to_usd(int(row[19])),
+        provider_cost_reason=row[20], paid_by=row[21],
     )
 
 
@@ -98,8 +116,8 @@ def prefixed(cols: str, alias: str) -> str:
 OPEN_SESSION_SQL = """
 INSERT INTO sessions (id, account_id, project_id, api_key_id, ephemeral_key_id, transport,
     model, status, started_at, ended_at, period, connect_ms, duration_ms, audio_in_ms,
-    audio_out_ms, bytes_in, bytes_out, measurements, instance_id, lease_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    audio_out_ms, bytes_in, bytes_out, measurements, instance_id, lease_id, paid_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Insert-or-complete: updates only a session not yet completed, so the
@@ -229,6 +247,9 @@ def complete_sync(
     3. A billable session past ``pack_from`` takes a pack session
        (``take_pack_sync``); else past ``settle_from`` it is settled
        (``settlement="pending"``, outbox).
+    4. The record's provider cost, if it carries one (or the reason it has
+       none), is written while the row holds the measurements it was
+       computed from (``cost_sync``; migration 0014).
     """
     period = record.period or period_of(record.started_at)
     m = record.measurements
@@ -251,6 +272,7 @@ def complete_sync(
             "SELECT provisional, billable, duration_ms, audio_in_ms, audio_out_ms, bytes_in,"
             " bytes_out FROM sessions WHERE id = ?", (record.id,)).fetchone()
         if old is None or not old[0] or provisional:  # a retry: counted once only
+            cost_sync(conn, record, measured[-1])
             return usage_now_sync(conn, record.account_id, period)
         counted = 0
         audio_s -= (old[3] + old[4]) / 1000.0
@@ -286,7 +308,28 @@ def complete_sync(
             f"INSERT INTO settlement_outbox ({OUTBOX_COLS})"
             " VALUES (?, ?, ?, ?, 0, ?, NULL) ON CONFLICT DO NOTHING",
             (record.id, record.account_id, period, ended_at, ended_at))
+    cost_sync(conn, record, measured[-1])
     return usage_row(record.account_id, period, row)
+
+
+def cost_params(record: SessionRecord) -> tuple[int | None, str | None]:
+    """``(provider_cost_micros, provider_cost_reason)`` of the record, as
+    stored (migration 0014)."""
+    usd = record.provider_cost_usd
+    return (None if usd is None else usd_to_micros(usd)), record.provider_cost_reason
+
+
+def cost_sync(conn: Any, record: SessionRecord, measurements: str) -> None:
+    """Write the record's provider cost on its row if the row holds
+    ``measurements`` (the JSON the cost was computed from): a completion
+    that did not replace the stored measurements leaves their cost. A
+    record without a cost nor a reason (a caller that computed none)
+    changes nothing."""
+    micros, reason = cost_params(record)
+    if micros is None and reason is None:
+        return
+    conn.execute("UPDATE sessions SET provider_cost_micros = ?, provider_cost_reason = ?"
+                 " WHERE id = ? AND measurements = ?", (micros, reason, record.id, measurements))
 
 
 def orphans_sync(conn: Any, where: str, params: tuple[Any, ...]) -> list[Orphan]:

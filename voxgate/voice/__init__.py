@@ -6,9 +6,14 @@ Public API: :class:`VoiceProvider` and :func:`serve_forever` (in
 (:mod:`voxgate.voice.faults`). Importing this package loads no models.
 
 Modules: :mod:`~voxgate.voice.server` (HTTP, WebSocket upgrade),
+:mod:`~voxgate.voice.engines` (what the provider hands each session),
 :mod:`~voxgate.voice.realtime` (one session's events and tasks),
-:mod:`~voxgate.voice.session` (session config, token estimates),
+:mod:`~voxgate.voice.responses` (response generation),
+:mod:`~voxgate.voice.input_audio` (input audio buffer, turn detection),
+:mod:`~voxgate.voice.session` (session config),
 :mod:`~voxgate.voice.items` (items and ``response.create`` parameters),
+:mod:`~voxgate.voice.usage` (token estimates, ``response.usage``),
+:mod:`~voxgate.voice.ids` (object ids),
 :mod:`~voxgate.voice.tools` (the deterministic function-calling rule),
 :mod:`~voxgate.voice.responder` (reply text, chat-completions upstream),
 :mod:`~voxgate.voice.vad`, :mod:`~voxgate.voice.stt`, :mod:`~voxgate.voice.tts`,

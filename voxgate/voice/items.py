@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voxgate.errors import MalformedEvent
-from voxgate.voice.session import input_audio_tokens, new_id, text_tokens
+from voxgate.voice.ids import new_id
 from voxgate.voice.tools import function_tools
 
 __all__ = ["ResponseParams", "parse_item", "parse_response_params", "validate_tools", "validate_tool_choice",
-           "public", "item_text", "truncate_segments", "InputBlock", "input_blocks", "cached_tokens"]
+           "public", "item_text", "truncate_segments"]
 
 
 def _invalid(message: str, param: str) -> MalformedEvent:
@@ -250,65 +250,3 @@ def truncate_segments(segments: list[tuple[float, float, str]], audio_end_ms: fl
             out += (" " if text.startswith(" ") else "") + " ".join(said[:keep])
         break
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class InputBlock:
-    """One piece of a response's input as the token estimate of
-    :mod:`voxgate.voice.session` counts it: the instructions, or one item.
-
-    Attributes:
-        key: what must be identical for the piece to count as cached (the
-            text itself for instructions; the item id, its words and audio
-            length for an item, so a truncated item is a new piece).
-        text_tokens / audio_tokens: its tokens.
-    """
-
-    key: str
-    text_tokens: int
-    audio_tokens: int
-
-
-def input_blocks(instructions: str, context: list[dict[str, Any]],
-                 audio_ms: dict[str, float]) -> list[InputBlock]:
-    """The input of a response, in order: its instructions, then each item
-    of ``context`` (text by characters: message text and transcripts, function
-    call arguments and outputs; user audio by duration: the item's
-    ``_audio_ms`` or ``audio_ms[item id]``, in ms; the transcript of user
-    audio is not counted again)."""
-    blocks = [InputBlock("instructions\0" + instructions, text_tokens(instructions), 0)]
-    for item in context:
-        words = _counted_text(item)
-        ms = item.get("_audio_ms", 0.0) if item.get("role") == "user" else 0.0
-        ms += audio_ms.get(item.get("id", ""), 0.0)
-        blocks.append(InputBlock(f"{item.get('id')}\0{ms}\0" + "\0".join(words),
-                                 sum(text_tokens(w) for w in words), input_audio_tokens(ms) if ms else 0))
-    return blocks
-
-
-def _counted_text(item: dict[str, Any]) -> list[str]:
-    """The texts of an item that count as input text tokens."""
-    if item.get("type") == "function_call":
-        return [item.get("arguments", "")]
-    if item.get("type") == "function_call_output":
-        return [item.get("output", "")]
-    return [part.get("text") or part.get("transcript") or "" for part in item.get("content", [])
-            if part.get("type") != "input_audio"]
-
-
-def cached_tokens(previous: list[InputBlock], current: list[InputBlock]) -> tuple[int, int]:
-    """``(text, audio)`` tokens of ``current`` that are cached: those of the
-    longest prefix of pieces identical to the previous response's input, the
-    way prompt caching reuses a repeated prefix (no minimum length).
-
-    >>> a, b = InputBlock("i", 5, 0), InputBlock("u", 2, 10)
-    >>> cached_tokens([a, b], [a, b, InputBlock("v", 3, 0)]), cached_tokens([b], [a, b])
-    ((7, 10), (0, 0))
-    """
-    text = audio = 0
-    for old, new in zip(previous, current, strict=False):
-        if old != new:
-            break
-        text += new.text_tokens
-        audio += new.audio_tokens
-    return text, audio

@@ -13,7 +13,8 @@ Routes:
   "param": "model", ...}}`` before the upgrade.
 - ``GET /healthz`` → ``{"status": "ok", "sessions": N}``.
 
-Per session (:class:`voxgate.voice.realtime.RealtimeSession`): server VAD
+Per session (:class:`voxgate.voice.realtime.RealtimeSession`, handed the
+provider's :class:`voxgate.voice.engines.Engines`): server VAD
 (webrtcvad), STT (PocketSphinx, in worker processes), a responder
 (``assistant`` / ``chat`` / ``echo``) and TTS (Piper, in threads), streamed as
 ``response.output_audio.delta`` events. Fault injection is described in
@@ -31,6 +32,7 @@ from aiohttp import web
 
 from voxgate.config import VoiceSettings
 from voxgate.errors import AuthenticationError, InvalidRequest, error_body
+from voxgate.voice.engines import ChatUpstream, Engines
 from voxgate.voice.faults import Faults, parse_faults
 from voxgate.voice.realtime import RealtimeSession
 from voxgate.voice.stt import shared_recognizer
@@ -118,6 +120,18 @@ class VoiceProvider:
             await self.http.close()
             self.http = None
 
+    def engines(self) -> Engines:
+        """What a new session is handed: this provider's STT, TTS, model
+        loading, responder settings and (``chat`` responder with a
+        ``chat_url``, once started) the chat upstream."""
+        s = self.settings
+        chat = None
+        if s.responder == "chat" and s.chat_url and self.http is not None:
+            chat = ChatUpstream(http=self.http, url=s.chat_url, model=s.chat_model,
+                                api_key=s.chat_api_key.get_secret_value() if s.chat_api_key else None)
+        return Engines(recognizer=self.recognizer, synthesizer=self.synthesizer, ensure_models=self.ensure_models,
+                       responder=s.responder, faults_enabled=s.faults_enabled, chat=chat)
+
     # -- handlers ------------------------------------------------------------
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -157,7 +171,7 @@ class VoiceProvider:
             protocols=("realtime",), max_msg_size=MAX_MESSAGE_BYTES, compress=False, autoping=True
         )
         await ws.prepare(request)
-        session = RealtimeSession(self, ws, request, model=model, faults=faults)
+        session = RealtimeSession(self.engines(), ws, request, model=model, faults=faults)
         self.sessions.add(session)
         try:
             await session.run()

@@ -1,5 +1,4 @@
-"""Session configuration and usage arithmetic for the local provider: pure
-code, no I/O.
+"""Session configuration of the local provider: pure code, no I/O.
 
 :class:`SessionConfig` holds what ``session.update`` can change and renders
 the GA session object (``"object": "realtime.session"``) sent in
@@ -10,20 +9,11 @@ and .../realtime-client-events/session/update). Updates in the GA shape
 the beta flat shape (``voice``, ``input_audio_format``, ``turn_detection``,
 ``input_audio_transcription``, ``modalities``) are both accepted.
 
-Token estimates (documented, not OpenAI's exact tokenizer):
-
-- text: 1 token per 4 characters, rounded up;
-- input (user) audio: 1 token per 100 ms;
-- output (assistant) audio: 1 token per 50 ms;
-- cached input: the tokens of the longest prefix of the input (instructions,
-  then items in order) identical to the previous response's input
-  (:func:`voxgate.voice.items.cached_tokens`).
+Token estimates and the usage object: :mod:`voxgate.voice.usage`.
 """
 
 from __future__ import annotations
 
-import math
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,56 +28,12 @@ from voxgate.models.realtime import (
     audio_format_from_session,
     turn_detection,
 )
+from voxgate.voice.ids import new_id
+from voxgate.voice.items import validate_tool_choice, validate_tools
 
-__all__ = [
-    "vad_parameters",
-    "SessionConfig",
-    "new_id",
-    "text_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "usage",
-]
+__all__ = ["vad_parameters", "SessionConfig"]
 
 VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"})
-
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id: ``sess_…``, ``item_…``, ``resp_…``."""
-    return f"{prefix}_{uuid.uuid4().hex[:22]}"
-
-
-def text_tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
-
-
-def input_audio_tokens(ms: float) -> int:
-    return math.ceil(ms / 100)
-
-
-def output_audio_tokens(ms: float) -> int:
-    return math.ceil(ms / 50)
-
-
-def usage(*, in_text: int = 0, in_audio: int = 0, out_text: int = 0, out_audio: int = 0,
-          cached_text: int = 0, cached_audio: int = 0) -> dict[str, Any]:
-    """A ``response.usage`` object (``openai.types.realtime.RealtimeResponseUsage``)
-    from token counts; cached tokens are a subset of the input ones, and the
-    local provider takes no images (0 image tokens)."""
-    inp, out = in_text + in_audio, out_text + out_audio
-    return {
-        "total_tokens": inp + out,
-        "input_tokens": inp,
-        "output_tokens": out,
-        "input_token_details": {
-            "text_tokens": in_text,
-            "audio_tokens": in_audio,
-            "image_tokens": 0,
-            "cached_tokens": cached_text + cached_audio,
-            "cached_tokens_details": {"text_tokens": cached_text, "audio_tokens": cached_audio, "image_tokens": 0},
-        },
-        "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
-    }
 
 
 def _invalid(message: str, param: str) -> MalformedEvent:
@@ -229,8 +175,6 @@ class SessionConfig:
                 raise _invalid("Invalid value for 'session.audio.output.speed': expected 0.25 to 1.5.",
                                "session.audio.output.speed")
             new.speed = float(speed)
-        from voxgate.voice.items import validate_tool_choice, validate_tools  # items imports this module
-
         if "tools" in session:
             new.tools = validate_tools(session["tools"], "session.tools")
         if "tool_choice" in session:

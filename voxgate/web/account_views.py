@@ -32,23 +32,12 @@ from voxgate.web.auth import (
     session_token,
 )
 from voxgate.web.db import User
+from voxgate.web.render import render
 from voxgate.web.security import safe_next
+from voxgate.web.state import web_state
 from voxgate.web.views import signed_in, signin_failed, signin_wait, too_many
 
 __all__ = ["challenge_page", "challenge", "twofactor_page", "twofactor_action"]
-
-
-def _state(request: web.Request) -> Any:
-    from voxgate.web.app import WEB
-
-    return request.app[WEB]
-
-
-async def _render(request: web.Request, template: str, status: int = 200,
-                  **context: Any) -> web.Response:
-    from voxgate.web.app import render
-
-    return await render(request, template, status, **context)
 
 
 async def _check_code(request: web.Request, user: User, code: str, secret: str | None = None,
@@ -57,7 +46,7 @@ async def _check_code(request: web.Request, user: User, code: str, secret: str |
     right code of ``user`` (the TOTP step or the recovery code is spent),
     else None. TOTP steps are those of ``WebState.totp_clock``.
     ``secret``: check against this (pending) secret instead, TOTP only."""
-    state = _state(request)
+    state = web_state(request)
     db = state.db
     now = time.time() if now is None else now
     key = secret or user.totp_secret
@@ -79,7 +68,7 @@ async def _pending(request: web.Request) -> tuple[str, Any, User] | None:
     token = request.cookies.get(CHALLENGE_COOKIE)
     if not token:
         return None
-    db = _state(request).db
+    db = web_state(request).db
     found = await db.challenge(token)
     if found is None:
         return None
@@ -100,7 +89,7 @@ async def challenge_page(request: web.Request) -> web.Response:
     ``vg_2fa`` cookie → ``/signin``."""
     if await _pending(request) is None:
         raise _back_to_signin()
-    return await _render(request, "signin_2fa.html", error=None)
+    return await render(request, "signin_2fa.html", error=None)
 
 
 @form_post
@@ -108,7 +97,7 @@ async def challenge(request: web.Request, form: MultiDictProxy) -> web.Response:
     """Check the code: 303 to the sign-in's ``next`` with a session, 401
     for a wrong code, 429 (``Retry-After``) when throttled, 303 to
     ``/signin`` when the pending sign-in is gone (expired, 5 wrong codes)."""
-    state = _state(request)
+    state = web_state(request)
     pending = await _pending(request)
     if pending is None:
         raise _back_to_signin()
@@ -125,9 +114,9 @@ async def challenge(request: web.Request, form: MultiDictProxy) -> web.Response:
         await signin_failed(request, user.email, user.account_id, now)
         if await state.db.challenge(token) is None:
             raise _back_to_signin()
-        return await _render(request, "signin_2fa.html", status=401,
-                             error="Wrong code: enter the 6 digits your app shows now, "
-                                   "or a recovery code.")
+        return await render(request, "signin_2fa.html", status=401,
+                            error="Wrong code: enter the 6 digits your app shows now, "
+                                  "or a recovery code.")
     await state.db.end_challenge(token)
     state.limits.failed_account.clear(user.email)
     if checked[0] == "recovery":
@@ -146,12 +135,12 @@ def _user(request: web.Request) -> User:
 
 async def _enrol_view(request: web.Request, user: User, status: int = 200,
                       error: str | None = None) -> web.Response:
-    db = _state(request).db
+    db = web_state(request).db
     secret = user.totp_pending
     if secret is None:
         secret = twofactor.new_secret()
         await db.set_totp_pending(user.id, secret)
-    return await _render(
+    return await render(
         request, "twofactor.html", status=status, error=error, stage="enrol", secret=secret,
         uri=twofactor.provisioning_uri(secret, user.email),
         qr=twofactor.qr_svg(twofactor.provisioning_uri(secret, user.email)),
@@ -163,9 +152,9 @@ async def twofactor_page(request: web.Request) -> web.Response:
     user = _user(request)
     if not user.has_2fa:
         return await _enrol_view(request, user)
-    return await _render(request, "twofactor.html", stage="on", required=user.is_operator,
-                         left=await _state(request).db.recovery_codes_left(user.id),
-                         notice=None)
+    return await render(request, "twofactor.html", stage="on", required=user.is_operator,
+                        left=await web_state(request).db.recovery_codes_left(user.id),
+                        notice=None)
 
 
 @member
@@ -175,7 +164,7 @@ async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Re
     ``action=recovery`` (``code``: new recovery codes, the old ones void) or
     ``action=disable`` (``code``; members only, 403 for operators). A wrong
     code is a 400 and counts as a failed sign-in; 429 when throttled."""
-    state = _state(request)
+    state = web_state(request)
     user = _user(request)
     action = form.get("action")
     code = form.get("code", "")
@@ -201,23 +190,23 @@ async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Re
         await state.db.end_other_sessions(user.id, token)
         await state.db.audit(user.email, "user.2fa_enabled", user.account_id, {})
         nxt = safe_next(str(form.get("next", "")), "/account/2fa")
-        return await _render(request, "twofactor.html", stage="codes", codes=codes, next=nxt,
-                             required=user.is_operator)
+        return await render(request, "twofactor.html", stage="codes", codes=codes, next=nxt,
+                            required=user.is_operator)
     if action == "recovery" and user.has_2fa and user.totp_secret is not None:
         if wait:
             return await too_many(request, wait, "twofactor.html", stage="wait")
         checked = await _check_code(request, user, code, now=now)
         if checked is None or checked[0] != "totp":
             await signin_failed(request, user.email, user.account_id, now)
-            return await _render(request, "twofactor.html", status=400, stage="on",
-                                 left=await state.db.recovery_codes_left(user.id),
-                                 required=user.is_operator,
-                                 error="Wrong code: enter the 6 digits your app shows now.")
+            return await render(request, "twofactor.html", status=400, stage="on",
+                                left=await state.db.recovery_codes_left(user.id),
+                                required=user.is_operator,
+                                error="Wrong code: enter the 6 digits your app shows now.")
         codes = twofactor.new_recovery_codes()
         await state.db.enable_totp(user.id, user.totp_secret, checked[1], codes, now)
         await state.db.audit(user.email, "user.recovery_codes_renewed", user.account_id, {})
-        return await _render(request, "twofactor.html", stage="codes", codes=codes,
-                             next="/account/2fa", required=user.is_operator)
+        return await render(request, "twofactor.html", stage="codes", codes=codes,
+                            next="/account/2fa", required=user.is_operator)
     if action == "disable" and user.has_2fa:
         if user.is_operator:
             raise web.HTTPForbidden(text="operators must keep two-factor sign-in")
@@ -225,9 +214,9 @@ async def twofactor_action(request: web.Request, form: MultiDictProxy) -> web.Re
             return await too_many(request, wait, "twofactor.html", stage="wait")
         if await _check_code(request, user, code, now=now) is None:
             await signin_failed(request, user.email, user.account_id, now)
-            return await _render(request, "twofactor.html", status=400, stage="on",
-                                 left=await state.db.recovery_codes_left(user.id),
-                                 required=False, error="Wrong code.")
+            return await render(request, "twofactor.html", status=400, stage="on",
+                                left=await state.db.recovery_codes_left(user.id),
+                                required=False, error="Wrong code.")
         await state.db.disable_totp(user.id)
         await state.db.audit(user.email, "user.2fa_disabled", user.account_id, {})
         raise web.HTTPSeeOther("/dashboard?notice=2fa-disabled")

@@ -4,7 +4,7 @@ scheduled jobs' last and next runs) and ``/admin/audit`` (the
 audit log of operator and billing actions). Operators only: signed-out
 visitors are sent to ``/signin``, other users get 403.
 
-The figures are defined in ``voxgate.web.figures.analytics``.
+The figures are defined in ``voxgate.models.figures.analytics``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
+from voxgate.models import figures
 from voxgate.proxy.http import json_response
 from voxgate.store.base import period_of
 from voxgate.store.plans import enterprise_plans
-from voxgate.web import charts, figures
+from voxgate.web import charts
 from voxgate.web.auth import USER, form_post, operator
+from voxgate.web.render import render
+from voxgate.web.state import billing_service, web_state
 
 __all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page"]
 
@@ -37,18 +40,10 @@ def members_told(fn: Any) -> Any:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         user = request.get(USER)
         if user is not None and not user.is_operator:
-            from voxgate.web.app import render
-
             return await render(request, "not_operator.html", status=403)
         return await fn(request)
 
     return wrapper
-
-
-def _state(request: web.Request) -> Any:
-    from voxgate.web.app import WEB
-
-    return request.app[WEB]
 
 
 async def compute_analytics(state: Any, now: float | None = None) -> figures.Analytics:
@@ -71,15 +66,13 @@ async def compute_analytics(state: Any, now: float | None = None) -> figures.Ana
 @operator
 async def analytics_json(request: web.Request) -> web.Response:
     """``GET /admin/analytics`` → the ``Analytics`` figures as JSON."""
-    return json_response((await compute_analytics(_state(request))).to_json())
+    return json_response((await compute_analytics(web_state(request))).to_json())
 
 
 @members_told
 @operator
 async def admin_page(request: web.Request) -> web.Response:
-    from voxgate.web.app import render
-
-    state = _state(request)
+    state = web_state(request)
     now = time.time()
     figs = await compute_analytics(state, now)
     hist = figures.history(await state.db.plan_changes(until=now + 1), state.catalog,
@@ -114,20 +107,18 @@ async def scheduled_jobs(request: web.Request, now: float) -> list[dict[str, Any
     from voxgate.jobs import JOBS, JobRunsDB, job_table
     from voxgate.proxy.keys import SETTINGS
 
-    state = _state(request)
+    state = web_state(request)
     return job_table(JOBS, await JobRunsDB(state.store).runs(), request.app[SETTINGS], now)
 
 
 @members_told
 @operator
 async def audit_page(request: web.Request) -> web.Response:
-    from voxgate.web.app import render
-
     try:
         before = float(request.query["before"]) if request.query.get("before") else None
     except ValueError as exc:
         raise web.HTTPBadRequest(text="'before' must be Unix seconds") from exc
-    entries = await _state(request).db.audit_entries(limit=100, before=before)
+    entries = await web_state(request).db.audit_entries(limit=100, before=before)
     return await render(request, "audit.html", entries=entries,
                         next_before=entries[-1].at if len(entries) == 100 else None)
 
@@ -142,7 +133,7 @@ ENTERPRISE_COUNTS = ("price_cents", "sessions_included", "overage_cents", "concu
 
 async def _form_account(request: web.Request, form: Any) -> Any:
     """The account a form names by id or email; 404 when there is none."""
-    store = _state(request).store
+    store = web_state(request).store
     ref = str(form.get("account", "")).strip()
     account = await store.get_account(ref) or await store.get_account_by_email(ref)
     if account is None:
@@ -186,7 +177,6 @@ async def set_enterprise(request: web.Request, form: Any) -> web.Response:
     its enterprise plan, synced to Stripe when billing is configured."""
     from voxgate.errors import InvalidRequest
     from voxgate.models.enterprise import parse_tier
-    from voxgate.web.app import billing_service
 
     account = await _form_account(request, form)
     terms: dict[str, Any] = {"name": str(form.get("name", "")).strip() or "Enterprise"}
@@ -217,5 +207,5 @@ def _addons(request: web.Request) -> Any:
     from voxgate.billing.addons import Addons
     from voxgate.billing.db import BillingDB
 
-    state = _state(request)
+    state = web_state(request)
     return Addons(state.store, BillingDB(state.store), state.catalog)

@@ -45,6 +45,7 @@ from voxgate.models import Account, PlanCatalog
 from voxgate.proxy.api import ACCOUNT_KEY
 from voxgate.web.db import CHALLENGE_TTL_S, SESSION_TTL_S, User, WebDB
 from voxgate.web.security import MIN_PASSWORD_LEN, password_problem, safe_next
+from voxgate.web.state import WebState, web_state
 
 __all__ = [
     "SESSION_COOKIE",
@@ -73,9 +74,14 @@ __all__ = [
     "set_challenge_cookie",
     "clear_challenge_cookie",
     "session_token",
+    "ensure_demo_user",
+    "DEMO_EMAIL",
+    "DEMO_PASSWORD_FILE",
 ]
 
 SESSION_COOKIE = "vg_session"
+DEMO_EMAIL = "demo@voxgate.local"
+DEMO_PASSWORD_FILE = "demo_password"
 CSRF_COOKIE = "vg_csrf"
 CHALLENGE_COOKIE = "vg_2fa"
 CSRF_FIELD = "csrf_token"
@@ -178,9 +184,7 @@ def load_secret(configured: str | None, data_dir: Path) -> bytes:
 
 
 def _web(request: web.Request) -> Any:
-    from voxgate.web.app import WEB
-
-    return request.app[WEB]
+    return web_state(request)
 
 
 @web.middleware
@@ -334,3 +338,27 @@ async def create_operator(store: Any, db: WebDB, catalog: PlanCatalog, email: st
         account = await store.create_account(email, catalog.default_plan, name="Operator")
     user = await db.create_user(account.id, email, await hash_password(password), "operator")
     return user, generated
+
+
+async def ensure_demo_user(state: WebState, data_dir: Path) -> str | None:
+    """If the demo account has no user: create ``demo@voxgate.local`` with a
+    random password, written to ``<data_dir>/demo_password`` (mode 0600) and
+    printed once. ``state.db`` must be set (the store open). Returns the password, or None when nothing was done."""
+    assert state.db is not None
+    account_id = await state.store.get_meta("demo_account_id")
+    account = await state.store.get_account(account_id) if account_id else None
+    if account is None:
+        account = await state.store.get_account_by_email(DEMO_EMAIL)
+    if account is None or await state.db.users_of(account.id):
+        return None
+    if await state.db.user_by_email(account.email) is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    await state.db.create_user(account.id, account.email, await hash_password(password))
+    path = data_dir / DEMO_PASSWORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    print(f"demo dashboard login: {account.email} / {password}", flush=True)
+    return password

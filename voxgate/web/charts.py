@@ -48,15 +48,16 @@ def nice_max(value: float, integer: bool = False) -> float:
     return _nice(value, (1, 2, 2.5, 5, 10))
 
 
-def _frame(title: str, labels: Sequence[str], top: float, unit: str, width: int) -> list[str]:
+def _frame(title: str, labels: Sequence[str], top: float, unit: str, width: int,
+           bottom: float = 0.0) -> list[str]:
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     out = [f'<svg class="chart" viewBox="0 0 {width} {HEIGHT}" role="img" '
            f'aria-label="{escape(title)}" preserveAspectRatio="xMidYMid meet">',
            f"<title>{escape(title)}</title>"]
     for i in range(5):
-        value = top * i / 4
+        value = bottom + (top - bottom) * i / 4
         y = PAD_TOP + plot_h - plot_h * i / 4
-        text = f"{value:g}" if value < 1000 else f"{value / 1000:g}k"
+        text = f"{value:g}" if abs(value) < 1000 else f"{value / 1000:g}k"
         out.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{width - PAD_RIGHT}" '
                    f'y1="{y:.1f}" y2="{y:.1f}"/>')
         out.append(f'<text class="axis" x="{PAD_LEFT - 4}" y="{y + 3:.1f}" '
@@ -119,13 +120,20 @@ def lines(title: str, labels: Sequence[str], series: Sequence[Series], unit: str
     """One polyline per series over the labels, and a dot (``<circle>``,
     radius ``DOT_R``) on every value, titled ``"<label> <series>: <value>"``,
     so that a series of one value is still seen (missing tail values of a
-    shorter series are simply not drawn)."""
-    top = nice_max(max((v for s in series for v in s.values), default=0), integer)
+    shorter series are simply not drawn). Values below 0 (a negative
+    margin) extend the axis down symmetrically to the nearest nice value."""
+    values = [v for s in series for v in s.values]
+    low = min(values, default=0.0)
+    top = nice_max(max(values, default=0), integer)
+    bottom = 0.0
+    if low < 0:  # the axis spans both signs in four equal steps, 0 on a grid line
+        span = nice_max(max(top, -low), integer)
+        top, bottom = (span, -span)
     plot_h = HEIGHT - PAD_TOP - PAD_BOTTOM
     step = (width - PAD_LEFT - PAD_RIGHT) / max(1, len(labels))
-    out = _frame(title, labels, top, unit, width)
+    out = _frame(title, labels, top, unit, width, bottom)
     for s in series:
-        xy = [(PAD_LEFT + step * (i + 0.5), PAD_TOP + plot_h - plot_h * v / top)
+        xy = [(PAD_LEFT + step * (i + 0.5), PAD_TOP + plot_h * (top - v) / (top - bottom))
               for i, v in enumerate(s.values[:len(labels)])]
         if len(xy) > 1:
             points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)

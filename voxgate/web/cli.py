@@ -55,7 +55,7 @@ async def create_operator_command(config: str | None, email: str, password: str 
 
 
 def _run(args: argparse.Namespace) -> int:
-    from voxgate.cli import run_async
+    from voxgate.aio import run_async
 
     return run_async(create_operator_command(args.config, args.email, args.password))
 

@@ -3,7 +3,7 @@ its rule in one sentence, a timeline, measurements with units, and what the
 session cost or why it was free. Pure functions of a ``SessionRecord``, the
 ``VerdictPolicy`` and the account's ``Plan``; no I/O.
 
-The sentences restate the rules of ``voxgate.metering.verdict.decide``
+The sentences restate the rules of ``voxgate.metering.verdict.decide_verdict``
 (one function per ``Reason``) with the policy's thresholds, so they change
 when ``[policy]`` does. Close codes are named as in RFC 6455 §7.4.1.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from voxgate.metering.verdict import VerdictPolicy
 from voxgate.models import Measurements, Plan, Reason, SessionRecord
@@ -27,6 +28,8 @@ __all__ = [
     "measurement_rows",
     "Cost",
     "session_cost",
+    "fmt_usd",
+    "provider_cost_row",
 ]
 
 
@@ -59,6 +62,11 @@ def fmt_bytes(n: int | None) -> str:
 def fmt_cents(cents: int) -> str:
     """``$29``, ``$0.10``, ``$1,234.50``."""
     return f"${cents / 100:,.2f}" if cents % 100 else f"${cents // 100:,}"
+
+
+def fmt_usd(usd: Decimal) -> str:
+    """A provider cost to the millionth of a dollar: ``$0.126438``, ``$1,234.500000``."""
+    return f"${usd:,.6f}"
 
 
 def _plural(n: int, word: str) -> str:
@@ -271,8 +279,21 @@ def timeline(record: SessionRecord) -> list[Step]:
 
 # ---------------------------------------------------------------- measurements
 
-def measurement_rows(record: SessionRecord) -> list[tuple[str, str]]:
-    """(label, formatted value) of what was measured, units included."""
+def provider_cost_row(record: SessionRecord) -> tuple[str, str]:
+    """("Provider cost", what the voice provider charged the operator for
+    the session, or why it is not known). The operator's figure: shown to
+    operators, and to customers only with ``[pricing] show_provider_cost``."""
+    paid = " (paid with your own provider key)" if record.paid_by == "customer" else ""
+    if record.provider_cost_usd is not None:
+        return "Provider cost", fmt_usd(record.provider_cost_usd) + paid
+    return "Provider cost", f"unknown: {record.provider_cost_note}{paid}"
+
+
+def measurement_rows(record: SessionRecord, *, provider_cost: bool = False) -> list[tuple[str, str]]:
+    """(label, formatted value) of what was measured, units included;
+    with ``provider_cost`` (or for a session the customer paid the
+    provider for, with its own key), the provider cost last
+    (``provider_cost_row``)."""
     m = record.measurements
     rows = [
         ("Connect latency", fmt_duration(m.connect_ms)),
@@ -293,6 +314,13 @@ def measurement_rows(record: SessionRecord) -> list[tuple[str, str]]:
     if record.transport == "webrtc":
         rows.append(("ICE candidate pair", m.ice_pair_type or "—"))
         rows.append(("ICE state", m.ice_state or "—"))
+    if record.transport == "sip":  # OpenAI's call_id is kept as call_sid
+        rows.append(("OpenAI SIP call", record.call_sid or "—"))
+    elif record.call_sid or record.stream_sid:  # a phone call (transport "twilio")
+        rows.append(("Twilio call / stream", f"{record.call_sid or '—'} / "
+                                             f"{record.stream_sid or '—'}"))
+    if provider_cost or record.paid_by == "customer":
+        rows.append(provider_cost_row(record))
     return rows
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from voxgate.metering import decide as rules
-from voxgate.models import Account, Plan, Reason, SessionRecord
+from voxgate.metering import rules
+from voxgate.models import Account, Plan, Reason, SessionRecord, figures
 from voxgate.models.origins import parse_origins
 from voxgate.proxy.api import ACCOUNT_KEY, usage_body
 from voxgate.store.base import SessionFilter, period_of
-from voxgate.web import charts, figures, receipts
+from voxgate.store.plans import subscribed_plan
+from voxgate.web import charts, receipts
 from voxgate.web.auth import (
     USER,
     clear_challenge_cookie,
@@ -39,6 +40,7 @@ from voxgate.web.auth import (
     set_session_cookie,
     verify_or_dummy,
 )
+from voxgate.web.render import fmt_time, render
 from voxgate.web.security import (
     MIN_PASSWORD_LEN,
     csv_cell,
@@ -46,8 +48,9 @@ from voxgate.web.security import (
     retry_after_header,
     safe_next,
 )
+from voxgate.web.state import billing_service, web_state
 
-__all__ = ["fmt_time", "fmt_ms", "PAGE_SIZE", "SIGNUP_REFUSED"]
+__all__ = ["PAGE_SIZE", "SIGNUP_REFUSED"]
 
 PAGE_SIZE = 25
 ALERT_PERCENT = 80.0
@@ -68,41 +71,8 @@ SIGNUP_REFUSED = ("We could not create an account with these details. If you alr
                   "an account, sign in instead, or use another email address.")
 
 
-def fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
-
-
-def _state(request: web.Request) -> Any:
-    from voxgate.web.app import WEB
-
-    return request.app[WEB]
-
-
-async def _render(request: web.Request, template: str, status: int = 200,
-                  **context: Any) -> web.Response:
-    from voxgate.web.app import render
-
-    return await render(request, template, status, **context)
-
-
 def _account(request: web.Request) -> Account:
     return request[ACCOUNT_KEY]
-
-
-def plan_of(request: web.Request, account: Account) -> Plan:
-    catalog = _state(request).catalog
-    try:
-        return catalog.get(account.plan_id)
-    except KeyError:
-        return catalog.default
 
 
 async def account_plan(request: web.Request, account: Account, now: float | None = None) -> Plan:
@@ -116,8 +86,8 @@ async def account_plan(request: web.Request, account: Account, now: float | None
 async def _audit(request: web.Request, action: str, **detail: Any) -> None:
     user = request.get(USER)
     account = request.get(ACCOUNT_KEY)
-    await _state(request).db.audit(user.email if user else "anonymous", action,
-                                   account.id if account else detail.get("account_id"), detail)
+    await web_state(request).db.audit(user.email if user else "anonymous", action,
+                                      account.id if account else detail.get("account_id"), detail)
 
 
 # ---------------------------------------------------------------- sign-up / in / out
@@ -133,17 +103,17 @@ def _wanted_plan(state: Any, value: Any) -> str | None:
 
 
 async def signup_page(request: web.Request) -> web.Response:
-    return await _render(request, "signup.html", email="", name="", error=None,
-                         plan=_wanted_plan(_state(request), request.query.get("plan")),
-                         min_password_len=MIN_PASSWORD_LEN)
+    return await render(request, "signup.html", email="", name="", error=None,
+                        plan=_wanted_plan(web_state(request), request.query.get("plan")),
+                        min_password_len=MIN_PASSWORD_LEN)
 
 
 async def too_many(request: web.Request, wait_s: float, template: str,
                    **context: Any) -> web.Response:
     """429 on the page of the form, with ``Retry-After`` (whole seconds)."""
     seconds = retry_after_header(wait_s)
-    response = await _render(request, template, status=429,
-                             error=f"Too many attempts: try again in {seconds} s.", **context)
+    response = await render(request, template, status=429,
+                            error=f"Too many attempts: try again in {seconds} s.", **context)
     response.headers["Retry-After"] = seconds
     return response
 
@@ -153,15 +123,15 @@ async def signin_page(request: web.Request) -> web.Response:
     (``safe_next``)."""
     if request.get(USER) is not None:
         raise web.HTTPSeeOther(safe_next(request.query.get("next")))
-    return await _render(request, "signin.html", email="", error=None,
-                         next=safe_next(request.query.get("next")))
+    return await render(request, "signin.html", email="", error=None,
+                        next=safe_next(request.query.get("next")))
 
 
 async def signed_in(request: web.Request, user: Any, to: str,
                     mfa: bool = False) -> web.HTTPSeeOther:
     """A fresh session for ``user`` (the old one ended): a 303 to ``to``
     setting its cookie. ``mfa``: the second factor was passed."""
-    state = _state(request)
+    state = web_state(request)
     old = session_token(request)
     if old:
         await state.db.end_session(old)
@@ -176,7 +146,7 @@ async def signin_failed(request: web.Request, email: str, account_id: str | None
                         now: float) -> None:
     """Count a failed password or code for the client's IP and ``email``;
     the failure that fills a window is audited (``signin.throttled``)."""
-    state = _state(request)
+    state = web_state(request)
     ip = client_ip(request)
     limits = state.limits
     if limits.failed_account.record(email, now) == limits.failed_account.limit:
@@ -193,7 +163,7 @@ async def signin_failed(request: web.Request, email: str, account_id: str | None
 def signin_wait(request: web.Request, email: str, now: float) -> float:
     """Seconds before this client may try a password or code for ``email``
     again (0.0: now)."""
-    limits = _state(request).limits
+    limits = web_state(request).limits
     ip = client_ip(request)
     return max(limits.failed_ip.retry_after(ip, now),
                limits.failed_account.retry_after(email, now))
@@ -214,7 +184,7 @@ async def signup(request: web.Request, form: MultiDictProxy) -> web.Response:
     not the email is registered. 429 (``Retry-After``) past
     ``DashboardLimits.SIGNUP_PER_10_MIN`` per IP.
     """
-    state = _state(request)
+    state = web_state(request)
     email = _text(form, "email").strip().lower()
     name = _text(form, "name").strip()[:100]
     password = _text(form, "password")
@@ -229,11 +199,11 @@ async def signup(request: web.Request, form: MultiDictProxy) -> web.Response:
     else:
         error = password_problem(password, [email, name])
     if error:
-        return await _render(request, "signup.html", status=400, error=error, **page)
+        return await render(request, "signup.html", status=400, error=error, **page)
     password_hash = await hash_password(password)
     if (await state.db.user_by_email(email) is not None
             or await state.store.get_account_by_email(email) is not None):
-        return await _render(request, "signup.html", status=400, error=SIGNUP_REFUSED, **page)
+        return await render(request, "signup.html", status=400, error=SIGNUP_REFUSED, **page)
     account = await state.store.create_account(email, state.catalog.default_plan, name=name)
     user = await state.db.create_user(account.id, email, password_hash)
     await state.db.audit(email, "user.signup", account.id, {"plan": account.plan_id})
@@ -250,7 +220,7 @@ async def signin(request: web.Request, form: MultiDictProxy) -> web.Response:
     ``DashboardLimits.SIGNIN_PER_MIN`` requests per IP, or when the IP or
     the email has too many recent failures.
     """
-    state = _state(request)
+    state = web_state(request)
     email = _text(form, "email").strip().lower()[:320]
     password = _text(form, "password")
     to = safe_next(_text(form, "next"))
@@ -261,8 +231,8 @@ async def signin(request: web.Request, form: MultiDictProxy) -> web.Response:
     user = await state.db.user_by_email(email) if email else None
     if not await verify_or_dummy(user, password):
         await signin_failed(request, email, user.account_id if user else None, now)
-        return await _render(request, "signin.html", status=401, email=email, next=to,
-                             error="Wrong email or password.")
+        return await render(request, "signin.html", status=401, email=email, next=to,
+                            error="Wrong email or password.")
     assert user is not None
     state.limits.failed_account.clear(email)
     if user.has_2fa:
@@ -277,7 +247,7 @@ async def signin(request: web.Request, form: MultiDictProxy) -> web.Response:
 async def signout(request: web.Request, form: MultiDictProxy) -> web.Response:
     token = session_token(request)
     if token:
-        await _state(request).db.end_session(token)
+        await web_state(request).db.end_session(token)
     response = web.HTTPSeeOther("/signin")
     clear_session_cookie(response)
     raise response
@@ -335,7 +305,7 @@ def badge_html(base_url: str) -> str:
 
 @member
 async def dashboard(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     now = time.time()
     plan = await account_plan(request, account, now)
@@ -345,7 +315,7 @@ async def dashboard(request: web.Request) -> web.Response:
     percent = quota["percentUsed"] or 0.0
     upgrades = [p for p in state.catalog.plans.values()
                 if p.price_cents > plan.price_cents and p.id != plan.id]
-    return await _render(
+    return await render(
         request, "dashboard.html", plan=plan, quota=quota, percent=min(100.0, percent),
         alert=percent >= ALERT_PERCENT, banner=percent >= BANNER_PERCENT and bool(upgrades),
         upgrade=upgrades[0] if upgrades else None,
@@ -391,7 +361,7 @@ def session_filter(query: Any, projects: dict[str, str]) -> SessionFilter:
 
 @member
 async def sessions_page(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     names = await state.db.project_names(account.id)
     filters = session_filter(request.query, names)
@@ -402,7 +372,7 @@ async def sessions_page(request: web.Request) -> web.Response:
     rows = rows[:PAGE_SIZE]
     query = {k: v for k, v in request.query.items() if k in ("project", "verdict", "from", "to")
              and v}
-    return await _render(
+    return await render(
         request, "sessions.html", rows=rows, has_more=has_more, query=query,
         total=await state.store.count_sessions(account.id, filters),
         projects=await state.store.list_projects(account.id),
@@ -416,7 +386,7 @@ async def receipt(request: web.Request) -> web.Response:
     measurements with units, the cost, and the raw fields (``receipts``)."""
     from voxgate.proxy.keys import GATEWAY
 
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     record = await state.store.get_session(request.match_info["session_id"])
     if record is None or record.account_id != account.id:
@@ -424,36 +394,51 @@ async def receipt(request: web.Request) -> web.Response:
     names = await state.db.project_names(account.id)
     measurements = record.measurements.to_dict()
     event_counts = measurements.pop("event_counts", {})
-    return await _render(request, "receipt.html", s=record, m=record.measurements,
-                         measurements=measurements, event_counts=event_counts,
-                         project=names.get(record.project_id, record.project_id),
-                         sentence=receipts.verdict_sentence(record, request.app[GATEWAY].policy),
-                         steps=receipts.timeline(record), rows=receipts.measurement_rows(record),
-                         cost=receipts.session_cost(record, await account_plan(request, account)))
+    return await render(request, "receipt.html", s=record, m=record.measurements,
+                        measurements=measurements, event_counts=event_counts,
+                        project=names.get(record.project_id, record.project_id),
+                        sentence=receipts.verdict_sentence(record, request.app[GATEWAY].policy),
+                        steps=receipts.timeline(record),
+                        rows=receipts.measurement_rows(record, provider_cost=shows_provider_cost(request)),
+                        cost=receipts.session_cost(record, await account_plan(request, account)))
+
+
+def shows_provider_cost(request: web.Request) -> bool:
+    """Whether the provider cost (the operator's) is shown: to operators,
+    and to customers when ``[pricing] show_provider_cost`` is on."""
+    from voxgate.proxy.keys import GATEWAY
+
+    return bool(request.app[GATEWAY].settings.pricing.show_provider_cost
+                or getattr(request.get(USER), "is_operator", False))
 
 
 CSV_COLUMNS = ("id", "started_at", "ended_at", "project_id", "project", "transport", "model",
                "status", "duration_ms", "audio_in_ms", "audio_out_ms", "connect_ms",
                "ice_pair_type", "billable", "reason", "settlement", "rule")
+COST_COLUMNS = ("provider_cost_usd", "provider_cost_reason")  # when shows_provider_cost
 
 
-def _csv_row(s: SessionRecord, names: dict[str, str]) -> list[Any]:
+def _csv_row(s: SessionRecord, names: dict[str, str], cost: bool = False) -> list[Any]:
     """One CSV row; text cells that a spreadsheet would run as a formula
-    (a client picks ``model``; a user names projects) are neutralised."""
+    (a client picks ``model``; a user names projects) are neutralised.
+    ``cost``: the ``COST_COLUMNS`` too (USD to 1e-6; empty with the reason
+    when unknown)."""
     m = s.measurements
+    extra = () if not cost else (
+        "" if s.provider_cost_usd is None else f"{s.provider_cost_usd:.6f}", s.provider_cost_note or "")
     return [csv_cell(v) for v in (
         s.id, fmt_time(s.started_at), fmt_time(s.ended_at), s.project_id,
         names.get(s.project_id, ""), s.transport, s.model, s.status, round(m.duration_ms),
         round(m.audio_in_ms), round(m.audio_out_ms),
         "" if m.connect_ms is None else round(m.connect_ms, 1), m.ice_pair_type or "",
         "" if s.billable is None else str(bool(s.billable)).lower(), s.reason or "",
-        s.settlement, s.rule or "")]
+        s.settlement, s.rule or "", *extra)]
 
 
 @member
 async def sessions_csv(request: web.Request) -> web.StreamResponse:
     """Every session matching the page's filters, newest first."""
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     names = await state.db.project_names(account.id)
     filters = session_filter(request.query, names)
@@ -463,13 +448,14 @@ async def sessions_csv(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
+    cost = shows_provider_cost(request)
+    writer.writerow(CSV_COLUMNS + (COST_COLUMNS if cost else ()))
     after = None
     while True:
         rows = await state.store.list_sessions(account.id, limit=500, after=after,
                                                filters=filters)
         for s in rows:
-            writer.writerow(_csv_row(s, names))
+            writer.writerow(_csv_row(s, names, cost))
         await response.write(buf.getvalue().encode())
         buf.seek(0)
         buf.truncate()
@@ -483,13 +469,13 @@ async def sessions_csv(request: web.Request) -> web.StreamResponse:
 @member
 async def usage_csv(request: web.Request) -> web.Response:
     """Monthly usage, newest period first."""
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(("period", "plan", "sessions", "billable_sessions", "estimated_minutes",
                      "minutes_used", "audio_seconds", "bytes"))
-    plan = plan_of(request, account)
+    plan = await subscribed_plan(state.store, state.catalog, account)  # enterprise too
     for u in await state.store.list_usage(account.id):
         writer.writerow([csv_cell(v) for v in (
             u.period, plan.id, u.sessions, u.billable_sessions,
@@ -503,13 +489,13 @@ async def usage_csv(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- projects and keys
 
 async def _projects_view(request: web.Request, status: int = 200, **extra: Any) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     plan = await account_plan(request, account)
     projects = await state.store.list_projects(account.id)
     keys = {p.id: await state.store.list_api_keys(p.id) for p in projects}
     admin_keys = await state.store.list_admin_keys(account.id)
-    return await _render(
+    return await render(
         request, "projects.html", status=status, plan=plan, projects=projects, keys=keys,
         admin_keys=admin_keys,
         at_limit=plan.projects is not None and len(projects) >= plan.projects,
@@ -517,7 +503,7 @@ async def _projects_view(request: web.Request, status: int = 200, **extra: Any) 
 
 
 async def _own_project(request: web.Request) -> Any:
-    project = await _state(request).store.get_project(request.match_info["project_id"])
+    project = await web_state(request).store.get_project(request.match_info["project_id"])
     if project is None or project.account_id != _account(request).id:
         raise web.HTTPNotFound(text="no such project")
     return project
@@ -531,14 +517,15 @@ async def projects_page(request: web.Request) -> web.Response:
 @member
 @form_post
 async def create_project(request: web.Request, form: MultiDictProxy) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     plan = await account_plan(request, account)
     name = str(form.get("name", "")).strip()[:80]
     if not name:
         return await _projects_view(request, 400, error="Give the project a name.")
     count = len(await state.store.list_projects(account.id))
-    decision = rules.decide(rules.Ask.PROJECT, plan, account.status, rules.Usage(projects=count))
+    decision = rules.decide_admission(rules.Ask.PROJECT, plan, account.status,
+                                     rules.Counters(projects=count))
     if isinstance(decision, rules.Refuse):
         return await _projects_view(request, decision.error.status, error=decision.error.message)
     project = await state.store.create_project(account.id, name)
@@ -550,7 +537,7 @@ async def create_project(request: web.Request, form: MultiDictProxy) -> web.Resp
 @form_post
 async def delete_project(request: web.Request, form: MultiDictProxy) -> web.Response:
     project = await _own_project(request)
-    await _state(request).store.delete_project(project.id)
+    await web_state(request).store.delete_project(project.id)
     await _audit(request, "project.deleted", project_id=project.id, name=project.name)
     raise web.HTTPSeeOther("/projects?notice=project-deleted")
 
@@ -566,7 +553,7 @@ async def set_origins(request: web.Request, form: MultiDictProxy) -> web.Respons
         origins = parse_origins([o for o in text.replace(",", "\n").split() if o])
     except ValueError as exc:
         return await _projects_view(request, 400, error=f"{project.name}: {exc}")
-    await _state(request).store.update_project(project.id, allowed_origins=origins)
+    await web_state(request).store.update_project(project.id, allowed_origins=origins)
     await _audit(request, "project.origins_set", project_id=project.id,
                  allowed_origins=list(origins))
     raise web.HTTPSeeOther("/projects?notice=origins-saved")
@@ -578,7 +565,7 @@ async def create_key(request: web.Request, form: MultiDictProxy) -> web.Response
     """Create a key and show its plaintext on this response only."""
     project = await _own_project(request)
     name = str(form.get("name", "")).strip()[:80]
-    key, plaintext = await _state(request).store.create_api_key(project.id, name)
+    key, plaintext = await web_state(request).store.create_api_key(project.id, name)
     await _audit(request, "key.created", project_id=project.id, key_id=key.id,
                  prefix=key.prefix)
     return await _projects_view(request, new_key=plaintext, new_key_project=project)
@@ -591,7 +578,7 @@ async def create_admin_key(request: web.Request, form: MultiDictProxy) -> web.Re
     its plaintext is on this response only."""
     account = _account(request)
     name = str(form.get("name", "")).strip()[:80]
-    key, plaintext = await _state(request).store.create_admin_key(account.id, name)
+    key, plaintext = await web_state(request).store.create_admin_key(account.id, name)
     await _audit(request, "admin_key.created", key_id=key.id, prefix=key.prefix)
     return await _projects_view(request, new_admin_key=plaintext)
 
@@ -599,7 +586,7 @@ async def create_admin_key(request: web.Request, form: MultiDictProxy) -> web.Re
 @member
 @form_post
 async def revoke_admin_key(request: web.Request, form: MultiDictProxy) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     key_id = request.match_info["key_id"]
     if key_id not in {k.id for k in await state.store.list_admin_keys(_account(request).id)}:
         raise web.HTTPNotFound(text="no such key")
@@ -612,7 +599,7 @@ async def revoke_admin_key(request: web.Request, form: MultiDictProxy) -> web.Re
 @form_post
 async def revoke_key(request: web.Request, form: MultiDictProxy) -> web.Response:
     project = await _own_project(request)
-    state = _state(request)
+    state = web_state(request)
     key_id = request.match_info["key_id"]
     if key_id not in {k.id for k in await state.store.list_api_keys(project.id)}:
         raise web.HTTPNotFound(text="no such key")
@@ -630,9 +617,8 @@ async def billing_page(request: web.Request) -> web.Response:
 
 async def _billing_view(request: web.Request, error: str | None = None,
                         status: int = 200) -> web.Response:
-    from voxgate.web.app import billing_service
 
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     now = time.time()
     plan = await account_plan(request, account, now)
@@ -646,7 +632,7 @@ async def _billing_view(request: web.Request, error: str | None = None,
             invoices_error = f"invoices unavailable: {exc}"
     period = period_of()
     start, end = figures.period_bounds(period)
-    return await _render(
+    return await render(
         request, "billing.html", status=status, plan=plan, billing=billing is not None,
         plans=[p for p in state.catalog.plans.values() if p.is_paid and p.id != plan.id],
         invoices=invoices, invoices_error=invoices_error, error=error, period=period,
@@ -662,7 +648,6 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
     """``action=upgrade`` (with ``plan``, ``enterprise`` for the account's
     own plan) → Stripe Checkout; ``action=buy-pack`` (with ``pack``) → Stripe
     Checkout for an add-on pack; ``action=manage`` → the customer portal."""
-    from voxgate.web.app import billing_service
 
     billing = billing_service(request.app)
     account = _account(request)
@@ -672,11 +657,11 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
     try:
         if action == "upgrade":
             plan_id = str(form.get("plan", ""))
-            if plan_id not in _state(request).catalog.plans and plan_id != "enterprise":
+            if plan_id not in web_state(request).catalog.plans and plan_id != "enterprise":
                 return await _billing_view(request, "Unknown plan.", 400)
             url = await billing.checkout_url(account, plan_id)
         elif action == "buy-pack":
-            if str(form.get("pack", "")) not in _state(request).catalog.packs:
+            if str(form.get("pack", "")) not in web_state(request).catalog.packs:
                 return await _billing_view(request, "Unknown add-on pack.", 400)
             url = await billing.pack_checkout_url(account, str(form.get("pack")))
         elif action == "manage":
@@ -689,23 +674,23 @@ async def billing_action(request: web.Request, form: MultiDictProxy) -> web.Resp
 
 
 async def pricing(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     current = None
     if request.get(USER) is not None:
         current = _account(request).plan_id
-    return await _render(request, "pricing.html", plans=list(state.catalog.plans.values()),
-                         catalog=state.catalog, current=current)
+    return await render(request, "pricing.html", plans=list(state.catalog.plans.values()),
+                        catalog=state.catalog, current=current)
 
 
 @member
 async def simulator(request: web.Request) -> web.Response:
-    state = _state(request)
+    state = web_state(request)
     account = _account(request)
     since = time.time() - SIMULATOR_DAYS * 86400
     billable = await state.store.count_sessions(
         account.id, SessionFilter(billable=True, since=since, status="completed"))
     total = await state.store.count_sessions(
         account.id, SessionFilter(since=since, status="completed"))
-    return await _render(request, "simulator.html", billable=billable, total=total,
-                         days=SIMULATOR_DAYS, since=since,
-                         rows=figures.simulate(state.catalog, billable, account.plan_id))
+    return await render(request, "simulator.html", billable=billable, total=total,
+                        days=SIMULATOR_DAYS, since=since,
+                        rows=figures.simulate(state.catalog, billable, account.plan_id))

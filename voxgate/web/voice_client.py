@@ -77,7 +77,7 @@ async def demo_key(request: web.Request) -> web.Response:
             or as ``client_secrets``.
         QuotaExceeded (429): as ``client_secrets``.
     """
-    from voxgate.proxy.app import DEMO_KEY_FILE, GATEWAY
+    from voxgate.proxy.keys import DEMO_KEY_FILE, GATEWAY
 
     gw = request.app[GATEWAY]
     settings = gw.settings

@@ -89,7 +89,7 @@ from voxgate.store.migrate import (
     record_migration,
     recorded_migrations,
 )
-from voxgate.store.statements import usage_row
+from voxgate.store.statements import cost_params, usage_row
 
 __all__ = ["PostgresDialect", "PG_MIGRATIONS_DIR", "is_postgres_url", "libpq_url", "lane_limits",
            "translate", "WRITE_LOCK_KEY", "MIGRATION_LOCK_KEY"]
@@ -248,10 +248,10 @@ def apply_pg(pg: psycopg.Connection, execute: Callable[..., Any], migration: Mig
 # complete_session in one round trip (migrations/postgresql/0011_hot_path.sql)
 _COMPLETE_FN_SQL = (
     "SELECT sessions, billable_sessions, minutes_used, audio_seconds, bytes"
-    " FROM voxgate_complete_session(?::text, ?::text, ?::text, ?::text, ?::text, ?::text,"
+    " FROM voxgate_complete_session_cost(?::text, ?::text, ?::text, ?::text, ?::text, ?::text,"
     " ?::text, ?::float8, ?::float8, ?::text, ?::boolean, ?::text, ?::text, ?::boolean,"
     " ?::bigint, ?::bigint, ?::boolean, ?::float8, ?::float8, ?::float8, ?::float8, ?::bigint,"
-    " ?::bigint, ?::text)")
+    " ?::bigint, ?::text, ?::bigint, ?::text)")
 
 
 def _begin(conn: PgConnection, write_lock: bool) -> None:
@@ -559,8 +559,10 @@ class PostgresDialect:
         ended_at: float, settle_from: int | None, pack_from: int | None, provisional: bool,
     ) -> MonthlyUsage:
         """``Store.complete_session`` in ONE round trip: the PL/pgSQL
-        function ``voxgate_complete_session`` (migration 0011), the same
-        rules as ``statements.complete_sync``, with row locks only
+        function ``voxgate_complete_session`` (migration 0011, called
+        through 0014's ``voxgate_complete_session_cost``, which also writes
+        the provider cost), the same rules as ``statements.complete_sync``,
+        with row locks only
         (session row, usage row, packs, outbox); on the session lane through
         the group commit, else on the current lane.
 
@@ -576,7 +578,8 @@ class PostgresDialect:
             record.ephemeral_key_id, record.transport, record.model, record.started_at,
             ended_at, period, bool(verdict.billable), verdict.reason, verdict.rule, settle,
             settle_from, pack_from, provisional, m.connect_ms, m.duration_ms, m.audio_in_ms,
-            m.audio_out_ms, m.bytes_in, m.bytes_out, orjson.dumps(m.to_dict()).decode()))
+            m.audio_out_ms, m.bytes_in, m.bytes_out, orjson.dumps(m.to_dict()).decode(),
+            *cost_params(record)))
         rows = await result.fetchall()
         row = rows[0] if rows else None
         if row is None or row[0] is None:

@@ -15,7 +15,7 @@ Times are Unix seconds; periods ``"YYYY-MM"`` (UTC).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,10 @@ import orjson
 
 from voxgate.models import Account
 from voxgate.store.connection import lane
+from voxgate.store.statements import ACCOUNT_COLS, account_row
 
-__all__ = ["BillingDB", "EmailItem", "WebhookItem", "InvoiceSettlement", "backoff_s"]
+__all__ = ["BillingDB", "EmailItem", "WebhookItem", "WebhookEndpoint", "WebhookDelivery",
+           "InvoiceSettlement", "backoff_s"]
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
@@ -55,6 +57,32 @@ class WebhookItem:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """An account's webhook endpoint (``account_webhooks``): ``events`` the
+    event types it subscribes to (0015), ``created_at`` Unix s of its last set."""
+
+    url: str
+    secret: str
+    events: tuple[str, ...]
+    created_at: float
+
+
+@dataclass(slots=True)
+class WebhookDelivery:
+    """One ``webhook_outbox`` row as the account sees it: ``payload`` the
+    JSON text sent; times Unix s; ``delivered_at`` None while pending."""
+
+    id: int
+    event_type: str
+    payload: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    delivered_at: float | None
+
+
 @dataclass(slots=True)
 class InvoiceSettlement:
     """One invoice item for an account's billable sessions of a period:
@@ -77,8 +105,6 @@ class InvoiceSettlement:
 _EMAIL_COLS = "id, account_id, kind, to_addr, subject, body, attempts, last_error, sent_at"
 _SETTLEMENT_COLS = ("id, account_id, period, seq, quantity, unit_cents, amount_cents, status,"
                     " invoice_item_id, attempts, next_attempt_at, last_error")
-_ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
-                 "stripe_subscription_id, past_due_since, name")
 CLAIM_BATCH = 1000  # sessions per invoice settlement claim, settlements per claim
 _SQLITE_IN_BATCH = 500  # ids per "IN (?, …)" (SQLite's bound-parameter limit)
 
@@ -105,15 +131,15 @@ class BillingDB:
 
     async def account_by_customer(self, customer_id: str) -> Account | None:
         rows = await self._rows(
-            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE stripe_customer_id = ?", (customer_id,))
-        return Account(*rows[0]) if rows else None
+            f"SELECT {ACCOUNT_COLS} FROM accounts WHERE stripe_customer_id = ?", (customer_id,))
+        return account_row(rows[0]) if rows else None
 
     async def past_due_accounts(self, before: float) -> list[Account]:
         """Accounts past due since before ``before``."""
         rows = await self._rows(
-            f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE status = 'past_due'"
+            f"SELECT {ACCOUNT_COLS} FROM accounts WHERE status = 'past_due'"
             " AND past_due_since IS NOT NULL AND past_due_since < ?", (before,))
-        return [Account(*r) for r in rows]
+        return [account_row(r) for r in rows]
 
     # -- small state in meta ---------------------------------------------
 
@@ -248,13 +274,41 @@ class BillingDB:
 
     # -- account webhooks ------------------------------------------------
 
-    async def set_account_webhook(self, account_id: str, url: str, secret: str) -> None:
+    async def set_account_webhook(self, account_id: str, url: str, secret: str,
+                                  events: Sequence[str] | None = None) -> None:
+        """Set the account's endpoint. ``events``: the event types it
+        subscribes to; None keeps those it had (a new endpoint gets the
+        column's default, the alert events of 0015)."""
         async with self.store.transaction() as db:
+            if events is None:
+                await db.execute(
+                    "INSERT INTO account_webhooks (account_id, url, secret, created_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                    " url = excluded.url, secret = excluded.secret,"
+                    " created_at = excluded.created_at",
+                    (account_id, url, secret, time.time()))
+                return
             await db.execute(
-                "INSERT INTO account_webhooks (account_id, url, secret, created_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
-                " url = excluded.url, secret = excluded.secret, created_at = excluded.created_at",
-                (account_id, url, secret, time.time()))
+                "INSERT INTO account_webhooks (account_id, url, secret, created_at, events)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                " url = excluded.url, secret = excluded.secret,"
+                " created_at = excluded.created_at, events = excluded.events",
+                (account_id, url, secret, time.time(), orjson.dumps(list(events)).decode()))
+
+    async def set_webhook_events(self, account_id: str, events: Sequence[str]) -> None:
+        """Change the event types of the account's endpoint (none: no-op)."""
+        async with self.store.transaction() as db:
+            await db.execute("UPDATE account_webhooks SET events = ? WHERE account_id = ?",
+                             (orjson.dumps(list(events)).decode(), account_id))
+
+    async def webhook_endpoint(self, account_id: str) -> WebhookEndpoint | None:
+        rows = await self._rows(
+            "SELECT url, secret, events, created_at FROM account_webhooks WHERE account_id = ?",
+            (account_id,))
+        if not rows:
+            return None
+        url, secret, events, created_at = rows[0]
+        return WebhookEndpoint(url, secret, tuple(orjson.loads(events)), created_at)
 
     async def delete_account_webhook(self, account_id: str) -> None:
         async with self.store.transaction() as db:
@@ -275,6 +329,44 @@ class BillingDB:
                 " dedupe_key, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 (account_id, event_type, orjson.dumps(payload).decode(), dedupe_key, now, now))
+            return cur.rowcount == 1
+
+    async def sessions_without_event(self, event_type: str, id_prefix: str, started_since: float,
+                                     ended_before: float,
+                                     limit: int = 500) -> list[tuple[str, str]]:
+        """(session id, account id) of the completed sessions started since
+        ``started_since`` and ended before ``ended_before``, of accounts whose
+        endpoint subscribes to ``event_type`` since before the session ended,
+        with no ``webhook_outbox`` row under the dedupe key ``id_prefix`` +
+        session id: the ``session.completed`` events no completion hook
+        queued (sessions completed by a sweep, a process that died first).
+        Oldest first, at most ``limit``."""
+        rows = await self._rows(
+            "SELECT s.id, s.account_id FROM account_webhooks w JOIN sessions s"
+            " ON s.account_id = w.account_id AND s.started_at >= ?"
+            " WHERE w.events LIKE ? AND s.status = 'completed' AND s.ended_at < ?"
+            " AND s.ended_at >= w.created_at AND NOT EXISTS (SELECT 1 FROM webhook_outbox o"
+            " WHERE o.dedupe_key = ? || s.id) ORDER BY s.started_at, s.id LIMIT ?",
+            (started_since, f'%"{event_type}"%', ended_before, id_prefix, limit))
+        return [(r[0], r[1]) for r in rows]
+
+    async def list_webhooks(self, account_id: str, limit: int = 50) -> list[WebhookDelivery]:
+        """The account's deliveries, newest first (pending and delivered
+        ones not pruned yet)."""
+        rows = await self._rows(
+            "SELECT id, event_type, payload, created_at, attempts, next_attempt_at, last_error,"
+            " delivered_at FROM webhook_outbox WHERE account_id = ? ORDER BY id DESC LIMIT ?",
+            (account_id, limit))
+        return [WebhookDelivery(*r) for r in rows]
+
+    async def resend_webhook(self, account_id: str, item_id: int, now: float) -> bool:
+        """Make one of the account's deliveries due again at ``now`` (a
+        delivered one is sent again, with the same payload and event id);
+        False when the account has no such delivery."""
+        async with self.store.transaction() as db:
+            cur = await db.execute(
+                "UPDATE webhook_outbox SET delivered_at = NULL, next_attempt_at = ?"
+                " WHERE id = ? AND account_id = ?", (now, item_id, account_id))
             return cur.rowcount == 1
 
     async def due_webhooks(self, now: float, limit: int = 50) -> list[WebhookItem]:

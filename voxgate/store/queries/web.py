@@ -20,7 +20,7 @@ import orjson
 
 from voxgate.models import new_id
 
-__all__ = ["User", "WebDB", "PlanChange", "DayRow", "AuditEntry", "Challenge", "SESSION_TTL_S",
+__all__ = ["User", "WebDB", "PlanChange", "plan_changes", "DayRow", "AuditEntry", "Challenge", "SESSION_TTL_S",
            "CHALLENGE_TTL_S", "CHALLENGE_ATTEMPTS"]
 
 SESSION_TTL_S = 14 * 24 * 3600.0
@@ -72,6 +72,7 @@ class PlanChange:
     old_status: str | None
     new_status: str
     subscribed: bool = False  # a Stripe subscription after the change
+    source: str = ""  # 'created', 'update', 'migration'
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,16 @@ _USER_COLS = ("id, account_id, email, password_hash, role, created_at, last_sign
 _N_USER_COLS = len(_USER_COLS.split(","))
 CHALLENGE_TTL_S = 300.0
 CHALLENGE_ATTEMPTS = 5
+
+
+async def plan_changes(store: Any, until: float | None = None) -> list[PlanChange]:
+    """Every recorded plan/status change (oldest first), before ``until``
+    (Unix s; default now)."""
+    rows = await store.db.execute_fetchall(
+        "SELECT at, account_id, old_plan, new_plan, old_status, new_status, subscribed, source"
+        " FROM plan_changes WHERE at < ? ORDER BY at, id",
+        (time.time() + 1 if until is None else until,))
+    return [PlanChange(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
 
 
 class WebDB:
@@ -295,11 +306,7 @@ class WebDB:
 
     async def plan_changes(self, until: float | None = None) -> list[PlanChange]:
         """Every recorded plan/status change (oldest first), before ``until``."""
-        rows = await self.store.db.execute_fetchall(
-            "SELECT at, account_id, old_plan, new_plan, old_status, new_status, subscribed"
-            " FROM plan_changes WHERE at < ? ORDER BY at, id",
-            (time.time() + 1 if until is None else until,))
-        return [PlanChange(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+        return await plan_changes(self.store, until)
 
     async def operator_account_ids(self) -> set[str]:
         """Accounts with at least one operator user (left out of customer figures)."""
