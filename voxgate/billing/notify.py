@@ -36,6 +36,7 @@ import secrets
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any
 
@@ -84,7 +85,8 @@ TRIAL_END_KEY = "billing:trial_end:"
 
 SESSION_COMPLETED = "session.completed"
 TEST_EVENT = "webhook.test"  # POST /v1/webhook/test; sent whatever the endpoint subscribes to
-ALERT_EVENTS = ("quota_warning", "quota_exhausted")  # QuotaAlert.kind; /billing/alerts-webhook
+# QuotaAlert.kind, then the spend-limit alerts; /billing/alerts-webhook
+ALERT_EVENTS = ("quota_warning", "quota_exhausted", "spend_warning", "spend_limit_reached")
 EVENT_TYPES = (SESSION_COMPLETED, *ALERT_EVENTS)  # what an endpoint may subscribe to
 
 
@@ -340,6 +342,44 @@ class Notifier:
         await self.bdb.audit("system", account.id, "quota_alert",
                              {"period": period, "threshold": alert.threshold})
         return True
+
+    async def spend(self, account: Account, period: str, spent_micros: int,
+                    limit_usd: Decimal, thresholds: list[int]) -> list[int]:
+        """Queue the spend-limit alerts (80/95/100 % of the account's monthly
+        provider-cost cap) ``thresholds`` newly reaches, email and webhook
+        (``spend_warning``, or ``spend_limit_reached`` at 100 %), each once
+        per account, period and threshold across processes (queued under a
+        dedupe key, then claimed: a crash in between loses nothing). Returns
+        the thresholds this call claimed."""
+        sent = []
+        spent = Decimal(spent_micros) / 1_000_000
+        for threshold in thresholds:
+            key = (account.id, f"spend:{period}", threshold)
+            if key in self._done:
+                continue
+            kind = "spend_limit_reached" if threshold >= 100 else "spend_warning"
+            dedupe = f"spend:{account.id}:{period}:{threshold}"
+            if threshold >= 100:
+                subject = f"voxgate: your provider spend limit of ${limit_usd} is reached"
+                consequence = ("New sessions are refused until next month or until the limit "
+                               "is raised; sessions already running finish.")
+            else:
+                subject = f"voxgate: {threshold}% of your provider spend limit used"
+                consequence = "New sessions will be refused when it is reached."
+            body = (f"Your sessions in {period} have cost ${spent:.2f} of voice-provider usage, "
+                    f"{threshold}% of this account's monthly limit of ${limit_usd}.\n\n"
+                    f"{consequence}\n\nManage your plan: {self.billing_url}\n")
+            await self.bdb.queue_email(account_id=account.id, kind=kind, to_addr=account.email,
+                                       subject=subject, body=body, dedupe_key=dedupe)
+            await self.webhook(account.id, kind, {
+                "type": kind, "account": account.id, "period": period, "threshold": threshold,
+                "spentUsd": f"{spent:.6f}", "limitUsd": str(limit_usd)}, dedupe)
+            if await self.bdb.store.claim_spend_alert(account.id, period, threshold, time.time()):
+                await self.bdb.audit("system", account.id, "spend_alert",
+                                     {"period": period, "threshold": threshold})
+                sent.append(threshold)
+            self._done.add(key)
+        return sent
 
     async def note_trial(self, account_id: str, sub: dict[str, Any]) -> None:
         """Remember a subscription in trial (Stripe ``status`` ``trialing``

@@ -63,8 +63,9 @@ from voxgate.errors import InvalidRequest, NotFound, RateLimited
 from voxgate.metering.rate import SlidingWindow
 from voxgate.models import Account, Plan, PlanCatalog
 from voxgate.models.enterprise import plan_for
-from voxgate.models.plans import ENTERPRISE_PLAN_ID
+from voxgate.models.plans import ENTERPRISE_PLAN_ID, spend_limit_of
 from voxgate.proxy.http import json_response, read_json
+from voxgate.proxy.spend import spend_thresholds_reached
 
 __all__ = ["BillingService", "BILLING", "setup"]
 
@@ -366,10 +367,18 @@ class BillingService:
     # -- hooks and periodic checks -----------------------------------------
 
     async def on_session_completed(self, active: Any, verdict: Any, usage: Any) -> None:
-        """Gateway hook: quota alerts for the account's new usage."""
+        """Gateway hook: quota alerts for the account's new usage, spend-limit
+        alerts for its provider cost."""
         account = active.principal.account
         if await self.notifier.quota(account, active.plan, usage):
             self.kick("outbox")
+        limit = spend_limit_of(account, active.plan)
+        if limit is not None and active.record.paid_by != "customer":
+            period = active.record.period
+            spent = await self.store.provider_spend_micros(account.id, period)
+            reached = spend_thresholds_reached(spent, limit)
+            if reached and await self.notifier.spend(account, period, spent, limit, reached):
+                self.kick("outbox")
         if verdict.billable and active.plan.overage_cents is not None:
             self.kick("settle")
 

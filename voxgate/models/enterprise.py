@@ -29,13 +29,14 @@ from voxgate.models.plans import (
     Tier,
     parse_max_session_s,
     parse_plan_models,
+    parse_spend_limit_usd,
 )
 
 __all__ = ["enterprise_plan", "plan_terms", "parse_tiers", "parse_tier", "plan_of", "plan_for"]
 
 _COUNTS = ("price_cents", "sessions_included", "overage_cents", "concurrency",
            "requests_per_minute", "projects")
-_TERMS = {*_COUNTS, "name", "tiers", "support", "max_session_s", "models"}
+_TERMS = {*_COUNTS, "name", "tiers", "support", "max_session_s", "models", "spend_limit_usd"}
 
 
 def _count(name: str, value: Any, *, optional: bool = True) -> int | None:
@@ -128,6 +129,7 @@ def enterprise_plan(account_id: str, terms: dict[str, Any]) -> Plan:
         account_id=account_id,
         max_session_s=parse_max_session_s(terms.get("max_session_s")),
         models=parse_plan_models(terms.get("models")),
+        spend_limit_usd=parse_spend_limit_usd(terms.get("spend_limit_usd")),
     )
 
 
@@ -145,6 +147,7 @@ def plan_terms(plan: Plan) -> dict[str, Any]:
         "tiers": [[t.up_to, t.unit_cents] for t in plan.tiers],
         "max_session_s": plan.max_session_s,
         "models": list(plan.models),
+        "spend_limit_usd": None if plan.spend_limit_usd is None else str(plan.spend_limit_usd),
     }
 
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from voxgate.errors import ConfigError
+from voxgate.models.accounts import Account
 
 __all__ = ["Plan", "PlanCatalog", "Pack", "Tier", "graduated_cents", "load_catalog",
            "default_catalog_path", "ENTERPRISE_PLAN_ID", "MAX_SESSION_REASON", "session_expired_event",
-           "fmt_limit_s", "parse_max_session_s", "parse_plan_models", "model_not_allowed_event",
+           "fmt_limit_s", "parse_max_session_s", "parse_plan_models", "parse_spend_limit_usd",
+           "spend_limit_of",
+           "model_not_allowed_event",
            "update_model"]
 
 ENTERPRISE_PLAN_ID = "enterprise"
@@ -100,6 +104,10 @@ class Plan:
             limit of the plan's own (``relay.max_session_s`` still applies).
             A session reaching it gets ``session_expired_event`` and is
             closed normally; its verdict is decided as usual.
+        spend_limit_usd: the monthly cap on an account's provider cost
+            (USD, operator-paid sessions) before new sessions are refused
+            (``insufficient_quota``); None = no cap. An account's own
+            ``Account.spend_limit_usd`` overrides it.
         models: the models the plan's sessions may use (URL, client
             secret, ``session.update``); empty = any.
     """
@@ -119,6 +127,7 @@ class Plan:
     account_id: str | None = None
     max_session_s: float | None = None
     models: tuple[str, ...] = ()
+    spend_limit_usd: Decimal | None = None
 
     def allows_model(self, model: str) -> bool:
         """Whether the plan's sessions may use ``model`` (any when ``models`` is empty)."""
@@ -224,6 +233,7 @@ class PlanCatalog:
 _PLAN_FIELDS = {
     "name", "price_cents", "sessions_included", "overage_cents", "concurrency",
     "requests_per_minute", "projects", "support", "trial_days", "max_session_s", "models",
+    "spend_limit_usd",
 }
 
 
@@ -239,6 +249,32 @@ def parse_max_session_s(value: Any) -> float | None:
             or value == float("inf"):
         raise ValueError("max_session_s must be a number of seconds > 0")
     return float(value)
+
+
+def spend_limit_of(account: Account, plan: Plan) -> Decimal | None:
+    """The monthly provider-cost cap (USD) of ``account`` under ``plan``:
+    the operator's own for that account, else the plan's; None = none."""
+    return account.spend_limit_usd if account.spend_limit_usd is not None else plan.spend_limit_usd
+
+
+def parse_spend_limit_usd(value: Any) -> Decimal | None:
+    """A plan's (or an account's) ``spend_limit_usd``: USD ≥ 0 as a number
+    or a decimal string (``25``, ``"12.50"``), or None.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ValueError("spend_limit_usd must be USD ≥ 0 (a number or a decimal string)")
+    try:
+        usd = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"spend_limit_usd must be USD ≥ 0, not {value!r}") from None
+    if not usd.is_finite() or usd < 0:
+        raise ValueError(f"spend_limit_usd must be USD ≥ 0, not {value!r}")
+    return usd
 
 
 def parse_plan_models(value: Any) -> tuple[str, ...]:
@@ -345,7 +381,8 @@ def load_catalog(path: str | Path | None = None) -> PlanCatalog:
             raise ConfigError(f"plan {plan_id!r}: unknown fields {sorted(unknown)}")
         try:
             spec = {**spec, "max_session_s": parse_max_session_s(spec.get("max_session_s")),
-                    "models": parse_plan_models(spec.get("models"))}
+                    "models": parse_plan_models(spec.get("models")),
+                    "spend_limit_usd": parse_spend_limit_usd(spec.get("spend_limit_usd"))}
             plan = Plan(id=plan_id, **{"name": plan_id.title(), **spec})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"plan {plan_id!r}: {exc}") from exc

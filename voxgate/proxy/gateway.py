@@ -72,6 +72,7 @@ from voxgate.models import (
 from voxgate.models.pricing import session_cost
 from voxgate.proxy.provider_keys import ProviderKeys
 from voxgate.proxy.recovery import complete_orphans, release_orphans
+from voxgate.proxy.spend import SpendLimits
 from voxgate.store.base import MonthlyUsage, Orphan, Store, period_of
 from voxgate.store.connection import lane
 from voxgate.store.plans import account_plan
@@ -184,6 +185,7 @@ class Gateway:
         # (account, period) -> usage, in-process admission only; the least recently
         # used out past USAGE_CACHE_MAX (read again from the store when needed)
         self._usage: BoundedDict[tuple[str, str], MonthlyUsage] = BoundedDict(USAGE_CACHE_MAX)
+        self.spend = SpendLimits(store)  # accounts' provider cost against their spend limits
         self._cache_usage = isinstance(admission, InProcessAdmission)
         self._renewer: asyncio.Task | None = None
         self.draining = False  # set by drain(): no new sessions, /readyz fails
@@ -335,6 +337,8 @@ class Gateway:
         account = principal.account
         now = time.time()
         period = period_of(now)
+        if provider_key is None:  # sessions on the customer's own key cost the operator nothing
+            await self.spend.check(account, plan, period)
         session_id = new_id("sess")
         logs.bind(session_id=session_id)
         # the request counted, the decision and the reservation: one atomic
@@ -458,6 +462,7 @@ class Gateway:
             # after the store has the verdict: a billable session now counts as used
             await self._complete_lease(active.lease, verdict.billable)
             self._completed.add((record.account_id, record.period))
+            self.spend.forget(record.account_id, record.period)
             self.active.pop(record.id, None)
             self._closed_since.pop(record.id, None)
         for hook in self.on_completed:
