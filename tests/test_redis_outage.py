@@ -124,26 +124,52 @@ async def test_a_burst_beyond_the_pool_waits_for_a_connection(
     assert server.gateway.admission.redis.connection_pool.max_connections == 2
 
 
-def test_dependency_errors_become_service_unavailable():
-    """The edge's translation (voxgate.errors.dependency_error) of real
-    exceptions of Redis, the database and aiortc; anything else is not one."""
+async def test_dependency_errors_become_service_unavailable(tmp_path):
+    """Each adapter translates its dependency's "down or overloaded"
+    exceptions into ``ServiceUnavailable`` where they are raised, chained
+    from the original (the store's connection layer for the database, the
+    Redis admission and the cluster's pub/sub for Redis); the edge's
+    ``dependency_error`` then only passes those on (and a refused TCP
+    connection): a raw driver error reaching it is not taken for one."""
     import sqlite3
 
     import aiortc.exceptions
     import redis.exceptions
 
+    from voxgate.admission.redis import RedisAdmission
     from voxgate.errors import ServiceUnavailable, dependency_error
+    from voxgate.proxy.cluster import Cluster
+    from voxgate.store.connection import unavailable
 
-    for exc, names in ((redis.exceptions.ConnectionError("refused"), "Redis"),
-                       (redis.exceptions.TimeoutError("slow"), "Redis"),
-                       (redis.exceptions.MaxConnectionsError("pool"), "Redis"),
-                       (sqlite3.OperationalError("database is locked"), "the database"),
-                       (aiortc.exceptions.InternalError("sctp"), "WebRTC media"),
-                       (ConnectionRefusedError(111, "refused"), "a backing service")):
+    for exc in (sqlite3.OperationalError("database is locked"),
+                sqlite3.OperationalError("disk I/O error")):
+        err = unavailable(exc)
+        assert isinstance(err, ServiceUnavailable) and err.message.startswith("the database"), exc
+    assert unavailable(sqlite3.IntegrityError("unique")) is None
+    # Redis down: the admission and the cluster raise ServiceUnavailable from redis-py's error
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    admission = RedisAdmission(dead, lease_ttl_s=30.0)
+    try:
+        with pytest.raises(ServiceUnavailable) as raised:
+            await admission.usage("acct", "2026-12", lambda: None, 0.0)  # type: ignore[arg-type]
+        assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError)
+    finally:
+        await admission.close()
+    cluster = Cluster(dead, "i1", lambda _: None)
+    try:
+        with pytest.raises(ServiceUnavailable) as raised:
+            await cluster._publish("voxgate:test", {"op": "ping"})
+        assert isinstance(raised.value.__cause__, redis.exceptions.ConnectionError)
+    finally:
+        await cluster.redis.aclose()
+    # the edge: translated errors pass, refused connections too, nothing else
+    for exc in (ServiceUnavailable("Redis is unavailable; retry shortly"),
+                ConnectionRefusedError(111, "refused")):
         err = dependency_error(exc)
         assert isinstance(err, ServiceUnavailable), exc
         assert err.status == 503 and err.code == "service_unavailable" and not err.permanent
-        assert err.message.startswith(names) and "refused" not in err.message
+        assert "111" not in err.message
     for exc in (ValueError("x"), KeyError("k"), redis.exceptions.ResponseError("WRONGTYPE"),
-                sqlite3.IntegrityError("unique")):
+                redis.exceptions.ConnectionError("raw"), sqlite3.IntegrityError("unique"),
+                aiortc.exceptions.InternalError("sctp")):
         assert dependency_error(exc) is None, exc

@@ -36,6 +36,8 @@ from typing import Any
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from voxgate.errors import NotFound, PermissionDenied, ServiceUnavailable
 
@@ -130,7 +132,16 @@ class Cluster:
         task.add_done_callback(self._tasks.discard)
 
     async def _publish(self, channel: str, msg: dict[str, Any]) -> int:
-        return int(await self.redis.publish(channel, orjson.dumps(msg)))
+        """Publish ``msg``; the number of subscribers that got it.
+
+        Raises:
+            ServiceUnavailable: Redis is unreachable or too slow (translated
+                here, chained from redis-py's error).
+        """
+        try:
+            return int(await self.redis.publish(channel, orjson.dumps(msg)))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ServiceUnavailable("Redis is unavailable; retry shortly") from exc
 
     # -- the process holding the call ---------------------------------------
 

@@ -162,13 +162,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         object={"const": "organization.project"}, id=STR, name=STR, created_at=INT,
         allowed_origins={"type": "array", "items": STR},
         openai_api_key_last4={"type": ["string", "null"], "description": "the last 4 characters "
-                              "of the project's own OpenAI key (BYOK), null without one"}),
+                              "of the project's own OpenAI key (BYOK), null without one"},
+        twilio_auth_token_last4={"type": ["string", "null"], "description": "the last 4 "
+                                 "characters of the project's Twilio auth token, null without "
+                                 "one"}),
     "ProjectUpdate": _obj(allowed_origins={"type": "array", "items": STR},
                           allowed_models={"type": "array", "items": STR},
                           allowed_ips={"type": "array", "items": STR},
                           openai_api_key={"type": ["string", "null"], "description": "the "
                                           "project's own OpenAI key (BYOK), stored encrypted and "
-                                          "never shown again; null removes it"}),
+                                          "never shown again; null removes it"},
+                          twilio_auth_token={"type": ["string", "null"], "description": "the "
+                                             "auth token of the project's own Twilio account: "
+                                             "its phone calls' X-Twilio-Signature is checked "
+                                             "with it; stored encrypted, null removes it"}),
     "ReferRequest": _obj(("target_uri",), target_uri={"type": "string", "pattern": "^(tel|sip):",
                                                        "description": "where to transfer the SIP call"}),
     "Margin": {"type": "object", "required": ["object", "period", "total", "plans", "accounts"],
@@ -323,6 +330,11 @@ ROUTES: tuple[Op, ...] = (
     form("/signout", "Sign out"),
     page("/account/2fa", "Two-factor authentication settings"),
     form("/account/2fa", "Turn two-factor authentication on or off"),
+    page("/account/webhook", "Webhook endpoint and its deliveries"),
+    form("/account/webhook", "Set the webhook endpoint (signing secret shown once)", status=200),
+    form("/account/webhook/delete", "Remove the webhook endpoint"),
+    form("/account/webhook/test", "Send a test event to the webhook endpoint"),
+    form("/account/webhook/deliveries/{delivery_id}/resend", "Resend a webhook delivery"),
     page("/dashboard", "Usage dashboard"),
     page("/sessions", "Sessions page"),
     page("/sessions.csv", "Sessions as CSV", response_type="text/csv"),
@@ -333,6 +345,7 @@ ROUTES: tuple[Op, ...] = (
     form("/projects/{project_id}/delete", "Delete a project"),
     form("/projects/{project_id}/keys", "Create a key (shown once)", status=200),
     form("/projects/{project_id}/origins", "Set allowed origins"),
+    form("/projects/{project_id}/provider-key", "Set or remove the project's own OpenAI key"),
     form("/projects/{project_id}/keys/{key_id}/revoke", "Revoke a key"),
     form("/admin-keys", "Create an account admin key (shown once)", status=200),
     form("/admin-keys/{key_id}/revoke", "Revoke an admin key"),
@@ -344,6 +357,7 @@ ROUTES: tuple[Op, ...] = (
     page("/admin/audit", "Operator audit log"),
     form("/admin/packs", "Grant an add-on pack to an account"),
     form("/admin/enterprise", "Set an account's enterprise plan"),
+    form("/admin/spend-limit", "Set an account's own provider spend limit"),
     page("/static/{filename}", "Dashboard assets", (), response_type="*/*"),
     # browser voice client
     page("/voice", "Browser voice client (WebRTC)", (), tag="voice"),

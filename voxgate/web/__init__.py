@@ -1,8 +1,10 @@
 """The web dashboard served by ``voxgate serve`` (``voxgate.web.app.setup``).
 
 Modules, from the top down: ``app`` (routes and start-up only), ``views``
-(customer pages), ``account_views`` (two-factor sign-in), ``admin_views``
-(operator pages), ``render`` (templates and their filters, ``render``, the
+(customer pages), ``account_views`` (two-factor sign-in), ``settings_views``
+(the webhook endpoint page, a project's own provider key), ``admin_views``
+(operator pages), ``margin_views`` (the operator's margin view),
+``spend_view`` (a customer's spend-limit status), ``render`` (templates and their filters, ``render``, the
 security headers of every dashboard response), ``auth`` (passwords, cookie
 sessions, CSRF, guards, the demo user), ``state`` (``WebState`` under
 ``app[WEB]``: what the handlers share), ``db`` (the dashboard's tables,

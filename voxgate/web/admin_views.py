@@ -1,8 +1,10 @@
 """Operator pages: ``/admin`` (figures and charts over time),
 ``/admin/analytics`` (the same figures as JSON; ``/admin`` also lists the
 scheduled jobs' last and next runs) and ``/admin/audit`` (the
-audit log of operator and billing actions). Operators only: signed-out
-visitors are sent to ``/signin``, other users get 403.
+audit log of operator and billing actions), and the operator forms: add-on
+packs, enterprise plans and an account's own provider spend limit
+(``POST /admin/spend-limit``). Operators only: signed-out visitors are sent
+to ``/signin``, other users get 403.
 
 The figures are defined in ``voxgate.models.figures.analytics``.
 """
@@ -11,11 +13,13 @@ from __future__ import annotations
 
 import functools
 import time
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
 from voxgate.models import figures
+from voxgate.models.plans import parse_spend_limit_usd
 from voxgate.proxy.http import json_response
 from voxgate.store.base import period_of
 from voxgate.store.plans import enterprise_plans
@@ -24,7 +28,8 @@ from voxgate.web.auth import USER, form_post, operator
 from voxgate.web.render import render
 from voxgate.web.state import billing_service, web_state
 
-__all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page"]
+__all__ = ["compute_analytics", "admin_page", "analytics_json", "audit_page", "grant_pack",
+           "set_enterprise", "set_spend_limit", "parse_spend_limit"]
 
 HISTORY_MONTHS = 6
 ACTIVE_DAYS = 30
@@ -81,6 +86,7 @@ async def admin_page(request: web.Request) -> web.Response:
                            enterprise=await enterprise_plans(state.store))
     labels = [h["period"] for h in hist]
     days = await state.db.sessions_per_day_all(now - ACTIVE_DAYS * 86400)
+    accounts = await state.store.list_accounts()
     return await render(
         request, "admin.html", figs=figs, history=hist,
         mrr_chart=charts.stacked_bars(
@@ -98,7 +104,8 @@ async def admin_page(request: web.Request) -> web.Response:
             [charts.Series("billable", [d[2] for d in days], "s-ok"),
              charts.Series("not billable", [d[1] - d[2] for d in days], "s-fail")],
             integer=True),
-        accounts=len(await state.store.list_accounts()),
+        accounts=len(accounts),
+        spend_limits=[a for a in accounts if a.spend_limit_usd is not None],
         jobs=await scheduled_jobs(request, now))
 
 
@@ -195,6 +202,42 @@ async def set_enterprise(request: web.Request, form: Any) -> web.Response:
     except (ValueError, InvalidRequest) as err:
         raise web.HTTPBadRequest(text=getattr(err, "message", str(err))) from err
     raise web.HTTPSeeOther("/admin?notice=enterprise-set#addons")
+
+
+def parse_spend_limit(text: str) -> Decimal | None:
+    """The spend-limit form's USD: a decimal ≥ 0 with at most 2 decimals,
+    or empty / ``none`` to fall back to the plan's (as ``voxgate admin
+    set-spend-limit``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text.strip().lower() in ("", "none", "null"):
+        return None
+    limit = parse_spend_limit_usd(text.strip())
+    assert limit is not None
+    if limit != limit.quantize(Decimal("0.01")):
+        raise ValueError(f"spend limit must be USD with at most 2 decimals, not {text!r}")
+    return limit
+
+
+@operator
+@form_post
+async def set_spend_limit(request: web.Request, form: Any) -> web.Response:
+    """``POST /admin/spend-limit`` (``account`` id or email, ``usd``: USD a
+    month, empty for none): the account's own provider spend limit
+    (``Account.spend_limit_usd``, over its plan's), audited as
+    ``account.spend_limit_set``. 400 for a value that is not USD ≥ 0."""
+    state = web_state(request)
+    account = await _form_account(request, form)
+    try:
+        limit = parse_spend_limit(str(form.get("usd", "")))
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=str(err)) from err
+    await state.store.update_account(account.id, spend_limit_usd=limit)
+    await state.db.audit(_actor(request), "account.spend_limit_set", account.id,
+                         {"spend_limit_usd": None if limit is None else str(limit)})
+    raise web.HTTPSeeOther("/admin?notice=spend-limit-set#spend-limit")
 
 
 def _actor(request: web.Request) -> str:

@@ -6,16 +6,21 @@ Routes (HTML unless noted; POSTs are CSRF-checked forms):
   ``/signin/2fa`` (GET, POST: the second factor), ``/signout`` (POST)
 - ``/account/2fa`` (GET; POST ``action=enroll|confirm|disable``): two-factor
   sign-in (TOTP), mandatory for operators
+- ``/account/webhook`` (GET, POST set), ``/account/webhook/delete``,
+  ``/account/webhook/test``, ``/account/webhook/deliveries/{id}/resend``:
+  the account's webhook endpoint and its deliveries (``settings_views``)
 - ``/dashboard``: quota card, upgrade banner, charts, free-tier badge
 - ``/sessions`` (filters, pagination), ``/sessions/{id}`` (receipt),
   ``/sessions.csv``, ``/usage.csv``
 - ``/projects`` (GET, POST create), ``/projects/{id}/delete``,
   ``/projects/{id}/keys``, ``/projects/{id}/keys/{key_id}/revoke``,
-  ``/projects/{id}/origins`` (allowed web origins of its ephemeral keys)
+  ``/projects/{id}/origins`` (allowed web origins of its ephemeral keys),
+  ``/projects/{id}/provider-key`` (the project's own OpenAI key, BYOK)
 - ``/billing`` (GET; POST ``action=upgrade|manage`` → Stripe via
   ``app[BILLING]``), ``/pricing`` (signed out too), ``/simulator``
 - ``/admin`` (operator page), ``/admin/analytics`` (JSON), ``/admin/audit``,
-  ``/admin/margin`` (revenue, provider cost and margin per month; JSON too)
+  ``/admin/margin`` (revenue, provider cost and margin per month; JSON too),
+  ``/admin/spend-limit`` (POST: an account's own provider spend limit)
 - ``/static/…``
 
 Every response of these routes (and of ``/voice``) carries
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from voxgate.web import account_views, admin_views, margin_views, views
+from voxgate.web import account_views, admin_views, margin_views, settings_views, views
 from voxgate.web.auth import (
     ensure_demo_user,
     load_secret,
@@ -73,6 +78,12 @@ def setup(app: web.Application) -> None:
     r.add_post("/signin/2fa", account_views.challenge)
     r.add_get("/account/2fa", account_views.twofactor_page)
     r.add_post("/account/2fa", account_views.twofactor_action)
+    r.add_get("/account/webhook", settings_views.webhook_page)
+    r.add_post("/account/webhook", settings_views.set_webhook)
+    r.add_post("/account/webhook/delete", settings_views.delete_webhook)
+    r.add_post("/account/webhook/test", settings_views.test_webhook)
+    r.add_post("/account/webhook/deliveries/{delivery_id}/resend",
+               settings_views.resend_delivery)
     r.add_post("/signout", views.signout)
     r.add_get("/dashboard", views.dashboard)
     r.add_get("/sessions", views.sessions_page)
@@ -84,6 +95,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/projects/{project_id}/delete", views.delete_project)
     r.add_post("/projects/{project_id}/keys", views.create_key)
     r.add_post("/projects/{project_id}/origins", views.set_origins)
+    r.add_post("/projects/{project_id}/provider-key", settings_views.set_provider_key)
     r.add_post("/admin-keys", views.create_admin_key)
     r.add_post("/admin-keys/{key_id}/revoke", views.revoke_admin_key)
     r.add_post("/projects/{project_id}/keys/{key_id}/revoke", views.revoke_key)
@@ -97,6 +109,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/admin/audit", admin_views.audit_page)
     r.add_post("/admin/packs", admin_views.grant_pack)
     r.add_post("/admin/enterprise", admin_views.set_enterprise)
+    r.add_post("/admin/spend-limit", admin_views.set_spend_limit)
     r.add_static("/static/", HERE / "static", name="web-static")
     app.cleanup_ctx.append(_lifecycle)
 

@@ -48,6 +48,7 @@ from voxgate.web.security import (
     retry_after_header,
     safe_next,
 )
+from voxgate.web.spend_view import spend_status
 from voxgate.web.state import billing_service, web_state
 
 __all__ = ["PAGE_SIZE", "SIGNUP_REFUSED"]
@@ -62,6 +63,10 @@ NOTICES = {
     "project-deleted": "Project deleted; its keys are revoked.",
     "key-revoked": "Key revoked.",
     "origins-saved": "Allowed origins saved.",
+    "provider-key-saved": "The project's own OpenAI key is saved (encrypted; only its last 4 "
+                          "characters are shown).",
+    "provider-key-removed": "The project's own OpenAI key is removed: its sessions use the "
+                            "server's key.",
     "welcome": "Welcome to voxgate! Create a project and an API key to start.",
     "2fa-enabled": "Two-factor sign-in is on.",
     "2fa-disabled": "Two-factor sign-in is off.",
@@ -495,9 +500,11 @@ async def _projects_view(request: web.Request, status: int = 200, **extra: Any) 
     projects = await state.store.list_projects(account.id)
     keys = {p.id: await state.store.list_api_keys(p.id) for p in projects}
     admin_keys = await state.store.list_admin_keys(account.id)
+    from voxgate.proxy.keys import GATEWAY
+
     return await render(
         request, "projects.html", status=status, plan=plan, projects=projects, keys=keys,
-        admin_keys=admin_keys,
+        admin_keys=admin_keys, byok=request.app[GATEWAY].provider_keys.enabled,
         at_limit=plan.projects is not None and len(projects) >= plan.projects,
         notice=NOTICES.get(request.query.get("notice", "")), **extra)
 
@@ -632,8 +639,13 @@ async def _billing_view(request: web.Request, error: str | None = None,
             invoices_error = f"invoices unavailable: {exc}"
     period = period_of()
     start, end = figures.period_bounds(period)
+    from voxgate.proxy.keys import GATEWAY
+
+    spend = await spend_status(request.app[GATEWAY], account, plan, period,
+                               show_cost=shows_provider_cost(request))
     return await render(
         request, "billing.html", status=status, plan=plan, billing=billing is not None,
+        spend=spend,
         plans=[p for p in state.catalog.plans.values() if p.is_paid and p.id != plan.id],
         invoices=invoices, invoices_error=invoices_error, error=error, period=period,
         period_start=start, period_end=end - 1, checkout=request.query.get("checkout"),
