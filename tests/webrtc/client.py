@@ -78,6 +78,8 @@ class Client:
         self.pc.addTrack(self.track)
         self.channel = self.pc.createDataChannel("oai-events")
         self.events: list[dict] = []
+        self.arrivals: list[float] = []  # each event's arrival, monotonic s
+        self.posted_at: float | None = None  # when the offer was posted, monotonic s
         self.opened = asyncio.Event()
         self.closed = asyncio.Event()
         self._waiters: list[tuple[str, asyncio.Future]] = []
@@ -95,6 +97,7 @@ class Client:
 
     def _on_message(self, data) -> None:
         event = orjson.loads(data)
+        self.arrivals.append(time.monotonic())
         self.events.append(event)
         for etype, fut in list(self._waiters):
             if event.get("type") == etype and not fut.done():
@@ -125,6 +128,7 @@ class Client:
                       params: dict | None = None):
         sdp = await self.offer()
         headers = {"Authorization": f"Bearer {key}"}
+        self.posted_at = time.monotonic()
         if multipart_session is None:
             resp = await http.post(self.base_url + "/v1/realtime/calls", data=sdp, params=params,
                                    headers={**headers, "Content-Type": "application/sdp"})

@@ -9,8 +9,10 @@
   account an add-on pack (free, 30 days); prints it as JSON.
 - ``voxgate billing set-enterprise ACCOUNT [--sessions-included N] …`` — give
   the account its own enterprise plan (``--tier UP_TO:CENTS`` repeated for
-  graduated overage prices, ``inf`` for the last) and sync it to Stripe when
-  Stripe is configured; prints the plan's terms as JSON.
+  graduated overage prices, ``inf`` for the last; the caps
+  ``--max-session-s SECONDS``, ``--model MODEL`` repeated,
+  ``--spend-limit-usd USD``) and sync it to Stripe when Stripe is
+  configured; prints the plan's terms as JSON.
 - ``voxgate billing expire-packs`` — mark packs past their 30 days expired.
 
 ``sync`` also syncs every account's enterprise plan.
@@ -52,6 +54,13 @@ def register(subparsers: Any) -> None:
     ent.add_argument("--tier", action="append", default=[], metavar="UP_TO:CENTS",
                      help="graduated price of the sessions beyond the included ones, "
                           "counted from the first charged one (repeat; UP_TO inf for the last)")
+    ent.add_argument("--max-session-s", type=float, metavar="SECONDS",
+                     help="longest session, seconds (> 0): at it the client gets a "
+                          "session_expired error event and the session is closed")
+    ent.add_argument("--model", action="append", default=[], dest="models", metavar="MODEL",
+                     help="a model the account's sessions may use (repeat; none = any)")
+    ent.add_argument("--spend-limit-usd", metavar="USD",
+                     help="monthly provider-cost cap, USD ≥ 0 (a decimal: 250, 12.50)")
     ent.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     exp = bsub.add_parser("expire-packs", help="mark add-on packs past their 30 days expired")
     exp.add_argument("--config", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
@@ -59,18 +68,35 @@ def register(subparsers: Any) -> None:
 
 
 def enterprise_terms(args: argparse.Namespace) -> dict[str, Any]:
-    """The enterprise plan terms of ``set-enterprise``'s arguments.
+    """The enterprise plan terms of ``set-enterprise``'s arguments
+    (``voxgate.models.enterprise``): the counts, ``tiers``, and the caps of
+    issue 21 item 4: ``max_session_s`` (float seconds), ``models`` (model
+    ids, in the order given), ``spend_limit_usd`` (a decimal string, as the
+    terms store it). An option not given is left out (no cap).
 
     Raises:
-        ValueError: a ``--tier`` that is not ``UP_TO:CENTS``.
+        ValueError: a ``--tier`` that is not ``UP_TO:CENTS``, a
+            ``--max-session-s`` not > 0, a ``--model`` that is blank, a
+            ``--spend-limit-usd`` that is not USD ≥ 0.
     """
     from voxgate.models.enterprise import parse_tier
+    from voxgate.models.plans import (
+        parse_max_session_s,
+        parse_plan_models,
+        parse_spend_limit_usd,
+    )
 
     terms: dict[str, Any] = {"name": args.name, "tiers": [parse_tier(t) for t in args.tier]}
     for name in ("price_cents", "sessions_included", "overage_cents", "concurrency",
                  "requests_per_minute", "projects"):
         if getattr(args, name) is not None:
             terms[name] = getattr(args, name)
+    if args.max_session_s is not None:
+        terms["max_session_s"] = parse_max_session_s(args.max_session_s)
+    if args.models:
+        terms["models"] = list(parse_plan_models(args.models))
+    if args.spend_limit_usd is not None:
+        terms["spend_limit_usd"] = str(parse_spend_limit_usd(args.spend_limit_usd.strip()))
     return terms
 
 

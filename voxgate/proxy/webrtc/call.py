@@ -7,9 +7,13 @@ mode): the data channel's and sidebands' messages, the browser's audio and
 the provider's frames are fed to it, and its actions performed (events to
 the channel and sidebands, audio to the outgoing track). The call's own
 lifecycle stays here: the offer's answer, the ICE/DTLS watch (ICE failure
-or timeout, lost consent, a client that has gone silent), hang-up and
-teardown. ``Call.answer()`` then ``start()``; the call runs until one side
-ends it, and finishes its session (``Gateway.finish``) once, on every path.
+or timeout, lost consent, a client that has gone silent), the maximum
+duration (the plan's ``max_session_s``, or ``relay.max_session_s`` if
+shorter: OpenAI's ``session_expired`` error event on ``oai-events`` and the
+sidebands, then the call is hung up, recorded ``closed_by: "server"``,
+reason ``max_session_s``), hang-up and teardown. ``Call.answer()`` then
+``start()``; the call runs until one side ends it, and finishes its session
+(``Gateway.finish``) once, on every path.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from voxgate.proxy.relay import (
     SendClient,
     SendRateLimits,
     SendUpstream,
+    Tick,
     UpstreamClosed,
     UpstreamFailed,
     UpstreamMessage,
@@ -117,11 +122,15 @@ class Call:
         self.offer = offer
         self.model = model
         # the key's config (its model aside), in session.created; the audio
-        # formats are voxgate's (media_session)
+        # formats are voxgate's (media_session); the plan's limits (issue 21,
+        # item 4): its maximum duration (or the relay's, if shorter) and models
+        limit_s = active.plan.session_limit_s(gw.settings.relay.max_session_s)
         self.core = RelayCore(RelayConfig(
             model=model, max_bytes=gw.settings.relay.max_message_bytes,
             key_session=session if set(session) - {"model"} else None,
             media=True, rewrite_session=media_session,
+            max_session_ms=limit_s * 1000.0 if limit_s else None,
+            models=active.plan.models,
         ), active.meter, active)
         self.core.feed(Accepted(offer_ms))  # connect latency: offer → media ready
         self.query = query
@@ -261,10 +270,7 @@ class Call:
                 self._spawn(self._upstream_to_client(), "upstream->client")
                 self._spawn(self._client_to_upstream(), "client->upstream")
                 self._spawn(self._ice_watchdog(), "ice watchdog")
-                try:
-                    await asyncio.wait_for(self._done.wait(), self.gw.settings.relay.max_session_s)
-                except TimeoutError:
-                    self._end(SERVER, 1000, "maximum session duration reached")
+                await self._timers()
         except Exception:  # noqa: BLE001 - the call must still be finished
             log.exception("call %s failed", self.id)
             self._end(SERVER, 1011, "internal error")
@@ -272,6 +278,25 @@ class Call:
             await self._teardown()
             if on_done is not None:
                 on_done()
+
+    async def _timers(self) -> None:
+        """Run until the call ends, feeding the core its timers
+        (``RelayCore.next_timer_ms``): at the session's maximum duration (the
+        plan's ``max_session_s``, or ``relay.max_session_s`` if shorter) the
+        ``session_expired`` error event goes out on the data channel and the
+        sidebands, then the call is hung up (``_end_with``)."""
+        core = self.core
+        while not self._done.is_set():
+            due = core.next_timer_ms()
+            timeout = None if due is None else max(0.0, (due - monotonic_ms()) / 1000.0)
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout)
+            except TimeoutError:
+                actions = core.feed(Tick(monotonic_ms()))
+                if core.done:
+                    await self._end_with(actions)
+                elif not await self._perform(actions):
+                    return
 
     async def _connect_upstream(self) -> None:
         task = self._upstream_task
