@@ -210,6 +210,37 @@ async def test_shutdown_ends_calls_with_1001(make_phone_server, http):
     await call.close()
 
 
+async def test_plan_max_session_s_ends_the_call(make_phone_server, http, jfk_ulaw, tmp_path):
+    """A plan with ``max_session_s = 6`` (issue 21, item 4): 22 s of speech
+    streamed in real time; at 6 s (± 0.3 s) the stream is closed 1000 with
+    reason ``max_session_s`` (Twilio takes no ``error`` event), recorded
+    ``closed_by: "server"``, and billable (the session worked)."""
+    from tests.economics.test_plan_caps import LIMIT_S, SIX_S_CATALOG, TOLERANCE_S
+
+    catalog = tmp_path / "six.toml"
+    catalog.write_text(SIX_S_CATALOG)
+    server = await make_phone_server("six", catalog=str(catalog))
+    call = TwilioStream(twilio_url(server), {"authorization": f"Bearer {server.key}"})
+    await call.connect(http)
+    await call.start()
+    t0 = time.monotonic()
+    speaker = asyncio.create_task(call.stream(jfk_ulaw * 2))
+    await wait_closed(call, LIMIT_S + 5)
+    at_s = time.monotonic() - t0
+    speaker.cancel()
+    assert (call.close_code, call.close_reason) == (1000, "max_session_s")
+    assert abs(at_s - LIMIT_S) <= TOLERANCE_S * SLOW, at_s
+    assert call.sent_audio_bytes < len(jfk_ulaw) * 2 - 5 * 8000  # cut short
+    record = await the_session(server)
+    m = record.measurements
+    assert record.transport == "twilio"
+    assert (m.closed_by, m.close_code, m.close_reason) == ("server", 1000, "max_session_s")
+    assert abs(m.duration_ms - LIMIT_S * 1000) <= TOLERANCE_S * 1000 * SLOW, m.duration_ms
+    assert (record.billable, record.reason) == (True, "billable"), record.rule
+    await no_session_left(server)
+    await call.close()
+
+
 async def test_provider_unreachable(make_phone_server, http):
     server = await make_phone_server(upstream_url=f"ws://127.0.0.1:{free_port()}/v1/realtime")
     call = TwilioStream(twilio_url(server), {"authorization": f"Bearer {server.key}"})
@@ -337,10 +368,20 @@ async def test_twilio_signature_checked_when_a_token_is_set(make_phone_server, h
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await http.ws_connect(url)
     assert err.value.status == 403
-    forged = compute_signature("another-token", url)
-    with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-        await http.ws_connect(url, headers={"X-Twilio-Signature": forged})
-    assert err.value.status == 403
+    # signed with another token: it may be a project's own (checked at
+    # start with the token of the project the key names; call_auth), so the
+    # stream opens and the call is refused at start, nothing billed
+    forged = TwilioStream(url, {"authorization": f"Bearer {server.key}"},
+                          call_sid="CA" + "4" * 32,
+                          headers={"X-Twilio-Signature": compute_signature("another-token", url)})
+    await forged.connect(http)
+    await forged.start()
+    await wait_closed(forged)
+    assert forged.close_code == 1008
+    assert forged.close_reason.startswith("invalid_twilio_signature: "), forged.close_reason
+    await forged.close()
+    await no_session_left(server)
+    assert await server.store.list_sessions(server.account_id) == []
     call = TwilioStream(url, {"authorization": f"Bearer {server.key}"},
                         headers={"X-Twilio-Signature": compute_signature("twilio-token", url)})
     await call.connect(http)

@@ -17,7 +17,7 @@ import aiohttp
 from voxgate.loadtest.plan import ground_truth
 from voxgate.loadtest.result import ADMITTED, SessionResult
 
-__all__ = ["fetch_records", "wait_completed", "audit", "AUDIO_TOLERANCE_MS"]
+__all__ = ["fetch_records", "find_calls", "wait_completed", "audit", "AUDIO_TOLERANCE_MS"]
 
 
 async def fetch_records(http: aiohttp.ClientSession, base_url: str, key: str,
@@ -57,6 +57,32 @@ async def fetch_records(http: aiohttp.ClientSession, base_url: str, key: str,
                         records[sid] = await resp.json()
             return records
         await asyncio.sleep(0.5)
+
+
+async def find_calls(http: aiohttp.ClientSession, base_url: str, key: str, call_sids: set[str],
+                     since: float) -> dict[str, str]:
+    """``{CallSid: session id}`` of the phone calls voxgate has a session
+    for (``call_sid`` of ``GET /v1/sessions?since=…``, 100 a page): a call's
+    session id is not sent to Twilio, so the audit finds it by the call."""
+    headers = {"Authorization": f"Bearer {key}"}
+    found: dict[str, str] = {}
+    after = None
+    while len(found) < len(call_sids):
+        params = {"limit": "100", "since": f"{since:.3f}"}
+        if after:
+            params["after"] = after
+        async with http.get(f"{base_url.rstrip('/')}/v1/sessions", params=params,
+                            headers=headers) as resp:
+            if resp.status != 200:
+                break
+            page = await resp.json()
+        for row in page.get("data", []):
+            if row.get("call_sid") in call_sids:
+                found[row["call_sid"]] = row["id"]
+        if not page.get("has_more") or not page.get("last_id"):
+            break
+        after = page["last_id"]
+    return found
 
 
 async def wait_completed(http: aiohttp.ClientSession, base_url: str, key: str, session_id: str,

@@ -20,14 +20,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--url", default=None, help="voxgate base URL (default http://HOST:PORT of the config)")
     p.add_argument("--sessions", type=int, default=10, help="sessions to run (N)")
     p.add_argument("--concurrency", type=int, default=1, help="sessions at once (C)")
-    p.add_argument("--transport", choices=("ws", "webrtc"), default="ws")
+    p.add_argument("--transport", choices=("ws", "webrtc", "twilio"), default="ws",
+                   help="ws: GET /v1/realtime; webrtc: POST /v1/realtime/calls; twilio: "
+                        "simulated phone calls over GET /v1/telephony/twilio")
     p.add_argument("--duration", type=float, default=8.0, help="audio per session, in s")
     p.add_argument("--duration-max", type=float, default=None,
                    help="draw each session's audio from --duration to this many s (seeded)")
     p.add_argument("--faults", default="",
                    help="fault mix, e.g. short=0.1,provider_error=0.1,slow_created=0.1,vanish=0.1"
                         " (ws also failed_responses, text_blip, format_pcmu, format_pcma,"
-                        " provider_eof, late_error; webrtc also turn_failure=F)")
+                        " provider_eof, late_error; webrtc also turn_failure=F;"
+                        " twilio: short, provider_error, slow_created, vanish, late_error)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault assignment")
     p.add_argument("--json", dest="json_file", default=None, help="write the report to this file")
     p.add_argument("--key", default=None, help="project API key (default: the demo key)")
@@ -44,6 +47,9 @@ def register(subparsers: Any) -> None:
                         "the provider, or another relay): no session ids, no audit")
     p.add_argument("--turn-url", default=None,
                    help="webrtc turn_failure sessions: a TURN URL that cannot be reached")
+    p.add_argument("--twilio-auth-token", default=None,
+                   help="twilio: sign each stream's upgrade (X-Twilio-Signature) with this "
+                        "token, when voxgate checks signatures")
     p.add_argument("--audit-wait", type=float, default=30.0,
                    help="seconds to wait for voxgate to complete every session's record "
                         "(WebRTC turn_failure sessions take webrtc.ice_timeout_s)")
@@ -60,7 +66,7 @@ def _main(args: argparse.Namespace) -> int:
 
 async def run_cli(args: argparse.Namespace) -> int:
     from voxgate.config import load_settings
-    from voxgate.loadtest.plan import WEBRTC_KINDS, WS_KINDS, parse_mix
+    from voxgate.loadtest.plan import TWILIO_KINDS, WEBRTC_KINDS, WS_KINDS, parse_mix
     from voxgate.loadtest.report import LiveDisplay, render_report
     from voxgate.loadtest.runner import LoadtestConfig, run_loadtest
     from voxgate.proxy.keys import DEMO_KEY_FILE, default_key
@@ -77,7 +83,8 @@ async def run_cli(args: argparse.Namespace) -> int:
               f"config says {settings.policy.provider_error!r}, so provider_eof, failed_responses "
               "and late_error sessions may be audited as mismatches", file=sys.stderr)
     try:
-        mix = parse_mix(args.faults, kinds=WEBRTC_KINDS if args.transport == "webrtc" else WS_KINDS)
+        kinds = {"webrtc": WEBRTC_KINDS, "twilio": TWILIO_KINDS}.get(args.transport, WS_KINDS)
+        mix = parse_mix(args.faults, kinds=kinds)
     except ValueError as exc:
         print(f"voxgate loadtest: --faults: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +97,7 @@ async def run_cli(args: argparse.Namespace) -> int:
         min_audio_ms=settings.policy.min_audio_s * 1000.0, audit_wait_s=args.audit_wait,
         min_text_responses=settings.policy.min_text_responses,
         max_connect_ms=settings.policy.max_connect_ms,
+        twilio_auth_token=args.twilio_auth_token,
     )
     display = LiveDisplay(enabled=not args.quiet)
     try:

@@ -61,6 +61,15 @@ kind                  what the client does                         ground truth
                       reachable
 ====================  ===========================================  ================
 
+Phone calls (``--transport twilio``, :data:`TWILIO_KINDS`) follow the
+same scripts with Twilio's messages: the fault goes to the provider as the
+custom parameter ``voxgate_fault``, the audio as 20 ms ``media`` frames of
+8 kHz μ-law (8 bytes per ms), the provider's echo comes back as ``media``
+(each followed by a ``mark`` the client echoes once it has played it), the
+call ends with ``stop`` (``vanish``: the TCP connection aborted). The
+provider's ``error`` never reaches a phone line: a ``provider_error`` or
+``late_error`` call streams on and ends as a normal one.
+
 A ``vanish`` session vanishes early (after :data:`VANISH_EARLY_MS`, so
 ``too_short``) or late (after three quarters of ``audio_ms``), alternately,
 so both outcomes are exercised. The exchanged audio is exact: the client
@@ -84,6 +93,7 @@ __all__ = [
     "KINDS",
     "WS_KINDS",
     "WEBRTC_KINDS",
+    "TWILIO_KINDS",
     "PROVIDER_ERROR_KINDS",
     "SHORT_AUDIO_MS",
     "SLOW_CREATED_MS",
@@ -105,6 +115,10 @@ WS_KINDS = ("normal", "short", "provider_error", "slow_created", "vanish",
 """The kinds a WebSocket session can be."""
 WEBRTC_KINDS = ("normal", "short", "provider_error", "slow_created", "vanish", "turn_failure")
 """The kinds a WebRTC session can be."""
+TWILIO_KINDS = ("normal", "short", "provider_error", "slow_created", "vanish", "late_error")
+"""The kinds a phone call (Twilio Media Streams) can be: a caller streams
+audio and hangs up (``stop``) or vanishes; it cannot chat in text, switch
+formats, commit or ask for responses."""
 PROVIDER_ERROR_KINDS = frozenset({"provider_error", "failed_responses", "provider_eof", "late_error"})
 """Kinds whose provider fails them: ``provider_error`` under ``provider_error = "any"``."""
 CHUNK_MS = 20

@@ -94,6 +94,9 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
     e = report["events"]
     t.add_row("events sent / received", f"{e['sent']} / {e['received']}  ({e['per_s'] or 0:,.0f}/s)")
     t.add_row("audio sent", f"{report['audio_sent_s']:.1f} s")
+    tw = report.get("twilio")
+    if tw:
+        t.add_row("phone calls: clears / marks echoed", f"{tw['clears']} / {tw['marks_echoed']}")
     if report.get("sender_underruns"):
         t.add_row("sender underruns", str(report["sender_underruns"]))
     s = report.get("server")

@@ -12,7 +12,8 @@ __all__ = ["SessionResult", "ADMITTED", "REFUSED", "FAILED", "error_of"]
 ADMITTED = "admitted"
 """voxgate accepted the session and the client ran its whole script."""
 REFUSED = "refused"
-"""voxgate refused the session before it started (HTTP 401/403/429)."""
+"""voxgate refused the session before it started (HTTP 401/403/429; a phone
+call: its stream closed 1008/1013 at ``start``)."""
 FAILED = "failed"
 """Anything else: connection error, timeout, cut short by ``--max-time``,
 or a script that could not complete (e.g. echoes missing)."""
@@ -45,6 +46,10 @@ class SessionResult:
             ``completed`` the client received.
         close_code: the WebSocket close code the client saw (None: none,
             or WebRTC).
+        call_sid: a phone call's ``CallSid`` (``--transport twilio``: the
+            record is found by it).
+        clears, marks_echoed: a phone call's ``clear`` messages received and
+            marks echoed.
         expected: the ground-truth reason (:func:`plan.ground_truth`).
         recorded: voxgate's recorded reason, and ``billable``.
     """
@@ -74,6 +79,9 @@ class SessionResult:
     recorded: str | None = None
     recorded_billable: bool | None = None
     recorded_rule: str | None = None
+    call_sid: str | None = None
+    clears: int = 0
+    marks_echoed: int = 0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready row (without the per-chunk latencies)."""
@@ -97,6 +105,8 @@ class SessionResult:
             "expected": self.expected,
             "recorded": self.recorded,
             "recorded_billable": self.recorded_billable,
+            **({"call_sid": self.call_sid, "clears": self.clears,
+                "marks_echoed": self.marks_echoed} if self.call_sid else {}),
         }
 
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from voxgate.loadtest.audio import Clip
-from voxgate.loadtest.audit import audit, fetch_records, wait_completed
-from voxgate.loadtest.plan import WEBRTC_KINDS, SessionPlan, plan_sessions
+from voxgate.loadtest.audit import audit, fetch_records, find_calls, wait_completed
+from voxgate.loadtest.plan import TWILIO_KINDS, WEBRTC_KINDS, SessionPlan, plan_sessions
 from voxgate.loadtest.probe import ProcessProbe, pid_listening_on
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult
 from voxgate.loadtest.ws_client import refusal_trace, run_ws_session
@@ -38,7 +38,9 @@ class LoadtestConfig:
 
     Attributes:
         url: voxgate's base URL (``http://127.0.0.1:8080``; ``ws://`` works too).
-        transport: ``ws`` or ``webrtc``.
+        transport: ``ws``, ``webrtc`` or ``twilio`` (phone calls over
+            ``GET /v1/telephony/twilio``, the key in
+            ``customParameters.authorization``).
         duration_s: audio per session, in s.
         duration_max_s: when set (and longer), each session's audio is
             drawn from ``duration_s``–``duration_max_s`` (seeded).
@@ -51,6 +53,9 @@ class LoadtestConfig:
             ``voice.faults_enabled``); off sends plain sessions.
         server_pid: the process to measure (default: the one listening on
             the URL's port; none when it cannot be found).
+        twilio_auth_token: phone calls: sign each upgrade's
+            ``X-Twilio-Signature`` with this token (when voxgate checks
+            them).
     """
 
     url: str
@@ -75,6 +80,7 @@ class LoadtestConfig:
     min_text_responses: int = 1
     max_connect_ms: float = 2000.0
     turn_url: str | None = None
+    twilio_auth_token: str | None = None
 
 
 @dataclass
@@ -139,8 +145,15 @@ async def run_loadtest(cfg: LoadtestConfig,
     Raises:
         ValueError: bad configuration (unknown transport, no sessions).
     """
-    if cfg.transport not in ("ws", "webrtc"):
-        raise ValueError(f"unknown transport {cfg.transport!r} (ws or webrtc)")
+    if cfg.transport not in ("ws", "webrtc", "twilio"):
+        raise ValueError(f"unknown transport {cfg.transport!r} (ws, webrtc or twilio)")
+    if cfg.transport == "twilio":
+        other = sorted(k for k, f in cfg.mix.items() if f and k not in TWILIO_KINDS)
+        if other:
+            raise ValueError(f"{', '.join(other)} sessions cannot be phone calls "
+                             f"(twilio: {', '.join(TWILIO_KINDS[1:])})")
+        if cfg.direct:
+            raise ValueError("--direct needs --transport ws")
     if cfg.transport == "ws" and cfg.mix.get("turn_failure"):
         raise ValueError("turn_failure sessions need --transport webrtc")
     if cfg.transport == "webrtc":
@@ -187,6 +200,9 @@ async def run_loadtest(cfg: LoadtestConfig,
                 r = await one(plan)
                 results[plan.index] = r
                 progress.add(r)
+                if plan.kind == "vanish" and r.call_sid and not r.session_id:
+                    found = await find_calls(http, base, cfg.key, {r.call_sid}, since=wall0 - 5)
+                    r.session_id = found.get(r.call_sid)
                 if plan.kind == "vanish" and r.session_id and not cfg.direct:
                     # The slot is free once voxgate has seen the client go.
                     await wait_completed(http, base, cfg.key, r.session_id, VANISH_WAIT_S)
@@ -211,6 +227,12 @@ async def run_loadtest(cfg: LoadtestConfig,
         ordered = [results[p.index] for p in plans]
         audit_report: dict[str, Any] | None = None
         if not cfg.direct:
+            calls = {r.call_sid for r in ordered if r.call_sid and not r.session_id}
+            if calls:  # a phone call's session is found by its CallSid
+                found = await find_calls(http, base, cfg.key, calls, since=wall0 - 5)
+                for r in ordered:
+                    if r.call_sid in found and not r.session_id:
+                        r.session_id = found[r.call_sid]
             ids = {r.session_id for r in ordered if r.session_id}
             records = await fetch_records(http, base, cfg.key, ids, since=wall0 - 5,
                                           wait_s=cfg.audit_wait_s) if ids else {}
@@ -220,11 +242,25 @@ async def run_loadtest(cfg: LoadtestConfig,
 
 
 def _transport_name(transport: str) -> str:
-    return "websocket" if transport == "ws" else "webrtc"
+    return {"ws": "websocket"}.get(transport, transport)
 
 
 def _session_runner(cfg: LoadtestConfig, http: aiohttp.ClientSession, base: str,
                     realtime_url: str, clip: Clip):
+    if cfg.transport == "twilio":
+        from voxgate.loadtest.twilio_client import run_twilio_session
+        from voxgate.proxy.telephony.twilio import TWILIO_PATH
+        from voxgate.proxy.telephony.twilio_protocol import compute_signature
+
+        twilio_url = realtime_url.removesuffix("/v1/realtime") + TWILIO_PATH
+        token = cfg.twilio_auth_token
+
+        async def one_call(plan: SessionPlan) -> SessionResult:
+            return await run_twilio_session(
+                http, twilio_url, cfg.key, plan, clip, model=cfg.model, faults=cfg.faults,
+                signature=(lambda url: compute_signature(token, url)) if token else None)
+        return one_call
+
     if cfg.transport == "webrtc":
         from voxgate.loadtest.webrtc_client import run_webrtc_session
 
@@ -285,7 +321,8 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
         k["sessions"] += 1
         k[r.outcome] += 1
         if r.outcome == REFUSED:
-            why = f"HTTP {r.http_status} {r.error_code or 'unknown'}"
+            why = (f"HTTP {r.http_status} {r.error_code or 'unknown'}" if r.http_status is not None
+                   else f"close {r.close_code} {r.error_code or 'unknown'}")
             refusals[why] = refusals.get(why, 0) + 1
         elif r.outcome == FAILED:
             failures.append({"index": r.index, "kind": r.kind, "session_id": r.session_id,
@@ -330,6 +367,9 @@ def build_report(cfg: LoadtestConfig, results: list[SessionResult], wall0: float
                    "per_s": round((events_sent + events_received) / wall_s, 1) if wall_s else None},
         "audio_sent_s": round(audio_s, 3),
         "sender_underruns": underruns,
+        **({"twilio": {"clears": sum(r.clears for r in results),
+                       "marks_echoed": sum(r.marks_echoed for r in results)}}
+           if cfg.transport == "twilio" else {}),
         "underruns_by_kind": underrun_kinds,
         "loadgen_loop": loop_lag,
         "server": server,

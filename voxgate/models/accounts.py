@@ -108,6 +108,11 @@ class Project:
             sessions use the operator's key. Never rendered anywhere.
         provider_key_last4: the last 4 characters of that key, the only part
             ever shown again.
+        twilio_token_sealed: the project's own Twilio auth token, encrypted
+            as ``provider_key_sealed`` is; when set, its phone calls'
+            ``X-Twilio-Signature`` is checked with it
+            (``voxgate.proxy.telephony``). Never rendered anywhere.
+        twilio_token_last4: the last 4 characters of that token.
     """
 
     id: str
@@ -119,6 +124,8 @@ class Project:
     allowed_ips: tuple[str, ...] = ()
     provider_key_sealed: str | None = field(default=None, repr=False)
     provider_key_last4: str | None = None
+    twilio_token_sealed: str | None = field(default=None, repr=False)
+    twilio_token_last4: str | None = None
 
 
 @dataclass(slots=True)

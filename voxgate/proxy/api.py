@@ -55,6 +55,7 @@ ACCOUNT_KEY = web.RequestKey("voxgate.account", Account)  # set by the dashboard
 PINS = {"allowed_origins": parse_origins, "allowed_models": parse_models,
         "allowed_ips": parse_networks}
 PROVIDER_KEY_FIELD = "openai_api_key"  # PATCH /v1/projects/{id}: the project's own key (BYOK)
+TWILIO_TOKEN_FIELD = "twilio_auth_token"  # PATCH /v1/projects/{id}: its Twilio account's token
 
 
 def usage_body(plan: Plan, usage: MonthlyUsage, catalog: PlanCatalog,
@@ -193,13 +194,15 @@ def session_body(settings: Settings, record: SessionRecord) -> dict[str, Any]:
 
 def project_body(project: Project) -> dict[str, Any]:
     """The project object; its own provider key (BYOK) only as its last 4
-    characters (``openai_api_key_last4``, null when it has none)."""
+    characters (``openai_api_key_last4``, null when it has none), its Twilio
+    auth token likewise (``twilio_auth_token_last4``)."""
     return {"object": "organization.project", "id": project.id, "name": project.name,
             "created_at": int(project.created_at),
             "allowed_origins": list(project.allowed_origins),
             "allowed_models": list(project.allowed_models),
             "allowed_ips": list(project.allowed_ips),
-            "openai_api_key_last4": project.provider_key_last4}
+            "openai_api_key_last4": project.provider_key_last4,
+            "twilio_auth_token_last4": project.twilio_token_last4}
 
 
 async def admin_caller(request: web.Request) -> AdminCaller:
@@ -264,17 +267,29 @@ async def update_project_handler(request: web.Request) -> web.Response:
     it upstream. ``null`` removes it. Only its last 4 characters are returned
     (``openai_api_key_last4``).
 
+    ``{"twilio_auth_token": "…"}`` stores the auth token of the project's own
+    Twilio account (encrypted the same way); its phone calls' upgrade
+    ``X-Twilio-Signature`` is then checked with it at ``start``
+    (docs/telephony.md). ``null`` removes it; ``twilio_auth_token_last4``.
+
     Raises:
         InvalidRequest (400): no known field, or a field that is not a list of
             origins / model names / CIDRs (at most 50 each), or not a key.
-        PermissionDenied (403, ``byok_disabled``): a key sent while the
-            server has no ``upstream.provider_key_secret``.
+        PermissionDenied (403, ``byok_disabled`` / ``twilio_token_disabled``):
+            a key or token sent while the server has no
+            ``upstream.provider_key_secret``.
     """
     gw, project = await _project_of(request, change=True)
     body = await read_json(request)
-    fields = (*PINS, PROVIDER_KEY_FIELD)
+    fields = (*PINS, PROVIDER_KEY_FIELD, TWILIO_TOKEN_FIELD)
     if not isinstance(body, dict) or not body.keys() & set(fields):
         raise InvalidRequest(f"send one or more of {', '.join(fields)}")
+    if TWILIO_TOKEN_FIELD in body:
+        value = body[TWILIO_TOKEN_FIELD]
+        sealed, last4 = (None, None) if value is None else gw.provider_keys.seal_twilio_token(value)
+        project = await gw.store.set_project_twilio_token(project.id, sealed, last4)
+        if not body.keys() & {*PINS, PROVIDER_KEY_FIELD}:
+            return json_response(project_body(project))
     if PROVIDER_KEY_FIELD in body:
         value = body[PROVIDER_KEY_FIELD]
         sealed, last4 = (None, None) if value is None else gw.provider_keys.seal(value)

@@ -10,6 +10,9 @@ encrypts, any decrypts: ``MultiFernet``). Generate one with
 Without it BYOK is disabled: setting a key is refused with a message saying
 so. Only the key's last 4 characters are ever shown again; the plaintext is
 never logged, stored or returned.
+
+A project's Twilio auth token (``seal_twilio_token``/``twilio_token_of``,
+``docs/telephony.md``) is sealed and opened the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from voxgate.errors import ConfigError, InvalidRequest, PermissionDenied
 from voxgate.models import Project
 
-__all__ = ["ProviderKeys", "DISABLED_MESSAGE"]
+__all__ = ["ProviderKeys", "DISABLED_MESSAGE", "TWILIO_DISABLED_MESSAGE"]
 
+TWILIO_DISABLED_MESSAGE = ("project Twilio auth tokens cannot be stored on this server: the "
+                           "operator has not set upstream.provider_key_secret "
+                           "(VOXGATE_UPSTREAM__PROVIDER_KEY_SECRET)")
 DISABLED_MESSAGE = ("customer provider keys are disabled on this server: the operator has not "
                     "set upstream.provider_key_secret (VOXGATE_UPSTREAM__PROVIDER_KEY_SECRET)")
 MIN_KEY_CHARS = 20
@@ -90,3 +96,47 @@ class ProviderKeys:
                 "this project's own provider key cannot be decrypted with the server's "
                 "upstream.provider_key_secret (rotated without keeping the old key?): "
                 "set the key again", code="byok_unreadable") from exc
+
+    # -- a project's Twilio auth token (issue 22), sealed the same way -------
+
+    def seal_twilio_token(self, plaintext: object) -> tuple[str, str]:
+        """``(sealed, last4)`` for a project's Twilio auth token as sent (a
+        string of 16–128 printable ASCII characters without spaces; Twilio's
+        are 32 hexadecimal digits).
+
+        Raises:
+            PermissionDenied (403, ``twilio_token_disabled``): no
+                ``upstream.provider_key_secret`` to seal it with.
+            InvalidRequest (400, param ``twilio_auth_token``): not such a string.
+        """
+        if self._fernet is None:
+            raise PermissionDenied(TWILIO_DISABLED_MESSAGE, code="twilio_token_disabled")
+        if not isinstance(plaintext, str) or not 16 <= len(plaintext) <= 128 \
+                or not all("!" <= c <= "~" for c in plaintext):
+            raise InvalidRequest(
+                "twilio_auth_token must be the Twilio account's auth token: 16-128 printable "
+                "characters without spaces (or null to remove it)", param="twilio_auth_token")
+        return self._fernet.encrypt(plaintext.encode()).decode(), plaintext[-4:]
+
+    def twilio_token_of(self, project: Project) -> str | None:
+        """The project's own Twilio auth token in plaintext, or None when it
+        has none.
+
+        Raises:
+            PermissionDenied (403, ``twilio_token_unreadable``): it has one but
+                it cannot be opened (no secret configured now, or not the one
+                that sealed it): its calls cannot be verified and must not be
+                taken unverified.
+        """
+        sealed = project.twilio_token_sealed
+        if sealed is None:
+            return None
+        try:
+            if self._fernet is None:
+                raise InvalidToken
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise PermissionDenied(
+                "this project's Twilio auth token cannot be decrypted with the server's "
+                "upstream.provider_key_secret: set the token again",
+                code="twilio_token_unreadable") from exc

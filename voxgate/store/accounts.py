@@ -130,7 +130,8 @@ class AccountMethods(SQLCore):
         project = Project(id=new_id("proj"), account_id=account_id, name=name,
                           created_at=time.time())
         await self._write(
-            f"INSERT INTO projects ({PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]', '[]', '[]', NULL, NULL)",
+            f"INSERT INTO projects ({PROJECT_COLS}) VALUES (?, ?, ?, ?, '[]', '[]', '[]', NULL, NULL,"
+            " NULL, NULL)",
             (project.id, project.account_id, project.name, project.created_at),
         )
         return project
@@ -158,6 +159,24 @@ class AccountMethods(SQLCore):
         self._invalidate_keys()
         changed = await self._write(
             "UPDATE projects SET provider_key_sealed = ?, provider_key_last4 = ?"
+            " WHERE id = ? AND deleted_at IS NULL", (sealed, last4, project_id))
+        self._invalidate_keys()
+        project = await self.get_project(project_id) if changed else None
+        if project is None:
+            raise KeyError(project_id)
+        return project
+
+    async def set_project_twilio_token(self, project_id: str, sealed: str | None,
+                                       last4: str | None) -> Project:
+        """Store the project's own Twilio auth token, encrypted (``sealed``,
+        a Fernet token) with its last 4 characters, or remove it (both None).
+
+        Raises:
+            KeyError: no such (undeleted) project.
+        """
+        self._invalidate_keys()
+        changed = await self._write(
+            "UPDATE projects SET twilio_token_sealed = ?, twilio_token_last4 = ?"
             " WHERE id = ? AND deleted_at IS NULL", (sealed, last4, project_id))
         self._invalidate_keys()
         project = await self.get_project(project_id) if changed else None

@@ -152,6 +152,13 @@ class Store(Protocol):
         characters, or remove it (both None). Raises KeyError if the project
         is unknown or deleted."""
 
+    async def set_project_twilio_token(self, project_id: str, sealed: str | None,
+                                       last4: str | None) -> Project:
+        """Store the project's own Twilio auth token, encrypted (``sealed``:
+        a Fernet token, ``voxgate.proxy.provider_keys``) with its last 4
+        characters, or remove it (both None). Raises KeyError if the project
+        is unknown or deleted."""
+
     async def update_project(
         self,
         project_id: str,

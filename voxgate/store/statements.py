@@ -42,7 +42,7 @@ from voxgate.store.connection import rollback_open
 ACCOUNT_COLS = ("id, email, plan_id, created_at, status, stripe_customer_id, "
                  "stripe_subscription_id, past_due_since, name, spend_limit_usd")
 PROJECT_COLS = ("id, account_id, name, created_at, allowed_origins, allowed_models, allowed_ips, "
-                "provider_key_sealed, provider_key_last4")
+                "provider_key_sealed, provider_key_last4, twilio_token_sealed, twilio_token_last4")
 ADMIN_KEY_COLS = "id, account_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 API_KEY_COLS = "id, project_id, prefix, key_hash, created_at, name, revoked_at, last_used_at"
 EPHEMERAL_COLS = "id, project_id, key_hash, created_at, expires_at, api_key_id, session"
@@ -75,7 +75,8 @@ def project_row(row: Any) -> Project:
                    allowed_origins=tuple(orjson.loads(row[4])),
                    allowed_models=tuple(orjson.loads(row[5])),
                    allowed_ips=tuple(orjson.loads(row[6])),
-                   provider_key_sealed=row[7], provider_key_last4=row[8])
+                   provider_key_sealed=row[7], provider_key_last4=row[8],
+                   twilio_token_sealed=row[9], twilio_token_last4=row[10])
 
 
 def api_key_row(row: Any) -> ApiKey:

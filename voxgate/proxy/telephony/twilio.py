@@ -4,22 +4,27 @@ bridged to the provider's Realtime WebSocket with ``audio/pcmu`` both ways.
 
 A thin shell over the pure protocol of ``twilio_protocol``:
 
-1. The upgrade: when an auth token is configured
-   (``TelephonySettings.twilio_auth_token``), the request's
-   ``X-Twilio-Signature`` must be Twilio's for the stream URL (else HTTP 403
-   ``invalid_twilio_signature``, before any upgrade).
+1. The upgrade: its ``X-Twilio-Signature`` and the URLs it may cover are
+   kept (``call_auth.UpgradeSignature``), checked at ``start`` with the token
+   of the project the key names, else the server-wide
+   ``TelephonySettings.twilio_auth_token``; with a server-wide token, an
+   upgrade without any signature gets HTTP 403 ``invalid_twilio_signature``
+   at once.
 2. ``connected`` (optional), then ``start`` within ``START_TIMEOUT_S``:
    the key from ``start.customParameters.authorization``
    (``Bearer <project API key or ephemeral key>``), an optional
    ``customParameters.session`` (a JSON session config: instructions, voice,
    tools; ``model`` picks the model, as does a ``model`` parameter) merged
-   over an ephemeral key's own config. Authentication and admission (rate,
+   over an ephemeral key's own config; ``customParameters.voxgate_fault``
+   goes to the local provider only (as the WebSocket route's query).
+   Authentication, Twilio's signature (1008 ``invalid_twilio_signature``)
+   and admission (rate,
    quota, concurrency: ``Gateway.admit``, ``transport="twilio"``) as for
    every session; a refusal closes the stream (1008, or 1013 for the
    transient refusals: rate, concurrency, service unavailable) with
    ``<code>: <message>`` as the close reason, logged and counted
-   (``voxgate_admission_refusals_total``), nothing recorded against the
-   account.
+   (``voxgate_admission_refusals_total``), the attempt written to the audit
+   log (``call_auth.RefusalLog``), nothing billed.
 3. The bridge, on the sans-I/O relay core (``voxgate.proxy.relay.RelayCore``,
    media mode): the upstream gets one ``session.update`` first (the config,
    the audio formats forced to ``audio/pcmu``; held and folded into
@@ -40,8 +45,11 @@ A thin shell over the pure protocol of ``twilio_protocol``:
    when the provider closed normally, else 1011 "upstream connection
    lost"); a protocol violation by the peer ends it (``closed_by:
    "server"``, 1003 for a binary frame, 1008 otherwise, reason ``twilio
-   protocol error: <code>: <message>``); idle timeout and maximum duration
-   as ``[relay]`` says. An ``error`` event the core would send a
+   protocol error: <code>: <message>``); idle timeout as ``[relay]`` says;
+   the maximum duration (the plan's ``max_session_s``, or
+   ``relay.max_session_s`` if shorter) closes the stream 1000 with reason
+   ``max_session_s`` (recorded ``closed_by: "server"``, the verdict the
+   session's own). An ``error`` event the core would send a
    WebSocket client is dropped: the close reason says why.
 
 Metering (by the core, as for every transport): connect latency =
@@ -71,7 +79,7 @@ from voxgate.errors import (
     VoxgateError,
 )
 from voxgate.metering.meter import CLIENT, SERVER, SessionMeter
-from voxgate.models import Principal
+from voxgate.models import Principal, Project
 from voxgate.proxy.auth import ip_allowed, resolve, session_model
 from voxgate.proxy.gateway import ActiveSession, Gateway, monotonic_ms
 from voxgate.proxy.keys import CONNECTOR, GATEWAY
@@ -98,7 +106,8 @@ from voxgate.proxy.relay import (
     UpstreamMessage,
     UpstreamOpened,
 )
-from voxgate.proxy.telephony.settings import TWILIO_AUTH_TOKEN
+from voxgate.proxy.telephony.call_auth import REFUSALS, UpgradeSignature
+from voxgate.proxy.telephony.settings import TWILIO_AUTH_TOKEN, TWILIO_REFUSALS
 from voxgate.proxy.telephony.twilio_protocol import (
     CLOSE_POLICY,
     Dtmf,
@@ -113,9 +122,13 @@ from voxgate.proxy.telephony.twilio_protocol import (
     clear_message,
     mark_message,
     media_message,
-    signature_valid,
 )
-from voxgate.proxy.upstream import UpstreamConnector, UpstreamRefused, upstream_end
+from voxgate.proxy.upstream import (
+    LOCAL_PASSTHROUGH,
+    UpstreamConnector,
+    UpstreamRefused,
+    upstream_end,
+)
 from voxgate.proxy.ws_relay import bounded, close_reason, stop_tasks
 
 __all__ = ["TWILIO_PATH", "twilio_stream", "TwilioCall", "START_TIMEOUT_S", "TRANSPORT", "FRAME_BYTES",
@@ -207,19 +220,20 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
 
     Raises (rendered as JSON by the error middleware, before any upgrade):
         InvalidRequest (400): not a WebSocket upgrade.
-        PermissionDenied (403, ``invalid_twilio_signature``): an auth token
-            is configured and ``X-Twilio-Signature`` is missing or wrong.
+        PermissionDenied (403, ``invalid_twilio_signature``): a server-wide
+            auth token is configured and ``X-Twilio-Signature`` is missing
+            (a signature under another token is checked at ``start``, with
+            the token of the call's project: ``call_auth``).
     """
     if request.headers.get("Upgrade", "").lower() != "websocket":
         raise MalformedEvent(f"GET {TWILIO_PATH} expects a WebSocket upgrade (Twilio Media "
                              "Streams)", code="websocket_upgrade_required")
-    token = request.app.get(TWILIO_AUTH_TOKEN)
-    if token and not signature_valid(token, _stream_urls(request),
-                                     request.headers.get("X-Twilio-Signature")):
-        log.warning("twilio stream from %s refused: X-Twilio-Signature missing or wrong",
-                    request.remote)
-        raise PermissionDenied("X-Twilio-Signature is missing or not Twilio's for this URL",
-                               code="invalid_twilio_signature")
+    signed = UpgradeSignature(request.headers.get("X-Twilio-Signature"),
+                              tuple(_stream_urls(request)), request.app.get(TWILIO_AUTH_TOKEN))
+    if signed.refused_at_upgrade():
+        log.warning("twilio stream from %s refused: no X-Twilio-Signature", request.remote)
+        raise PermissionDenied("X-Twilio-Signature is missing: this server checks Twilio's "
+                               "signature of every stream", code="invalid_twilio_signature")
     gw: Gateway = request.app[GATEWAY]
     ws = web.WebSocketResponse(
         heartbeat=gw.settings.relay.ping_interval_s or None,
@@ -229,6 +243,7 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     call = TwilioCall(gw, request.app[CONNECTOR], request, ws)
+    call.signed = signed
     await call.run()
     return ws
 
@@ -258,6 +273,11 @@ class TwilioCall:
         self._items: dict[str | None, str] = {}  # response id → the item its audio belongs to
         self.key_session: dict[str, Any] = {}  # an ephemeral key's session config
         self.parameter_session: dict[str, Any] = {}  # customParameters.session
+        # customParameters.voxgate_fault: passed to the local provider only
+        # (``UpstreamConnector.target``), as the WebSocket route's query is
+        self.upstream_query: dict[str, str] = {}
+        self.signed = UpgradeSignature(None, ())  # the upgrade's X-Twilio-Signature
+        self._refused_project: Project | None = None  # the project a refused call's key named
 
     # -- before admission ------------------------------------------------
 
@@ -268,6 +288,12 @@ class TwilioCall:
         except _Refused:
             return
         self.active, self.meter = active, active.meter
+        # a phone line is μ-law both ways from its first frame: the audio
+        # Twilio streams before the provider's session.created (which waits
+        # for the first session.update's answer) counts 8 bytes a ms, not
+        # as the provider's default format
+        active.meter.session_formats({"audio": {"input": {"format": dict(_PCMU)},
+                                                "output": {"format": dict(_PCMU)}}})
         active.close = self._close_from_outside
         active.transport_open = self._transport_open
         try:
@@ -302,9 +328,21 @@ class TwilioCall:
                 return parsed, monotonic_ms()
 
     async def _refuse(self, code: int, reason: str) -> NoReturn:
-        """Close the stream before any session exists; raises ``_Refused``."""
+        """Record the attempt in the audit log (``call_auth.RefusalLog``),
+        then close the stream before any session exists (recorded once the
+        peer sees the close); raises ``_Refused``."""
+        start = self.state.start
         log.warning("twilio stream %s (call %s) refused: %s", self.state.stream_sid or "-",
-                    self.state.start.call_sid if self.state.start else "-", reason)
+                    start.call_sid if start else "-", reason)
+        project = self._refused_project
+        what, sep, message = reason.removeprefix("twilio protocol error: ").partition(": ")
+        refusals = self.request.app.get(TWILIO_REFUSALS) or REFUSALS
+        await refusals.record(
+            self.gw.store, account_id=project.account_id if project else None,
+            close_code=code, code=what if sep else None, message=message if sep else reason,
+            call_sid=start.call_sid if start else None, stream_sid=self.state.stream_sid,
+            account_sid=start.account_sid if start else None,
+            project_id=project.id if project else None, remote=self.request.remote)
         await self._close_ws(code, reason)
         raise _Refused
 
@@ -319,7 +357,12 @@ class TwilioCall:
         try:
             params = start.custom_parameters
             principal = await self._principal(bearer_from_parameters(params))
+            self._refused_project = principal.project
+            # Twilio's signature of the upgrade, now that the key names the
+            # project: its own token, else the server's (call_auth)
+            self.signed.check(principal.project, gw.provider_keys)
             self.parameter_session = _parameter_session(params)
+            self.upstream_query = {k: params[k] for k in LOCAL_PASSTHROUGH if k in params}
             requested = params.get("model") or self.parameter_session.get("model")
             upstream = gw.settings.upstream
             self.model = session_model(principal, requested if isinstance(requested, str)
@@ -370,15 +413,20 @@ class TwilioCall:
         active = self.active
         assert active is not None
         relay = self.gw.settings.relay
+        # the plan's limits (issue 21, item 4): its maximum duration (or the
+        # relay's, if shorter) and models
+        limit_s = active.plan.session_limit_s(relay.max_session_s)
         core = self.core = RelayCore(RelayConfig(
             model=self.model, max_bytes=relay.max_message_bytes,
             # always set: the first session.update carries the audio formats
             key_session=session_config(self.key_session, self.parameter_session),
             media=True, idle_timeout_ms=relay.idle_timeout_s * 1000.0,
-            max_session_ms=relay.max_session_s * 1000.0), active.meter, active)
+            max_session_ms=limit_s * 1000.0 if limit_s else None,
+            models=active.plan.models), active.meter, active)
         core.feed(Accepted(start_ms))
         try:
-            self.upstream = await self.connector.connect(self.model, None, keepalive=True,
+            self.upstream = await self.connector.connect(self.model, self.upstream_query,
+                                                         keepalive=True,
                                                          api_key=active.provider_key)
         except (UpstreamRefused, UpstreamError) as exc:
             if not isinstance(exc, UpstreamRefused):
