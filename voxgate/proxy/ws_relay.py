@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -97,7 +97,7 @@ from voxgate.proxy.relay import (
 from voxgate.proxy.upstream import UpstreamConnector, upstream_end
 
 __all__ = ["realtime_websocket", "SESSION_ID_HEADER", "CALL_ATTACH", "within", "bounded",
-           "rate_limits_within", "stop_tasks", "closing_error", "LEASE_EXPIRED",
+           "rate_limits_within", "stop_tasks", "pump", "Shell", "closing_error", "LEASE_EXPIRED",
            "RATE_LIMITS_WAIT_S", "TASKS_STOP_S", "close_unused_upstream", "close_reason",
            "upstream_closed_error", "sendable"]
 
@@ -199,6 +199,47 @@ async def stop_tasks(tasks: Iterable[asyncio.Task], timeout_s: float = TASKS_STO
         else:
             log.warning("task %s ignored its cancellation; left to end", task.get_name())
             task.add_done_callback(_consume)
+
+
+class Shell(Protocol):
+    """What ``pump`` needs of a relay shell: the closing actions the core
+    returned while its tasks ran (``_closing``), and how the shell performs
+    actions, closes with them, or closes a session that ended elsewhere."""
+
+    _closing: list[Any]
+
+    async def _perform(self, actions: list[Any]) -> bool: ...
+    async def _close(self, actions: list[Any]) -> None: ...
+    async def _close_unfinished(self) -> None: ...
+
+
+async def pump(shell: Shell, core: RelayCore, tasks: tuple[asyncio.Task, asyncio.Task]) -> None:
+    """Run a shell's two reader ``tasks`` (client → upstream, upstream →
+    client) until either ends, feeding the core a ``Tick`` whenever its
+    next timer is due (idle timeout, maximum duration, keepalive); then
+    close. Neither task is trusted to honour its cancellation: the upstream
+    is closed first (a receive() on it returns), the tasks get
+    ``TASKS_STOP_S``, and the session is finished and the client answered
+    whatever they do. Shared by the WebSocket relay and the Twilio shell."""
+    try:
+        while True:
+            due = core.next_timer_ms()
+            timeout = None if due is None else max(0.05, (due - monotonic_ms()) / 1000.0)
+            done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if done or not await shell._perform(core.feed(Tick(monotonic_ms()))):
+                break
+    finally:
+        for task in tasks:
+            task.cancel()
+        closing, shell._closing = shell._closing, []
+        while closing and isinstance(closing[0], CloseUpstream):
+            await shell._close(closing[:1])
+            closing = closing[1:]
+        await stop_tasks(tasks)
+        if closing:
+            await shell._close(closing)
+        else:  # the session ended elsewhere (closed from outside) or a task failed
+            await shell._close_unfinished()
 
 
 async def realtime_websocket(request: web.Request) -> web.StreamResponse:
@@ -339,30 +380,7 @@ class Relay:
         await self._perform(core.feed(UpstreamOpened(monotonic_ms())))
         c2u = asyncio.create_task(self._client_to_upstream(first), name="client->upstream")
         u2c = asyncio.create_task(self._upstream_to_client(), name="upstream->client")
-        try:
-            while True:
-                due = core.next_timer_ms()
-                timeout = None if due is None else max(0.05, (due - monotonic_ms()) / 1000.0)
-                done, _ = await asyncio.wait((c2u, u2c), timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if done or not await self._perform(core.feed(Tick(monotonic_ms()))):
-                    break
-        finally:
-            # Neither task is trusted to honour its cancellation: the
-            # upstream is closed first (a receive() on it returns), the
-            # tasks get TASKS_STOP_S, and the session is finished and the
-            # client answered whatever they do.
-            for task in (c2u, u2c):
-                task.cancel()
-            closing, self._closing = self._closing, []
-            while closing and isinstance(closing[0], CloseUpstream):
-                await self._close(closing[:1])
-                closing = closing[1:]
-            await stop_tasks((c2u, u2c))
-            if closing:
-                await self._close(closing)
-            else:  # the session ended elsewhere (closed from outside) or failed
-                await self._close_unfinished()
+        await pump(self, core, (c2u, u2c))
 
     async def _client_to_upstream(self, first: asyncio.Future[aiohttp.WSMessage] | None) -> None:
         client, core = self.client, self.core

@@ -100,7 +100,6 @@ from voxgate.proxy.relay import (
     RelayConfig,
     RelayCore,
     SendUpstream,
-    Tick,
     UpstreamClosed,
     UpstreamFailed,
     UpstreamMessage,
@@ -129,7 +128,7 @@ from voxgate.proxy.upstream import (
     UpstreamRefused,
     upstream_end,
 )
-from voxgate.proxy.ws_relay import bounded, close_reason, stop_tasks
+from voxgate.proxy.ws_relay import bounded, close_reason, pump
 
 __all__ = ["TWILIO_PATH", "twilio_stream", "TwilioCall", "START_TIMEOUT_S", "TRANSPORT", "FRAME_BYTES",
            "session_config", "refusal_close_code", "dtmf_item"]
@@ -436,28 +435,7 @@ class TwilioCall:
         await self._perform(core.feed(UpstreamOpened(monotonic_ms())))
         t2u = asyncio.create_task(self._twilio_to_upstream(), name="twilio->upstream")
         u2t = asyncio.create_task(self._upstream_to_twilio(), name="upstream->twilio")
-        try:
-            while True:
-                due = core.next_timer_ms()
-                timeout = None if due is None else max(0.05, (due - monotonic_ms()) / 1000.0)
-                done, _ = await asyncio.wait((t2u, u2t), timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if done or not await self._perform(core.feed(Tick(monotonic_ms()))):
-                    break
-        finally:
-            # as the WebSocket relay: the upstream closed first (its reader
-            # returns), the tasks stopped, then the rest of the close
-            for task in (t2u, u2t):
-                task.cancel()
-            closing, self._closing = self._closing, []
-            while closing and isinstance(closing[0], CloseUpstream):
-                await self._close(closing[:1])
-                closing = closing[1:]
-            await stop_tasks((t2u, u2t))
-            if closing:
-                await self._close(closing)
-            else:  # closed from outside (under way), or a task failed
-                await self._close_unfinished()
+        await pump(self, core, (t2u, u2t))  # as the WebSocket relay
 
     async def _twilio_to_upstream(self) -> None:
         ws, core, state = self.ws, self.core, self.state
