@@ -288,10 +288,12 @@ async def test_put_get_delete_and_the_alerts_alias(make_server, http):
     second = await put_webhook(http, server, url, ["session.completed"])
     assert second["secret"] != put["secret"]  # each PUT makes a new one
 
-    # the alias: adds the alert events, GETs the url, DELETE takes only them away
+    # the alias: adds the alert events (quota and spend limit), GETs the url,
+    # DELETE takes only them away
     async with http.put(base + "/billing/alerts-webhook", json={"url": url}, headers=admin) as r:
         assert r.status == 200 and (await r.json())["secret"].startswith("whsec_")
-    assert (await get())["events"] == ["session.completed", "quota_warning", "quota_exhausted"]
+    assert (await get())["events"] == ["session.completed", "quota_warning", "quota_exhausted",
+                                       "spend_warning", "spend_limit_reached"]
     assert await get("/billing/alerts-webhook") == {"url": url}
     async with http.delete(base + "/billing/alerts-webhook", headers=admin) as r:
         assert await r.json() == {"deleted": True}

@@ -200,7 +200,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                             "description": "answered by PUT only"}),
     "WebhookRequest": _obj(("url", "events"), url=STR, events={
         "type": "array", "minItems": 1,
-        "items": {"enum": ["session.completed", "quota_warning", "quota_exhausted"]}}),
+        "items": {"enum": ["session.completed", "quota_warning", "quota_exhausted",
+                           "spend_warning", "spend_limit_reached"]}}),
     "WebhookQueued": _obj(("queued",), queued=BOOL, id={"type": "string", "pattern": "^evt_"}),
     "WebhookDeliveryList": _obj(("object", "data"), object={"const": "list"}, data={
         "type": "array", "items": _obj(
