@@ -661,3 +661,22 @@ def test_speech_whose_responses_were_all_cut_by_barge_in_is_judged_by_its_audio(
     assert "audio exchanged 11.0 s > 5.0 s" in v.rule
     silent = decide_verdict(session(0).measurements())  # nothing sent, nothing produced
     assert (silent.billable, silent.reason) == (False, "no_response")
+
+
+def test_a_joined_sideband_and_reported_audio():
+    """An OpenAI SIP call's sideband: its first event connects the call
+    (session.created or not, at the time it arrived); audio the provider
+    reports is added to the audio exchanged, and decides the verdict."""
+    meter = SessionMeter(0.0)
+    meter.accepted(100.0)
+    meter.record(classify(UPSTREAM, "input_audio_buffer.speech_started", 60,
+                          {"type": "input_audio_buffer.speech_started"}), 350.0)
+    meter.joined(350.0)
+    meter.joined(900.0)  # once connected, later events change nothing
+    meter.reported_audio(3000.0, 0.0)
+    meter.reported_audio(0.0, 2500.0)
+    meter.closed("upstream", 1000, "sideband closed", 9000.0)
+    m = meter.measurements()
+    assert (m.connected, m.connect_ms) == (True, 250.0)
+    assert (m.audio_in_ms, m.audio_out_ms) == (3000.0, 2500.0)
+    assert decide_verdict(m).reason == "billable"

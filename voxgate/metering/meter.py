@@ -123,6 +123,21 @@ class SessionMeter:
         if self._m.connect_ms is None and self._m.connected:
             self._m.connect_ms = now_ms - self._t0
 
+    def joined(self, now_ms: float) -> None:
+        """A sideband joined an established call (OpenAI SIP): its first
+        event, ``session.created`` or not, shows the provider has the call;
+        connected at ``now_ms`` if ``session.created`` has not said so."""
+        if not self._m.connected:
+            self._m.connected = True
+            self._m.connect_ms = now_ms - self._t0
+
+    def reported_audio(self, in_ms: float, out_ms: float) -> None:
+        """Audio the provider reports rather than voxgate relaying it (a SIP
+        call's audio flows on SIP): ``in_ms`` of the caller's speech and
+        ``out_ms`` of the agent's, added to the audio exchanged (ms)."""
+        self._m.audio_in_ms += in_ms
+        self._m.audio_out_ms += out_ms
+
     def closed(self, by: str, code: int | None, reason: str | None, now_ms: float) -> None:
         """The session ended. ``by`` is ``client``, ``upstream`` or ``server``.
         Only the first call counts. An upstream close with a code other than

@@ -464,12 +464,9 @@ class SipCall:
         etype = event["type"]
         ev = classify(UPSTREAM, etype, nbytes, event)
         self.meter.record(ev, now)
-        m = self.meter.measurements()  # the live object
-        if not m.connected:
-            # the sideband of an already established call need not begin with
-            # session.created: its first event then marks the call connected
-            m.connected = True
-            m.connect_ms = now - self.received_ms
+        # the sideband of an already established call need not begin with
+        # session.created: its first event then marks the call connected
+        self.meter.joined(now)
         if etype in OUTPUT_AUDIO_EVENTS and ev.audio_bytes:
             self._delta_audio = True  # metered from the bytes; tokens no longer added
         elif etype == "input_audio_buffer.speech_started":
@@ -485,9 +482,7 @@ class SipCall:
         never passes through voxgate, so its figures are added here."""
         in_ms, out_ms = audio_ms
         if in_ms or out_ms:
-            m = self.meter.measurements()  # the live object
-            m.audio_in_ms += in_ms
-            m.audio_out_ms += out_ms
+            self.meter.reported_audio(in_ms, out_ms)
 
     async def _close(self, code: int, reason: str) -> None:
         """``ActiveSession.close``: hang the call up at OpenAI, close the sideband."""
