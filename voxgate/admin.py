@@ -16,6 +16,7 @@ from voxgate.config import load_settings
 from voxgate.logs import cli_actor
 from voxgate.models import Plan, PlanCatalog, load_catalog
 from voxgate.models.margin import Margin
+from voxgate.models.margin import usd_text as usd
 from voxgate.models.origins import parse_models, parse_networks, parse_origins
 from voxgate.proxy.api import usage_body
 from voxgate.store import open_store
@@ -193,6 +194,5 @@ def margin_table(margin: Margin) -> str:
         lines.append(f"-- {title}")
         for r in [*rows, *([margin.total] if title == "plans" else [])]:
             lines.append(f"{r.label[:34]:<34} {r.billable:>8} {r.non_billable:>6} "
-                         f"{'$' + str(r.revenue_usd):>10} {'$' + str(r.cost_usd):>12} "
-                         f"{'$' + str(r.margin_usd):>12}")
+                         f"{usd(r.revenue_usd):>10} {usd(r.cost_usd):>12} {usd(r.margin_usd):>12}")
     return "\n".join(lines)

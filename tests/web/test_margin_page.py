@@ -65,7 +65,7 @@ async def test_margin_json_page_and_access(make_server, clients):
     html = {"Accept": "text/html,application/xhtml+xml"}
     status, text, _ = await ops.get("/admin/margin", headers=html)
     assert status == 200 and "<svg" in text and 'id="margin"' in text
-    assert f'id="margin-{free.id}"' in text and "-1.250000" in text
+    assert f'id="margin-{free.id}"' in text and "-$1.250000" in text
     status, _, _ = await ops.get("/admin/margin?period=2026-13", headers=html)
     assert status == 400
     # a customer is not an operator
@@ -107,6 +107,7 @@ async def test_admin_margin_and_spend_limit_commands(make_server):
     assert accounts[free.id]["margin_usd"] == "-1.250000"
     table = voxgate("admin", "margin", settings=settings)
     assert table.returncode == 0 and "margin-f@example.com" in table.stdout
+    assert "-$1.250000" in table.stdout and "$-" not in table.stdout
     assert voxgate("admin", "margin", "--period", "May", settings=settings).returncode == 2
     out = voxgate("admin", "set-spend-limit", free.id, "12.50", settings=settings)
     assert out.returncode == 0, out.stderr

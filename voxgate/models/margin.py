@@ -41,13 +41,21 @@ from voxgate.models.enterprise import plan_of
 from voxgate.models.figures import standing
 from voxgate.models.plans import Plan, PlanCatalog
 
-__all__ = ["AccountMonth", "MarginRow", "Margin", "margin", "usd", "COST_BUCKETS_USD"]
+__all__ = ["AccountMonth", "MarginRow", "Margin", "margin", "usd", "usd_text", "COST_BUCKETS_USD"]
 
 MICRO = Decimal("0.000001")
 CENT = Decimal("0.01")
 # Edges of the cost-per-session histogram, USD (the last bucket is open).
 COST_BUCKETS_USD: tuple[Decimal, ...] = tuple(Decimal(x) for x in (
     "0", "0.01", "0.02", "0.05", "0.10", "0.20", "0.50", "1", "2", "5"))
+
+
+def usd_text(value: Decimal | None) -> str:
+    """An exact USD amount with its sign before the dollar: ``$0.126438``,
+    ``-$1.250000``; ``—`` for None."""
+    if value is None:
+        return "—"
+    return f"-${-value}" if value < 0 else f"${value}"
 
 
 def usd(micros: int) -> Decimal:

@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from voxgate.models.margin import usd_text
 from voxgate.proxy.api import ACCOUNT_KEY
 from voxgate.web.auth import CSRF, USER
 from voxgate.web.security import SECURITY_HEADERS
@@ -65,7 +66,7 @@ def environment() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(("html", "xml")),
         trim_blocks=True, lstrip_blocks=True, enable_async=True,
     )
-    env.filters.update(money=money, num=num, time=fmt_time, ms=fmt_ms)
+    env.filters.update(money=money, usd=usd_text, num=num, time=fmt_time, ms=fmt_ms)
     return env
 
 
