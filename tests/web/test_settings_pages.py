@@ -15,11 +15,10 @@ from decimal import Decimal
 
 import orjson
 import pytest
-from aiohttp import web
 from cryptography.fernet import Fernet
 
 from tests.billing.conftest import eventually
-from tests.conftest import free_port
+from tests.billing.test_session_webhook import Receiver
 from tests.web.conftest import account_of, add_session
 from voxgate.billing.notify import SIGNATURE_HEADER, verify_signature
 from voxgate.billing.service import BILLING
@@ -33,40 +32,12 @@ SECRET_RE = re.compile(r'id="new-secret" class="mono" readonly value="(whsec_[^"
 CUSTOMER_KEY = "sk-proj-Dashboard0wnKey-" + "q" * 24 + "W7x9"
 
 
-class Receiver:
-    """A customer's endpoint on loopback recording (headers, body)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.got: list[tuple[dict[str, str], bytes]] = []
-        self.runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def start(self) -> None:
-        async def hook(request: web.Request) -> web.Response:
-            self.got.append((dict(request.headers), await request.read()))
-            return web.Response(text="ok")
-
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def events(self) -> list[dict]:
-        return [orjson.loads(body) for _, body in self.got]
-
-
 @pytest.fixture
 async def receiver():
     r = Receiver()
     await r.start()
     yield r
-    assert r.runner is not None
-    await r.runner.cleanup()
+    await r.stop()
 
 
 async def test_webhook_page_end_to_end(make_server, clients, receiver):

@@ -65,7 +65,7 @@ from voxgate.models import Account, Plan, PlanCatalog
 from voxgate.models.enterprise import plan_for
 from voxgate.models.plans import ENTERPRISE_PLAN_ID, spend_limit_of
 from voxgate.proxy.http import json_response, read_json
-from voxgate.proxy.spend import spend_thresholds_reached
+from voxgate.proxy.spend import SpendLimits, spend_thresholds_reached
 
 __all__ = ["BillingService", "BILLING", "setup"]
 
@@ -90,6 +90,9 @@ class BillingService:
         self.api = StripeApi(settings.billing)
         self.db = BillingDB(store)
         self.notifier = Notifier(settings, self.db)
+        # accounts' provider spend; setup() shares the gateway's, so the figure
+        # read after a completion is the one its next admission checks
+        self.spend = SpendLimits(store)
         self.events = EventProcessor(store, self.db, self.api, catalog, self.notifier)
         self.settlement = SettlementWorker(settings.billing, store, self.db, self.api, catalog)
         self.outbox = OutboxWorker(settings, self.db)
@@ -375,7 +378,7 @@ class BillingService:
         limit = spend_limit_of(account, active.plan)
         if limit is not None and active.record.paid_by != "customer":
             period = active.record.period
-            spent = await self.store.provider_spend_micros(account.id, period)
+            spent = await self.spend.spent_micros(account.id, period, fresh=True)
             reached = spend_thresholds_reached(spent, limit)
             if reached and await self.notifier.spend(account, period, spent, limit, reached):
                 self.kick("outbox")
@@ -662,6 +665,7 @@ def setup(app: web.Application) -> None:
 
     gateway = app[GATEWAY]
     svc = BillingService(app[SETTINGS], gateway.store, gateway.catalog)
+    svc.spend = gateway.spend
     app[BILLING] = svc
     app[WEBHOOK_LIMIT] = SlidingWindow(app[SETTINGS].billing.webhook_ip_limit_per_min, 60.0)
     gateway.on_completed.append(svc.on_session_completed)

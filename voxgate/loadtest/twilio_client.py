@@ -51,7 +51,7 @@ import orjson
 from voxgate.loadtest.audio import Clip, tag_of
 from voxgate.loadtest.plan import CHUNK_MS, SessionPlan
 from voxgate.loadtest.result import ADMITTED, FAILED, REFUSED, SessionResult, error_of
-from voxgate.loadtest.ws_client import _REFUSAL_BODY, REFUSAL_STATUSES
+from voxgate.loadtest.ws_client import _REFUSAL_BODY, REFUSAL_STATUSES, ws_transport
 
 __all__ = ["TwilioStream", "Clear", "FRAME", "SILENCE", "run_twilio_session", "new_call_sid",
            "new_stream_sid", "ECHO_WAIT_S", "REFUSAL_CLOSE_CODES"]
@@ -157,7 +157,7 @@ class TwilioStream:
     def abort(self) -> bool:
         """Drop the TCP connection (no close frame, no stop); False when its
         transport cannot be reached."""
-        transport = _transport(self.ws) if self.ws is not None else None
+        transport = ws_transport(self.ws) if self.ws is not None else None
         if transport is None:
             return False
         transport.abort()
@@ -355,16 +355,6 @@ class TwilioStream:
     def queued_bytes(self) -> int:
         """Audio received and not played yet, bytes."""
         return sum(value for kind, value in self._queue if kind == "media")
-
-
-def _transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport | None:
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    if transport is None:
-        response = getattr(ws, "_response", None)
-        conn = getattr(response, "connection", None)
-        transport = getattr(conn, "transport", None)
-    return transport
 
 
 async def _until(event_set: Callable[[], bool], call: TwilioStream, timeout_s: float) -> bool:

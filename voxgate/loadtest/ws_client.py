@@ -317,7 +317,7 @@ async def _drive(ws: aiohttp.ClientWebSocketResponse, res: SessionResult, plan: 
                 res.error = "the provider's connection did not end"
                 return
         if plan.kind == "vanish":
-            transport = _transport(ws)
+            transport = ws_transport(ws)
             if transport is None:
                 res.error = "cannot reach the TCP transport to abort it"
                 return
@@ -369,7 +369,8 @@ def _response_headers(ws: aiohttp.ClientWebSocketResponse) -> Any:
     return response.headers if response is not None else {}
 
 
-def _transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport | None:
+def ws_transport(ws: aiohttp.ClientWebSocketResponse) -> asyncio.Transport | None:
+    """The socket's transport (to abort it without a close frame, ``vanish``)."""
     writer = getattr(ws, "_writer", None)
     transport = getattr(writer, "transport", None)
     if transport is None:

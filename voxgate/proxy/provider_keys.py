@@ -64,15 +64,8 @@ class ProviderKeys:
             PermissionDenied (403): BYOK is disabled (no secret configured).
             InvalidRequest (400, param ``openai_api_key``): not such a string.
         """
-        if self._fernet is None:
-            raise PermissionDenied(DISABLED_MESSAGE, code="byok_disabled")
-        if not isinstance(plaintext, str) or not MIN_KEY_CHARS <= len(plaintext) <= MAX_KEY_CHARS \
-                or not all("!" <= c <= "~" for c in plaintext):
-            raise InvalidRequest(
-                f"openai_api_key must be a provider API key: {MIN_KEY_CHARS}-{MAX_KEY_CHARS} "
-                "printable characters without spaces (or null to remove it)",
-                param="openai_api_key")
-        return self._fernet.encrypt(plaintext.encode()).decode(), plaintext[-4:]
+        return self._seal(plaintext, "openai_api_key", "a provider API key",
+                          (MIN_KEY_CHARS, MAX_KEY_CHARS), DISABLED_MESSAGE, "byok_disabled")
 
     def key_of(self, project: Project) -> str | None:
         """The project's own key in plaintext, or None when it has none.
@@ -90,7 +83,7 @@ class ProviderKeys:
             raise PermissionDenied(f"this project has its own provider key but {DISABLED_MESSAGE}",
                                    code="byok_disabled")
         try:
-            return self._fernet.decrypt(sealed.encode()).decode()
+            return self._open(sealed)
         except InvalidToken as exc:
             raise PermissionDenied(
                 "this project's own provider key cannot be decrypted with the server's "
@@ -109,14 +102,8 @@ class ProviderKeys:
                 ``upstream.provider_key_secret`` to seal it with.
             InvalidRequest (400, param ``twilio_auth_token``): not such a string.
         """
-        if self._fernet is None:
-            raise PermissionDenied(TWILIO_DISABLED_MESSAGE, code="twilio_token_disabled")
-        if not isinstance(plaintext, str) or not 16 <= len(plaintext) <= 128 \
-                or not all("!" <= c <= "~" for c in plaintext):
-            raise InvalidRequest(
-                "twilio_auth_token must be the Twilio account's auth token: 16-128 printable "
-                "characters without spaces (or null to remove it)", param="twilio_auth_token")
-        return self._fernet.encrypt(plaintext.encode()).decode(), plaintext[-4:]
+        return self._seal(plaintext, "twilio_auth_token", "the Twilio account's auth token",
+                          (16, 128), TWILIO_DISABLED_MESSAGE, "twilio_token_disabled")
 
     def twilio_token_of(self, project: Project) -> str | None:
         """The project's own Twilio auth token in plaintext, or None when it
@@ -132,11 +119,39 @@ class ProviderKeys:
         if sealed is None:
             return None
         try:
-            if self._fernet is None:
-                raise InvalidToken
-            return self._fernet.decrypt(sealed.encode()).decode()
+            return self._open(sealed)
         except InvalidToken as exc:
             raise PermissionDenied(
                 "this project's Twilio auth token cannot be decrypted with the server's "
                 "upstream.provider_key_secret: set the token again",
                 code="twilio_token_unreadable") from exc
+
+    # -- the one way a secret is sealed and opened -----------------------------
+
+    def _seal(self, plaintext: object, param: str, what: str, lengths: tuple[int, int],
+              disabled: str, disabled_code: str) -> tuple[str, str]:
+        """``(Fernet token, last 4 characters)`` of ``plaintext``: a string of
+        ``lengths`` printable ASCII characters without spaces.
+
+        Raises:
+            PermissionDenied (403, ``disabled_code``): no secret to seal with.
+            InvalidRequest (400, ``param``): not such a string.
+        """
+        if self._fernet is None:
+            raise PermissionDenied(disabled, code=disabled_code)
+        low, high = lengths
+        if not isinstance(plaintext, str) or not low <= len(plaintext) <= high \
+                or not all("!" <= c <= "~" for c in plaintext):
+            raise InvalidRequest(f"{param} must be {what}: {low}-{high} printable characters "
+                                 "without spaces (or null to remove it)", param=param)
+        return self._fernet.encrypt(plaintext.encode()).decode(), plaintext[-4:]
+
+    def _open(self, sealed: str) -> str:
+        """The plaintext of a Fernet token.
+
+        Raises:
+            InvalidToken: no secret configured, or not one that sealed it.
+        """
+        if self._fernet is None:
+            raise InvalidToken
+        return self._fernet.decrypt(sealed.encode()).decode()

@@ -156,15 +156,7 @@ class AccountMethods(SQLCore):
         Raises:
             KeyError: no such (undeleted) project.
         """
-        self._invalidate_keys()
-        changed = await self._write(
-            "UPDATE projects SET provider_key_sealed = ?, provider_key_last4 = ?"
-            " WHERE id = ? AND deleted_at IS NULL", (sealed, last4, project_id))
-        self._invalidate_keys()
-        project = await self.get_project(project_id) if changed else None
-        if project is None:
-            raise KeyError(project_id)
-        return project
+        return await self._set_project_secret(project_id, "provider_key", sealed, last4)
 
     async def set_project_twilio_token(self, project_id: str, sealed: str | None,
                                        last4: str | None) -> Project:
@@ -174,9 +166,15 @@ class AccountMethods(SQLCore):
         Raises:
             KeyError: no such (undeleted) project.
         """
+        return await self._set_project_secret(project_id, "twilio_token", sealed, last4)
+
+    async def _set_project_secret(self, project_id: str, name: str, sealed: str | None,
+                                  last4: str | None) -> Project:
+        """``<name>_sealed`` and ``<name>_last4`` of the project (``name``
+        one of the code's own column stems, never input)."""
         self._invalidate_keys()
         changed = await self._write(
-            "UPDATE projects SET twilio_token_sealed = ?, twilio_token_last4 = ?"
+            f"UPDATE projects SET {name}_sealed = ?, {name}_last4 = ?"
             " WHERE id = ? AND deleted_at IS NULL", (sealed, last4, project_id))
         self._invalidate_keys()
         project = await self.get_project(project_id) if changed else None
